@@ -1,0 +1,69 @@
+"""What both jobs share: the Spark session, shipping this package, the closing JSON line."""
+import json
+import os
+import re
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides real errors
+
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class UsageError(ValueError):
+    """Bad arguments: reported on stderr with exit code 2, before any work starts."""
+
+
+def check_batch_id(batch_id: str) -> str:
+    # Used verbatim as a partition folder name: no '/', no leading '.'/'_' (hidden to readers).
+    if not BATCH_ID_RE.match(batch_id or ""):
+        raise UsageError(f"--batch-id {batch_id!r}: use letters, digits, '.', '_', '-' "
+                         "(starting with a letter or digit), at most 128 characters")
+    return batch_id
+
+
+def spark_session(app_name: str, conf: dict):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    ship_package(spark)
+    return spark
+
+
+def ship_package(spark) -> None:
+    """Make fruits_jobs importable on executors when the job runs straight from a source tree.
+
+    On EMR the package arrives with --py-files (a zip) and nothing is done here.
+    """
+    import fruits_jobs
+    from fruits_jobs.bundle import ZIP_NAME, build_zip
+
+    if ".zip" in (fruits_jobs.__file__ or ""):
+        return
+    zip_path = build_zip(os.path.join(tempfile.mkdtemp(prefix="fruits-jobs-"), ZIP_NAME))
+    spark.sparkContext.addPyFile(str(zip_path))
+
+
+def emit_summary(summary: dict) -> None:
+    """The job's last stdout line: one JSON object, for the DAG and for people."""
+    sys.stdout.flush()
+    print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+def run_main(main, argv=None) -> int:
+    """Exit codes: 0 done, 2 bad arguments, 3 unusable weights; anything else is a traceback."""
+    from fruits_jobs.model import WeightsError
+
+    try:
+        main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,226 @@
+"""Step 1: images -> 1280-d MobileNetV2 features (Parquet by batch_id) + rejects with reasons.
+
+Flow: list + read the batch with `binaryFile` -> decode/resize + model in an iterator pandas
+UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects replace
+their `batch_id` partition (dynamic overwrite) -> summary. The staging write is the only pass
+that runs the model; a run killed before the end leaves the published partitions untouched.
+"""
+import argparse
+import json
+import math
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from fruits_jobs import hadoop_fs
+from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
+from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
+from fruits_jobs.model import FEATURE_DIM, featurize, load_weights, worker_infer_fn
+
+SPLITS = ("Training", "Test")
+# Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
+RESULT_SCHEMA = "features array<float>, reason string, detail string"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="extract_features.py", description=__doc__.split("\n")[0])
+    p.add_argument("--images", required=True, help="folder of <[split/]Class>/<file> images (path, file:// or s3://)")
+    p.add_argument("--features", required=True, help="features dataset root (Parquet, partitioned by batch_id)")
+    p.add_argument("--rejects", required=True, help="rejects dataset root (Parquet, partitioned by batch_id)")
+    p.add_argument("--batch-id", required=True, help="the batch's id: its partition in both datasets")
+    p.add_argument("--weights", required=True,
+                   help="imagenet | a .weights.h5 file (local path or s3:// URI) | random (tests only)")
+    p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    args = p.parse_args(argv)
+    check_batch_id(args.batch_id)
+    if not 32 <= args.image_size <= 1024:
+        raise UsageError(f"--image-size {args.image_size}: expected 32..1024")
+    if not 1 <= args.batch_size <= 4096:
+        raise UsageError(f"--batch-size {args.batch_size}: expected 1..4096")
+    return args
+
+
+def _task_cpus() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    try:
+        return max(1, int(ctx.cpus())) if ctx is not None else 1
+    except Exception:
+        return 1
+
+
+def make_featurize_udf(weights_bc, image_size: int, batch_size: int, max_pixels: int):
+    from pyspark.sql.functions import pandas_udf
+
+    key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
+
+    @pandas_udf(RESULT_SCHEMA)
+    def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        infer = None
+        for contents in batches:
+            images, errors = decode_many(contents, image_size, max_pixels)
+            if len(images) and infer is None:  # a batch of only bad files never loads TensorFlow
+                infer = worker_infer_fn(key, lambda: weights_bc.value, image_size, _task_cpus())
+            vectors = iter(featurize(infer, images, batch_size) if len(images) else ())
+            features, reasons, details = [], [], []
+            for err in errors:
+                vec = None if err else next(vectors)
+                if vec is not None and not np.isfinite(vec).all():
+                    err, vec = ("non_finite_features", "model output has NaN/Inf"), None
+                features.append(vec)
+                reasons.append(err[0] if err else None)
+                details.append(err[1] if err else None)
+            yield pd.DataFrame({"features": features, "reason": reasons, "detail": details})
+
+    return featurize_udf
+
+
+def path_columns(root_uri: str):
+    """label = the class folder, split = Training/Test above it (else null), from the path."""
+    from pyspark.sql import functions as F
+
+    prefix = root_uri.rstrip("/") + "/"
+    rel = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
+    parts = F.split(rel, "/")
+    depth = F.size(parts)
+    label = F.when(depth >= 2, F.element_at(parts, -2))
+    split = F.when((depth >= 3) & F.element_at(parts, -3).isin(*SPLITS), F.element_at(parts, -3))
+    return label.alias("label"), split.cast("string").alias("split")
+
+
+def stage_outcomes(spark, args, root_uri: str, staging_uri: str, weights_bc) -> None:
+    """The one pass that reads the images and runs the model; writes every file's outcome."""
+    from pyspark.sql import functions as F
+
+    featurize_udf = make_featurize_udf(weights_bc, args.image_size, args.batch_size, args.max_pixels)
+
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri))
+    label, split = path_columns(root_uri)
+    null_str = F.lit(None).cast("string")
+    # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
+    # into the reader, so oversized files are never loaded.
+    decoded = (files.where(F.col("length") <= args.max_file_bytes)
+               .select("path", label, split, F.sha2("content", 256).alias("sha256"),
+                       featurize_udf("content").alias("r"))
+               .select("path", "label", "split", "sha256",
+                       F.when(F.col("label").isNull(), F.lit(None)).otherwise(F.col("r.features")).alias("features"),
+                       F.when(F.col("label").isNull(), F.lit("no_class_folder")).otherwise(F.col("r.reason")).alias("reason"),
+                       F.when(F.col("label").isNull(), F.lit("file is not inside a class folder"))
+                       .otherwise(F.col("r.detail")).alias("detail")))
+    too_large = (files.where(F.col("length") > args.max_file_bytes)
+                 .select("path", label, split, null_str.alias("sha256"),
+                         F.lit(None).cast("array<float>").alias("features"),
+                         F.lit("file_too_large").alias("reason"),
+                         F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")).alias("detail")))
+    # Spark's scan drops 0-byte files that its file index listed: find them by difference.
+    empty = (listed_files(spark, files).join(files.select("path"), "path", "left_anti")
+             .select("path", label, split, null_str.alias("sha256"),
+                     F.lit(None).cast("array<float>").alias("features"),
+                     F.lit("empty_file").alias("reason"), F.lit("0 bytes").alias("detail")))
+    skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
+    hidden = (spark.createDataFrame([(p,) for p in skipped], "path string")
+              .select("path", label, split, null_str.alias("sha256"),
+                      F.lit(None).cast("array<float>").alias("features"),
+                      F.lit("hidden_file").alias("reason"),
+                      F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it")
+                      .alias("detail")))
+    (decoded.unionByName(too_large).unionByName(empty).unionByName(hidden)
+     .withColumn("batch_id", F.lit(args.batch_id))
+     .write.mode("overwrite").parquet(staging_uri))
+
+
+def uri_to_spark_path(uri: str) -> str:
+    """file:///a%20b -> file:/a b: the file index's URIs in the form of binaryFile's `path`."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    path = unquote(parts.path)  # not unquote_plus: a '+' in a file name stays a '+'
+    return f"file:{path}" if parts.scheme == "file" else f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def listed_files(spark, files_df):
+    """Every file Spark's index listed (its scan later drops the empty ones), as a DataFrame."""
+    # inputFiles() crosses py4j once per file: ~1 s per 10k files, fine for a daily batch.
+    return spark.createDataFrame([(uri_to_spark_path(u),) for u in files_df.inputFiles()], "path string")
+
+
+def replace_partition(spark, df, dataset_uri: str, batch_id: str, rows: int) -> None:
+    """Publish exactly this batch's rows: other batches untouched, an emptied batch removed."""
+    if rows == 0:
+        hadoop_fs.delete(spark, f"{dataset_uri.rstrip('/')}/batch_id={batch_id}")
+        return
+    (df.coalesce(max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE)))
+     .write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
+     .partitionBy("batch_id").parquet(dataset_uri))
+
+
+def run(spark, args) -> dict:
+    from pyspark.sql import functions as F
+
+    root_uri = hadoop_fs.qualify(spark, args.images)
+    if not hadoop_fs.exists(spark, root_uri):
+        raise UsageError(f"--images {args.images}: no such folder")
+    features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
+    rejects_uri = hadoop_fs.qualify(spark, args.rejects).rstrip("/")
+    # Hidden from readers by its leading '_'; unique per run so concurrent runs never collide.
+    staging_uri = f"{features_uri}/_staging/{args.batch_id}-{uuid.uuid4().hex}"
+
+    weights = load_weights(args.weights, args.image_size,
+                           fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
+    weights_bc = spark.sparkContext.broadcast(weights)
+    started = time.perf_counter()  # throughput counts the data work, not the weights download
+    stage_outcomes(spark, args, root_uri, staging_uri, weights_bc)
+    staged = spark.read.parquet(staging_uri)
+    by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
+    featurized = by_reason.pop(None, 0)
+    rejected = sum(by_reason.values())
+    replace_partition(spark, staged.where(F.col("reason").isNull())
+                      .select("path", "label", "split", "sha256", "features", "batch_id"),
+                      features_uri, args.batch_id, featurized)
+    replace_partition(spark, staged.where(F.col("reason").isNotNull())
+                      .select("path", "reason", "detail", "label", "split", "batch_id"),
+                      rejects_uri, args.batch_id, rejected)
+    hadoop_fs.delete(spark, staging_uri)
+    seconds = time.perf_counter() - started
+    read = featurized + rejected
+    summary = {
+        "job": "extract_features", "batch_id": args.batch_id,
+        "images": args.images, "features": features_uri, "rejects": rejects_uri,
+        "weights": args.weights, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
+        "read": read, "featurized": featurized, "rejected": rejected,
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
+    }
+    hadoop_fs.write_text(spark, f"{features_uri}/batch_id={args.batch_id}/_summary.json",
+                         json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def spark_conf(args) -> dict:
+    return {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # One Arrow batch = one model batch: bounded memory even for 10 MB phone photos.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.python.worker.reuse": "true",  # keep each worker's model across tasks
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    spark = spark_session(f"fruits-extract-features-{args.batch_id}", spark_conf(args))
+    try:
+        summary = run(spark, args)
+    finally:
+        spark.stop()
+    emit_summary(summary)
+    return summary

@@ -1,0 +1,96 @@
+"""File operations on any URI Spark can read (local path, file://, s3:// on EMR, s3a://).
+
+Through Hadoop's FileSystem in the driver JVM, so the jobs need no boto3 and use the same
+credentials and S3 client (EMRFS on EMR) as Spark itself.
+"""
+from typing import List
+
+
+def _jvm(spark):
+    return spark.sparkContext._jvm
+
+
+def _path(spark, uri: str):
+    return _jvm(spark).org.apache.hadoop.fs.Path(uri)
+
+
+def _fs(spark, uri: str):
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    return _path(spark, uri).getFileSystem(conf)
+
+
+def qualify(spark, uri: str) -> str:
+    """The fully qualified form Spark uses in its `path` columns (e.g. file:/abs/dir)."""
+    return _fs(spark, uri).makeQualified(_path(spark, uri)).toString()
+
+
+def exists(spark, uri: str) -> bool:
+    return bool(_fs(spark, uri).exists(_path(spark, uri)))
+
+
+def delete(spark, uri: str) -> None:
+    fs = _fs(spark, uri)
+    path = _path(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
+
+
+def write_text(spark, uri: str, text: str) -> None:
+    out = _fs(spark, uri).create(_path(spark, uri), True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def write_bytes_from_file(spark, local_file: str, uri: str) -> None:
+    _fs(spark, uri).copyFromLocalFile(False, True, _path(spark, "file://" + local_file), _path(spark, uri))
+
+
+def copy_to_local(spark, uri: str, local_file: str) -> None:
+    _fs(spark, uri).copyToLocalFile(False, _path(spark, uri), _path(spark, "file://" + local_file), True)
+
+
+def is_skipped_by_spark(name: str) -> bool:
+    """Spark's file index silently ignores these names (InMemoryFileIndex.shouldFilterOutPathName)."""
+    return ((name.startswith("_") and "=" not in name) or name.startswith(".")
+            or name.endswith("._COPYING_"))
+
+
+def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
+    """Every file under root that Spark's reader would skip without a word.
+
+    Globbing only for names that start with '.' or '_' (one JVM call per depth) keeps this cheap
+    on millions of visible files; whole hidden folders are listed recursively.
+    """
+    fs = _fs(spark, root)
+    base = qualify(spark, root).rstrip("/")
+    found = []
+    for depth in range(max_depth):
+        pattern = base + "/*" * depth + "/{.,_}*"
+        statuses = fs.globStatus(_path(spark, pattern)) or []
+        for status in statuses:
+            path = status.getPath()
+            if not is_skipped_by_spark(path.getName()) or _has_skipped_parent(path.toString(), base):
+                continue
+            if status.isDirectory():
+                files = fs.listFiles(path, True)
+                while files.hasNext():
+                    found.append(files.next().getPath().toString())
+            else:
+                found.append(path.toString())
+    # Half-copied "*._COPYING_" files need not start with '.'/'_': glob for them too.
+    for depth in range(max_depth):
+        statuses = fs.globStatus(_path(spark, base + "/*" * depth + "/*._COPYING_")) or []
+        for status in statuses:
+            path = status.getPath()
+            if status.isFile() and not _has_skipped_parent(path.toString(), base):
+                found.append(path.toString())
+    return sorted(set(found))
+
+
+def _has_skipped_parent(path: str, base: str) -> bool:
+    # A file inside a hidden folder is reported once, from that folder's recursive listing.
+    rel_parts = path[len(base):].strip("/").split("/")[:-1]
+    return any(is_skipped_by_spark(part) for part in rel_parts)
+
