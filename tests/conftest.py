@@ -34,3 +34,34 @@ def weights_file() -> Path:
     if not WEIGHTS_FILE.is_file():
         pytest.skip(f"ImageNet MobileNetV2 weights not found at {WEIGHTS_FILE} (set FRUITS_SHARED_DIR)")
     return WEIGHTS_FILE
+
+
+SPARK_JOBS = REPO / "spark_jobs"
+if str(SPARK_JOBS) not in sys.path:
+    sys.path.insert(0, str(SPARK_JOBS))
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for the whole suite, configured like the features job configures its own."""
+    from fruits_jobs.common import spark_session
+
+    session = spark_session("fruits-tests", {
+        "spark.master": "local[2]",
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    })
+    yield session
+    session.stop()
+
+
+def make_jpeg(path: Path, color=(200, 30, 40), size=(100, 100)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG")
+    return path

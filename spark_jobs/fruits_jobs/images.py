@@ -35,12 +35,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16/32-bit greyscale: scale to 8 bits instead of letting PIL clip everything to white.
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))  # 2-D uint8 -> mode L
     elif mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), "L")
+        img = Image.fromarray(np.nan_to_num(scaled).astype(np.uint8))  # 2-D uint8 -> mode L
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

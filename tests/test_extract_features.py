@@ -1,0 +1,210 @@
+"""Step 1 on real local Spark: labels, splits, counts, vectors, idempotent re-runs, bad inputs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_jpeg
+from fruits_jobs import features
+
+pytestmark = pytest.mark.spark
+
+
+def run_job(spark, images, out, batch_id, weights="random", **extra):
+    argv = ["--images", str(images), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
+            "--batch-id", batch_id, "--weights", str(weights), "--image-size", "96"]
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return features.run(spark, features.parse_args(argv))
+
+
+def read_batch(spark, dataset, batch_id):
+    return spark.read.parquet(str(dataset)).where(f"batch_id = '{batch_id}'")
+
+
+@pytest.fixture(scope="module")
+def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
+    """The real Fruits-360 sample through the real job with the genuine weights, once."""
+    out = tmp_path_factory.mktemp("sample")
+    summary = features.run(spark, features.parse_args([
+        "--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
+        "--batch-id", "sample", "--weights", str(weights_file)]))
+    rows = read_batch(spark, out / "features", "sample").collect()
+    return summary, rows, out
+
+
+def test_sample_labels_splits_and_counts(sample_features, sample_dir):
+    summary, rows, _ = sample_features
+    jpgs = sorted(sample_dir.rglob("*.jpg"))
+    assert summary["featurized"] == len(jpgs) == len(rows)
+    # SOURCES.md sits at the top, outside any class folder: read, and rejected with that reason
+    assert summary["rejects_by_reason"] == {"no_class_folder": 1}
+    assert summary["read"] == summary["featurized"] + summary["rejected"]
+    by_path = {r["path"].replace("file:", "", 1): r for r in rows}
+    for jpg in jpgs:
+        row = by_path[str(jpg)]
+        assert row["label"] == jpg.parent.name and row["split"] == jpg.parent.parent.name
+    labels = {r["label"] for r in rows}
+    assert len(labels) == 131 and "Apple Braeburn" in labels  # names with spaces intact
+    assert {r["split"] for r in rows} == {"Training", "Test"}
+
+
+def test_sample_vectors_are_real_imagenet_features(sample_features):
+    _, rows, _ = sample_features
+    x = np.array([r["features"] for r in rows], dtype=np.float32)
+    assert x.shape == (len(rows), 1280) and np.isfinite(x).all()
+    assert (x >= 0).all() and x.std() > 0.1  # ReLU6 outputs, averaged: non-negative, not constant
+    # Real features separate fruit: nearest Training centroid classifies Test photos (~0.83 here).
+    labels = np.array([r["label"] for r in rows])
+    train = np.array([r["split"] == "Training" for r in rows])
+    classes = sorted(set(labels))
+    centroids = np.stack([x[train & (labels == c)].mean(axis=0) for c in classes])
+    dists = ((x[~train][:, None, :] - centroids[None]) ** 2).sum(-1)
+    accuracy = (np.array(classes)[dists.argmin(1)] == labels[~train]).mean()
+    assert accuracy > 0.75
+
+
+def test_sample_summary_is_written_next_to_the_partition(sample_features):
+    summary, _, out = sample_features
+    written = json.loads((out / "features" / "batch_id=sample" / "_summary.json").read_text())
+    assert written == summary
+
+
+def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
+    src = make_jpeg(tmp_path / "in" / "Apple" / "a.jpg", (180, 40, 40))
+    shutil.copy(src, tmp_path / "in" / "Apple" / "copy.jpg")
+    make_jpeg(tmp_path / "in" / "Lemon" / "b.jpg", (230, 220, 60))
+    run_job(spark, tmp_path / "in", tmp_path / "o1", "b1")
+    run_job(spark, tmp_path / "in", tmp_path / "o2", "b1")
+    first = {r["path"]: r for r in read_batch(spark, tmp_path / "o1" / "features", "b1").collect()}
+    second = {r["path"]: r for r in read_batch(spark, tmp_path / "o2" / "features", "b1").collect()}
+    assert first.keys() == second.keys() and len(first) == 3
+    for path in first:
+        np.testing.assert_allclose(first[path]["features"], second[path]["features"], rtol=1e-5, atol=1e-6)
+    a, copy = (first[p] for p in sorted(first) if "/Apple/" in p)
+    assert a["sha256"] == copy["sha256"]
+    np.testing.assert_allclose(a["features"], copy["features"], rtol=1e-5, atol=1e-6)
+    lemon = next(r for r in first.values() if r["label"] == "Lemon")
+    assert not np.allclose(lemon["features"], a["features"], rtol=1e-2, atol=0)  # random weights: tiny values
+
+
+def test_rerun_replaces_only_its_batch(spark, tmp_path):
+    for i in range(3):
+        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
+    for i in range(2):
+        make_jpeg(tmp_path / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
+    (tmp_path / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    run_job(spark, tmp_path / "a", out, "day1")
+    run_job(spark, tmp_path / "b", out, "day2")
+    run_job(spark, tmp_path / "a", out, "day1")  # the same batch again: no duplicates
+    feats = spark.read.parquet(str(out / "features"))
+    counts = {r["batch_id"]: r["count"] for r in feats.groupBy("batch_id").count().collect()}
+    assert counts == {"day1": 3, "day2": 2}
+    assert spark.read.parquet(str(out / "rejects")).count() == 1
+    # the batch shrinks and loses its bad file: both partitions follow, day2 untouched
+    (tmp_path / "a" / "Kiwi" / "bad.jpg").unlink()
+    (tmp_path / "a" / "Kiwi" / "2.jpg").unlink()
+    summary = run_job(spark, tmp_path / "a", out, "day1")
+    assert (summary["featurized"], summary["rejected"]) == (2, 0)
+    counts = {r["batch_id"]: r["count"] for r in spark.read.parquet(str(out / "features")).groupBy("batch_id").count().collect()}
+    assert counts == {"day1": 2, "day2": 2}
+    assert not (out / "rejects" / "batch_id=day1").exists()
+
+
+def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_path):
+    root = tmp_path / "in"
+    make_jpeg(root / "Training" / "Pear" / "ok.jpg", (200, 200, 50))
+    Image.new("RGBA", (80, 80), (0, 200, 0, 128)).save(root / "Training" / "Pear" / "ok_rgba.png")
+    bad = root / "Training" / "Pear"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.txt").write_text("not a photo")
+    (bad / "truncated.jpg").write_bytes((root / "Training" / "Pear" / "ok.jpg").read_bytes()[:300])
+    Image.new("L", (1200, 1200)).save(bad / "bomb.png")  # > --max-pixels below
+    (bad / "huge.jpg").write_bytes(b"\xff\xd8" + b"\x00" * 3_000_000)  # > --max-file-bytes below
+    Image.new("RGB", (32, 32)).save(bad / "icon.ico")
+    (bad / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    make_jpeg(bad / "._ok.jpg")  # macOS AppleDouble twin
+    make_jpeg(root / "_private" / "x.jpg")  # a folder Spark would skip silently
+    make_jpeg(root / "loose.jpg")  # no class folder
+    summary = run_job(spark, root, tmp_path / "out", "odd", max_pixels=1_000_000, max_file_bytes=1_000_000)
+    rejects = {Path(r["path"]).name: r["reason"] for r in
+               read_batch(spark, tmp_path / "out" / "rejects", "odd").collect()}
+    assert rejects == {
+        "empty.jpg": "empty_file", "notes.txt": "not_an_image", "truncated.jpg": "truncated",
+        "bomb.png": "decompression_bomb", "huge.jpg": "file_too_large", "icon.ico": "unsupported_format",
+        ".DS_Store": "hidden_file", "._ok.jpg": "hidden_file", "x.jpg": "hidden_file",
+        "loose.jpg": "no_class_folder",
+    }
+    all_files = [p for p in root.rglob("*") if p.is_file()]
+    assert summary["read"] == len(all_files) == summary["featurized"] + summary["rejected"]
+    assert summary["featurized"] == 2
+    assert sum(summary["rejects_by_reason"].values()) == summary["rejected"] == len(rejects)
+
+
+def test_bad_arguments_are_refused_before_any_work():
+    for argv, needle in [(["--batch-id", "../etc"], "--batch-id"), (["--batch-id", "_x"], "--batch-id"),
+                         (["--batch-id", "ok", "--image-size", "5"], "--image-size")]:
+        with pytest.raises(features.UsageError, match=needle):
+            features.parse_args(["--images", "x", "--features", "y", "--rejects", "z", "--weights", "random"] + argv)
+
+
+def spark_submit_cmd(*args):
+    spark_submit = Path(sys.executable).with_name("spark-submit")
+    return [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", *map(str, args)]
+
+
+def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path):
+    make_jpeg(tmp_path / "in" / "Fig" / "1.jpg")
+    common = ["--images", tmp_path / "in", "--features", tmp_path / "f", "--rejects", tmp_path / "r",
+              "--batch-id", "cli"]
+    ok = subprocess.run(spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", *common,
+                                         "--weights", "random", "--image-size", "64"),
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    last = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert (last["read"], last["featurized"], last["batch_id"]) == (1, 1, "cli")
+    bad = subprocess.run(spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", *common,
+                                          "--weights", tmp_path / "missing.weights.h5"),
+                         capture_output=True, text=True, timeout=300)
+    # spark-submit's PythonRunner merges the driver's stderr into stdout when they are pipes
+    assert bad.returncode == 3 and "error: weights file not found" in bad.stdout + bad.stderr
+
+
+def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
+    """Publish happens only after the one model pass is staged; kill the job during that pass."""
+    src = tmp_path / "in"
+    for i in range(2):
+        make_jpeg(src / "Fig" / f"{i}.jpg", (120, 60 + 60 * i, 90))
+    out = tmp_path / "out"
+    run_job(spark, src, out, "b1")
+    before = sorted(r["path"] for r in read_batch(spark, out / "features", "b1").collect())
+    for i in range(2, 300):
+        make_jpeg(src / "Fig" / f"{i}.jpg", (i % 255, 60, 90))
+    proc = subprocess.Popen(
+        spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", "--images", src,
+                         "--features", out / "features", "--rejects", out / "rejects",
+                         "--batch-id", "b1", "--weights", "random", "--batch-size", "4"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        staging = out / "features" / "_staging"
+        # the model pass has started writing once a task's temporary output appears
+        while time.time() < deadline and not any(p.name.startswith("part-") for p in staging.rglob("*")):
+            assert proc.poll() is None, "the job ended before it could be interrupted"
+            time.sleep(0.2)
+        assert time.time() < deadline, "the staging write never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    after = sorted(r["path"] for r in read_batch(spark, out / "features", "b1").collect())
+    assert after == before
+    spark.read.parquet(str(out / "features")).count()  # the dataset stays readable
