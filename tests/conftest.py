@@ -65,3 +65,16 @@ def make_jpeg(path: Path, color=(200, 30, 40), size=(100, 100)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, "JPEG")
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
+    """The real Fruits-360 sample through the real job with the genuine weights, once."""
+    from fruits_jobs import features
+
+    out = tmp_path_factory.mktemp("sample")
+    summary = features.run(spark, features.parse_args([
+        "--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
+        "--batch-id", "sample", "--weights", str(weights_file)]))
+    rows = spark.read.parquet(str(out / "features")).where("batch_id = 'sample'").collect()
+    return summary, rows, out

@@ -30,17 +30,6 @@ def read_batch(spark, dataset, batch_id):
     return spark.read.parquet(str(dataset)).where(f"batch_id = '{batch_id}'")
 
 
-@pytest.fixture(scope="module")
-def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
-    """The real Fruits-360 sample through the real job with the genuine weights, once."""
-    out = tmp_path_factory.mktemp("sample")
-    summary = features.run(spark, features.parse_args([
-        "--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
-        "--batch-id", "sample", "--weights", str(weights_file)]))
-    rows = read_batch(spark, out / "features", "sample").collect()
-    return summary, rows, out
-
-
 def test_sample_labels_splits_and_counts(sample_features, sample_dir):
     summary, rows, _ = sample_features
     jpgs = sorted(sample_dir.rglob("*.jpg"))

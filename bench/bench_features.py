@@ -1,0 +1,134 @@
+"""`make bench`: featurization throughput of (a) our features job, (b) the seed notebook's Spark
+approach and (c) a raw TensorFlow batch loop, on the same images, in one run, side by side.
+
+    python bench/bench_features.py [--images DIR] [--weights FILE] [--master local[2]]
+
+Each approach runs in its own process; its peak memory is the largest summed RSS of that process
+tree (driver JVM + Python workers), sampled every 0.1 s. Images/s is each approach's own timing of
+its data work: (a) the job's summary `seconds` (listing to published Parquet, weights download
+excluded), (b) the seed's timer (repartition + UDF + write), (c) the model loop alone.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
+SAMPLE = SHARED / "data" / "fruits-360-sample"
+WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+SEED = SHARED / "bench" / "seed_baseline.py"
+TARGETS = {"a/b": 3.0, "a/c": 0.8}
+
+
+def prepare_images(src: Path, dest: Path, min_images: int) -> int:
+    """The JPEGs of src in their class folders, repeated under copy<N>/ until min_images."""
+    jpgs = sorted(src.rglob("*.jpg"))
+    if not jpgs:
+        raise SystemExit(f"no .jpg under {src}")
+    n, copy = 0, 0
+    while n < min_images:
+        for jpg in jpgs:
+            target = dest / f"copy{copy}" / jpg.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(jpg, target)
+            n += 1
+        copy += 1
+    return n
+
+
+def run_measured(cmd, env) -> dict:
+    """Run cmd, sample its process tree's RSS, return its last JSON stdout line + peak memory."""
+    proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            try:
+                procs = [proc] + proc.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}:\n{out[-3000:]}")
+    result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    result.update(peak_rss_mb=round(peak / 2 ** 20), wall_s=round(wall, 1))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=Path, default=SAMPLE)
+    ap.add_argument("--weights", default=str(WEIGHTS) if WEIGHTS.is_file() else "random")
+    ap.add_argument("--min-images", type=int, default=3000)
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
+    args = ap.parse_args()
+    if not SEED.is_file():
+        raise SystemExit(f"the seed's reference script is missing: {SEED} (set FRUITS_SHARED_DIR)")
+    if not args.images.is_dir():
+        raise SystemExit(f"no images at {args.images}: pass --images DIR (a Fruits-360-like folder)")
+
+    work = Path(tempfile.mkdtemp(prefix="fruits-bench-"))
+    images = work / "images"
+    n = prepare_images(args.images, images, args.min_images)
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               TF_CPP_MIN_LOG_LEVEL="2")
+    spark_submit = str(Path(sys.executable).with_name("spark-submit"))
+    print(f"benchmark: {n} images from {args.images}, weights {args.weights}, master {args.master}, "
+          f"{os.cpu_count()} cores", flush=True)
+
+    results = {}
+    results["a"] = run_measured(
+        [spark_submit, "--master", args.master, "--driver-memory", "2g", "--conf", "spark.ui.enabled=false",
+         str(REPO / "spark_jobs" / "extract_features.py"), "--images", str(images),
+         "--features", str(work / "features"), "--rejects", str(work / "rejects"),
+         "--batch-id", "bench", "--weights", args.weights], env)
+    assert results["a"]["featurized"] == n, results["a"]
+    results["b"] = run_measured(
+        [sys.executable, str(SEED), "--input", str(images), "--weights", args.weights,
+         "--master", args.master, "--output", str(work / "seed_out")], env)
+    results["c"] = run_measured(
+        [sys.executable, str(REPO / "bench" / "raw_tf_loop.py"), "--images", str(images),
+         "--weights", args.weights], env)
+
+    names = {"a": "(a) our features job", "b": "(b) seed notebook approach", "c": "(c) raw TensorFlow loop"}
+    print(f"\n{'approach':30} {'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12} {'wall s':>7}")
+    for key, r in results.items():
+        print(f"{names[key]:30} {r.get('images', r.get('read')):>7} {r['seconds']:>8} "
+              f"{r['images_per_s']:>9} {r['peak_rss_mb']:>12} {r['wall_s']:>7}")
+    ratios = {"a/b": results["a"]["images_per_s"] / results["b"]["images_per_s"],
+              "a/c": results["a"]["images_per_s"] / results["c"]["images_per_s"]}
+    print()
+    for name, value in ratios.items():
+        verdict = "meets" if value >= TARGETS[name] else "BELOW"
+        print(f"{name} = {value:.2f}  ({verdict} the target {TARGETS[name]})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"images": n, "weights": args.weights, "master": args.master, "cores": os.cpu_count(),
+              "results": results, "ratios": {k: round(v, 3) for k, v in ratios.items()}, "targets": TARGETS}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {args.out / 'results.json'}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
