@@ -1,0 +1,130 @@
+"""Fruits! — new photos to features (MobileNetV2) and PCA, daily or on demand, on EMR or locally.
+
+validate_params → ingest_new_photos → any_new_photos (stops here, visibly, when nothing is new:
+no cluster) → stage_code → plan_steps → choose_backend, then either
+
+  emr:   create_cluster → add_steps (both steps, one call) → watch_features → watch_pca,
+         with terminate_cluster as the teardown of the cluster (it runs whatever happened after
+         the cluster exists; the failure still fails the run), or
+  local: run_locally — the same step arguments with a local spark-submit and the bucket mapped
+         onto the local lake folder (the emr tasks show as skipped),
+
+→ publish_summary (counts, k, explained variance and the outputs' locations, in its XCom).
+Logic lives in plugins/fruits; this file only tells the story.
+"""
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.amazon.aws.operators.emr import (
+    EmrAddStepsOperator,
+    EmrCreateJobFlowOperator,
+    EmrTerminateJobFlowOperator,
+)
+from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
+
+from fruits import emr, pipeline
+from fruits.config import emr_deferrable
+from fruits.params import build_params
+
+AWS = {"aws_conn_id": "aws_default"}  # region and credentials live in the connection, never here
+DEFERRABLE = emr_deferrable()
+
+
+def watch_step(task_id: str, index: int, timeout_s: int) -> EmrStepSensor:
+    return EmrStepSensor(
+        task_id=task_id,
+        job_flow_id="{{ ti.xcom_pull(task_ids='emr.create_cluster') }}",
+        step_id=f"{{{{ ti.xcom_pull(task_ids='emr.add_steps')[{index}] }}}}",
+        poke_interval=emr.POKE_INTERVAL_S,
+        timeout=timeout_s,
+        max_attempts=timeout_s // emr.POKE_INTERVAL_S,  # the deferrable trigger's timeout
+        mode="reschedule",  # between pokes the worker slot is free
+        deferrable=DEFERRABLE,
+        retries=0,  # a FAILED step stays failed; throttling is retried inside botocore
+        **AWS,
+    )
+
+
+@dag(
+    dag_id="fruits_pipeline",
+    schedule="@daily",
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # two runs would share the lake's features/ and race on PCA
+    params=build_params(),
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    doc_md=__doc__,
+    tags=["fruits", "emr", "spark"],
+)
+def fruits_pipeline():
+    @task(retries=0)  # a bad parameter will not get better
+    def validate_params(**context) -> dict:
+        return pipeline.validate_params(context)
+
+    @task
+    def ingest_new_photos(cfg: dict) -> dict:
+        return pipeline.ingest_batch(cfg)
+
+    @task.short_circuit
+    def any_new_photos(cfg: dict, report: dict) -> bool:
+        return pipeline.has_work(cfg, report)
+
+    @task
+    def stage_code(cfg: dict) -> str:
+        return pipeline.stage_code(cfg)
+
+    @task(multiple_outputs=True)
+    def plan_steps(cfg: dict, version: str) -> dict:
+        return pipeline.plan(cfg, version)
+
+    @task.branch
+    def choose_backend(cfg: dict) -> str:
+        return "emr.create_cluster" if cfg["backend"] == "emr" else "run_locally"
+
+    @task(retries=0)  # re-running Spark is a person's decision
+    def run_locally(cfg: dict, steps: list) -> list:
+        return pipeline.run_locally(cfg, steps)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # after whichever backend ran
+    def publish_summary(cfg: dict) -> dict:
+        return pipeline.publish_summary(cfg)
+
+    cfg = validate_params()
+    report = ingest_new_photos(cfg)
+    version = stage_code(cfg)
+    plan = plan_steps(cfg, version)
+    backend = choose_backend(cfg)
+    chain(report, any_new_photos(cfg, report), version, plan, backend)
+
+    with TaskGroup("emr", tooltip="does nothing (skipped) when backend=local"):
+        create_cluster = EmrCreateJobFlowOperator(
+            task_id="create_cluster",
+            job_flow_overrides=plan["job_flow"],
+            emr_conn_id=None,  # the whole request is built in plugins/fruits/emr.py
+            terminate_job_flow_on_failure=True,
+            retries=0,  # a retry could leave a second cluster behind
+            **AWS,
+        )
+        add_steps = EmrAddStepsOperator(
+            task_id="add_steps",
+            job_flow_id=create_cluster.output,
+            steps=plan["steps"],
+            retries=0,  # a retry would add both steps a second time
+            **AWS,
+        )
+        watch_features = watch_step("watch_features", 0, emr.FEATURES_TIMEOUT_S)
+        watch_pca = watch_step("watch_pca", 1, emr.PCA_TIMEOUT_S)
+        # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
+        # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
+        terminate_cluster = EmrTerminateJobFlowOperator(
+            task_id="terminate_cluster", job_flow_id=create_cluster.output, **AWS,
+        ).as_teardown(setups=[create_cluster, add_steps])
+        chain(backend, create_cluster, add_steps, watch_features, watch_pca, terminate_cluster)
+
+    local = run_locally(cfg, plan["steps"])
+    chain(backend, local)
+    chain([watch_pca, local], publish_summary(cfg))
+
+
+fruits_pipeline()

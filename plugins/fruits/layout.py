@@ -1,0 +1,60 @@
+"""Where everything lives in the bucket (and, for backend=local, in the lake folder standing for it).
+
+    raw/batch_id=<id>/<[Training|Test/]Class>/<file>   photos as landed; one prefix per batch so a job
+                                                       reads exactly one batch and the label stays the
+                                                       parent folder; Hive-style name like the outputs
+    manifests/batch_id=<id>.json                       what a batch holds (keys, sizes, sha256, skips);
+                                                       written last, so it also marks "ingest finished"
+    code/<version>/...                                 the jobs' bundle; version = content hash, so a run
+                                                       always executes the code it staged, never a newer one
+    models/<file>.weights.h5                           ImageNet weights for clusters without internet
+    features/batch_id=<id>/   rejects/batch_id=<id>/   Spark outputs, partitioned by batch (a re-run
+                                                       replaces only its own partition)
+    pca/batch_id=<id>/                                 PCA fitted on all features so far, one folder per
+                                                       batch run: metrics.json, reduced/, model/, plots
+    logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
+
+Prefixes, not buckets, separate the kinds of data so one least-privilege policy can grant each
+its own verbs (infra/iam/airflow_role_policy.json).
+"""
+RAW = "raw/"
+MANIFESTS = "manifests/"
+CODE = "code/"
+MODELS = "models/"
+FEATURES = "features/"
+REJECTS = "rejects/"
+PCA = "pca/"
+EMR_LOGS = "logs/emr/"
+DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+
+
+def raw_prefix(batch_id: str) -> str:
+    return f"{RAW}batch_id={batch_id}/"
+
+
+def manifest_key(batch_id: str) -> str:
+    return f"{MANIFESTS}batch_id={batch_id}.json"
+
+
+def batch_of_manifest(key: str) -> str:
+    return key[len(MANIFESTS) + len("batch_id="):-len(".json")]
+
+
+def code_prefix(version: str) -> str:
+    return f"{CODE}{version}/"
+
+
+def pca_prefix(batch_id: str) -> str:
+    return f"{PCA}batch_id={batch_id}/"
+
+
+def features_summary_key(batch_id: str) -> str:
+    return f"{FEATURES}batch_id={batch_id}/_summary.json"
+
+
+def pca_metrics_key(batch_id: str) -> str:
+    return f"{pca_prefix(batch_id)}metrics.json"
+
+
+def s3_uri(bucket: str, key: str = "") -> str:
+    return f"s3://{bucket}/{key}"

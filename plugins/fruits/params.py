@@ -1,0 +1,112 @@
+"""The run parameters (UI form) and their validation.
+
+Airflow validates a trigger's conf against these JSON schemas; `validate()` checks everything again,
+plus what a schema cannot (paths exist, weights fit the backend), in the run's first task, so a bad
+run fails before it uploads or starts anything, with a message that names the parameter.
+Names are a contract: the UI test and the docs use them.
+"""
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from airflow.sdk import Param
+
+BACKENDS = ("emr", "local")
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe as an S3 key part and a partition value
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+MAX_NODES = 50  # guards against a typo starting a huge cluster
+
+
+class InvalidParam(ValueError):
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"invalid param {name!r}: {problem}")
+        self.param = name
+
+
+def build_params() -> dict:
+    # backend's default is read from the environment when the DAG is parsed (cheap, no DB), so a
+    # deployment with AWS sets FRUITS_BACKEND=emr and a fresh checkout runs locally with no cloud.
+    return {
+        "batch_id": Param(None, type=["null", "string"], pattern=BATCH_ID_RE.pattern, title="Batch id",
+                          description="Names the batch in the bucket (raw/batch_id=…). Empty: the run's "
+                                      "logical date, or the day it was triggered, as YYYY-MM-DD."),
+        "landing_dir": Param(None, type=["null", "string"], title="Landing folder",
+                             description="Folder with the new photos, <Class>/<file> or Training|Test/<Class>/<file>. "
+                                         "Empty: Airflow Variable fruits_landing_dir, else env FRUITS_LANDING_DIR, "
+                                         "else ./data/landing of the repository."),
+        "backend": Param(os.environ.get("FRUITS_BACKEND", "local"), type="string", enum=list(BACKENDS),
+                         title="Backend",
+                         description="emr: transient EMR cluster. local: the same spark-submit steps on this "
+                                     "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE)."),
+        "pca_k": Param(None, type=["null", "integer"], minimum=1, title="PCA components",
+                       description="Number of principal components. Empty: use pca_variance."),
+        "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",
+                              description="Smallest k explaining this share of variance, used when pca_k is empty."),
+        "weights": Param(None, type=["null", "string"], title="Model weights",
+                         description="imagenet | random (tests) | a .weights.h5 file (s3:// or, locally, a path). "
+                                     "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
+                                     "s3://<bucket>/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 "
+                                     "on emr (clusters need no internet) and imagenet locally."),
+        "instance_type": Param("m5.2xlarge", type="string", pattern=INSTANCE_TYPE_RE.pattern,
+                               title="Worker instance type", description="EC2 type of core and task nodes (emr only)."),
+        "core_count": Param(2, type="integer", minimum=1, maximum=MAX_NODES, title="Core nodes",
+                            description="On-demand core nodes (emr only)."),
+        "task_spot_count": Param(0, type="integer", minimum=0, maximum=MAX_NODES, title="Spot task nodes",
+                                 description="Extra SPOT task nodes, 0 for none (emr only)."),
+    }
+
+
+def _int(conf: Mapping[str, Any], name: str, lo: int, hi: int, nullable: bool = False):
+    value = conf.get(name)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParam(name, f"expected an integer{' or null' if nullable else ''}, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidParam(name, f"expected {lo} <= {name} <= {hi}, got {value}")
+    return value
+
+
+def validate(conf: Mapping[str, Any]) -> dict:
+    """Check the params' shapes; returns them normalised. Does not resolve defaults (config.py does)."""
+    unknown = set(conf) - set(build_params())
+    if unknown:
+        raise InvalidParam(sorted(unknown)[0], f"unknown parameter; known: {sorted(build_params())}")
+    out = dict(conf)
+    batch_id = conf.get("batch_id")
+    if batch_id is not None and not (isinstance(batch_id, str) and BATCH_ID_RE.match(batch_id)):
+        raise InvalidParam("batch_id", f"expected letters, digits, '.', '_' or '-' (max 64), got {batch_id!r}")
+    landing = conf.get("landing_dir")
+    if landing is not None and not isinstance(landing, str):
+        raise InvalidParam("landing_dir", f"expected a folder path, got {landing!r}")
+    if conf.get("backend") not in BACKENDS:
+        raise InvalidParam("backend", f"expected one of {list(BACKENDS)}, got {conf.get('backend')!r}")
+    out["pca_k"] = _int(conf, "pca_k", 1, 100_000, nullable=True)
+    variance = conf.get("pca_variance")
+    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not (0 < variance <= 1) \
+            or math.isnan(variance):
+        raise InvalidParam("pca_variance", f"expected a number in (0, 1], got {variance!r}")
+    out["pca_variance"] = float(variance)
+    weights = conf.get("weights")
+    if weights is not None and not (isinstance(weights, str) and weights.strip()):
+        raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
+    itype = conf.get("instance_type")
+    if not (isinstance(itype, str) and INSTANCE_TYPE_RE.match(itype)):
+        raise InvalidParam("instance_type", f"expected an EC2 instance type like m5.2xlarge, got {itype!r}")
+    out["core_count"] = _int(conf, "core_count", 1, MAX_NODES)
+    out["task_spot_count"] = _int(conf, "task_spot_count", 0, MAX_NODES)
+    return out
+
+
+def check_weights(weights: str, backend: str, local_path: str) -> None:
+    """weights must be something the backend's workers can load; local_path is weights in the lake."""
+    if weights in ("imagenet", "random"):
+        return
+    if not weights.endswith(".weights.h5"):
+        raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
+    if backend == "emr" and not weights.startswith("s3://"):
+        raise InvalidParam("weights", f"on emr a weights file must be an s3:// URI, got {weights!r}")
+    if backend == "local" and not Path(local_path).is_file():
+        raise InvalidParam("weights", f"file not found: {local_path}")

@@ -1,0 +1,91 @@
+"""The bodies of the DAG's tasks: each takes the run's config (a dict in XCom) and returns JSON."""
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from fruits import config, emr, ingest, layout, local_runner, summary
+from fruits.config import PipelineConfig
+from fruits.storage import LocalStorage, S3Storage, Storage, exists
+
+log = logging.getLogger(__name__)
+
+
+def storage_for(cfg: PipelineConfig) -> Storage:
+    if cfg.backend == "local" and cfg.local_storage == "lake":
+        return LocalStorage(Path(cfg.local_lake))
+    return S3Storage(cfg.bucket, cfg.aws_conn_id)  # EMR, or the local backend on MinIO (compose)
+
+
+def run_date(context) -> str:
+    # A manual run in Airflow 3 may have no logical date; run_after always exists.
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.strftime("%Y-%m-%d")
+
+
+def validate_params(context) -> dict:
+    cfg = config.resolve(context["params"], config.read_settings(), run_date(context))
+    log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
+    return cfg.to_dict()
+
+
+def ingest_batch(cfg_dict: dict) -> dict:
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    return ingest.ingest(Path(cfg.landing_dir), storage_for(cfg), cfg.batch_id)
+
+
+def has_work(cfg_dict: dict, report: dict) -> bool:
+    """False (and the rest of the run is skipped, no cluster) when there is nothing to process."""
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    if report["files"] == 0:
+        log.warning("No new photos for batch %s in %s (%d already held by earlier batches, %d skipped): "
+                    "nothing to process, no cluster started.", cfg.batch_id, cfg.landing_dir,
+                    report["already_held"], report["skipped"])
+        return False
+    if report["uploaded"] == 0 and exists(storage_for(cfg), layout.pca_metrics_key(cfg.batch_id)):
+        log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
+        return False
+    return True
+
+
+def stage_code(cfg_dict: dict) -> str:
+    """Upload the jobs' bundle to code/<version>/ (once per version); returns the version."""
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    if cfg.spark_jobs_dir not in sys.path:
+        sys.path.insert(0, cfg.spark_jobs_dir)
+    from fruits_jobs.bundle import build_bundle
+
+    storage = storage_for(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = build_bundle(Path(tmp), Path(cfg.spark_jobs_dir))
+        prefix = layout.code_prefix(bundle.version)
+        present = storage.sizes(prefix)
+        for name, path in sorted(bundle.files.items()):
+            if present.get(prefix + name) != path.stat().st_size:
+                storage.upload_file(path, prefix + name)
+    log.info("code %s staged at %s%s", bundle.version, storage.name, prefix)
+    return bundle.version
+
+
+def plan(cfg_dict: dict, version: str) -> dict:
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    return {"job_flow": emr.job_flow_overrides(cfg, version), "steps": emr.spark_steps(cfg, version)}
+
+
+def run_locally(cfg_dict: dict, steps: list) -> list:
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    lake = Path(cfg.local_lake) if cfg.local_storage == "lake" else None  # None: keep s3:// (S3A)
+    return local_runner.run_steps(steps, lake, cfg.spark_master)
+
+
+def publish_summary(cfg_dict: dict) -> dict:
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    result = summary.read_summary(storage_for(cfg), cfg.batch_id)
+    images, pca = result["images"], result["pca"]
+    log.info("batch %s: %s read, %s featurized, %s rejected %s", cfg.batch_id, images["read"],
+             images["featurized"], images["rejected"], images["rejects_by_reason"])
+    log.info("PCA on %s images: k=%s of %s dims, explained variance %.3f", pca["n_images"], pca["k"],
+             pca["input_dim"], pca["total_explained_variance"])
+    log.info("outputs:\n%s", summary.format_locations(result["locations"]))
+    return result

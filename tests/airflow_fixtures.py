@@ -1,0 +1,210 @@
+"""Airflow in isolation for the DAG tests: a throwaway AIRFLOW_HOME with SQLite, this repository's
+dags/ and plugins/, no examples. Test modules import this before anything imports Airflow, because
+Airflow reads its configuration once, at import.
+"""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="fruits-airflow-home-"))
+
+if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(HOME):
+    raise RuntimeError("airflow was imported before tests/airflow_fixtures.py could isolate it")
+os.environ.update({
+    "FRUITS_TEST_AIRFLOW_HOME": str(HOME),
+    "AIRFLOW_HOME": str(HOME),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+})
+# Deployment settings of the developer's shell must not leak into the tests.
+for _name in [n for n in os.environ if n.startswith(("FRUITS_", "AIRFLOW_VAR_FRUITS_", "AIRFLOW_CONN_"))]:
+    if _name not in ("FRUITS_TEST_AIRFLOW_HOME", "FRUITS_SHARED_DIR"):
+        del os.environ[_name]
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated metadata DB, once per session (what `airflow db migrate` does, in-process)."""
+    from airflow.utils import db
+
+    db.initdb()
+    return HOME
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    from airflow.models.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+
+
+@pytest.fixture(scope="session")
+def pipeline_dag(dagbag):
+    assert not dagbag.import_errors, dagbag.import_errors
+    return dagbag.dags["fruits_pipeline"]
+
+
+@pytest.fixture(scope="session")
+def runnable_dag(airflow_db, spark_jobs_dir):
+    """The DAG as parsed from dags/, with retries off so a failing task fails the test at once
+    instead of waiting for its retry_delay; everything else is as deployed."""
+    from airflow.models.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).dags["fruits_pipeline"]
+    for task in dag.tasks:
+        task.retries = 0
+    return dag
+
+
+@pytest.fixture(scope="session")
+def spark_jobs_dir():
+    """FRUITS_SPARK_JOBS_DIR for the tests: the real spark_jobs/ (what stage_code bundles)."""
+    real = REPO / "spark_jobs"
+    os.environ["FRUITS_SPARK_JOBS_DIR"] = str(real)
+    return real
+
+
+def make_landing(root: Path, n_good: int = 10, bad: bool = True, seed: int = 0) -> dict:
+    """Tiny real JPEGs in the class-folder layout, plus (bad=True) one broken and one non-image file
+    for the features job to reject, and OS junk for ingest to skip. Returns the expected counts."""
+    from PIL import Image
+    import random
+
+    rng = random.Random(seed)
+    classes = ["Apple Braeburn", "Banana", "Cherry 1"]
+    for i in range(n_good):
+        split = "Training" if i % 3 else "Test"
+        folder = root / split / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        img = Image.new("RGB", (32, 32), colour)
+        img.putpixel((i % 32, 0), (255 - colour[0], 0, 0))  # distinct contents, distinct hashes
+        img.save(folder / f"{i}_100.jpg", quality=90)
+    uploaded = n_good
+    if bad:
+        banana = root / "Training" / "Banana"
+        (banana / "truncated_1.jpg").write_bytes((banana / "1_100.jpg").read_bytes()[:200])
+        (banana / "notes.txt").write_text("not a photo\n")
+        (banana / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (banana / "._1_100.jpg").write_bytes(b"\0\5\26\7")
+        uploaded += 2
+    return {"uploaded": uploaded, "skipped": 2 if bad else 0}
+
+
+# ---- AWS: moto, with every API call our code makes recorded and checked against the IAM policy ----
+
+BUCKET = "fruits-test"
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"  # moto's default account
+AIRFLOW_POLICY = REPO / "infra" / "iam" / "airflow_role_policy.json"
+S3_ACTIONS = {
+    "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
+    "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
+    "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
+}
+
+
+def load_policy(path: Path = AIRFLOW_POLICY, bucket: str = BUCKET) -> dict:
+    import json
+
+    return json.loads(path.read_text().replace("FRUITS_BUCKET", bucket))
+
+
+def iam_requests(service: str, operation: str, params: dict, cluster_tags) -> list:
+    """What IAM evaluates for one API call: [(action, resource, condition context)]."""
+    if service == "s3":
+        action = S3_ACTIONS.get(operation, f"s3:{operation}")
+        if action == "s3:ListBucket":
+            return [(action, f"arn:aws:s3:::{params['Bucket']}", {"s3:prefix": params.get("Prefix", "")})]
+        return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
+    if service == "emr":
+        action = f"elasticmapreduce:{operation}"
+        if operation == "RunJobFlow":
+            tags = {t["Key"]: t["Value"] for t in params.get("Tags", [])}
+            ctx = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+            # RunJobFlow implies iam:PassRole on both roles; botocore makes no call for it.
+            return [(action, "*", ctx),
+                    ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{params['ServiceRole']}",
+                     {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}),
+                    ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{params['JobFlowRole']}",
+                     {"iam:PassedToService": "ec2.amazonaws.com"})]
+        cluster = params.get("ClusterId") or params.get("JobFlowId") or params["JobFlowIds"][0]
+        ctx = {f"elasticmapreduce:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
+        return [(action, f"arn:aws:elasticmapreduce:{REGION}:{ACCOUNT}:cluster/{cluster}", ctx)]
+    return [(f"{service}:{operation}", "*", {})]
+
+
+def is_allowed(policy: dict, action: str, resource: str, context: dict) -> bool:
+    """Enough of IAM's evaluation for our policy: Allow statements, wildcards, StringEquals/StringLike."""
+    from fnmatch import fnmatchcase
+
+    def listed(value):
+        return value if isinstance(value, list) else [value]
+
+    for st in policy["Statement"]:
+        if st["Effect"] != "Allow":
+            continue
+        if not any(fnmatchcase(action.lower(), a.lower()) for a in listed(st["Action"])):
+            continue
+        if not any(fnmatchcase(resource, r) for r in listed(st["Resource"])):
+            continue
+        ok = True
+        for operator, tests in st.get("Condition", {}).items():
+            for key, expected in tests.items():
+                value = context.get(key)
+                match = {"StringEquals": lambda v, e: v == e, "StringLike": fnmatchcase}[operator]
+                ok &= value is not None and any(match(value, e) for e in listed(expected))
+        if ok:
+            return True
+    return False
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto for S3 and EMR, an `aws_default` connection with the region, the bucket, and a recorder:
+    at the end, every call our code made must be allowed by infra/iam/airflow_role_policy.json."""
+    import json
+
+    import boto3
+    import botocore.handlers
+    from moto import mock_aws
+    from moto.emr.models import emr_backends
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}}))
+    monkeypatch.setenv("FRUITS_BUCKET", BUCKET)
+    calls = []
+
+    def record(params, model, **_):
+        calls.append((model.service_model.service_name, model.name, dict(params)))
+
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        # Registered for clients created from now on (the hooks create theirs inside tasks).
+        monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS",
+                            botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)])
+        yield calls
+        backend = emr_backends[ACCOUNT][REGION]
+        denied = [(req, op) for service, op, params in calls
+                  for req in iam_requests(service, op, params, lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags})
+                  if not is_allowed(load_policy(), *req)]
+        assert not denied, f"calls the Airflow role's policy does not allow: {denied}"
+
+
+def xcom(dag_run, task_id: str, key: str = "return_value"):
+    """A task's XCom from the metadata DB, as the UI shows it."""
+    from airflow.models.xcom import XComModel
+    from airflow.settings import Session
+
+    with Session() as session:
+        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id,
+                                                 task_ids=task_id, key=key)).first()
+        return None if row is None else XComModel.deserialize_value(row)

@@ -1,0 +1,142 @@
+"""DAG integrity: parses cleanly, shape, teardown wiring, schedule, params and their validation."""
+from airflow_fixtures import dagbag, pipeline_dag  # noqa: F401  (first: isolates Airflow; fixtures)
+import copy
+
+import pytest
+from airflow.sdk import TriggerRule
+from airflow.exceptions import ParamValidationError
+
+from fruits import config, params
+from fruits.params import InvalidParam
+
+EDGES = {
+    "validate_params": {"ingest_new_photos", "stage_code", "plan_steps", "choose_backend", "any_new_photos",
+                        "run_locally", "publish_summary"},
+    "ingest_new_photos": {"any_new_photos"},
+    "any_new_photos": {"stage_code"},
+    "stage_code": {"plan_steps"},
+    "plan_steps": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally"},
+    "choose_backend": {"emr.create_cluster", "run_locally"},
+    "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster"},
+    "emr.add_steps": {"emr.watch_features", "emr.terminate_cluster"},
+    "emr.watch_features": {"emr.watch_pca"},
+    "emr.watch_pca": {"emr.terminate_cluster", "publish_summary"},
+    "emr.terminate_cluster": set(),
+    "run_locally": {"publish_summary"},
+    "publish_summary": set(),
+}
+
+
+def test_imports_without_errors_and_has_no_cycles(dagbag, pipeline_dag):
+    assert dagbag.import_errors == {}
+    pipeline_dag.check_cycle()  # raises on a cycle
+    assert pipeline_dag.dag_id == "fruits_pipeline"
+
+
+def test_schedule_is_daily_without_catchup(pipeline_dag):
+    assert pipeline_dag.schedule == "@daily"
+    assert pipeline_dag.catchup is False
+    assert pipeline_dag.max_active_runs == 1
+
+
+def test_task_ids_and_dependencies(pipeline_dag):
+    assert set(pipeline_dag.task_ids) == set(EDGES)
+    for task_id, downstream in EDGES.items():
+        assert pipeline_dag.get_task(task_id).downstream_task_ids == downstream, task_id
+
+
+def test_cluster_is_torn_down_whatever_happens_after_it_exists(pipeline_dag):
+    create, add = pipeline_dag.get_task("emr.create_cluster"), pipeline_dag.get_task("emr.add_steps")
+    terminate = pipeline_dag.get_task("emr.terminate_cluster")
+    assert create.is_setup and add.is_setup and terminate.is_teardown
+    assert terminate.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS
+    assert create.terminate_job_flow_on_failure is True
+    # Clearing a sensor clears the cluster's setups and its teardown with it (Airflow's rule).
+    cleared = pipeline_dag.partial_subset(["emr.watch_features"], include_upstream=False, include_downstream=False)
+    assert {"emr.create_cluster", "emr.add_steps", "emr.terminate_cluster"} <= set(cleared.task_ids)
+
+
+def test_operators_are_configured_for_emr(pipeline_dag):
+    add = pipeline_dag.get_task("emr.add_steps")
+    assert add.retries == 0 and pipeline_dag.get_task("emr.create_cluster").retries == 0
+    for task_id in ("emr.watch_features", "emr.watch_pca"):
+        sensor = pipeline_dag.get_task(task_id)
+        assert sensor.poke_interval >= 60
+        assert sensor.timeout >= 3600
+        assert sensor.max_attempts * sensor.poke_interval == sensor.timeout
+        assert sensor.aws_conn_id == "aws_default"
+    assert pipeline_dag.get_task("publish_summary").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+
+
+def test_params_form(pipeline_dag):
+    p = pipeline_dag.params
+    assert list(p.keys()) == ["batch_id", "landing_dir", "backend", "pca_k", "pca_variance", "weights",
+                              "instance_type", "core_count", "task_spot_count"]
+    assert p.get_param("backend").schema["enum"] == ["emr", "local"]
+    assert p["backend"] == "local"  # the embedded default: no cloud needed
+    assert p["batch_id"] is None and p["pca_k"] is None and p["pca_variance"] == 0.95
+    for name in p.keys():
+        assert p.get_param(name).description, name
+
+
+@pytest.mark.parametrize("name,value", [
+    ("backend", "gcp"), ("pca_k", 0), ("pca_k", "ten"), ("pca_variance", 1.5), ("pca_variance", 0),
+    ("core_count", 0), ("task_spot_count", -1), ("instance_type", "huge"), ("batch_id", "a/b"),
+])
+def test_the_form_rejects_bad_values(pipeline_dag, name, value):
+    form = copy.deepcopy(pipeline_dag.params)
+    with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}:"):
+        form[name] = value  # what the trigger form and the API do with a conf value
+
+
+def _conf(**overrides):
+    conf = {k: v.value for k, v in params.build_params().items()}
+    conf.update(overrides)
+    return conf
+
+
+def _settings(tmp_path, **overrides):
+    s = {**config.DEFAULTS, "local_lake": str(tmp_path / "lake"), "spark_jobs_dir": str(tmp_path)}
+    s.update(overrides)
+    return s
+
+
+@pytest.mark.parametrize("name,value", [
+    ("backend", "emr-ish"), ("pca_k", True), ("pca_k", -3), ("pca_variance", float("nan")),
+    ("pca_variance", "0.9"), ("core_count", 2.5), ("task_spot_count", 99), ("instance_type", "M5 large"),
+    ("batch_id", "../etc"), ("landing_dir", "/no/such/folder"), ("weights", "model.bin"),
+    ("weights", "/no/such/file.weights.h5"), ("surprise", 1),
+])
+def test_first_task_names_the_bad_param(tmp_path, name, value):
+    with pytest.raises(InvalidParam, match=f"'{name}'"):
+        config.resolve(_conf(**{"landing_dir": str(tmp_path), name: value}), _settings(tmp_path), "2025-01-02")
+
+
+def test_emr_needs_a_bucket_and_s3_weights(tmp_path):
+    with pytest.raises(InvalidParam, match="fruits_bucket"):
+        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr"), _settings(tmp_path), "2025-01-02")
+    with pytest.raises(InvalidParam, match="'weights'.*s3://"):
+        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="/tmp/w.weights.h5"),
+                       _settings(tmp_path, bucket="b"), "2025-01-02")
+
+
+def test_defaults_resolve_from_settings_and_run_date(tmp_path):
+    cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
+    assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == ("2025-01-02", "local", "imagenet", str(tmp_path))
+    emr = config.resolve(_conf(backend="emr", batch_id="b1", pca_k=7),
+                         _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
+    assert emr.weights == "s3://fruits-prod/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+    assert (emr.batch_id, emr.pca_k) == ("b1", 7)
+    assert config.PipelineConfig.from_dict(emr.to_dict()) == emr
+
+
+def test_sensors_become_deferrable_by_a_deployment_switch(monkeypatch):
+    from airflow.models.dagbag import DagBag
+
+    from airflow_fixtures import REPO
+
+    monkeypatch.setenv("FRUITS_EMR_DEFERRABLE", "true")  # needs a triggerer, hence off by default
+    dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).dags["fruits_pipeline"]
+    sensor = dag.get_task("emr.watch_features")
+    assert sensor.deferrable is True
+    assert sensor.max_attempts * sensor.poke_interval == sensor.timeout  # the trigger's own timeout

@@ -1,0 +1,59 @@
+"""End to end, no cloud: the real DAG under `dag.test()` with backend=local.
+
+Tiny generated JPEGs plus a truncated JPEG and a text file go through ingest (copy into the lake),
+code staging, and the very step arguments EMR would run, executed by a local spark-submit with
+weights=random (both Spark jobs really run); then the run's summary is checked against the files.
+"""
+from airflow_fixtures import airflow_db, make_landing, runnable_dag, spark_jobs_dir, xcom  # noqa: F401
+
+import json
+
+import pandas as pd
+from airflow.utils.state import DagRunState, TaskInstanceState as S
+
+from fruits import where
+
+EMR_TASKS = {"emr.create_cluster", "emr.add_steps", "emr.watch_features", "emr.watch_pca", "emr.terminate_cluster"}
+
+
+def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypatch, capsys):
+    lake = tmp_path / "lake"
+    monkeypatch.setenv("FRUITS_LOCAL_LAKE", str(lake))
+    expected = make_landing(tmp_path / "landing")
+    conf = {"backend": "local", "landing_dir": str(tmp_path / "landing"), "weights": "random",
+            "batch_id": "e2e", "pca_k": 3}
+
+    dr = runnable_dag.test(run_conf=conf)
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == DagRunState.SUCCESS, states
+    assert states["run_locally"] == S.SUCCESS and states["publish_summary"] == S.SUCCESS
+    assert {t for t, s in states.items() if s == S.SKIPPED} == EMR_TASKS  # plain in the graph: nothing ran
+
+    manifest = json.loads((lake / "manifests" / "batch_id=e2e.json").read_text())
+    summary = xcom(dr, "publish_summary")
+    images = summary["images"]
+    assert images["read"] == images["featurized"] + images["rejected"] == len(manifest["files"]) == expected["uploaded"]
+    assert images["rejected"] == 2 and sum(images["rejects_by_reason"].values()) == 2
+
+    features = pd.read_parquet(lake / "features")
+    rejects = pd.read_parquet(lake / "rejects")
+    assert len(features) == images["featurized"] and len(rejects) == images["rejected"]
+    assert {p.rsplit("/", 1)[-1] for p in rejects["path"]} == {"truncated_1.jpg", "notes.txt"}
+
+    metrics = json.loads((lake / "pca" / "batch_id=e2e" / "metrics.json").read_text())
+    assert metrics["k"] == summary["pca"]["k"] == 3
+    assert metrics["n_images"] == images["featurized"]
+    for where_ in (summary["locations"]["plots"] + [summary["locations"]["pca_model"], summary["locations"]["pca_reduced"]]):
+        assert (lake / where_[len(f"{lake}/"):]).exists(), where_
+
+    # The helper the README's first command ends with prints the same places.
+    assert where.main([str(lake)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{lake}/pca/batch_id=e2e/metrics.json" in printed and "explained variance" in printed
+
+    # Same batch again: nothing new, already processed -> short-circuit, no Spark.
+    again = runnable_dag.test(run_conf=conf)
+    states = {ti.task_id: ti.state for ti in again.get_task_instances()}
+    assert again.state == DagRunState.SUCCESS
+    assert states["any_new_photos"] == S.SUCCESS and states["run_locally"] == S.SKIPPED
+    assert xcom(again, "ingest_new_photos")["uploaded"] == 0

@@ -1,0 +1,108 @@
+"""The pure EMR builders: the job flow and steps pass botocore's request validation and moto."""
+from airflow_fixtures import ACCOUNT, REGION, aws  # noqa: F401  (first: isolates Airflow; fixtures)
+
+import argparse
+import dataclasses
+
+import boto3
+import pytest
+from botocore.session import get_session
+from botocore.validate import ParamValidator
+
+from fruits import emr
+from fruits.config import PipelineConfig
+
+CFG = PipelineConfig(
+    batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
+    weights="s3://fruits-test/models/w.weights.h5", instance_type="m5.2xlarge", core_count=3,
+    task_spot_count=0, bucket="fruits-test", local_lake="/lake", spark_jobs_dir="/jobs",
+)
+VERSION = "abc123def456"
+
+
+def validate(operation: str, params: dict) -> None:
+    model = get_session().get_service_model("emr").operation_model(operation)
+    report = ParamValidator().validate(params, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_job_flow_and_steps_pass_botocore_validation():
+    validate("RunJobFlow", emr.job_flow_overrides(dataclasses.replace(
+        CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec"), VERSION))
+    validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr.spark_steps(CFG, VERSION)})
+
+
+def test_job_flow_contents():
+    flow = emr.job_flow_overrides(CFG, VERSION)
+    code = f"s3://fruits-test/code/{VERSION}/"
+    assert flow["ReleaseLabel"].startswith("emr-7.")
+    assert flow["Applications"] == [{"Name": "Spark"}]
+    assert flow["LogUri"] == "s3://fruits-test/logs/emr/"
+    assert flow["AutoTerminationPolicy"]["IdleTimeout"] == 3600
+    assert flow["VisibleToAllUsers"] is True
+    assert (flow["ServiceRole"], flow["JobFlowRole"]) == ("fruits-emr-service-role", "fruits-emr-ec2-role")
+    assert flow["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert "Ec2KeyName" not in flow["Instances"] and "Ec2SubnetId" not in flow["Instances"]
+    assert "SecurityConfiguration" not in flow
+    assert [g["InstanceRole"] for g in flow["Instances"]["InstanceGroups"]] == ["MASTER", "CORE"]
+    assert flow["Instances"]["InstanceGroups"][1]["InstanceCount"] == 3
+    (bootstrap,) = flow["BootstrapActions"]
+    assert bootstrap["ScriptBootstrapAction"] == {"Path": code + "bootstrap/emr_bootstrap.sh",
+                                                  "Args": [code + "requirements.txt"]}
+    (spark_env, defaults) = flow["Configurations"]
+    assert spark_env["Configurations"][0] == {"Classification": "export",
+                                              "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}}
+    assert defaults["Properties"]["spark.pyspark.python"] == "/usr/bin/python3.11"
+    assert {"Key": "project", "Value": "fruits"} in flow["Tags"]
+
+
+def test_spot_task_group_only_when_asked():
+    groups = emr.instance_groups(dataclasses.replace(CFG, task_spot_count=4))
+    assert groups[-1] == {"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
+                          "InstanceType": "m5.2xlarge", "InstanceCount": 4}
+
+
+def _parse(args, *options, flags=()):
+    p = argparse.ArgumentParser()
+    for o in options:
+        p.add_argument(o)
+    for f in flags:
+        p.add_argument(f, action="append")
+    return p.parse_known_args(args)
+
+
+def test_steps_follow_the_jobs_contract():
+    features, pca = emr.spark_steps(CFG, VERSION)
+    assert (features["ActionOnFailure"], pca["ActionOnFailure"]) == ("CANCEL_AND_WAIT", "CONTINUE")
+    code = f"s3://fruits-test/code/{VERSION}/"
+    for step in (features, pca):
+        args = step["HadoopJarStep"]["Args"]
+        assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
+        assert args[:5] == ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn"]
+        assert args[args.index("--py-files") + 1] == code + "fruits_jobs.zip"
+        assert "spark.task.cpus=2" in args and "spark.sql.execution.arrow.maxRecordsPerBatch=64" in args
+    f_args = features["HadoopJarStep"]["Args"]
+    job = f_args[f_args.index(code + "extract_features.py") + 1:]
+    assert job == ["--images", "s3://fruits-test/raw/batch_id=2025-01-02/", "--features", "s3://fruits-test/features/",
+                   "--rejects", "s3://fruits-test/rejects/", "--batch-id", "2025-01-02",
+                   "--weights", "s3://fruits-test/models/w.weights.h5"]
+    p_args = pca["HadoopJarStep"]["Args"]
+    job = p_args[p_args.index(code + "reduce_dimensions.py") + 1:]
+    assert job == ["--features", "s3://fruits-test/features/", "--output", "s3://fruits-test/pca/batch_id=2025-01-02/",
+                   "--variance", "0.9"]
+    with_k = emr.spark_steps(dataclasses.replace(CFG, pca_k=12), VERSION)[1]["HadoopJarStep"]["Args"]
+    assert with_k[-2:] == ["--k", "12"] and "--variance" not in with_k
+
+
+def test_moto_accepts_the_job_flow_and_the_steps(aws):
+    client = boto3.client("emr", region_name=REGION)
+    cluster_id = client.run_job_flow(**emr.job_flow_overrides(dataclasses.replace(CFG, task_spot_count=1), VERSION))["JobFlowId"]
+    client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr.spark_steps(CFG, VERSION))
+    cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert cluster["ReleaseLabel"] == CFG.release_label
+    assert cluster["AutoTerminate"] is False and cluster["VisibleToAllUsers"] is True
+    steps = client.list_steps(ClusterId=cluster_id)["Steps"]
+    assert sorted(s["Name"] for s in steps) == ["extract_features 2025-01-02", "reduce_dimensions 2025-01-02"]
+    groups = client.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
+    assert sorted(g["InstanceGroupType"] for g in groups) == ["CORE", "MASTER", "TASK"]
+    client.terminate_job_flows(JobFlowIds=[cluster_id])

@@ -1,0 +1,113 @@
+"""The EMR path of the real DAG, run with `dag.test()` against moto (S3 and EMR, in-process).
+
+How the steps are driven: moto never runs or moves EMR steps by itself. These tests wrap moto's
+own `Cluster.add_steps` so that, right after AddJobFlowSteps, the steps carry the states EMR would
+report for the scenario (COMPLETED/COMPLETED, or FAILED/CANCELLED as CANCEL_AND_WAIT does), and in
+the success case the test also writes the two JSON summaries the Spark jobs would have written to
+the bucket. Everything else is real: the operators, sensors, teardown, S3Hook and botocore's
+request validation. Every AWS call made is checked against the Airflow role's IAM policy (`aws`).
+"""
+from airflow_fixtures import BUCKET, REGION, airflow_db, aws, make_landing, runnable_dag, spark_jobs_dir, xcom  # noqa: F401
+
+import json
+
+import boto3
+import pytest
+from airflow.utils.state import DagRunState, TaskInstanceState
+from moto.emr.models import Cluster
+
+S = TaskInstanceState
+LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+EMR_ACTIONS = {"RunJobFlow", "DescribeCluster", "AddJobFlowSteps", "DescribeStep", "TerminateJobFlows"}
+
+
+def simulate_emr(monkeypatch, states, write_outputs=None):
+    """Give added steps the scenario's states, as EMR would once it ran them (moto does not)."""
+    original = Cluster.add_steps
+
+    def add_steps(self, steps):
+        added = original(self, steps)
+        for step, state in zip(added, states):
+            step.state = state
+        if write_outputs:
+            write_outputs()
+        return added
+
+    monkeypatch.setattr(Cluster, "add_steps", add_steps)
+
+
+def write_job_outputs(batch_id):
+    s3 = boto3.client("s3", region_name=REGION)
+    summary = {"batch_id": batch_id, "read": 12, "featurized": 10, "rejected": 2,
+               "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
+    metrics = {"n_images": 10, "input_dim": 1280, "k": 3, "explained_variance": [0.5, 0.3, 0.15],
+               "cumulative_explained_variance": [0.5, 0.8, 0.95], "total_explained_variance": 0.95}
+    s3.put_object(Bucket=BUCKET, Key=f"features/batch_id={batch_id}/_summary.json", Body=json.dumps(summary))
+    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/metrics.json", Body=json.dumps(metrics))
+
+
+def run(dag, landing, batch_id, **conf):
+    dr = dag.test(run_conf={"backend": "emr", "landing_dir": str(landing), "batch_id": batch_id, **conf})
+    return dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def clusters(states=None):
+    emr = boto3.client("emr", region_name=REGION)
+    return emr.list_clusters(**({"ClusterStates": states} if states else {}))["Clusters"]
+
+
+@pytest.fixture
+def landing(tmp_path):
+    make_landing(tmp_path / "landing")
+    return tmp_path / "landing"
+
+
+def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, runnable_dag, aws, landing, monkeypatch):
+    simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-ok"))
+    dr, states = run(runnable_dag, landing, "b-ok", pca_k=3)
+    assert dr.state == DagRunState.SUCCESS, states
+    assert states == {
+        "validate_params": S.SUCCESS, "ingest_new_photos": S.SUCCESS, "any_new_photos": S.SUCCESS,
+        "stage_code": S.SUCCESS, "plan_steps": S.SUCCESS, "choose_backend": S.SUCCESS,
+        "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_features": S.SUCCESS,
+        "emr.watch_pca": S.SUCCESS, "emr.terminate_cluster": S.SUCCESS,
+        "run_locally": S.SKIPPED, "publish_summary": S.SUCCESS,
+    }
+    (cluster,) = clusters()
+    assert cluster["Status"]["State"] == "TERMINATED"
+    emr = boto3.client("emr", region_name=REGION)
+    steps = emr.list_steps(ClusterId=cluster["Id"])["Steps"][::-1]  # newest first in the API
+    assert [s["Name"] for s in steps] == ["extract_features b-ok", "reduce_dimensions b-ok"]
+    assert [s["ActionOnFailure"] for s in steps] == ["CANCEL_AND_WAIT", "CONTINUE"]
+    summary = xcom(dr, "publish_summary")
+    assert summary["images"] == {"read": 12, "featurized": 10, "rejected": 2,
+                                 "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
+    assert (summary["pca"]["k"], summary["pca"]["total_explained_variance"]) == (3, 0.95)
+    assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/metrics.json"
+    code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
+    assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.txt"}
+    assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
+
+
+def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_db, runnable_dag, aws, landing,
+                                                                      monkeypatch):
+    simulate_emr(monkeypatch, ["FAILED", "CANCELLED"])
+    dr, states = run(runnable_dag, landing, "b-fail")
+    assert dr.state == DagRunState.FAILED  # the teardown's success does not make it green
+    assert states["emr.watch_features"] == S.FAILED
+    assert states["emr.watch_pca"] == S.UPSTREAM_FAILED
+    assert states["emr.terminate_cluster"] == S.SUCCESS
+    assert states["publish_summary"] == S.UPSTREAM_FAILED
+    assert clusters(LIVE) == []
+    assert [c["Status"]["State"] for c in clusters()] == ["TERMINATED"]
+
+
+def test_no_new_photos_short_circuits_without_a_cluster(airflow_db, runnable_dag, aws, tmp_path):
+    (tmp_path / "empty").mkdir()
+    dr, states = run(runnable_dag, tmp_path / "empty", "b-empty")
+    assert dr.state == DagRunState.SUCCESS
+    assert states["any_new_photos"] == S.SUCCESS
+    skipped = {t for t, s in states.items() if s == S.SKIPPED}
+    assert skipped == set(states) - {"validate_params", "ingest_new_photos", "any_new_photos"}
+    assert clusters() == []
+    assert not [c for c in aws if c[0] == "emr"]

@@ -1,0 +1,52 @@
+"""The IAM policies in infra/iam: valid documents, least privilege, and the evaluator the `aws`
+fixture uses (every moto-driven test checks each AWS call it made against the Airflow role's policy)."""
+from airflow_fixtures import (ACCOUNT, BUCKET, REGION, REPO, iam_requests, is_allowed,  # noqa: F401
+                              load_policy)
+
+import json
+
+import pytest
+
+POLICY = load_policy()
+TAGS = {"project": "fruits"}
+
+
+def allowed(service, op, params, tags=TAGS):
+    return all(is_allowed(POLICY, *req) for req in iam_requests(service, op, params, lambda _: tags))
+
+
+def test_documents_are_valid_and_name_no_wildcard_actions():
+    for name in ("airflow_role_policy.json", "emr_instance_profile_policy.json"):
+        doc = json.loads((REPO / "infra" / "iam" / name).read_text())
+        assert doc["Version"] == "2012-10-17"
+        for st in doc["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            assert not [a for a in actions if "*" in a], (name, st["Sid"])
+            assert st["Effect"] == "Allow"
+
+
+def test_the_calls_the_pipeline_makes_are_allowed():
+    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "raw/batch_id=1/"})
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_summary.json"})
+    assert allowed("emr", "RunJobFlow", {"Tags": [{"Key": "project", "Value": "fruits"}],
+                                         "ServiceRole": "fruits-emr-service-role", "JobFlowRole": "fruits-emr-ec2-role"})
+    assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
+
+
+@pytest.mark.parametrize("service,op,params,tags", [
+    ("s3", "PutObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/x.parquet"}, TAGS),  # the jobs' output
+    ("s3", "GetObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"}, TAGS),  # never reads photos
+    ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
+    ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
+    ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
+    ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
+    ("emr", "RunJobFlow", {"Tags": [], "ServiceRole": "fruits-emr-service-role",
+                           "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # untagged cluster
+    ("emr", "RunJobFlow", {"Tags": [{"Key": "project", "Value": "fruits"}], "ServiceRole": "AdminRole",
+                           "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # PassRole on another role
+    ("emr", "ListClusters", {"ClusterId": "j-1"}, TAGS),
+    ("sts", "GetCallerIdentity", {}, TAGS),
+])
+def test_everything_else_is_denied(service, op, params, tags):
+    assert not allowed(service, op, params, tags)

@@ -1,0 +1,179 @@
+"""The manual trigger from the Airflow UI, in a real (headless) browser, as a person would do it.
+
+Starts Airflow's api-server, scheduler and dag-processor on loopback (SQLite, LocalExecutor, an
+isolated AIRFLOW_HOME, free ports), opens the UI in Debian's Chromium through Selenium, logs in,
+opens `fruits_pipeline`, fills the trigger form (backend local, the demo photos, a PCA variance
+target, random weights), submits, watches the run until it succeeds (the real Spark jobs, local[*]),
+then reads the run's summary (counts, k, explained variance) in publish_summary's log and XCom.
+Screenshots of every step, the Airflow components' logs and the task logs land in artifacts/ui/.
+
+    .ci/install_browser.sh && pytest -m ui tests/test_ui_trigger.py
+
+Skips, with the reason, when chromium / chromium-driver / selenium are missing.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.ui.browser import missing_reason
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("FRUITS_UI_ARTIFACTS", REPO / "artifacts" / "ui"))
+DAG_ID = "fruits_pipeline"
+PCA_VARIANCE = 0.9
+RUN_TIMEOUT_S = 240
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+]
+
+
+def make_demo_images(out: Path) -> str:
+    """The lead's deterministic demo set when it exists, else a few tiny Pillow JPEGs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")])}
+    probe = subprocess.run([sys.executable, "-c", "import fruits.demo_images"], env=env,
+                           capture_output=True, text=True)
+    if probe.returncode == 0:
+        # 3 per class (+ the odd files it adds): the Spark time is mostly start-up and model build.
+        subprocess.run([sys.executable, "-m", "fruits.demo_images", str(out), "--per-class", "3"], env=env,
+                       check=True, timeout=120, capture_output=True)
+        return "fruits.demo_images"
+    from PIL import Image, ImageDraw
+
+    colours = {"Apple Red 1": (190, 30, 40), "Banana": (230, 210, 50), "Kiwi": (120, 140, 60)}
+    for i, (label, rgb) in enumerate(colours.items()):
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for j in range(4):
+            img = Image.new("RGB", (100, 100), (255, 255, 255))
+            shade = tuple(max(0, min(255, c + 12 * (j - 2))) for c in rgb)
+            ImageDraw.Draw(img).ellipse((10 + 3 * j, 12 + 2 * i, 88 - 2 * j, 90 - 3 * i), fill=shade)
+            img.save(out / label / f"{j}_100.jpg", quality=90)
+    return "Pillow fallback (fruits.demo_images not found)"
+
+
+def photos_ingest_would_send(landing: Path) -> int:
+    """How many landing files the pipeline reads: what ingest uploads (its own skip rules)."""
+    sys.path.insert(0, str(REPO / "plugins"))
+    from fruits.ingest import skip_reason
+
+    return sum(1 for p in landing.rglob("*") if p.is_file() and skip_reason(p.relative_to(landing)) is None)
+
+
+@pytest.fixture
+def artifacts():
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def stack(tmp_path, artifacts):
+    from tests.ui.airflow_stack import AirflowStack
+
+    lake = tmp_path / "lake"
+    stack = AirflowStack(tmp_path / "airflow_home", artifacts / "airflow", extra_env={
+        "FRUITS_LOCAL_LAKE": str(lake),
+        # The form's default backend is then emr: the test must pick `local` itself, as a person would.
+        "FRUITS_BACKEND": "emr",
+        # Where a run with an empty landing_dir would look: empty, never the developer's ./data.
+        "FRUITS_LANDING_DIR": str(tmp_path / "no-landing"),
+    })
+    (tmp_path / "no-landing").mkdir()
+    try:
+        stack.start()
+        stack.wait_healthy(150)
+        stack.wait_dag(DAG_ID, 120)
+        yield stack
+    finally:
+        stack.stop()
+        if (stack.home / "logs").is_dir():
+            shutil.copytree(stack.home / "logs", artifacts / "airflow" / "task-logs", dirs_exist_ok=True)
+
+
+@pytest.fixture
+def browser(artifacts):
+    from tests.ui.browser import Browser
+
+    b = Browser(artifacts)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
+    from tests.ui.airflow_ui import AirflowUI
+
+    t0 = time.monotonic()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    source = make_demo_images(landing)
+    expected_read = photos_ingest_would_send(landing)
+    assert expected_read > 0, f"no demo photos from {source}"
+    batch_id = f"ui-{int(time.time())}"
+
+    ui = AirflowUI(browser, stack.url)
+    ui.login(stack.username, stack.password)
+    ui.open_dag(DAG_ID)
+    run_id = ui.trigger_with_params(
+        text_params={"batch_id": batch_id, "landing_dir": str(landing),
+                     "pca_variance": str(PCA_VARIANCE), "weights": "random"},
+        select_params={"backend": "local"},
+    )
+
+    # The run the UI created carries the form's values.
+    token = stack.token()
+    run = stack.api(f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}", token)
+    assert run["run_type"] == "manual"
+    for key, value in {"batch_id": batch_id, "landing_dir": str(landing), "backend": "local",
+                       "weights": "random", "pca_variance": PCA_VARIANCE, "pca_k": None}.items():
+        assert run["conf"].get(key) == value, f"conf[{key!r}] = {run['conf'].get(key)!r}, expected {value!r}"
+
+    def fail_fast():
+        """The components are alive, and no task failed: the DAG retries after minutes, the test won't wait."""
+        stack.check_alive()
+        bad = {t: s for t, s in stack.task_states(DAG_ID, run_id, token).items()
+               if s in ("failed", "up_for_retry", "upstream_failed")}
+        if bad:
+            browser.shot("task-failed")
+            pytest.fail(f"run {run_id}: tasks {bad}; their logs:\n" + stack.task_log_tails(DAG_ID, run_id, set(bad)))
+
+    state = ui.wait_run_finished(RUN_TIMEOUT_S, on_poll=fail_fast)
+    assert state == "Success", (f"run {run_id} ended {state}; task logs:\n"
+                                + stack.task_log_tails(DAG_ID, run_id))
+
+    # The summary, where a person finds it: publish_summary's log, then its XCom.
+    ui.open_task(run_id, "publish_summary")
+    log = ui.task_log_text("explained variance")
+    counts = re.search(r"(\d+) read, (\d+) featurized, (\d+) rejected", log)
+    pca = re.search(r"k=(\d+) of (\d+) dims, explained variance ([0-9.]+)", log)
+    assert counts and pca, f"no summary lines in the log shown:\n{log[-3000:]}"
+    read, featurized, rejected = map(int, counts.groups())
+    k, dims, variance = int(pca.group(1)), int(pca.group(2)), float(pca.group(3))
+    assert read == expected_read and read == featurized + rejected, (read, featurized, rejected, expected_read)
+    assert 1 <= k <= min(featurized, dims)
+    assert variance >= PCA_VARIANCE - 1e-3, variance
+
+    ui.xcom_text(["images", "pca", "locations"])
+    # The same numbers behind the UI's XCom view.
+    xcom_pca = stack.api(f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/publish_summary/xcomEntries/pca",
+                         token)["value"]
+    xcom_pca = json.loads(xcom_pca) if isinstance(xcom_pca, str) else xcom_pca
+    assert xcom_pca["k"] == k
+    assert abs(xcom_pca["total_explained_variance"] - variance) < 1e-3
+
+    elapsed = time.monotonic() - t0
+    (ARTIFACTS / "summary.json").write_text(json.dumps({
+        "run_id": run_id, "batch_id": batch_id, "photos": source, "read": read, "featurized": featurized,
+        "rejected": rejected, "k": k, "explained_variance": variance, "test_seconds": round(elapsed, 1),
+    }, indent=1))
