@@ -114,7 +114,7 @@ def main() -> None:
     names = {"a": "(a) our features job", "b": "(b) seed notebook approach", "c": "(c) raw TensorFlow loop"}
     print(f"\n{'approach':30} {'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12} {'wall s':>7}")
     for key, r in results.items():
-        print(f"{names[key]:30} {r.get('images', r.get('read')):>7} {r['seconds']:>8} "
+        print(f"{names[key]:30} {r.get('read', r.get('images')):>7} {r['seconds']:>8} "
               f"{r['images_per_s']:>9} {r['peak_rss_mb']:>12} {r['wall_s']:>7}")
     ratios = {"a/b": results["a"]["images_per_s"] / results["b"]["images_per_s"],
               "a/c": results["a"]["images_per_s"] / results["c"]["images_per_s"]}

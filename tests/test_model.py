@@ -39,7 +39,11 @@ def test_genuine_weights_load_from_a_file(weights_file):
 
 
 def test_imagenet_without_internet_fails_at_once_saying_what_to_pass(monkeypatch, tmp_path):
-    # A dead proxy makes the download fail the same way wherever the test runs.
+    import urllib.request
+
+    # A dead proxy makes the download fail the same way wherever the test runs. urllib caches the
+    # opener it builds from these variables process-wide: drop it afterwards (monkeypatch restores).
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy either

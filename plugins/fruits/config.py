@@ -18,7 +18,7 @@ Four are environment-only, because they describe this machine and only matter fo
 FRUITS_LOCAL_LAKE (the folder that stands for the bucket, default <repo>/data/lake),
 FRUITS_LOCAL_STORAGE (`lake`, the default: that folder; `s3`: the bucket of `aws_default`, e.g.
 MinIO in docker-compose, with Spark reaching it through S3A), FRUITS_SPARK_MASTER (default
-local[*]; docker-compose: spark://spark-master:7077) and FRUITS_SPARK_JOBS_DIR (default
+local[*]; docker-compose points it at its standalone master) and FRUITS_SPARK_JOBS_DIR (default
 <repo>/spark_jobs).
 """
 import dataclasses

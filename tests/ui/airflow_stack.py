@@ -35,6 +35,10 @@ def _own_group_and_die_with_parent() -> None:
         pass
 
 
+# Loopback only: never through a proxy from the environment (or one urllib cached earlier).
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -60,7 +64,8 @@ class AirflowStack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         passwords = self.home / "simple_auth_manager_passwords.json"
         passwords.write_text(json.dumps({self.username: self.password}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        # nothing of the test process's own Airflow (in-process dag.test) may leak into this one
+        env = {k: v for k, v in os.environ.items() if not k.lstrip("_").startswith("AIRFLOW")}
         venv_bin = str(Path(sys.executable).parent)
         env.update({
             "PATH": venv_bin + os.pathsep + env.get("PATH", "/usr/bin:/bin"),
@@ -159,13 +164,13 @@ class AirflowStack:
                                      data=json.dumps({"username": self.username,
                                                       "password": self.password}).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with _LOOPBACK.open(req, timeout=10) as resp:
             return json.load(resp)["access_token"]
 
     def api(self, path: str, token: str) -> dict:
         req = urllib.request.Request(f"{self.url}/api/v2/{path.lstrip('/')}",
                                      headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with _LOOPBACK.open(req, timeout=10) as resp:
             return json.load(resp)
 
     def wait_healthy(self, timeout_s: float) -> None:
@@ -174,7 +179,7 @@ class AirflowStack:
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as resp:
+                with _LOOPBACK.open(f"{self.url}/api/v2/monitor/health", timeout=5) as resp:
                     health = json.load(resp)
                 if health.get("scheduler", {}).get("status") == "healthy" and \
                         health.get("dag_processor", {}).get("status") == "healthy":
