@@ -3,6 +3,7 @@
 `../shared` (real Fruits-360 photos, genuine ImageNet weights) sits beside the checkout in CI;
 tests that need it skip with a reason when it is absent, the rest still run.
 """
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
 WEIGHTS_FILE = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after pytest
+# closed the streams: a "Logging error" traceback below the summary line. Not a test outcome.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,6 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, weights_bc) -> 
 
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri))
     label, split = path_columns(root_uri)
-    null_str = F.lit(None).cast("string")
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
     decoded = (files.where(F.col("length") <= args.max_file_bytes)
@@ -116,23 +115,20 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, weights_bc) -> 
                        F.when(F.col("label").isNull(), F.lit("no_class_folder")).otherwise(F.col("r.reason")).alias("reason"),
                        F.when(F.col("label").isNull(), F.lit("file is not inside a class folder"))
                        .otherwise(F.col("r.detail")).alias("detail")))
-    too_large = (files.where(F.col("length") > args.max_file_bytes)
-                 .select("path", label, split, null_str.alias("sha256"),
+    def rejected(df, reason: str, detail):
+        """Files rejected before decoding, in the same columns as `decoded`."""
+        return df.select("path", label, split, F.lit(None).cast("string").alias("sha256"),
                          F.lit(None).cast("array<float>").alias("features"),
-                         F.lit("file_too_large").alias("reason"),
-                         F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")).alias("detail")))
+                         F.lit(reason).alias("reason"), detail.alias("detail"))
+
+    too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
+                         F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
     # Spark's scan drops 0-byte files that its file index listed: find them by difference.
-    empty = (listed_files(spark, files).join(files.select("path"), "path", "left_anti")
-             .select("path", label, split, null_str.alias("sha256"),
-                     F.lit(None).cast("array<float>").alias("features"),
-                     F.lit("empty_file").alias("reason"), F.lit("0 bytes").alias("detail")))
+    empty = rejected(listed_files(spark, files).join(files.select("path"), "path", "left_anti"),
+                     "empty_file", F.lit("0 bytes"))
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
-    hidden = (spark.createDataFrame([(p,) for p in skipped], "path string")
-              .select("path", label, split, null_str.alias("sha256"),
-                      F.lit(None).cast("array<float>").alias("features"),
-                      F.lit("hidden_file").alias("reason"),
-                      F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it")
-                      .alias("detail")))
+    hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
+                      F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it"))
     (decoded.unionByName(too_large).unionByName(empty).unionByName(hidden)
      .withColumn("batch_id", F.lit(args.batch_id))
      .write.mode("overwrite").parquet(staging_uri))
