@@ -206,7 +206,6 @@ def spark_conf(args) -> dict:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # One Arrow batch = one model batch: bounded memory even for 10 MB phone photos.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size),
-        "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.python.worker.reuse": "true",  # keep each worker's model across tasks
     }
 
