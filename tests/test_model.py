@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, load_weights,
-                               worker_infer_fn)
+from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, freeze_model,
+                               load_weights, worker_infer_fn)
 
 
 def test_no_top_avg_pooling_equals_the_seeds_include_top_penultimate_layer():
@@ -79,17 +79,33 @@ def test_remote_sources_go_through_the_fetcher(tmp_path, weights_file):
 
 
 def test_worker_model_is_built_once_and_batches_do_not_change_results():
-    weights = load_weights("random", 96)
+    frozen = freeze_model(load_weights("random", 96), 96)
     calls = []
 
     def provider():
         calls.append(1)
-        return weights
+        return frozen
 
-    infer = worker_infer_fn("test-key", provider, 96, cores=1)
-    assert worker_infer_fn("test-key", provider, 96, cores=1) is infer and len(calls) == 1
+    infer = worker_infer_fn("test-key", provider, cores=1)
+    assert worker_infer_fn("test-key", provider, cores=1) is infer and len(calls) == 1
     images = np.random.default_rng(1).integers(0, 256, size=(5, 96, 96, 3), dtype=np.uint8)
     whole = featurize(infer, images, batch_size=5)
     chunks = featurize(infer, images, batch_size=2)
     assert whole.shape == (5, FEATURE_DIM) and np.isfinite(whole).all()
     np.testing.assert_allclose(whole, chunks, rtol=1e-4, atol=1e-5)
+
+
+def test_the_frozen_graph_the_workers_run_equals_the_keras_model_with_preprocessing(weights_file):
+    """Workers run the driver's frozen graph (weights folded in as constants), not Keras: it must
+    give the Keras model's features for the same uint8 images, preprocess_input included."""
+    import keras
+
+    weights = load_weights(str(weights_file), 224)
+    model = build_model(224)
+    model.set_weights(weights)
+    images = np.random.default_rng(2).integers(0, 256, size=(4, 224, 224, 3), dtype=np.uint8)
+    scaled = keras.applications.mobilenet_v2.preprocess_input(images.astype("float32"))
+    expected = model(scaled, training=False).numpy()
+    got = featurize(worker_infer_fn("frozen-vs-keras", lambda: freeze_model(weights, 224), cores=2), images, 4)
+    assert got.shape == (4, FEATURE_DIM) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)

@@ -10,7 +10,7 @@ import json
 import math
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, List
 
 import numpy as np
 import pandas as pd
@@ -18,12 +18,16 @@ import pandas as pd
 from fruits_jobs import hadoop_fs
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
-from fruits_jobs.model import FEATURE_DIM, featurize, load_weights, worker_infer_fn
+from fruits_jobs.model import FEATURE_DIM, featurize, freeze_model, load_weights, worker_infer_fn
 
 SPLITS = ("Training", "Test")
 # Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
+# Images per Spark task, at least one task per core. Each task costs ~0.4 s of fixed work (a
+# Python round trip, a Parquet file, scheduling: measured), so Spark's default of ~30 small
+# files per task wasted a third of the run; 2,000 images is ~30-60 s of model time, cheap to retry.
+IMAGES_PER_TASK = 2000
 RESULT_SCHEMA = "features array<float>, reason string, detail string"
 
 
@@ -58,7 +62,7 @@ def _task_cpus() -> int:
         return 1
 
 
-def make_featurize_udf(weights_bc, image_size: int, batch_size: int, max_pixels: int):
+def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: int):
     from pyspark.sql.functions import pandas_udf
 
     key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
@@ -69,7 +73,7 @@ def make_featurize_udf(weights_bc, image_size: int, batch_size: int, max_pixels:
         for contents in batches:
             images, errors = decode_many(contents, image_size, max_pixels)
             if len(images) and infer is None:  # a batch of only bad files never loads TensorFlow
-                infer = worker_infer_fn(key, lambda: weights_bc.value, image_size, _task_cpus())
+                infer = worker_infer_fn(key, lambda: model_bc.value, _task_cpus())
             vectors = iter(featurize(infer, images, batch_size) if len(images) else ())
             features, reasons, details = [], [], []
             for err in errors:
@@ -97,13 +101,20 @@ def path_columns(root_uri: str):
     return label.alias("label"), split.cast("string").alias("split")
 
 
-def stage_outcomes(spark, args, root_uri: str, staging_uri: str, weights_bc) -> None:
+def task_count(spark, files: int) -> int:
+    return max(spark.sparkContext.defaultParallelism, math.ceil(files / IMAGES_PER_TASK))
+
+
+def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> None:
     """The one pass that reads the images and runs the model; writes every file's outcome."""
     from pyspark.sql import functions as F
 
-    featurize_udf = make_featurize_udf(weights_bc, args.image_size, args.batch_size, args.max_pixels)
+    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels)
 
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri))
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
+    listed = listed_files(files)
+    # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
+    files = files.coalesce(task_count(spark, len(listed)))
     label, split = path_columns(root_uri)
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
@@ -124,7 +135,8 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, weights_bc) -> 
     too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
                          F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
     # Spark's scan drops 0-byte files that its file index listed: find them by difference.
-    empty = rejected(listed_files(spark, files).join(files.select("path"), "path", "left_anti"),
+    empty = rejected(spark.createDataFrame([(p,) for p in listed], "path string")
+                     .join(files.select("path"), "path", "left_anti"),
                      "empty_file", F.lit("0 bytes"))
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
@@ -143,10 +155,10 @@ def uri_to_spark_path(uri: str) -> str:
     return f"file:{path}" if parts.scheme == "file" else f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def listed_files(spark, files_df):
-    """Every file Spark's index listed (its scan later drops the empty ones), as a DataFrame."""
+def listed_files(files_df) -> List[str]:
+    """Every file Spark's index listed (its scan later drops the empty ones), as `path` values."""
     # inputFiles() crosses py4j once per file: ~1 s per 10k files, fine for a daily batch.
-    return spark.createDataFrame([(uri_to_spark_path(u),) for u in files_df.inputFiles()], "path string")
+    return [uri_to_spark_path(u) for u in files_df.inputFiles()]
 
 
 def replace_partition(spark, df, dataset_uri: str, batch_id: str, rows: int) -> None:
@@ -172,9 +184,9 @@ def run(spark, args) -> dict:
 
     weights = load_weights(args.weights, args.image_size,
                            fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
-    weights_bc = spark.sparkContext.broadcast(weights)
+    model_bc = spark.sparkContext.broadcast(freeze_model(weights, args.image_size))
     started = time.perf_counter()  # throughput counts the data work, not the weights download
-    stage_outcomes(spark, args, root_uri, staging_uri, weights_bc)
+    stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
@@ -202,12 +214,17 @@ def run(spark, args) -> dict:
 
 
 def spark_conf(args) -> dict:
-    return {
+    conf = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # One Arrow batch = one model batch: bounded memory even for 10 MB phone photos.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size),
         "spark.python.worker.reuse": "true",  # keep each worker's model across tasks
     }
+    if "://" not in args.images or args.images.startswith("file:"):
+        # Listing a local disk takes milliseconds; Spark's default lists folders with >32
+        # subfolders in a Spark job per level (~1.5 s each here). Kept for s3://, where it pays.
+        conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = "1000000"
+    return conf
 
 
 def main(argv=None) -> dict:

