@@ -1,7 +1,10 @@
 """(c) of the benchmark: the practical ceiling. A plain TensorFlow batch loop over images already
 decoded and resized in memory (decoding is not timed), with TensorFlow's default threading.
 
-    python bench/raw_tf_loop.py --images DIR --weights FILE|random [--batch-size 64]
+    python bench/raw_tf_loop.py --images DIR --weights FILE|random [--batch-size 64] [--model keras|frozen]
+
+--model keras (default) is the plain loop: the Keras model in a tf.function. --model frozen runs the
+frozen graph our features job's workers run, to separate Spark's overhead from the model's speed.
 Prints one JSON line.
 """
 import argparse
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spark_jobs"))
 import numpy as np  # noqa: E402
 
 from fruits_jobs.images import decode_image  # noqa: E402
-from fruits_jobs.model import build_model, load_weights  # noqa: E402
+from fruits_jobs.model import build_model, freeze_model, load_weights, worker_infer_fn  # noqa: E402
 
 
 def main() -> None:
@@ -26,22 +29,31 @@ def main() -> None:
     ap.add_argument("--weights", default="random")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--model", choices=("keras", "frozen"), default="keras")
     args = ap.parse_args()
 
     import tensorflow as tf
 
     paths = sorted(p for p in Path(args.images).rglob("*") if p.is_file())
     images = np.stack([decode_image(p.read_bytes(), args.image_size) for p in paths])
-    model = build_model(args.image_size)
-    model.set_weights(load_weights(args.weights, args.image_size))
-    infer = tf.function(lambda x: model(tf.cast(x, tf.float32) / 127.5 - 1.0, training=False))
+    weights = load_weights(args.weights, args.image_size)
+    if args.model == "frozen":
+        frozen = freeze_model(weights, args.image_size)
+        graph = worker_infer_fn("bench", lambda: frozen, cores=os.cpu_count())
+
+        def infer(x):
+            return graph(tf.constant(x))
+    else:
+        model = build_model(args.image_size)
+        model.set_weights(weights)
+        infer = tf.function(lambda x: model(tf.cast(x, tf.float32) / 127.5 - 1.0, training=False))
     infer(images[: args.batch_size])  # trace and warm up outside the timed loop
     start = time.perf_counter()
     for i in range(0, len(images), args.batch_size):
         infer(images[i:i + args.batch_size]).numpy()
     seconds = time.perf_counter() - start
-    print(json.dumps({"approach": "raw-tensorflow-loop", "images": len(images), "seconds": round(seconds, 2),
-                      "images_per_s": round(len(images) / seconds, 2)}))
+    print(json.dumps({"approach": f"raw-tensorflow-loop-{args.model}", "images": len(images),
+                      "seconds": round(seconds, 2), "images_per_s": round(len(images) / seconds, 2)}))
 
 
 if __name__ == "__main__":

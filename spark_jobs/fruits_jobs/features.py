@@ -141,7 +141,8 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
                       F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it"))
-    (decoded.unionByName(too_large).unionByName(empty).unionByName(hidden)
+    # The cheap branches first: their tasks then run while the Python workers start, not after.
+    (hidden.unionByName(empty).unionByName(too_large).unionByName(decoded)
      .withColumn("batch_id", F.lit(args.batch_id))
      .write.mode("overwrite").parquet(staging_uri))
 
