@@ -139,6 +139,16 @@ def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_
     assert sum(summary["rejects_by_reason"].values()) == summary["rejected"] == len(rejects)
 
 
+@pytest.mark.parametrize("files, cores, expected", [
+    (42, 2, 2),          # a small batch still uses every core
+    (3_144, 2, 2),       # the benchmark: one long task per core, not Spark's ~100 small ones
+    (10_001, 2, 6),      # then ~2,000 images per task
+    (10_001, 64, 64),    # a big cluster: at least one task per core
+])
+def test_the_model_pass_runs_few_large_tasks_and_uses_every_core(files, cores, expected):
+    assert features.task_count(files, cores) == expected
+
+
 def test_bad_arguments_are_refused_before_any_work():
     for argv, needle in [(["--batch-id", "../etc"], "--batch-id"), (["--batch-id", "_x"], "--batch-id"),
                          (["--batch-id", "ok", "--image-size", "5"], "--image-size")]:

@@ -101,8 +101,9 @@ def path_columns(root_uri: str):
     return label.alias("label"), split.cast("string").alias("split")
 
 
-def task_count(spark, files: int) -> int:
-    return max(spark.sparkContext.defaultParallelism, math.ceil(files / IMAGES_PER_TASK))
+def task_count(files: int, cores: int) -> int:
+    """Spark tasks for the model pass: ~IMAGES_PER_TASK images each, at least one per core."""
+    return max(cores, math.ceil(files / IMAGES_PER_TASK))
 
 
 def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> None:
@@ -114,7 +115,7 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
-    files = files.coalesce(task_count(spark, len(listed)))
+    files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
@@ -134,17 +135,20 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
 
     too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
                          F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
-    # Spark's scan drops 0-byte files that its file index listed: find them by difference.
-    empty = rejected(spark.createDataFrame([(p,) for p in listed], "path string")
-                     .join(files.select("path"), "path", "left_anti"),
-                     "empty_file", F.lit("0 bytes"))
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
                       F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it"))
     # The cheap branches first: their tasks then run while the Python workers start, not after.
-    (hidden.unionByName(empty).unionByName(too_large).unionByName(decoded)
+    (hidden.unionByName(too_large).unionByName(decoded)
      .withColumn("batch_id", F.lit(args.batch_id))
      .write.mode("overwrite").parquet(staging_uri))
+    # Spark's scan drops the 0-byte files its index listed: they are the listed files with no
+    # outcome yet. Found from the staged paths, not by another scan of the images (on S3 every
+    # scanned file costs a request, even unread).
+    empty = rejected(spark.createDataFrame([(p,) for p in listed], "path string")
+                     .join(spark.read.parquet(staging_uri).select("path"), "path", "left_anti"),
+                     "empty_file", F.lit("0 bytes"))
+    empty.withColumn("batch_id", F.lit(args.batch_id)).write.mode("append").parquet(staging_uri)
 
 
 def uri_to_spark_path(uri: str) -> str:
