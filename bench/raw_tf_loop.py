@@ -1,7 +1,7 @@
 """(c) of the benchmark: the practical ceiling. A plain TensorFlow batch loop over images already
 decoded and resized in memory (decoding is not timed), with TensorFlow's default threading.
 
-    python bench/raw_tf_loop.py --images DIR --weights FILE|random [--batch-size 64] [--model keras|frozen]
+    python bench/raw_tf_loop.py --images DIR --weights FILE|random [--batch-size 32] [--model keras|frozen]
 
 --model keras (default) is the plain loop: the Keras model in a tf.function. --model frozen runs the
 frozen graph our features job's workers run, to separate Spark's overhead from the model's speed.
@@ -27,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", required=True)
     ap.add_argument("--weights", default="random")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--model", choices=("keras", "frozen"), default="keras")
     args = ap.parse_args()

@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", required=True,
                    help="imagenet | a .weights.h5 file (local path or s3:// URI) | random (tests only)")
     p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    # 32: as fast per image as 64 on CPU, and ~0.45 GB less memory per worker (activations).
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     args = p.parse_args(argv)
