@@ -6,8 +6,8 @@ approach and (c) a raw TensorFlow batch loop, on the same images, in one run, si
 
 Each approach runs in its own process; its peak memory is the largest summed RSS of that process
 tree (driver JVM + Python workers), sampled every 0.1 s. Images/s is each approach's own timing of
-its data work: (a) the job's summary `seconds` (listing to published Parquet, weights download
-excluded), (b) the seed's timer (repartition + UDF + write), (c) and (c2) the model loop alone.
+its data work: (a) the job's summary `seconds` (listing to published Parquet; loading and freezing
+the model excluded), (b) the seed's timer (repartition + UDF + write), (c) and (c2) the model loop alone.
 """
 import argparse
 import json

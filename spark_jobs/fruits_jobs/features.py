@@ -26,7 +26,7 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
 # Images per Spark task, at least one task per core. Each task costs ~0.4 s of fixed work (a
 # Python round trip, a Parquet file, scheduling: measured), so Spark's default of ~30 small
-# files per task wasted a third of the run; 2,000 images is ~30-60 s of model time, cheap to retry.
+# files per task wasted a third of the run; 2,000 images is ~20-40 s of model time, cheap to retry.
 IMAGES_PER_TASK = 2000
 RESULT_SCHEMA = "features array<float>, reason string, detail string"
 
@@ -191,7 +191,7 @@ def run(spark, args) -> dict:
     weights = load_weights(args.weights, args.image_size,
                            fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
     model_bc = spark.sparkContext.broadcast(freeze_model(weights, args.image_size))
-    started = time.perf_counter()  # throughput counts the data work, not the weights download
+    started = time.perf_counter()  # throughput counts the data work, not loading the model
     stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
