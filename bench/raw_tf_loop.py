@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spark_jobs"))
 import numpy as np  # noqa: E402
 
 from fruits_jobs.images import decode_image  # noqa: E402
-from fruits_jobs.model import build_model, freeze_model, load_weights, worker_infer_fn  # noqa: E402
+from fruits_jobs.model import freeze_model, load_model, worker_infer_fn  # noqa: E402
 
 
 def main() -> None:
@@ -36,16 +36,14 @@ def main() -> None:
 
     paths = sorted(p for p in Path(args.images).rglob("*") if p.is_file())
     images = np.stack([decode_image(p.read_bytes(), args.image_size) for p in paths])
-    weights = load_weights(args.weights, args.image_size)
+    model = load_model(args.weights, args.image_size)
     if args.model == "frozen":
-        frozen = freeze_model(weights, args.image_size)
+        frozen = freeze_model(model)
         graph = worker_infer_fn("bench", lambda: frozen, cores=os.cpu_count())
 
         def infer(x):
             return graph(tf.constant(x))
     else:
-        model = build_model(args.image_size)
-        model.set_weights(weights)
         infer = tf.function(lambda x: model(tf.cast(x, tf.float32) / 127.5 - 1.0, training=False))
     infer(images[: args.batch_size])  # trace and warm up outside the timed loop
     start = time.perf_counter()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, freeze_model,
-                               load_weights, worker_infer_fn)
+                               load_model, worker_infer_fn)
 
 
 def test_no_top_avg_pooling_equals_the_seeds_include_top_penultimate_layer():
@@ -25,15 +25,15 @@ def test_no_top_avg_pooling_equals_the_seeds_include_top_penultimate_layer():
 
 
 def test_random_weights_are_seeded_and_say_so(capsys):
-    first = load_weights("random", 96)
-    second = load_weights("random", 96)
+    first = load_model("random", 96).get_weights()
+    second = load_model("random", 96).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert "NOT ImageNet" in capsys.readouterr().err
 
 
 def test_genuine_weights_load_from_a_file(weights_file):
-    weights = load_weights(str(weights_file), 224)
-    also = load_weights(f"file://{weights_file}", 224)
+    weights = load_model(str(weights_file), 224).get_weights()
+    also = load_model(f"file://{weights_file}", 224).get_weights()
     assert sum(w.size for w in weights) == 2_257_984  # the README's parameter count
     assert all(np.array_equal(a, b) for a, b in zip(weights, also))
 
@@ -48,14 +48,14 @@ def test_imagenet_without_internet_fails_at_once_saying_what_to_pass(monkeypatch
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy either
     with pytest.raises(WeightsError) as exc:
-        load_weights("imagenet", 224)
+        load_model("imagenet", 224)
     assert "--weights" in str(exc.value) and "weights.h5" in str(exc.value)
 
 
 @pytest.mark.parametrize("source", ["/nonexistent/mobilenet.weights.h5", "s3://bucket/w.weights.h5"])
 def test_unusable_sources_fail_with_the_how_to(source):
     with pytest.raises(WeightsError) as exc:
-        load_weights(source, 224)  # no fetcher for s3:// outside Spark
+        load_model(source, 224)  # no fetcher for s3:// outside Spark
     assert "--weights" in str(exc.value)
 
 
@@ -63,7 +63,7 @@ def test_a_file_that_is_not_weights_is_refused(tmp_path):
     bogus = tmp_path / "model.weights.h5"
     bogus.write_bytes(b"not hdf5")
     with pytest.raises(WeightsError):
-        load_weights(str(bogus), 224)
+        load_model(str(bogus), 224)
 
 
 def test_remote_sources_go_through_the_fetcher(tmp_path, weights_file):
@@ -74,12 +74,12 @@ def test_remote_sources_go_through_the_fetcher(tmp_path, weights_file):
         with open(local, "wb") as out:
             out.write(weights_file.read_bytes())
 
-    weights = load_weights("s3://models/mobilenet.weights.h5", 224, fetch=fetch)
+    weights = load_model("s3://models/mobilenet.weights.h5", 224, fetch=fetch).get_weights()
     assert fetched == ["s3://models/mobilenet.weights.h5"] and len(weights) == 260
 
 
 def test_worker_model_is_built_once_and_batches_do_not_change_results():
-    frozen = freeze_model(load_weights("random", 96), 96)
+    frozen = freeze_model(load_model("random", 96))
     calls = []
 
     def provider():
@@ -100,12 +100,10 @@ def test_the_frozen_graph_the_workers_run_equals_the_keras_model_with_preprocess
     give the Keras model's features for the same uint8 images, preprocess_input included."""
     import keras
 
-    weights = load_weights(str(weights_file), 224)
-    model = build_model(224)
-    model.set_weights(weights)
+    model = load_model(str(weights_file), 224)
     images = np.random.default_rng(2).integers(0, 256, size=(4, 224, 224, 3), dtype=np.uint8)
     scaled = keras.applications.mobilenet_v2.preprocess_input(images.astype("float32"))
     expected = model(scaled, training=False).numpy()
-    got = featurize(worker_infer_fn("frozen-vs-keras", lambda: freeze_model(weights, 224), cores=2), images, 4)
+    got = featurize(worker_infer_fn("frozen-vs-keras", lambda: freeze_model(model), cores=2), images, 4)
     assert got.shape == (4, FEATURE_DIM) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)

@@ -18,7 +18,7 @@ import pandas as pd
 from fruits_jobs import hadoop_fs
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
-from fruits_jobs.model import FEATURE_DIM, featurize, freeze_model, load_weights, worker_infer_fn
+from fruits_jobs.model import FEATURE_DIM, featurize, freeze_model, load_model, worker_infer_fn
 
 SPLITS = ("Training", "Test")
 # Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
@@ -188,9 +188,9 @@ def run(spark, args) -> dict:
     # Hidden from readers by its leading '_'; unique per run so concurrent runs never collide.
     staging_uri = f"{features_uri}/_staging/{args.batch_id}-{uuid.uuid4().hex}"
 
-    weights = load_weights(args.weights, args.image_size,
-                           fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
-    model_bc = spark.sparkContext.broadcast(freeze_model(weights, args.image_size))
+    model = load_model(args.weights, args.image_size,
+                       fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
+    model_bc = spark.sparkContext.broadcast(freeze_model(model))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
     stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
     staged = spark.read.parquet(staging_uri)

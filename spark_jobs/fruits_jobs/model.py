@@ -11,7 +11,7 @@ no tracing (~3 s less per worker), and constant folding merges batch norms into 
 import os
 import sys
 import tempfile
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -39,8 +39,8 @@ def build_model(image_size: int, weights=None):
     )
 
 
-def load_weights(source: str, image_size: int, fetch: Optional[Callable[[str, str], None]] = None) -> List[np.ndarray]:
-    """Resolve a weights source into the list of arrays the workers will set on their model.
+def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str], None]] = None):
+    """The feature extractor with the weights of `source` loaded (a Keras model, on the driver).
 
     source: "imagenet" (Keras download; needs internet), "random" (fixed seed; tests and
     benchmarks only), a local file, or a remote URI (s3://...) that `fetch(uri, local_path)` copies.
@@ -51,10 +51,10 @@ def load_weights(source: str, image_size: int, fetch: Optional[Callable[[str, st
         print("WARNING: --weights random: features are NOT ImageNet features; use only for tests "
               "and benchmarks", file=sys.stderr)
         keras.utils.set_random_seed(RANDOM_SEED)
-        return build_model(image_size).get_weights()
+        return build_model(image_size)
     if source == "imagenet":
         try:
-            return build_model(image_size, "imagenet").get_weights()
+            return build_model(image_size, "imagenet")
         except Exception as exc:  # no internet, proxy, TLS...: all end the same way
             raise WeightsError(f"could not download the ImageNet weights ({type(exc).__name__}: {exc}); "
                                + WEIGHTS_HELP) from None
@@ -80,7 +80,7 @@ def load_weights(source: str, image_size: int, fetch: Optional[Callable[[str, st
     except Exception as exc:
         raise WeightsError(f"{source} is not a MobileNetV2 (alpha 1.0, no top) weights file "
                            f"({type(exc).__name__}: {exc}); " + WEIGHTS_HELP) from None
-    return model.get_weights()
+    return model
 
 
 class FrozenModel(NamedTuple):
@@ -90,13 +90,12 @@ class FrozenModel(NamedTuple):
     output_name: str
 
 
-def freeze_model(weights: List[np.ndarray], image_size: int) -> FrozenModel:
+def freeze_model(model) -> FrozenModel:
     """Model + weights (+ the [-1, 1] scaling of preprocess_input) as one constant graph."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    model = build_model(image_size)
-    model.set_weights(weights)
+    image_size = model.input_shape[1]
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
     def infer(images):
