@@ -28,8 +28,13 @@ EMR_LOGS = "logs/emr/"
 DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
 
+def batch_prefix(dataset: str, batch_id: str) -> str:
+    """A batch's Hive-style partition under one of the prefixes above (raw/, features/, ...)."""
+    return f"{dataset}batch_id={batch_id}/"
+
+
 def raw_prefix(batch_id: str) -> str:
-    return f"{RAW}batch_id={batch_id}/"
+    return batch_prefix(RAW, batch_id)
 
 
 def manifest_key(batch_id: str) -> str:
@@ -45,11 +50,11 @@ def code_prefix(version: str) -> str:
 
 
 def pca_prefix(batch_id: str) -> str:
-    return f"{PCA}batch_id={batch_id}/"
+    return batch_prefix(PCA, batch_id)
 
 
 def features_summary_key(batch_id: str) -> str:
-    return f"{FEATURES}batch_id={batch_id}/_summary.json"
+    return batch_prefix(FEATURES, batch_id) + "_summary.json"
 
 
 def pca_metrics_key(batch_id: str) -> str:

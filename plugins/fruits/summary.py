@@ -14,8 +14,8 @@ def locations(root: str, batch_id: str) -> dict:
     return {
         "manifest": root + layout.manifest_key(batch_id),
         "raw": root + layout.raw_prefix(batch_id),
-        "features": root + layout.FEATURES + f"batch_id={batch_id}/",
-        "rejects": root + layout.REJECTS + f"batch_id={batch_id}/",
+        "features": root + layout.batch_prefix(layout.FEATURES, batch_id),
+        "rejects": root + layout.batch_prefix(layout.REJECTS, batch_id),
         "pca": pca,
         "pca_reduced": pca + "reduced/",
         "pca_model": pca + "model/",
