@@ -29,8 +29,9 @@ WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 SEED = SHARED / "bench" / "seed_baseline.py"
 TARGETS = {"a/b": 3.0, "a/c": 0.8}
 
-sys.path.insert(0, str(REPO / "plugins"))
-from fruits.local_runner import local_command  # noqa: E402
+from fruits.jobs import SparkJob  # noqa: E402
+from fruits.local_runner import command  # noqa: E402
+from fruits_jobs.contract import FEATURES_ENTRYPOINT  # noqa: E402
 
 
 def prepare_images(src: Path, dest: Path, min_images: int) -> int:
@@ -103,11 +104,11 @@ def main() -> None:
 
     results = {}
     # (a) is launched the way the DAG's local backend launches its features step.
-    results["a"] = run_measured(local_command(
-        ["spark-submit", "--conf", "spark.ui.enabled=false",
-         str(REPO / "spark_jobs" / "extract_features.py"), "--images", str(images),
-         "--features", str(work / "features"), "--rejects", str(work / "rejects"),
-         "--batch-id", "bench", "--weights", args.weights], None, spark_submit, args.master), env)
+    job = SparkJob(name="extract_features", entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT), py_files=(),
+                   args=("--images", str(images), "--features", str(work / "features"),
+                         "--rejects", str(work / "rejects"), "--batch-id", "bench", "--weights", args.weights),
+                   conf={"spark.ui.enabled": "false"}, timeout_s=3600)
+    results["a"] = run_measured(command(job, spark_submit, args.master), env)
     assert results["a"]["featurized"] == n, results["a"]
     results["b"] = run_measured(
         [sys.executable, str(SEED), "--input", str(images), "--weights", args.weights,

@@ -10,15 +10,12 @@ Prints one JSON line.
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spark_jobs"))
 
 import numpy as np  # noqa: E402
-
 from fruits_jobs.images import decode_image  # noqa: E402
 from fruits_jobs.model import freeze_model, load_model, worker_infer_fn  # noqa: E402
 

@@ -1,48 +1,43 @@
 """Fruits! — new photos to features (MobileNetV2) and PCA, daily or on demand, on EMR or locally.
 
 validate_params → ingest_new_photos → any_new_photos (stops here, visibly, when nothing is new:
-no cluster) → stage_code → plan_steps → choose_backend, then either
+no cluster) → stage_code → plan_jobs (the run's Spark jobs, once) → choose_backend, then either
 
-  emr:   create_cluster → add_steps (both steps, one call) → watch_features → watch_pca,
+  emr:   create_cluster → add_steps (every job, one call) → one watch_<job> sensor per job,
          with terminate_cluster as the teardown of the cluster (it runs whatever happened after
          the cluster exists; the failure still fails the run), or
-  local: run_locally — the same step arguments with a local spark-submit and the bucket mapped
-         onto the local lake folder (the emr tasks show as skipped),
+  local: run_locally — the same jobs with a local spark-submit, the lake folder standing for the
+         bucket (the emr tasks show as skipped),
 
 → publish_summary (counts, k, explained variance and the outputs' locations, in its XCom).
-Logic lives in plugins/fruits; this file only tells the story.
+Logic lives in the fruits package (plugins/fruits); this file only tells the story.
 """
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.amazon.aws.operators.emr import (
-    EmrAddStepsOperator,
-    EmrCreateJobFlowOperator,
-    EmrTerminateJobFlowOperator,
-)
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
 
-from fruits import emr, pipeline
+from fruits import emr, jobs, pipeline
 from fruits.config import emr_deferrable
 from fruits.params import build_params
+from fruits.settings import AWS_CONN_ID
 
-AWS = {"aws_conn_id": "aws_default"}  # region and credentials live in the connection, never here
 DEFERRABLE = emr_deferrable()
 
 
-def watch_step(task_id: str, index: int, timeout_s: int) -> EmrStepSensor:
+def watch(job: jobs.JobDef, cluster_id, step_id) -> EmrStepSensor:
     return EmrStepSensor(
-        task_id=task_id,
-        job_flow_id="{{ ti.xcom_pull(task_ids='emr.create_cluster') }}",
-        step_id=f"{{{{ ti.xcom_pull(task_ids='emr.add_steps')[{index}] }}}}",
+        task_id=f"watch_{job.name}",
+        job_flow_id=cluster_id,
+        step_id=step_id,
         poke_interval=emr.POKE_INTERVAL_S,
-        timeout=timeout_s,
-        max_attempts=timeout_s // emr.POKE_INTERVAL_S,  # the deferrable trigger's timeout
+        timeout=job.timeout_s,
+        max_attempts=job.timeout_s // emr.POKE_INTERVAL_S,  # the deferrable trigger's timeout
         mode="reschedule",  # between pokes the worker slot is free
         deferrable=DEFERRABLE,
         retries=0,  # a FAILED step stays failed; throttling is retried inside botocore
-        **AWS,
     )
 
 
@@ -53,7 +48,8 @@ def watch_step(task_id: str, index: int, timeout_s: int) -> EmrStepSensor:
     catchup=False,
     max_active_runs=1,  # two runs would share the lake's features/ and race on PCA
     params=build_params(),
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    # Region and credentials live in the connection, never here.
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "aws_conn_id": AWS_CONN_ID},
     doc_md=__doc__,
     tags=["fruits", "emr", "spark"],
 )
@@ -75,16 +71,20 @@ def fruits_pipeline():
         return pipeline.stage_code(cfg)
 
     @task(multiple_outputs=True)
-    def plan_steps(cfg: dict, version: str) -> dict:
+    def plan_jobs(cfg: dict, version: str) -> dict:
         return pipeline.plan(cfg, version)
 
     @task.branch
     def choose_backend(cfg: dict) -> str:
         return "emr.create_cluster" if cfg["backend"] == "emr" else "run_locally"
 
+    @task(multiple_outputs=True, retries=0)  # a retry would add every step a second time
+    def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
+        return pipeline.add_steps(cfg, cluster_id, steps)
+
     @task(retries=0)  # re-running Spark is a person's decision
-    def run_locally(cfg: dict, steps: list) -> list:
-        return pipeline.run_locally(cfg, steps)
+    def run_locally(cfg: dict, spark_jobs: list) -> list:
+        return pipeline.run_locally(cfg, spark_jobs)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # after whichever backend ran
     def publish_summary(cfg: dict) -> dict:
@@ -93,7 +93,7 @@ def fruits_pipeline():
     cfg = validate_params()
     report = ingest_new_photos(cfg)
     version = stage_code(cfg)
-    plan = plan_steps(cfg, version)
+    plan = plan_jobs(cfg, version)
     backend = choose_backend(cfg)
     chain(report, any_new_photos(cfg, report), version, plan, backend)
 
@@ -104,27 +104,19 @@ def fruits_pipeline():
             emr_conn_id=None,  # the whole request is built in plugins/fruits/emr.py
             terminate_job_flow_on_failure=True,
             retries=0,  # a retry could leave a second cluster behind
-            **AWS,
         )
-        add_steps = EmrAddStepsOperator(
-            task_id="add_steps",
-            job_flow_id=create_cluster.output,
-            steps=plan["steps"],
-            retries=0,  # a retry would add both steps a second time
-            **AWS,
-        )
-        watch_features = watch_step("watch_features", 0, emr.FEATURES_TIMEOUT_S)
-        watch_pca = watch_step("watch_pca", 1, emr.PCA_TIMEOUT_S)
+        step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
+        watchers = [watch(job, create_cluster.output, step_ids[job.name]) for job in jobs.JOBS]
         # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
         # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
         terminate_cluster = EmrTerminateJobFlowOperator(
-            task_id="terminate_cluster", job_flow_id=create_cluster.output, **AWS,
-        ).as_teardown(setups=[create_cluster, add_steps])
-        chain(backend, create_cluster, add_steps, watch_features, watch_pca, terminate_cluster)
+            task_id="terminate_cluster", job_flow_id=create_cluster.output,
+        ).as_teardown(setups=[create_cluster, step_ids.operator])
+        chain(backend, create_cluster, step_ids, *watchers, terminate_cluster)
 
-    local = run_locally(cfg, plan["steps"])
+    local = run_locally(cfg, plan["jobs"])
     chain(backend, local)
-    chain([watch_pca, local], publish_summary(cfg))
+    chain([watchers[-1], local], publish_summary(cfg))
 
 
 fruits_pipeline()

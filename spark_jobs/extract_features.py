@@ -3,13 +3,11 @@
 
 Entrypoint only: the work is in fruits_jobs/features.py (shipped with --py-files on EMR).
 """
-import os
 import sys
 
+# fruits_jobs comes from beside this file (a source tree: Python puts the script's folder first on
+# sys.path), from the --py-files zip (EMR), or from the installed package (make install).
 if __name__ == "__main__":
-    here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.isdir(os.path.join(here, "fruits_jobs")):  # run from the source tree
-        sys.path.insert(0, here)
     from fruits_jobs.common import run_main
     from fruits_jobs.features import main
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from iam_eval import iam_requests, is_allowed, load_policy
+
 REPO = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="fruits-airflow-home-"))
 
@@ -52,7 +54,7 @@ def pipeline_dag(dagbag):
 
 
 @pytest.fixture(scope="session")
-def runnable_dag(airflow_db, spark_jobs_dir):
+def runnable_dag(airflow_db):
     """The DAG as parsed from dags/, with retries off so a failing task fails the test at once
     instead of waiting for its retry_delay; everything else is as deployed."""
     from airflow.models.dagbag import DagBag
@@ -61,14 +63,6 @@ def runnable_dag(airflow_db, spark_jobs_dir):
     for task in dag.tasks:
         task.retries = 0
     return dag
-
-
-@pytest.fixture(scope="session")
-def spark_jobs_dir():
-    """FRUITS_SPARK_JOBS_DIR for the tests: the real spark_jobs/ (what stage_code bundles)."""
-    real = REPO / "spark_jobs"
-    os.environ["FRUITS_SPARK_JOBS_DIR"] = str(real)
-    return real
 
 
 def make_landing(root: Path, n_good: int = 10, bad: bool = True, seed: int = 0) -> dict:
@@ -104,67 +98,6 @@ BUCKET = "fruits-test"
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
 AIRFLOW_POLICY = REPO / "infra" / "iam" / "airflow_role_policy.json"
-S3_ACTIONS = {
-    "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
-    "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
-    "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
-    "CompleteMultipartUpload": "s3:PutObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
-}
-
-
-def load_policy(path: Path = AIRFLOW_POLICY, bucket: str = BUCKET) -> dict:
-    import json
-
-    return json.loads(path.read_text().replace("FRUITS_BUCKET", bucket))
-
-
-def iam_requests(service: str, operation: str, params: dict, cluster_tags) -> list:
-    """What IAM evaluates for one API call: [(action, resource, condition context)]."""
-    if service == "s3":
-        action = S3_ACTIONS.get(operation, f"s3:{operation}")
-        if action == "s3:ListBucket":
-            return [(action, f"arn:aws:s3:::{params['Bucket']}", {"s3:prefix": params.get("Prefix", "")})]
-        return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
-    if service == "emr":
-        action = f"elasticmapreduce:{operation}"
-        if operation == "RunJobFlow":
-            tags = {t["Key"]: t["Value"] for t in params.get("Tags", [])}
-            ctx = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
-            # RunJobFlow implies iam:PassRole on both roles; botocore makes no call for it.
-            return [(action, "*", ctx),
-                    ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{params['ServiceRole']}",
-                     {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}),
-                    ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{params['JobFlowRole']}",
-                     {"iam:PassedToService": "ec2.amazonaws.com"})]
-        cluster = params.get("ClusterId") or params.get("JobFlowId") or params["JobFlowIds"][0]
-        ctx = {f"elasticmapreduce:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
-        return [(action, f"arn:aws:elasticmapreduce:{REGION}:{ACCOUNT}:cluster/{cluster}", ctx)]
-    return [(f"{service}:{operation}", "*", {})]
-
-
-def is_allowed(policy: dict, action: str, resource: str, context: dict) -> bool:
-    """Enough of IAM's evaluation for our policy: Allow statements, wildcards, StringEquals/StringLike."""
-    from fnmatch import fnmatchcase
-
-    def listed(value):
-        return value if isinstance(value, list) else [value]
-
-    for st in policy["Statement"]:
-        if st["Effect"] != "Allow":
-            continue
-        if not any(fnmatchcase(action.lower(), a.lower()) for a in listed(st["Action"])):
-            continue
-        if not any(fnmatchcase(resource, r) for r in listed(st["Resource"])):
-            continue
-        ok = True
-        for operator, tests in st.get("Condition", {}).items():
-            for key, expected in tests.items():
-                value = context.get(key)
-                match = {"StringEquals": lambda v, e: v == e, "StringLike": fnmatchcase}[operator]
-                ok &= value is not None and any(match(value, e) for e in listed(expected))
-        if ok:
-            return True
-    return False
 
 
 @pytest.fixture
@@ -193,9 +126,11 @@ def aws(monkeypatch):
                             botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)])
         yield calls
         backend = emr_backends[ACCOUNT][REGION]
+        policy = load_policy(AIRFLOW_POLICY, BUCKET)
         denied = [(req, op) for service, op, params in calls
-                  for req in iam_requests(service, op, params, lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags})
-                  if not is_allowed(load_policy(), *req)]
+                  for req in iam_requests(service, op, params, lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags},
+                                          REGION, ACCOUNT)
+                  if not is_allowed(policy, *req)]
         assert not denied, f"calls the Airflow role's policy does not allow: {denied}"
 
 

@@ -11,10 +11,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Airflow puts plugins/ on sys.path by itself; tests import the same package the same way.
-for p in (REPO, REPO / "plugins"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
 SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
@@ -40,9 +36,6 @@ def weights_file() -> Path:
     return WEIGHTS_FILE
 
 
-SPARK_JOBS = REPO / "spark_jobs"
-if str(SPARK_JOBS) not in sys.path:
-    sys.path.insert(0, str(SPARK_JOBS))
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 

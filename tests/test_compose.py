@@ -230,7 +230,9 @@ def test_volumes(services):
     env = services["airflow-scheduler"]["environment"]
     assert env["FRUITS_LOCAL_LAKE"].startswith("/opt/airflow/data/")
     assert env["FRUITS_LANDING_DIR"].startswith("/opt/airflow/data/")
-    assert env["FRUITS_SPARK_JOBS_DIR"] == "/opt/airflow/spark_jobs"
+    # both packages import from their mounted source, as pyproject.toml maps them
+    assert env["PYTHONPATH"].split(":") == ["/opt/airflow/plugins", "/opt/airflow/spark_jobs"]
+    assert "./spark_jobs:/opt/airflow/spark_jobs" in services["airflow-scheduler"]["volumes"]
     assert "/var/lib/postgresql/data" in services["postgres"]["volumes"][0]
 
 

@@ -6,26 +6,26 @@ import pytest
 from airflow.sdk import TriggerRule
 from airflow.exceptions import ParamValidationError
 
-from fruits import config, params
+from fruits import config, jobs, params
 from fruits.params import InvalidParam
 
 EDGES = {
-    "validate_params": {"ingest_new_photos", "stage_code", "plan_steps", "choose_backend", "any_new_photos",
-                        "run_locally", "publish_summary"},
+    "validate_params": {"ingest_new_photos", "stage_code", "plan_jobs", "choose_backend", "any_new_photos",
+                        "emr.add_steps", "run_locally", "publish_summary"},
     "ingest_new_photos": {"any_new_photos"},
     "any_new_photos": {"stage_code"},
-    "stage_code": {"plan_steps"},
-    "plan_steps": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally"},
+    "stage_code": {"plan_jobs"},
+    "plan_jobs": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally"},
     "choose_backend": {"emr.create_cluster", "run_locally"},
-    "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster"},
-    "emr.add_steps": {"emr.watch_features", "emr.terminate_cluster"},
-    "emr.watch_features": {"emr.watch_pca"},
-    "emr.watch_pca": {"emr.terminate_cluster", "publish_summary"},
+    "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster", "emr.watch_extract_features",
+                           "emr.watch_reduce_dimensions"},
+    "emr.add_steps": {"emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"},
+    "emr.watch_extract_features": {"emr.watch_reduce_dimensions"},
+    "emr.watch_reduce_dimensions": {"emr.terminate_cluster", "publish_summary"},
     "emr.terminate_cluster": set(),
     "run_locally": {"publish_summary"},
     "publish_summary": set(),
 }
-
 
 def test_imports_without_errors_and_has_no_cycles(dagbag, pipeline_dag):
     assert dagbag.import_errors == {}
@@ -52,17 +52,17 @@ def test_cluster_is_torn_down_whatever_happens_after_it_exists(pipeline_dag):
     assert terminate.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS
     assert create.terminate_job_flow_on_failure is True
     # Clearing a sensor clears the cluster's setups and its teardown with it (Airflow's rule).
-    cleared = pipeline_dag.partial_subset(["emr.watch_features"], include_upstream=False, include_downstream=False)
+    cleared = pipeline_dag.partial_subset(["emr.watch_extract_features"], include_upstream=False, include_downstream=False)
     assert {"emr.create_cluster", "emr.add_steps", "emr.terminate_cluster"} <= set(cleared.task_ids)
 
 
 def test_operators_are_configured_for_emr(pipeline_dag):
     add = pipeline_dag.get_task("emr.add_steps")
     assert add.retries == 0 and pipeline_dag.get_task("emr.create_cluster").retries == 0
-    for task_id in ("emr.watch_features", "emr.watch_pca"):
-        sensor = pipeline_dag.get_task(task_id)
+    for job in jobs.JOBS:  # one sensor per job, with that job's timeout
+        sensor = pipeline_dag.get_task(f"emr.watch_{job.name}")
         assert sensor.poke_interval >= 60
-        assert sensor.timeout >= 3600
+        assert sensor.timeout == job.timeout_s >= 3600
         assert sensor.max_attempts * sensor.poke_interval == sensor.timeout
         assert sensor.aws_conn_id == "aws_default"
     assert pipeline_dag.get_task("publish_summary").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -96,7 +96,7 @@ def _conf(**overrides):
 
 
 def _settings(tmp_path, **overrides):
-    s = {**config.DEFAULTS, "local_lake": str(tmp_path / "lake"), "spark_jobs_dir": str(tmp_path)}
+    s = {**config.DEFAULTS, "local_lake": str(tmp_path / "lake")}
     s.update(overrides)
     return s
 
@@ -137,6 +137,6 @@ def test_sensors_become_deferrable_by_a_deployment_switch(monkeypatch):
 
     monkeypatch.setenv("FRUITS_EMR_DEFERRABLE", "true")  # needs a triggerer, hence off by default
     dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).dags["fruits_pipeline"]
-    sensor = dag.get_task("emr.watch_features")
+    sensor = dag.get_task("emr.watch_extract_features")
     assert sensor.deferrable is True
     assert sensor.max_attempts * sensor.poke_interval == sensor.timeout  # the trigger's own timeout

@@ -4,7 +4,7 @@ Tiny generated JPEGs plus a truncated JPEG and a text file go through ingest (co
 code staging, and the very step arguments EMR would run, executed by a local spark-submit with
 weights=random (both Spark jobs really run); then the run's summary is checked against the files.
 """
-from airflow_fixtures import airflow_db, make_landing, runnable_dag, spark_jobs_dir, xcom  # noqa: F401
+from airflow_fixtures import airflow_db, make_landing, runnable_dag, xcom  # noqa: F401
 
 import json
 
@@ -13,7 +13,7 @@ from airflow.utils.state import DagRunState, TaskInstanceState as S
 
 from fruits import where
 
-EMR_TASKS = {"emr.create_cluster", "emr.add_steps", "emr.watch_features", "emr.watch_pca", "emr.terminate_cluster"}
+EMR_TASKS = {"emr.create_cluster", "emr.add_steps", "emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
 
 
 def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypatch, capsys):

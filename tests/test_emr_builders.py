@@ -1,23 +1,25 @@
 """The pure EMR builders: the job flow and steps pass botocore's request validation and moto."""
 from airflow_fixtures import ACCOUNT, REGION, aws  # noqa: F401  (first: isolates Airflow; fixtures)
 
-import argparse
 import dataclasses
 
 import boto3
-import pytest
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
-from fruits import emr
+from fruits import emr, jobs
 from fruits.config import PipelineConfig
 
 CFG = PipelineConfig(
     batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
     weights="s3://fruits-test/models/w.weights.h5", instance_type="m5.2xlarge", core_count=3,
-    task_spot_count=0, bucket="fruits-test", local_lake="/lake", spark_jobs_dir="/jobs",
+    task_spot_count=0, bucket="fruits-test", local_lake="/lake",
 )
 VERSION = "abc123def456"
+
+
+def emr_steps(cfg=CFG):
+    return emr.spark_steps(jobs.plan_jobs(cfg, VERSION), cfg.batch_id)
 
 
 def validate(operation: str, params: dict) -> None:
@@ -29,7 +31,7 @@ def validate(operation: str, params: dict) -> None:
 def test_job_flow_and_steps_pass_botocore_validation():
     validate("RunJobFlow", emr.job_flow_overrides(dataclasses.replace(
         CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec"), VERSION))
-    validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr.spark_steps(CFG, VERSION)})
+    validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr_steps()})
 
 
 def test_job_flow_contents():
@@ -62,18 +64,10 @@ def test_spot_task_group_only_when_asked():
                           "InstanceType": "m5.2xlarge", "InstanceCount": 4}
 
 
-def _parse(args, *options, flags=()):
-    p = argparse.ArgumentParser()
-    for o in options:
-        p.add_argument(o)
-    for f in flags:
-        p.add_argument(f, action="append")
-    return p.parse_known_args(args)
-
-
 def test_steps_follow_the_jobs_contract():
-    features, pca = emr.spark_steps(CFG, VERSION)
-    assert (features["ActionOnFailure"], pca["ActionOnFailure"]) == ("CANCEL_AND_WAIT", "CONTINUE")
+    features, pca = emr_steps()
+    # a failed step cancels the ones after it; the teardown task ends the cluster
+    assert (features["ActionOnFailure"], pca["ActionOnFailure"]) == ("CANCEL_AND_WAIT", "CANCEL_AND_WAIT")
     code = f"s3://fruits-test/code/{VERSION}/"
     for step in (features, pca):
         args = step["HadoopJarStep"]["Args"]
@@ -90,14 +84,14 @@ def test_steps_follow_the_jobs_contract():
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1:]
     assert job == ["--features", "s3://fruits-test/features/", "--output", "s3://fruits-test/pca/batch_id=2025-01-02/",
                    "--variance", "0.9"]
-    with_k = emr.spark_steps(dataclasses.replace(CFG, pca_k=12), VERSION)[1]["HadoopJarStep"]["Args"]
+    with_k = emr_steps(dataclasses.replace(CFG, pca_k=12))[1]["HadoopJarStep"]["Args"]
     assert with_k[-2:] == ["--k", "12"] and "--variance" not in with_k
 
 
 def test_moto_accepts_the_job_flow_and_the_steps(aws):
     client = boto3.client("emr", region_name=REGION)
     cluster_id = client.run_job_flow(**emr.job_flow_overrides(dataclasses.replace(CFG, task_spot_count=1), VERSION))["JobFlowId"]
-    client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr.spark_steps(CFG, VERSION))
+    client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr_steps())
     cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["ReleaseLabel"] == CFG.release_label
     assert cluster["AutoTerminate"] is False and cluster["VisibleToAllUsers"] is True

@@ -7,7 +7,7 @@ the success case the test also writes the two JSON summaries the Spark jobs woul
 the bucket. Everything else is real: the operators, sensors, teardown, S3Hook and botocore's
 request validation. Every AWS call made is checked against the Airflow role's IAM policy (`aws`).
 """
-from airflow_fixtures import BUCKET, REGION, airflow_db, aws, make_landing, runnable_dag, spark_jobs_dir, xcom  # noqa: F401
+from airflow_fixtures import BUCKET, REGION, airflow_db, aws, make_landing, runnable_dag, xcom  # noqa: F401
 
 import json
 
@@ -68,9 +68,9 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert dr.state == DagRunState.SUCCESS, states
     assert states == {
         "validate_params": S.SUCCESS, "ingest_new_photos": S.SUCCESS, "any_new_photos": S.SUCCESS,
-        "stage_code": S.SUCCESS, "plan_steps": S.SUCCESS, "choose_backend": S.SUCCESS,
-        "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_features": S.SUCCESS,
-        "emr.watch_pca": S.SUCCESS, "emr.terminate_cluster": S.SUCCESS,
+        "stage_code": S.SUCCESS, "plan_jobs": S.SUCCESS, "choose_backend": S.SUCCESS,
+        "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_extract_features": S.SUCCESS,
+        "emr.watch_reduce_dimensions": S.SUCCESS, "emr.terminate_cluster": S.SUCCESS,
         "run_locally": S.SKIPPED, "publish_summary": S.SUCCESS,
     }
     (cluster,) = clusters()
@@ -78,7 +78,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     emr = boto3.client("emr", region_name=REGION)
     steps = emr.list_steps(ClusterId=cluster["Id"])["Steps"][::-1]  # newest first in the API
     assert [s["Name"] for s in steps] == ["extract_features b-ok", "reduce_dimensions b-ok"]
-    assert [s["ActionOnFailure"] for s in steps] == ["CANCEL_AND_WAIT", "CONTINUE"]
+    assert [s["ActionOnFailure"] for s in steps] == ["CANCEL_AND_WAIT", "CANCEL_AND_WAIT"]
     summary = xcom(dr, "publish_summary")
     assert summary["images"] == {"read": 12, "featurized": 10, "rejected": 2,
                                  "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
@@ -94,8 +94,8 @@ def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_d
     simulate_emr(monkeypatch, ["FAILED", "CANCELLED"])
     dr, states = run(runnable_dag, landing, "b-fail")
     assert dr.state == DagRunState.FAILED  # the teardown's success does not make it green
-    assert states["emr.watch_features"] == S.FAILED
-    assert states["emr.watch_pca"] == S.UPSTREAM_FAILED
+    assert states["emr.watch_extract_features"] == S.FAILED
+    assert states["emr.watch_reduce_dimensions"] == S.UPSTREAM_FAILED
     assert states["emr.terminate_cluster"] == S.SUCCESS
     assert states["publish_summary"] == S.UPSTREAM_FAILED
     assert clusters(LIVE) == []

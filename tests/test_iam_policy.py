@@ -1,18 +1,19 @@
 """The IAM policies in infra/iam: valid documents, least privilege, and the evaluator the `aws`
 fixture uses (every moto-driven test checks each AWS call it made against the Airflow role's policy)."""
-from airflow_fixtures import (ACCOUNT, BUCKET, REGION, REPO, iam_requests, is_allowed,  # noqa: F401
-                              load_policy)
+from airflow_fixtures import ACCOUNT, AIRFLOW_POLICY, BUCKET, REGION, REPO  # noqa: F401
 
 import json
 
 import pytest
 
-POLICY = load_policy()
+from iam_eval import iam_requests, is_allowed, load_policy
+
+POLICY = load_policy(AIRFLOW_POLICY, BUCKET)
 TAGS = {"project": "fruits"}
 
 
 def allowed(service, op, params, tags=TAGS):
-    return all(is_allowed(POLICY, *req) for req in iam_requests(service, op, params, lambda _: tags))
+    return all(is_allowed(POLICY, *req) for req in iam_requests(service, op, params, lambda _: tags, REGION, ACCOUNT))
 
 
 def test_documents_are_valid_and_name_no_wildcard_actions():
@@ -50,3 +51,10 @@ def test_the_calls_the_pipeline_makes_are_allowed():
 ])
 def test_everything_else_is_denied(service, op, params, tags):
     assert not allowed(service, op, params, tags)
+
+
+def test_the_evaluator_refuses_what_it_does_not_model():
+    with pytest.raises(KeyError):
+        is_allowed({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+                                   "Condition": {"ArnLike": {"aws:SourceArn": "*"}}}]},
+                   "s3:GetObject", "arn:aws:s3:::b/k", {})

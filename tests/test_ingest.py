@@ -19,7 +19,7 @@ def storage(request, tmp_path):
     if request.param == "local":
         return LocalStorage(tmp_path / "lake")
     request.getfixturevalue("aws")  # moto S3; the calls made are checked against the IAM policy
-    return S3Storage(BUCKET)
+    return S3Storage(BUCKET, "aws_default")
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_first_run_uploads_everything_but_junk_and_writes_the_manifest(storage, 
     assert "raw/batch_id=2025-01-01/Training/Banana/notes.txt" in objects
     assert "raw/batch_id=2025-01-01/Training/Banana/truncated_1.jpg" in objects
     assert {s["path"]: s["reason"] for s in m["skipped"]} == {
-        "Training/Banana/.DS_Store": "OS metadata file",
+        "Training/Banana/.DS_Store": "OS metadata file (macOS Finder)",
         "Training/Banana/._1_100.jpg": "AppleDouble resource fork (macOS)",
     }
 
@@ -122,8 +122,11 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(storage, landing):
     ("Training/1.jpg", "not inside a class folder"),
     ("Banana/Thumbs.db", "OS metadata"),
     ("Banana/desktop.ini", "OS metadata"),
-    ("Banana/_DSC0001.jpg", "Spark's file listing ignores it"),
-    (".ipynb_checkpoints/Banana/1.jpg", "Spark's file listing ignores it"),
+    ("Banana/_DSC0001.jpg", "Spark's reader skips it"),
+    (".ipynb_checkpoints/Banana/1.jpg", "Spark's reader skips it"),
+    ("Banana/1.jpg._COPYING_", "Spark's reader skips it"),
+    ("Banana/_metadata.jpg", None),  # Spark keeps Parquet's _metadata names: so do we
+    ("Training/_season=2024/1.jpg", None),  # '_' with '=' is a partition folder to Spark, not hidden
 ])
 def test_skip_rules(rel, reason):
     got = skip_reason(Path(rel))

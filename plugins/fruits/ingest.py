@@ -11,10 +11,11 @@ Non-image files: ingest does not judge content. It skips only what can never be 
 dataset or what Spark could never see, each with a reason logged and listed in the manifest's
 `skipped` (nothing silently dropped):
   - OS metadata (.DS_Store, Thumbs.db, desktop.ini) and AppleDouble `._*` files;
-  - any name (file or folder) starting with '.' or '_': Spark's file listing ignores those, so
-    they could be neither featurized nor rejected;
+  - any name (file or folder) Spark's file listing ignores ('.'/'_' names), so they could be
+    neither featurized nor rejected;
   - files outside a class folder (the label is the parent folder);
   - a second copy of the same content in this batch.
+The name and label rules, and their reasons, are fruits_jobs/contract.py's (the job uses them too).
 Everything else, including files that look broken or are not images at all, is uploaded, so the
 features job rejects it with a reason row in rejects/ and the counts add up.
 """
@@ -27,25 +28,18 @@ from typing import Dict, List, Optional
 
 from fruits import layout
 from fruits.storage import Storage
+from fruits_jobs import contract
 
 log = logging.getLogger(__name__)
 
-OS_JUNK = {".ds_store", "thumbs.db", "desktop.ini"}
-SPLITS = ("Training", "Test")
-
-
 def skip_reason(rel: Path) -> Optional[str]:
     """Why a landing file (path relative to the landing folder) is not uploaded; None to upload it."""
-    name = rel.name
-    if name.lower() in OS_JUNK:
-        return "OS metadata file"
-    if name.startswith("._"):
-        return "AppleDouble resource fork (macOS)"
-    if any(part.startswith((".", "_")) for part in rel.parts):
-        return "name starts with '.' or '_': Spark's file listing ignores it"
-    min_depth = 3 if rel.parts[0] in SPLITS else 2
-    if len(rel.parts) < min_depth:
-        return "not inside a class folder: the label is the parent folder's name"
+    for part in rel.parts:
+        reason = contract.unreadable_name_reason(part)
+        if reason:
+            return reason
+    if contract.label_and_split(rel.parts) is None:
+        return contract.REJECT_REASONS["no_class_folder"]
     return None
 
 

@@ -1,17 +1,14 @@
 """The local lake: a folder that stands for the bucket when backend=local.
 
-`s3://<bucket>/<key>` maps to `<lake>/<key>`, so the step arguments EMR would run can be executed
-locally unchanged apart from this mapping. The lake is `./data/lake` of the repository unless the
-environment variable FRUITS_LOCAL_LAKE says otherwise.
+`s3://<bucket>/<key>` is `<lake>/<key>` (the setting local_lake, env FRUITS_LOCAL_LAKE).
 """
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from fruits.settings import setting_from_env
 
 
 def default_lake() -> Path:
-    return Path(os.environ.get("FRUITS_LOCAL_LAKE") or REPO / "data" / "lake").resolve()
+    return Path(setting_from_env("local_lake")).expanduser().resolve()
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -14,23 +14,32 @@
                                                        batch run: metrics.json, reduced/, model/, plots
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
-Prefixes, not buckets, separate the kinds of data so one least-privilege policy can grant each
-its own verbs (infra/iam/airflow_role_policy.json).
+The names are defined in fruits_jobs/contract.py (the jobs write there too); this module builds
+keys from them. Prefixes, not buckets, separate the kinds of data so one least-privilege policy can
+grant each its own verbs (infra/iam/airflow_role_policy.json).
 """
-RAW = "raw/"
-MANIFESTS = "manifests/"
-CODE = "code/"
-MODELS = "models/"
-FEATURES = "features/"
-REJECTS = "rejects/"
-PCA = "pca/"
-EMR_LOGS = "logs/emr/"
-DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+from fruits_jobs.contract import (  # noqa: F401 (names of the layout)
+    CODE,
+    DEFAULT_WEIGHTS_FILE,
+    EMR_LOGS,
+    FEATURES,
+    FEATURES_SUMMARY_FILE,
+    MANIFESTS,
+    MODELS,
+    PCA,
+    PCA_METRICS_FILE,
+    PCA_MODEL_DIR,
+    PCA_PLOTS,
+    PCA_REDUCED_DIR,
+    RAW,
+    REJECTS,
+    partition,
+)
 
 
 def batch_prefix(dataset: str, batch_id: str) -> str:
     """A batch's Hive-style partition under one of the prefixes above (raw/, features/, ...)."""
-    return f"{dataset}batch_id={batch_id}/"
+    return f"{dataset}{partition(batch_id)}/"
 
 
 def raw_prefix(batch_id: str) -> str:
@@ -38,11 +47,11 @@ def raw_prefix(batch_id: str) -> str:
 
 
 def manifest_key(batch_id: str) -> str:
-    return f"{MANIFESTS}batch_id={batch_id}.json"
+    return f"{MANIFESTS}{partition(batch_id)}.json"
 
 
 def batch_of_manifest(key: str) -> str:
-    return key[len(MANIFESTS) + len("batch_id="):-len(".json")]
+    return key[len(MANIFESTS) + len(partition("")):-len(".json")]
 
 
 def code_prefix(version: str) -> str:
@@ -54,11 +63,11 @@ def pca_prefix(batch_id: str) -> str:
 
 
 def features_summary_key(batch_id: str) -> str:
-    return batch_prefix(FEATURES, batch_id) + "_summary.json"
+    return batch_prefix(FEATURES, batch_id) + FEATURES_SUMMARY_FILE
 
 
 def pca_metrics_key(batch_id: str) -> str:
-    return f"{pca_prefix(batch_id)}metrics.json"
+    return pca_prefix(batch_id) + PCA_METRICS_FILE
 
 
 def s3_uri(bucket: str, key: str = "") -> str:

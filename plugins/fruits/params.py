@@ -6,16 +6,17 @@ run fails before it uploads or starts anything, with a message that names the pa
 Names are a contract: the UI test and the docs use them.
 """
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from airflow.sdk import Param
 
+from fruits.settings import setting_from_env
+from fruits_jobs import contract
+
 BACKENDS = ("emr", "local")
-BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe as an S3 key part and a partition value
-INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
 
 
@@ -29,14 +30,14 @@ def build_params() -> dict:
     # backend's default is read from the environment when the DAG is parsed (cheap, no DB), so a
     # deployment with AWS sets FRUITS_BACKEND=emr and a fresh checkout runs locally with no cloud.
     return {
-        "batch_id": Param(None, type=["null", "string"], pattern=BATCH_ID_RE.pattern, title="Batch id",
+        "batch_id": Param(None, type=["null", "string"], pattern=contract.BATCH_ID_SCHEMA_PATTERN, title="Batch id",
                           description="Names the batch in the bucket (raw/batch_id=…). Empty: the run's "
                                       "logical date, or the day it was triggered, as YYYY-MM-DD."),
         "landing_dir": Param(None, type=["null", "string"], title="Landing folder",
                              description="Folder with the new photos, <Class>/<file> or Training|Test/<Class>/<file>. "
                                          "Empty: Airflow Variable fruits_landing_dir, else env FRUITS_LANDING_DIR, "
                                          "else ./data/landing of the repository."),
-        "backend": Param(os.environ.get("FRUITS_BACKEND", "local"), type="string", enum=list(BACKENDS),
+        "backend": Param(setting_from_env("backend"), type="string", enum=list(BACKENDS),
                          title="Backend",
                          description="emr: transient EMR cluster. local: the same spark-submit steps on this "
                                      "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE)."),
@@ -76,8 +77,8 @@ def validate(conf: Mapping[str, Any]) -> dict:
         raise InvalidParam(sorted(unknown)[0], f"unknown parameter; known: {sorted(build_params())}")
     out = dict(conf)
     batch_id = conf.get("batch_id")
-    if batch_id is not None and not (isinstance(batch_id, str) and BATCH_ID_RE.match(batch_id)):
-        raise InvalidParam("batch_id", f"expected letters, digits, '.', '_' or '-' (max 64), got {batch_id!r}")
+    if batch_id is not None and not contract.is_valid_batch_id(batch_id):
+        raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {batch_id!r}")
     landing = conf.get("landing_dir")
     if landing is not None and not isinstance(landing, str):
         raise InvalidParam("landing_dir", f"expected a folder path, got {landing!r}")
@@ -93,20 +94,20 @@ def validate(conf: Mapping[str, Any]) -> dict:
     if weights is not None and not (isinstance(weights, str) and weights.strip()):
         raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
     itype = conf.get("instance_type")
-    if not (isinstance(itype, str) and INSTANCE_TYPE_RE.match(itype)):
+    if not (isinstance(itype, str) and INSTANCE_TYPE_RE.fullmatch(itype)):
         raise InvalidParam("instance_type", f"expected an EC2 instance type like m5.2xlarge, got {itype!r}")
     out["core_count"] = _int(conf, "core_count", 1, MAX_NODES)
     out["task_spot_count"] = _int(conf, "task_spot_count", 0, MAX_NODES)
     return out
 
 
-def check_weights(weights: str, backend: str, local_path: str) -> None:
-    """weights must be something the backend's workers can load; local_path is weights in the lake."""
+def check_weights(weights: str, backend: str) -> None:
+    """weights must be something the backend's workers can load (a local run's file must exist)."""
     if weights in ("imagenet", "random"):
         return
     if not weights.endswith(".weights.h5"):
         raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
     if backend == "emr" and not weights.startswith("s3://"):
         raise InvalidParam("weights", f"on emr a weights file must be an s3:// URI, got {weights!r}")
-    if backend == "local" and not Path(local_path).is_file():
-        raise InvalidParam("weights", f"file not found: {local_path}")
+    if backend == "local" and not weights.startswith("s3://") and not Path(weights).is_file():
+        raise InvalidParam("weights", f"file not found: {weights}")

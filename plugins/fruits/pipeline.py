@@ -1,11 +1,12 @@
 """The bodies of the DAG's tasks: each takes the run's config (a dict in XCom) and returns JSON."""
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
-from fruits import config, emr, ingest, layout, local_runner, summary
+from fruits_jobs.bundle import build_bundle
+
+from fruits import config, emr, ingest, jobs, layout, local_runner, summary
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage, exists
 
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def storage_for(cfg: PipelineConfig) -> Storage:
-    if cfg.backend == "local" and cfg.local_storage == "lake":
+    if cfg.uses_lake_folder:
         return LocalStorage(Path(cfg.local_lake))
     return S3Storage(cfg.bucket, cfg.aws_conn_id)  # EMR, or the local backend on MinIO (compose)
 
@@ -52,13 +53,9 @@ def has_work(cfg_dict: dict, report: dict) -> bool:
 def stage_code(cfg_dict: dict) -> str:
     """Upload the jobs' bundle to code/<version>/ (once per version); returns the version."""
     cfg = PipelineConfig.from_dict(cfg_dict)
-    if cfg.spark_jobs_dir not in sys.path:
-        sys.path.insert(0, cfg.spark_jobs_dir)
-    from fruits_jobs.bundle import build_bundle
-
     storage = storage_for(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = build_bundle(Path(tmp), Path(cfg.spark_jobs_dir))
+        bundle = build_bundle(Path(tmp))
         prefix = layout.code_prefix(bundle.version)
         present = storage.sizes(prefix)
         for name, path in sorted(bundle.files.items()):
@@ -69,14 +66,29 @@ def stage_code(cfg_dict: dict) -> str:
 
 
 def plan(cfg_dict: dict, version: str) -> dict:
+    """The run's Spark jobs, once, and their EMR rendering (the cluster request and its steps)."""
     cfg = PipelineConfig.from_dict(cfg_dict)
-    return {"job_flow": emr.job_flow_overrides(cfg, version), "steps": emr.spark_steps(cfg, version)}
+    spark_jobs = jobs.plan_jobs(cfg, version)
+    return {"jobs": [job.to_dict() for job in spark_jobs],
+            "job_flow": emr.job_flow_overrides(cfg, version),
+            "steps": emr.spark_steps(spark_jobs, cfg.batch_id)}
 
 
-def run_locally(cfg_dict: dict, steps: list) -> list:
+def add_steps(cfg_dict: dict, cluster_id: str, steps: list) -> dict:
+    """All steps in one AddJobFlowSteps call; returns {job name: step id} for the sensors."""
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
     cfg = PipelineConfig.from_dict(cfg_dict)
-    lake = Path(cfg.local_lake) if cfg.local_storage == "lake" else None  # None: keep s3:// (S3A)
-    return local_runner.run_steps(steps, lake, cfg.spark_master)
+    step_ids = EmrHook(aws_conn_id=cfg.aws_conn_id).add_job_flow_steps(job_flow_id=cluster_id, steps=steps)
+    log.info("steps added to %s: %s", cluster_id, step_ids)
+    return dict(zip([job.name for job in jobs.JOBS], step_ids, strict=True))
+
+
+def run_locally(cfg_dict: dict, job_dicts: list) -> list:
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    if cfg.uses_lake_folder:
+        Path(cfg.local_lake).mkdir(parents=True, exist_ok=True)
+    return local_runner.run_jobs([jobs.SparkJob.from_dict(d) for d in job_dicts], cfg.spark_master)
 
 
 def publish_summary(cfg_dict: dict) -> dict:

@@ -27,7 +27,7 @@ def exists(storage: Storage, key: str) -> bool:
 
 
 class S3Storage:
-    def __init__(self, bucket: str, aws_conn_id: str = "aws_default"):
+    def __init__(self, bucket: str, aws_conn_id: str):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         self.bucket = bucket

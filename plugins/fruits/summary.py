@@ -17,10 +17,10 @@ def locations(root: str, batch_id: str) -> dict:
         "features": root + layout.batch_prefix(layout.FEATURES, batch_id),
         "rejects": root + layout.batch_prefix(layout.REJECTS, batch_id),
         "pca": pca,
-        "pca_reduced": pca + "reduced/",
-        "pca_model": pca + "model/",
-        "metrics": pca + "metrics.json",
-        "plots": [pca + "explained_variance.png", pca + "pca_scatter.png"],
+        "pca_reduced": f"{pca}{layout.PCA_REDUCED_DIR}/",
+        "pca_model": f"{pca}{layout.PCA_MODEL_DIR}/",
+        "metrics": root + layout.pca_metrics_key(batch_id),
+        "plots": [pca + name for name in layout.PCA_PLOTS.values()],
     }
 
 

@@ -1,6 +1,6 @@
 """Print where a batch's outputs are in the local lake: `python -m fruits.where [LAKE] [--batch-id ID]`.
 
-Without --batch-id: the most recent batch that has PCA metrics. Run with plugins/ on PYTHONPATH.
+Without --batch-id: the most recent batch that has PCA metrics.
 """
 import argparse
 import json
@@ -13,8 +13,9 @@ from fruits.summary import format_locations, locations
 
 
 def latest_processed_batch(lake: Path):
-    done = sorted(lake.glob(f"{layout.PCA}batch_id=*/metrics.json"), key=lambda p: p.stat().st_mtime)
-    return done[-1].parent.name[len("batch_id="):] if done else None
+    done = sorted(lake.glob(f"{layout.PCA}{layout.partition('*')}/{layout.PCA_METRICS_FILE}"),
+                  key=lambda p: p.stat().st_mtime)
+    return done[-1].parent.name[len(layout.partition("")):] if done else None
 
 
 def main(argv=None) -> int:

@@ -9,10 +9,12 @@ import zipfile
 from pathlib import Path
 from typing import Dict, NamedTuple
 
+from fruits_jobs.contract import FEATURES_ENTRYPOINT, PCA_ENTRYPOINT, PY_FILES_ZIP
+
 SPARK_JOBS_DIR = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = SPARK_JOBS_DIR / "fruits_jobs"
-ZIP_NAME = "fruits_jobs.zip"
-ENTRYPOINTS = ("extract_features.py", "reduce_dimensions.py")
+ZIP_NAME = PY_FILES_ZIP
+ENTRYPOINTS = (FEATURES_ENTRYPOINT, PCA_ENTRYPOINT)
 BOOTSTRAP = "bootstrap/emr_bootstrap.sh"
 REQUIREMENTS = "requirements.txt"
 # A fixed timestamp makes the zip byte-identical for identical sources, so the version is stable.

@@ -1,13 +1,12 @@
 """What both jobs share: the Spark session, shipping this package, the closing JSON line."""
 import json
 import os
-import re
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides real errors
+from fruits_jobs import contract
 
-BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides real errors
 
 
 class UsageError(ValueError):
@@ -15,10 +14,8 @@ class UsageError(ValueError):
 
 
 def check_batch_id(batch_id: str) -> str:
-    # Used verbatim as a partition folder name: no '/', no leading '.'/'_' (hidden to readers).
-    if not BATCH_ID_RE.match(batch_id or ""):
-        raise UsageError(f"--batch-id {batch_id!r}: use letters, digits, '.', '_', '-' "
-                         "(starting with a letter or digit), at most 128 characters")
+    if not contract.is_valid_batch_id(batch_id):
+        raise UsageError(f"--batch-id {batch_id!r}: use {contract.BATCH_ID_RULE}")
     return batch_id
 
 
@@ -40,11 +37,11 @@ def ship_package(spark) -> None:
     On EMR the package arrives with --py-files (a zip) and nothing is done here.
     """
     import fruits_jobs
-    from fruits_jobs.bundle import ZIP_NAME, build_zip
+    from fruits_jobs.bundle import build_zip
 
     if ".zip" in (fruits_jobs.__file__ or ""):
         return
-    zip_path = build_zip(os.path.join(tempfile.mkdtemp(prefix="fruits-jobs-"), ZIP_NAME))
+    zip_path = build_zip(os.path.join(tempfile.mkdtemp(prefix="fruits-jobs-"), contract.PY_FILES_ZIP))
     spark.sparkContext.addPyFile(str(zip_path))
 
 

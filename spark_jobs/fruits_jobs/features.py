@@ -15,12 +15,17 @@ from typing import Iterator, List
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import hadoop_fs
+from fruits_jobs import contract, hadoop_fs
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
-from fruits_jobs.model import FEATURE_DIM, featurize, freeze_model, load_model, worker_infer_fn
+from fruits_jobs.model import (
+    FEATURE_DIM,
+    featurize,
+    freeze_model,
+    load_model,
+    worker_infer_fn,
+)
 
-SPLITS = ("Training", "Test")
 # Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
@@ -80,7 +85,7 @@ def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: i
             for err in errors:
                 vec = None if err else next(vectors)
                 if vec is not None and not np.isfinite(vec).all():
-                    err, vec = ("non_finite_features", "model output has NaN/Inf"), None
+                    err, vec = (contract.reject_reason("non_finite_features"), "model output has NaN/Inf"), None
                 features.append(vec)
                 reasons.append(err[0] if err else None)
                 details.append(err[1] if err else None)
@@ -90,15 +95,16 @@ def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: i
 
 
 def path_columns(root_uri: str):
-    """label = the class folder, split = Training/Test above it (else null), from the path."""
+    """label and split from the path, as contract.label_and_split says (tested against it)."""
     from pyspark.sql import functions as F
 
     prefix = root_uri.rstrip("/") + "/"
     rel = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
     parts = F.split(rel, "/")
     depth = F.size(parts)
-    label = F.when(depth >= 2, F.element_at(parts, -2))
-    split = F.when((depth >= 3) & F.element_at(parts, -3).isin(*SPLITS), F.element_at(parts, -3))
+    label = F.when((depth >= 2) & ~F.element_at(parts, -2).isin(*contract.SPLITS), F.element_at(parts, -2))
+    split = F.when(label.isNotNull() & (depth >= 3) & F.element_at(parts, -3).isin(*contract.SPLITS),
+                   F.element_at(parts, -3))
     return label.alias("label"), split.cast("string").alias("split")
 
 
@@ -120,25 +126,28 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
     label, split = path_columns(root_uri)
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
+    unlabeled = F.col("label").isNull()
+    no_class = contract.reject_reason("no_class_folder")
     decoded = (files.where(F.col("length") <= args.max_file_bytes)
                .select("path", label, split, F.sha2("content", 256).alias("sha256"),
                        featurize_udf("content").alias("r"))
                .select("path", "label", "split", "sha256",
-                       F.when(F.col("label").isNull(), F.lit(None)).otherwise(F.col("r.features")).alias("features"),
-                       F.when(F.col("label").isNull(), F.lit("no_class_folder")).otherwise(F.col("r.reason")).alias("reason"),
-                       F.when(F.col("label").isNull(), F.lit("file is not inside a class folder"))
+                       F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
+                       F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
+                       F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class]))
                        .otherwise(F.col("r.detail")).alias("detail")))
-    def rejected(df, reason: str, detail):
+
+    def rejected(df, code: str, detail):
         """Files rejected before decoding, in the same columns as `decoded`."""
         return df.select("path", label, split, F.lit(None).cast("string").alias("sha256"),
                          F.lit(None).cast("array<float>").alias("features"),
-                         F.lit(reason).alias("reason"), detail.alias("detail"))
+                         F.lit(contract.reject_reason(code)).alias("reason"), detail.alias("detail"))
 
     too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
                          F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
-                      F.lit("name starts with '.' or '_' (or is a partial copy): Spark's reader skips it"))
+                      F.lit(contract.HIDDEN_REASON))
     # The cheap branches first: their tasks then run while the Python workers start, not after.
     (hidden.unionByName(too_large).unionByName(decoded)
      .withColumn("batch_id", F.lit(args.batch_id))
@@ -170,7 +179,7 @@ def listed_files(files_df) -> List[str]:
 def replace_partition(spark, df, dataset_uri: str, batch_id: str, rows: int) -> None:
     """Publish exactly this batch's rows: other batches untouched, an emptied batch removed."""
     if rows == 0:
-        hadoop_fs.delete(spark, f"{dataset_uri.rstrip('/')}/batch_id={batch_id}")
+        hadoop_fs.delete(spark, f"{dataset_uri.rstrip('/')}/{contract.partition(batch_id)}")
         return
     (df.coalesce(max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE)))
      .write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
@@ -214,7 +223,7 @@ def run(spark, args) -> dict:
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
     }
-    hadoop_fs.write_text(spark, f"{features_uri}/batch_id={args.batch_id}/_summary.json",
+    hadoop_fs.write_text(spark, f"{features_uri}/{contract.partition(args.batch_id)}/{contract.FEATURES_SUMMARY_FILE}",
                          json.dumps(summary, indent=2, sort_keys=True))
     return summary
 

@@ -5,6 +5,8 @@ credentials and S3 client (EMRFS on EMR) as Spark itself.
 """
 from typing import List
 
+from fruits_jobs.contract import spark_skips_name
+
 
 def _jvm(spark):
     return spark.sparkContext._jvm
@@ -51,12 +53,6 @@ def copy_to_local(spark, uri: str, local_file: str) -> None:
     _fs(spark, uri).copyToLocalFile(False, _path(spark, uri), _path(spark, "file://" + local_file), True)
 
 
-def is_skipped_by_spark(name: str) -> bool:
-    """Spark's file index silently ignores these names (InMemoryFileIndex.shouldFilterOutPathName)."""
-    return ((name.startswith("_") and "=" not in name) or name.startswith(".")
-            or name.endswith("._COPYING_"))
-
-
 def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
     """Every file under root that Spark's reader would skip without a word.
 
@@ -71,7 +67,7 @@ def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
         statuses = fs.globStatus(_path(spark, pattern)) or []
         for status in statuses:
             path = status.getPath()
-            if not is_skipped_by_spark(path.getName()) or _has_skipped_parent(path.toString(), base):
+            if not spark_skips_name(path.getName()) or _has_skipped_parent(path.toString(), base):
                 continue
             if status.isDirectory():
                 files = fs.listFiles(path, True)
@@ -92,5 +88,5 @@ def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
 def _has_skipped_parent(path: str, base: str) -> bool:
     # A file inside a hidden folder is reported once, from that folder's recursive listing.
     rel_parts = path[len(base):].strip("/").split("/")[:-1]
-    return any(is_skipped_by_spark(part) for part in rel_parts)
+    return any(spark_skips_name(part) for part in rel_parts)
 

@@ -11,6 +11,8 @@ from typing import Tuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fruits_jobs.contract import reject_reason
+
 # Formats PIL decodes reliably into still images. Anything else PIL recognises is rejected with
 # its name ("unsupported_format") rather than guessed at.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "MPO", "WEBP", "BMP", "GIF", "TIFF"})
@@ -25,7 +27,7 @@ class RejectedImage(Exception):
 
     def __init__(self, code: str, detail: str = ""):
         super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
+        self.code = reject_reason(code)
         self.detail = detail
 
 
@@ -101,6 +103,6 @@ def decode_many(contents, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tu
         except RejectedImage as rej:
             errors.append((rej.code, rej.detail))
         except Exception as exc:  # never let one odd file kill the batch
-            errors.append(("decode_error", f"{type(exc).__name__}: {exc}"))
+            errors.append((reject_reason("decode_error"), f"{type(exc).__name__}: {exc}"))
     stacked = np.stack(good) if good else np.zeros((0, size, size, 3), dtype=np.uint8)
     return stacked, errors

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from fruits_jobs import hadoop_fs
+from fruits_jobs import contract, hadoop_fs
 from fruits_jobs.common import UsageError, emit_summary, spark_session
 from fruits_jobs.plots import plot_explained_variance, plot_scatter
 
@@ -98,8 +98,9 @@ def run(spark, args) -> dict:
     reduced = (model.transform(df)
                .select("path", "label", "split", "batch_id",
                        vector_to_array("pca_vec", "float32").alias("pca")))
-    reduced.write.mode("overwrite").parquet(f"{output_uri}/reduced")
-    model.write().overwrite().save(f"{output_uri}/model")
+    reduced_uri, model_uri = f"{output_uri}/{contract.PCA_REDUCED_DIR}", f"{output_uri}/{contract.PCA_MODEL_DIR}"
+    reduced.write.mode("overwrite").parquet(reduced_uri)
+    model.write().overwrite().save(model_uri)
 
     cumulative = np.cumsum(spectrum)
     metrics = {
@@ -110,22 +111,21 @@ def run(spark, args) -> dict:
         "explained_variance": [round(float(v), 8) for v in spectrum[:k]],
         "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
         "total_explained_variance": round(float(cumulative[k - 1]), 6),
-        "plots": {"explained_variance": f"{output_uri}/explained_variance.png",
-                  "scatter": f"{output_uri}/pca_scatter.png"},
-        "reduced": f"{output_uri}/reduced", "model": f"{output_uri}/model",
+        "plots": {kind: f"{output_uri}/{name}" for kind, name in contract.PCA_PLOTS.items()},
+        "reduced": reduced_uri, "model": model_uri,
     }
     sample = (reduced.sample(fraction=min(1.0, SCATTER_SAMPLE / n), seed=7)
               .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y")).collect())
     with tempfile.TemporaryDirectory() as tmp:
-        curve = os.path.join(tmp, "explained_variance.png")
+        curve = os.path.join(tmp, contract.PCA_PLOTS["explained_variance"])
         plot_explained_variance(cumulative, k, args.variance, curve)
         hadoop_fs.write_bytes_from_file(spark, curve, metrics["plots"]["explained_variance"])
-        scatter = os.path.join(tmp, "pca_scatter.png")
+        scatter = os.path.join(tmp, contract.PCA_PLOTS["scatter"])
         plot_scatter([r["label"] for r in sample], [r["x"] for r in sample],
                      [r["y"] if k > 1 else 0.0 for r in sample], spectrum[:2], scatter)
         hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    hadoop_fs.write_text(spark, f"{output_uri}/metrics.json", json.dumps(metrics, indent=2))
+    hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.ui.browser import Browser
+from ui.browser import Browser
 
 TERMINAL_RUN_STATES = ("Success", "Failed")
 
@@ -163,7 +163,7 @@ class AirflowUI:
         link = self.b.wait(find, 60, f"a link to {task_id} of run {run_id}")
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
         link.click()
-        self.b.wait(lambda d: f"/runs/" in d.current_url and unquote(d.current_url).rstrip("/").endswith(suffix),
+        self.b.wait(lambda d: "/runs/" in d.current_url and unquote(d.current_url).rstrip("/").endswith(suffix),
                     message=f"the task instance page of {task_id}")
 
     def task_log_text(self, must_contain: str, timeout_s: float = 60) -> str:

@@ -1,0 +1,79 @@
+"""The pipeline's Spark jobs as data: one backend-neutral spec per job, built once per run.
+
+A `SparkJob` says what to run (the staged entrypoint, its --py-files, its arguments, the Spark
+settings it needs wherever it runs) and how long it may take. Each backend renders the same
+list: `emr.spark_steps` into EMR steps, `local_runner.command` into a local spark-submit.
+
+    a new step:    one more `JobDef` in JOBS (the DAG adds its sensor from that tuple)
+    a new engine:  one more renderer of SparkJob, beside emr.py and local_runner.py
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+
+from fruits import layout
+from fruits.config import PipelineConfig
+from fruits_jobs import contract
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    name: str
+    entrypoint: str  # URI of the staged entrypoint file
+    py_files: Tuple[str, ...]  # URIs shipped with --py-files (none: run from a source tree)
+    args: Tuple[str, ...]  # the job's own command line (its argparse contract)
+    conf: Dict[str, str]  # Spark settings the job needs on every backend
+    timeout_s: int  # longest a healthy run takes, with margin
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SparkJob":
+        return cls(**{**data, "py_files": tuple(data["py_files"]), "args": tuple(data["args"])})
+
+
+def submit_args(job: SparkJob) -> List[str]:
+    """spark-submit's arguments after the backend's own (master, deploy mode, cluster shape)."""
+    py_files = ["--py-files", ",".join(job.py_files)] if job.py_files else []
+    conf = [item for key, value in sorted(job.conf.items()) for item in ("--conf", f"{key}={value}")]
+    return [*py_files, *conf, job.entrypoint, *job.args]
+
+
+def features_args(cfg: PipelineConfig) -> List[str]:
+    return ["--images", cfg.uri(layout.raw_prefix(cfg.batch_id)),
+            "--features", cfg.uri(layout.FEATURES),
+            "--rejects", cfg.uri(layout.REJECTS),
+            "--batch-id", cfg.batch_id,
+            "--weights", cfg.weights]
+
+
+def pca_args(cfg: PipelineConfig) -> List[str]:
+    # PCA is fitted on all features so far (the dataset, not one day's photos); each batch run
+    # keeps its own model and metrics under pca/batch_id=<id>/.
+    size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
+    return ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.pca_prefix(cfg.batch_id)), *size]
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """What is known of a job when the DAG is parsed; its arguments come from the run's config."""
+    name: str
+    entrypoint: str  # file name in the code bundle
+    timeout_s: int
+    args: Callable[[PipelineConfig], List[str]]
+
+
+# In order: each job reads what the one before it wrote. Timeouts are sized for a real batch (tens of
+# thousands of photos on a few m5.2xlarge nodes) with a wide margin.
+JOBS = (
+    JobDef("extract_features", contract.FEATURES_ENTRYPOINT, 6 * 3600, features_args),
+    JobDef("reduce_dimensions", contract.PCA_ENTRYPOINT, 2 * 3600, pca_args),
+)
+
+
+def plan_jobs(cfg: PipelineConfig, code_version: str) -> List[SparkJob]:
+    """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket."""
+    code = cfg.uri(layout.code_prefix(code_version))
+    return [SparkJob(name=d.name, entrypoint=code + d.entrypoint, py_files=(code + contract.PY_FILES_ZIP,),
+                     args=tuple(d.args(cfg)), conf={}, timeout_s=d.timeout_s) for d in JOBS]

@@ -1,0 +1,133 @@
+"""The rules the Airflow side (plugins/fruits) and the Spark jobs both follow, defined once here.
+
+Standard library only: the DAG imports this when it is parsed, and the jobs carry it in their
+--py-files zip to EMR. Whatever both sides must agree on lives here and nowhere else: split
+names, the batch-id rule, the names nobody reads (hidden/OS junk) and why, the label rule, every
+reject reason, the lake's dataset and file names, the entrypoints and the default weights file.
+"""
+import re
+from typing import Optional, Sequence, Tuple
+
+# ---- Photos: folders and labels ---------------------------------------------------------------
+
+# Fruits-360 keeps its two splits as the top folders; a class folder may sit directly under the
+# landing folder too (then the split is null).
+SPLITS = ("Training", "Test")
+
+
+def label_and_split(parts: Sequence[str]) -> Optional[Tuple[str, Optional[str]]]:
+    """(label, split) of a photo from its path parts relative to the batch root, or None.
+
+    The label is the parent folder, which must be a class folder (not the root, not a split
+    folder); the split is the folder above it when that is Training or Test.
+    """
+    if len(parts) < 2 or parts[-2] in SPLITS:
+        return None
+    split = parts[-3] if len(parts) >= 3 and parts[-3] in SPLITS else None
+    return parts[-2], split
+
+
+# ---- Names nobody reads ----------------------------------------------------------------------
+
+# Files operating systems leave in folders; never a photo. Lower-case (Windows is case-blind).
+OS_JUNK = {
+    ".ds_store": "OS metadata file (macOS Finder)",
+    "thumbs.db": "OS metadata file (Windows thumbnail cache)",
+    "desktop.ini": "OS metadata file (Windows folder settings)",
+}
+APPLEDOUBLE_PREFIX = "._"  # macOS resource forks copied to non-Mac disks: "._<name>"
+HIDDEN_REASON = "name starts with '.' or '_' (or is a partial copy): Spark's reader skips it"
+
+
+def spark_skips_name(name: str) -> bool:
+    """Spark 3.5's own rule for names its file listing ignores without a word.
+
+    Mirrors HadoopFSUtils.shouldFilterOutPathName: names starting with '.' , names starting with
+    '_' unless they contain '=' (partition folders), half-copied '*._COPYING_' files; Parquet's
+    '_metadata'/'_common_metadata' are kept.
+    """
+    exclude = ((name.startswith("_") and "=" not in name) or name.startswith(".")
+               or name.endswith("._COPYING_"))
+    return exclude and not name.startswith(("_common_metadata", "_metadata"))
+
+
+def unreadable_name_reason(name: str) -> Optional[str]:
+    """Why a file or folder name is never read as a photo (OS junk, or hidden from Spark); else None."""
+    if name.lower() in OS_JUNK:
+        return OS_JUNK[name.lower()]
+    if name.startswith(APPLEDOUBLE_PREFIX):
+        return "AppleDouble resource fork (macOS)"
+    if spark_skips_name(name):
+        return HIDDEN_REASON
+    return None
+
+
+# ---- Batch ids -------------------------------------------------------------------------------
+
+# Used verbatim as an S3 key part and a partition value: no '/', and no leading '.'/'_' (hidden).
+BATCH_ID_MAX_LEN = 64
+_BATCH_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (BATCH_ID_MAX_LEN - 1)
+# For the trigger form's JSON schema (ECMA-262, where '$' is the end of input). Python's '$' also
+# matches before a trailing newline, so Python checks with is_valid_batch_id (fullmatch).
+BATCH_ID_SCHEMA_PATTERN = f"^{_BATCH_ID_BODY}$"
+BATCH_ID_RULE = (f"letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                 f"at most {BATCH_ID_MAX_LEN} characters")
+_BATCH_ID_RE = re.compile(_BATCH_ID_BODY)
+
+
+def is_valid_batch_id(value) -> bool:
+    return isinstance(value, str) and _BATCH_ID_RE.fullmatch(value) is not None
+
+
+# ---- Reject reasons: every input ends featurized or in rejects/ with one of these -------------
+
+REJECT_REASONS = {
+    "empty_file": "0 bytes",
+    "not_an_image": "no image format recognised (a text file, a PDF...)",
+    "unsupported_format": "an image format outside JPEG, PNG, MPO, WEBP, BMP, GIF, TIFF",
+    "truncated": "the file ends before the image does (a half-copied file)",
+    "corrupt": "the image data cannot be decoded",
+    "decompression_bomb": "more pixels than --max-pixels (100 Mpx by default)",
+    "file_too_large": "more bytes than --max-file-bytes (64 MiB by default); never loaded",
+    "hidden_file": HIDDEN_REASON,
+    "no_class_folder": "not inside a class folder: the label is the parent folder's name",
+    "decode_error": "the decoder failed in an unexpected way (the detail names the exception)",
+    "non_finite_features": "the model's output has NaN or Inf values",
+}
+
+
+def reject_reason(code: str) -> str:
+    """code itself, once checked against REJECT_REASONS: a typo fails the first run, not a reader."""
+    if code not in REJECT_REASONS:
+        raise KeyError(f"unknown reject reason {code!r}; known: {sorted(REJECT_REASONS)}")
+    return code
+
+# ---- The lake (bucket) layout: dataset prefixes and file names --------------------------------
+
+RAW = "raw/"
+MANIFESTS = "manifests/"
+CODE = "code/"
+MODELS = "models/"
+FEATURES = "features/"
+REJECTS = "rejects/"
+PCA = "pca/"
+EMR_LOGS = "logs/emr/"
+PARTITION_COLUMN = "batch_id"
+FEATURES_SUMMARY_FILE = "_summary.json"  # beside a batch's features; '_': Spark's readers skip it
+PCA_METRICS_FILE = "metrics.json"
+PCA_REDUCED_DIR = "reduced"
+PCA_MODEL_DIR = "model"
+PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png"}
+DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+
+
+def partition(batch_id: str) -> str:
+    """A batch's Hive-style folder name under any dataset: batch_id=<id>."""
+    return f"{PARTITION_COLUMN}={batch_id}"
+
+
+# ---- The code bundle: what spark-submit runs ----------------------------------------------------
+
+FEATURES_ENTRYPOINT = "extract_features.py"
+PCA_ENTRYPOINT = "reduce_dimensions.py"
+PY_FILES_ZIP = "fruits_jobs.zip"

@@ -1,0 +1,42 @@
+"""The backend-neutral job specs: what the Airflow side asks each job to do is what the job accepts."""
+from airflow_fixtures import REPO  # noqa: F401  (first: isolates Airflow)
+
+import dataclasses
+
+import pytest
+
+from fruits import jobs
+from fruits.config import PipelineConfig
+from fruits_jobs import bundle, features, pca
+
+CFG = PipelineConfig(
+    batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
+    weights="s3://fruits-test/models/w.weights.h5", instance_type="m5.2xlarge", core_count=3,
+    task_spot_count=0, bucket="fruits-test",
+)
+PARSERS = {"extract_features": features.parse_args, "reduce_dimensions": pca.parse_args}
+
+
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pca_k=12),
+                                 dataclasses.replace(CFG, backend="local", local_lake="/lake")])
+def test_every_job_accepts_the_arguments_the_dag_gives_it(cfg):
+    planned = jobs.plan_jobs(cfg, "v1")
+    assert [j.name for j in planned] == [d.name for d in jobs.JOBS] == list(PARSERS)
+    for job in planned:
+        args = PARSERS[job.name](list(job.args))  # the job's own argparse: exit 2 on a mismatch
+        assert "--batch-id" not in job.args or args.batch_id == cfg.batch_id
+    assert pca.parse_args(list(planned[1].args)).k == cfg.pca_k
+
+
+def test_every_job_runs_a_bundled_entrypoint_with_the_bundled_package():
+    assert sorted(d.entrypoint for d in jobs.JOBS) == sorted(bundle.ENTRYPOINTS)
+    for job in jobs.plan_jobs(CFG, "v1"):
+        assert job.entrypoint.startswith("s3://fruits-test/code/v1/")
+        assert job.py_files == ("s3://fruits-test/code/v1/" + bundle.ZIP_NAME,)
+        assert jobs.SparkJob.from_dict(job.to_dict()) == job  # through XCom and back
+
+
+def test_submit_args_put_the_entrypoint_after_the_options_and_before_the_job_args():
+    job = jobs.SparkJob("j", "/code/j.py", ("/code/a.zip", "/code/b.zip"), ("--x", "1"), {"spark.b": "2", "spark.a": "1"}, 60)
+    assert jobs.submit_args(job) == ["--py-files", "/code/a.zip,/code/b.zip", "--conf", "spark.a=1",
+                                     "--conf", "spark.b=2", "/code/j.py", "--x", "1"]

@@ -1,0 +1,48 @@
+"""The two packages are installed (pyproject.toml, `make install`), so nothing edits sys.path."""
+import ast
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+FOLDERS = ("dags", "plugins", "spark_jobs", "bench", "tests")
+
+
+def sys_path_edits(source: str) -> list:
+    """Line numbers of sys.path.insert/append/extend calls and of assignments to sys.path."""
+    def is_sys_path(node) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "path"
+                and isinstance(node.value, ast.Name) and node.value.id == "sys")
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_sys_path(node.func.value):
+            lines.append(node.lineno)
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            lines += [node.lineno for t in targets if is_sys_path(t)]
+    return sorted(lines)
+
+
+def test_the_detector_finds_every_form_of_edit():
+    code = "import sys\nsys.path.insert(0, 'x')\nsys.path.append('y')\nsys.path = []\nsys.path += ['z']\nprint(sys.path)\n"
+    assert sys_path_edits(code) == [2, 3, 4, 5]
+
+
+def test_no_code_edits_sys_path():
+    found = {str(path.relative_to(REPO)): lines
+             for folder in FOLDERS for path in sorted((REPO / folder).rglob("*.py"))
+             if (lines := sys_path_edits(path.read_text()))}
+    assert found == {}
+
+
+def test_both_packages_import_from_anywhere_without_pythonpath(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fruits, fruits_jobs.contract; print(fruits.__file__); "
+                               "print(fruits_jobs.contract.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [str(REPO / "plugins" / "fruits" / "__init__.py"),
+                                    str(REPO / "spark_jobs" / "fruits_jobs" / "contract.py")]
