@@ -22,16 +22,16 @@ from pathlib import Path
 
 import psutil
 
+from fruits.jobs import SparkJob
+from fruits.local_runner import command
+from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURES_ENTRYPOINT
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
 SAMPLE = SHARED / "data" / "fruits-360-sample"
-WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+WEIGHTS = SHARED / "models" / DEFAULT_WEIGHTS_FILE
 SEED = SHARED / "bench" / "seed_baseline.py"
 TARGETS = {"a/b": 3.0, "a/c": 0.8}
-
-from fruits.jobs import SparkJob  # noqa: E402
-from fruits.local_runner import command  # noqa: E402
-from fruits_jobs.contract import FEATURES_ENTRYPOINT  # noqa: E402
 
 
 def prepare_images(src: Path, dest: Path, min_images: int) -> int:

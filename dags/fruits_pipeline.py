@@ -75,8 +75,8 @@ def fruits_pipeline():
         return pipeline.plan(cfg, version)
 
     @task.branch
-    def choose_backend(cfg: dict) -> str:
-        return "emr.create_cluster" if cfg["backend"] == "emr" else "run_locally"
+    def choose_backend(cfg: dict, first_task: dict) -> str:
+        return first_task[cfg["backend"]]
 
     @task(multiple_outputs=True, retries=0)  # a retry would add every step a second time
     def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
@@ -94,8 +94,6 @@ def fruits_pipeline():
     report = ingest_new_photos(cfg)
     version = stage_code(cfg)
     plan = plan_jobs(cfg, version)
-    backend = choose_backend(cfg)
-    chain(report, any_new_photos(cfg, report), version, plan, backend)
 
     with TaskGroup("emr", tooltip="does nothing (skipped) when backend=local"):
         create_cluster = EmrCreateJobFlowOperator(
@@ -112,10 +110,11 @@ def fruits_pipeline():
         terminate_cluster = EmrTerminateJobFlowOperator(
             task_id="terminate_cluster", job_flow_id=create_cluster.output,
         ).as_teardown(setups=[create_cluster, step_ids.operator])
-        chain(backend, create_cluster, step_ids, *watchers, terminate_cluster)
+        chain(create_cluster, step_ids, *watchers, terminate_cluster)
 
     local = run_locally(cfg, plan["jobs"])
-    chain(backend, local)
+    backend = choose_backend(cfg, {"emr": create_cluster.task_id, "local": local.operator.task_id})
+    chain(report, any_new_photos(cfg, report), version, plan, backend, [create_cluster, local])
     chain([watchers[-1], local], publish_summary(cfg))
 
 

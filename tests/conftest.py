@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
 SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
-WEIGHTS_FILE = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+WEIGHTS_FILE = SHARED / "models" / DEFAULT_WEIGHTS_FILE
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after pytest
 # closed the streams: a "Logging error" traceback below the summary line. Not a test outcome.
 logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -36,8 +37,14 @@ def weights_file() -> Path:
     return WEIGHTS_FILE
 
 
-os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+@pytest.fixture(scope="session", autouse=True)
+def job_environment():
+    """What `make` exports for the jobs (Makefile), for the session only: restored at its end."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+                            "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+            mp.setenv(name, os.environ.get(name, value))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """One typed, frozen config per run, built from the run's params and the deployment's settings
 (fruits/settings.py: the one table of settings, their defaults and meanings)."""
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional

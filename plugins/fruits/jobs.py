@@ -7,13 +7,17 @@ list: `emr.spark_steps` into EMR steps, `local_runner.command` into a local spar
     a new step:    one more `JobDef` in JOBS (the DAG adds its sensor from that tuple)
     a new engine:  one more renderer of SparkJob, beside emr.py and local_runner.py
 """
+from __future__ import annotations
+
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
 from fruits import layout
-from fruits.config import PipelineConfig
 from fruits_jobs import contract
+
+if TYPE_CHECKING:  # the renderers and the benchmark import this module without Airflow
+    from fruits.config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class SparkJob:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SparkJob":
+    def from_dict(cls, data: dict) -> SparkJob:
         return cls(**{**data, "py_files": tuple(data["py_files"]), "args": tuple(data["args"])})
 
 

@@ -48,7 +48,7 @@ def build_params() -> dict:
         "weights": Param(None, type=["null", "string"], title="Model weights",
                          description="imagenet | random (tests) | a .weights.h5 file (s3:// or, locally, a path). "
                                      "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
-                                     "s3://<bucket>/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 "
+                                     f"s3://<bucket>/{contract.MODELS}{contract.DEFAULT_WEIGHTS_FILE} "
                                      "on emr (clusters need no internet) and imagenet locally."),
         "instance_type": Param("m5.2xlarge", type="string", pattern=INSTANCE_TYPE_RE.pattern,
                                title="Worker instance type", description="EC2 type of core and task nodes (emr only)."),

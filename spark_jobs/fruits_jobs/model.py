@@ -15,13 +15,15 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, MODELS
+
 FEATURE_DIM = 1280
 RANDOM_SEED = 1234
 WEIGHTS_HELP = (
     "pass --weights with a Keras weights file of MobileNetV2 (alpha 1.0, no top), as a local path "
-    "or an s3:// URI, e.g. --weights s3://my-bucket/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5 "
+    f"or an s3:// URI, e.g. --weights s3://my-bucket/{MODELS}{DEFAULT_WEIGHTS_FILE} "
     "(save one where you have internet with: keras.applications.MobileNetV2(weights='imagenet', "
-    "include_top=False).save_weights('mobilenet_v2_1.0_224_imagenet_no_top.weights.h5'))"
+    f"include_top=False).save_weights('{DEFAULT_WEIGHTS_FILE}'))"
 )
 
 
