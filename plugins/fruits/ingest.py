@@ -32,6 +32,7 @@ from fruits_jobs import contract
 
 log = logging.getLogger(__name__)
 
+
 def skip_reason(rel: Path) -> Optional[str]:
     """Why a landing file (path relative to the landing folder) is not uploaded; None to upload it."""
     for part in rel.parts:

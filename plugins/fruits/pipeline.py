@@ -4,11 +4,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from fruits_jobs.bundle import build_bundle
-
 from fruits import config, emr, ingest, jobs, layout, local_runner, summary
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage, exists
+from fruits_jobs.bundle import build_bundle
 
 log = logging.getLogger(__name__)
 
