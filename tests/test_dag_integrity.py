@@ -80,7 +80,7 @@ def test_params_form(pipeline_dag):
 
 
 @pytest.mark.parametrize("name,value", [
-    ("backend", "gcp"), ("pca_k", 0), ("pca_k", "ten"), ("pca_variance", 1.5), ("pca_variance", 0),
+    ("backend", "gcp"), ("pca_k", 0), ("pca_k", "ten"), ("pca_k", 1281), ("pca_variance", 1.5), ("pca_variance", 0),
     ("core_count", 0), ("task_spot_count", -1), ("instance_type", "huge"), ("batch_id", "a/b"),
 ])
 def test_the_form_rejects_bad_values(pipeline_dag, name, value):
@@ -102,7 +102,7 @@ def _settings(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize("name,value", [
-    ("backend", "emr-ish"), ("pca_k", True), ("pca_k", -3), ("pca_variance", float("nan")),
+    ("backend", "emr-ish"), ("pca_k", True), ("pca_k", -3), ("pca_k", 1281), ("pca_variance", float("nan")),
     ("pca_variance", "0.9"), ("core_count", 2.5), ("task_spot_count", 99), ("instance_type", "M5 large"),
     ("batch_id", "../etc"), ("landing_dir", "/no/such/folder"), ("weights", "model.bin"),
     ("weights", "/no/such/file.weights.h5"), ("surprise", 1),

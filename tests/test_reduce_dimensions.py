@@ -118,3 +118,51 @@ def test_real_sample_keeps_about_72_percent_with_50_components(spark, tmp_path, 
     metrics = run(spark, out / "features", tmp_path / "pca", "--k", "50")
     assert metrics["n_images"] == summary["featurized"] == 1572
     assert 0.65 < metrics["total_explained_variance"] < 0.80
+
+
+def test_moments_merged_in_any_split_equal_numpy_covariance():
+    x = correlated(101, 9, seed=3)
+    total = pca.Moments(0, np.zeros(9), np.zeros((9, 9)))
+    for part in np.array_split(x, [1, 2, 40, 41, 90]):  # uneven parts, single rows among them
+        total = total.merge(pca.Moments.of(part))
+    assert total.n == 101
+    np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(total.m2 / 100, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-10)
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("empty folder", "no features in it"),
+    ("identical", "identical"),
+    ("k above rank", "at most 4 principal components"),
+    ("non-finite row", "b1/x/2.jpg does not hold 8 finite numbers"),
+])
+def test_degenerate_inputs_end_with_a_clear_message(spark, tmp_path, case, needle):
+    features = tmp_path / "features"
+    args = ["--variance", "0.9"]
+    if case == "empty folder":
+        features.mkdir()
+    elif case == "identical":
+        write_features(spark, features, {"b1": (np.ones((6, 8)), ["x"] * 6)})
+    elif case == "k above rank":
+        write_features(spark, features, {"b1": (correlated(5, 8, 1), ["x"] * 5)})
+        args = ["--k", "5"]
+    else:
+        x = correlated(6, 8, 2)
+        x[2, 3] = np.nan
+        write_features(spark, features, {"b1": (x, ["x"] * 6)})
+    with pytest.raises(UsageError, match=needle):
+        run(spark, features, tmp_path / "pca", *args)
+    assert not (tmp_path / "pca").exists()  # nothing written before the inputs are known good
+
+
+def test_metrics_are_strict_json(spark, tmp_path):
+    write_features(spark, tmp_path / "features", {"b1": (correlated(12, 8, 6), ["x"] * 12)})
+    run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "1.0")
+    metrics = strict_json((tmp_path / "pca" / "metrics.json").read_text())
+    assert metrics["k"] <= 11 and metrics["total_explained_variance"] == pytest.approx(1.0, abs=1e-6)

@@ -41,8 +41,9 @@ def build_params() -> dict:
                          title="Backend",
                          description="emr: transient EMR cluster. local: the same spark-submit steps on this "
                                      "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE)."),
-        "pca_k": Param(None, type=["null", "integer"], minimum=1, title="PCA components",
-                       description="Number of principal components. Empty: use pca_variance."),
+        "pca_k": Param(None, type=["null", "integer"], minimum=1, maximum=contract.FEATURE_DIM, title="PCA components",
+                       description=f"Number of principal components, at most {contract.FEATURE_DIM} (the features' "
+                                   "size). Empty: use pca_variance."),
         "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",
                               description="Smallest k explaining this share of variance, used when pca_k is empty."),
         "weights": Param(None, type=["null", "string"], title="Model weights",
@@ -84,7 +85,7 @@ def validate(conf: Mapping[str, Any]) -> dict:
         raise InvalidParam("landing_dir", f"expected a folder path, got {landing!r}")
     if conf.get("backend") not in BACKENDS:
         raise InvalidParam("backend", f"expected one of {list(BACKENDS)}, got {conf.get('backend')!r}")
-    out["pca_k"] = _int(conf, "pca_k", 1, 100_000, nullable=True)
+    out["pca_k"] = _int(conf, "pca_k", 1, contract.FEATURE_DIM, nullable=True)
     variance = conf.get("pca_variance")
     if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not (0 < variance <= 1) \
             or math.isnan(variance):

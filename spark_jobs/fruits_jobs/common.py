@@ -48,7 +48,7 @@ def ship_package(spark) -> None:
 def emit_summary(summary: dict) -> None:
     """The job's last stdout line: one JSON object, for the DAG and for people."""
     sys.stdout.flush()
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    print(json.dumps(summary, sort_keys=True, allow_nan=False), flush=True)  # strict JSON: no NaN
 
 
 def run_main(main, argv=None) -> int:

@@ -102,6 +102,10 @@ def reject_reason(code: str) -> str:
         raise KeyError(f"unknown reject reason {code!r}; known: {sorted(REJECT_REASONS)}")
     return code
 
+# ---- Features --------------------------------------------------------------------------------
+
+FEATURE_DIM = 1280  # MobileNetV2's pooled output: the most principal components a PCA can have
+
 # ---- The lake (bucket) layout: dataset prefixes and file names --------------------------------
 
 RAW = "raw/"

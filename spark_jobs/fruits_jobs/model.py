@@ -15,9 +15,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, MODELS
+from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURE_DIM, MODELS
 
-FEATURE_DIM = 1280
 RANDOM_SEED = 1234
 WEIGHTS_HELP = (
     "pass --weights with a Keras weights file of MobileNetV2 (alpha 1.0, no top), as a local path "

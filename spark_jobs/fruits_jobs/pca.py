@@ -1,14 +1,19 @@
 """Step 2: PCA of the features: reduced vectors, the Spark ML model, metrics and two plots.
 
-k comes from ONE fit over the full spectrum: the explained variance of every component is known
-after it, so "smallest k reaching F" is a cumulative sum, not a refit loop. The k-component model
-is then the first k principal components of that same fit.
+The spectrum comes from ONE streaming pass: each partition folds its rows into a count, a mean and
+a d x d scatter matrix (mergeable moments), the driver merges them one partition at a time and
+takes the eigen-decomposition of the covariance. Memory is d x d (1280^2 doubles, 13 MB) whatever
+the number of images; nothing n x d is cached. "Smallest k reaching F" is then a cumulative sum,
+not a refit loop, and the k-component model is the first k axes of that one decomposition, saved
+as a Spark ML PCAModel (which projects; like Spark's own PCA it does not centre the vectors).
 """
 import argparse
 import json
 import os
 import tempfile
 import time
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,53 +54,138 @@ def choose_k(explained_variance, k=None, variance=None) -> int:
     return int(reached[0]) + 1 if len(reached) else len(ratios)
 
 
-def truncated_model(spark, full_model, k: int):
-    """The k-component PCAModel: the first k columns of the full fit (same uid, same columns)."""
+class Moments(NamedTuple):
+    """Count, mean and centred scatter matrix (d x d) of a set of rows: mergeable, so one pass
+    over any number of rows needs memory for d x d numbers only (Chan et al.'s pairwise update)."""
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "Moments":
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(len(x), mean, centred.T @ centred)
+
+    def merge(self, other: "Moments") -> "Moments":
+        if self.n == 0:
+            return other
+        if other.n == 0:
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * (other.n / n),
+                       self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n))
+
+
+def spectrum_and_components(moments: Moments):
+    """Explained variance ratios (descending) and the principal axes (columns) of the covariance."""
+    covariance = moments.m2 / (moments.n - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending, for a symmetric matrix
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues = np.clip(eigenvalues[order], 0.0, None)  # rounding can leave tiny negatives
+    return eigenvalues / eigenvalues.sum(), eigenvectors[:, order]
+
+
+def moments_udf(dim: int):
+    """mapInPandas function: one row per partition with its Moments (as bytes), or the first path
+    whose vector is not `dim` finite numbers: the pass that gives the spectrum, streaming."""
+    def partition_moments(batches):
+        import pandas as pd
+
+        acc, bad = Moments(0, np.zeros(dim), np.zeros((dim, dim))), None
+        for pdf in batches:
+            vectors = pdf["features"].to_numpy()
+            ok = np.array([v is not None and len(v) == dim and np.isfinite(v).all() for v in vectors])
+            if not ok.all():
+                bad = bad or str(pdf["path"].to_numpy()[~ok][0])
+                continue
+            if len(vectors):
+                acc = acc.merge(Moments.of(np.stack(vectors)))
+        yield pd.DataFrame({"n": [acc.n], "mean": [acc.mean.tobytes()], "m2": [acc.m2.tobytes()],
+                            "bad_path": [bad]})
+    return partition_moments
+
+
+def fit_moments(df, dim: int) -> Moments:
+    """One pass over the features; partitions reach the driver one at a time (toLocalIterator)."""
+    schema = "n long, mean binary, m2 binary, bad_path string"
+    total = Moments(0, np.zeros(dim), np.zeros((dim, dim)))
+    for row in df.select("path", "features").mapInPandas(moments_udf(dim), schema).toLocalIterator():
+        if row["bad_path"]:
+            raise UsageError(f"--features: {row['bad_path']} does not hold {dim} finite numbers; "
+                             "re-run the features job for its batch (it rejects such rows)")
+        if row["n"]:
+            total = total.merge(Moments(row["n"], np.frombuffer(row["mean"]),
+                                        np.frombuffer(row["m2"]).reshape(dim, dim)))
+    return total
+
+
+def pca_model(spark, components: np.ndarray, explained_variance: np.ndarray, input_col: str, output_col: str):
+    """A fitted Spark ML PCAModel from our own components (d x k), so Spark projects and saves it."""
     from pyspark.ml.common import _py2java
-    from pyspark.ml.feature import PCAModel
+    from pyspark.ml.feature import PCA, PCAModel
     from pyspark.ml.linalg import DenseMatrix, DenseVector
 
     sc = spark.sparkContext
-    pc = full_model.pc.toArray()[:, :k]
+    d, k = components.shape
     # Spark ML has no public constructor for a fitted model; its JVM class is built directly,
     # with the matrices pickled across (not copied element by element through py4j).
     jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(
-        full_model.uid,
-        _py2java(sc, DenseMatrix(pc.shape[0], k, pc.ravel(order="F"))),
-        _py2java(sc, DenseVector(full_model.explainedVariance.toArray()[:k])),
+        PCA().uid,
+        _py2java(sc, DenseMatrix(d, k, np.asarray(components, dtype=np.float64).ravel(order="F"))),
+        _py2java(sc, DenseVector(np.asarray(explained_variance, dtype=np.float64))),
     )
     model = PCAModel(jmodel)
-    model._set(k=k, inputCol=full_model.getInputCol(), outputCol=full_model.getOutputCol())
+    model._set(k=k, inputCol=input_col, outputCol=output_col)
     model._transfer_params_to_java()
     return model
 
 
+def read_features(spark, features_uri: str, batch_ids):
+    from pyspark.sql import functions as F
+    from pyspark.sql.utils import AnalysisException
+
+    if not hadoop_fs.exists(spark, features_uri):
+        raise UsageError(f"--features {features_uri}: no such dataset")
+    try:
+        df = spark.read.parquet(features_uri)
+    except AnalysisException as exc:  # an empty folder: Spark cannot infer a schema
+        raise UsageError(f"--features {features_uri}: no features in it (run the features job first)") from exc
+    if batch_ids:
+        df = df.where(F.col("batch_id").isin(*batch_ids))
+    return df.select("path", "label", "split", F.col("batch_id").cast("string"), "features")
+
+
 def run(spark, args) -> dict:
-    from pyspark.ml.feature import PCA
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
     output_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
-    if not hadoop_fs.exists(spark, features_uri):
-        raise UsageError(f"--features {args.features}: no such dataset")
-    df = spark.read.parquet(features_uri)
-    if args.batch_ids:
-        df = df.where(F.col("batch_id").isin(*args.batch_ids))
-    df = df.select("path", "label", "split", F.col("batch_id").cast("string"),
-                   array_to_vector("features").alias("vec")).cache()
-    n = df.count()
+    df = read_features(spark, features_uri, args.batch_ids)
+    first = df.select(F.size("features").alias("d")).first()
+    if first is None:
+        raise UsageError(f"--features {args.features}: 0 feature vectors"
+                         + (f" in batches {args.batch_ids}" if args.batch_ids else "") + "; PCA needs at least 2")
+    dim = first["d"]
+    moments = fit_moments(df, dim)  # nothing n x d is cached: memory is d x d, whatever n is
+    n = moments.n
     if n < 2:
         raise UsageError(f"--features {args.features}: {n} feature vector(s); PCA needs at least 2")
-    dim = len(df.first()["vec"])
-
-    full = PCA(k=dim, inputCol="vec", outputCol="pca_vec").fit(df)  # the full spectrum, once
-    spectrum = full.explainedVariance.toArray()
+    if not moments.m2.diagonal().any():
+        raise UsageError(f"--features {args.features}: all {n} feature vectors are identical; "
+                         "there is no variance to explain")
+    spectrum, components = spectrum_and_components(moments)
+    if args.k is not None and args.k > min(dim, n - 1):
+        raise UsageError(f"--k {args.k}: {n} feature vectors of {dim} values have at most "
+                         f"{min(dim, n - 1)} principal components; pass a smaller --k or use --variance")
     k = choose_k(spectrum, args.k, args.variance)
-    model = truncated_model(spark, full, k) if k < dim else full
+    model = pca_model(spark, components[:, :k], spectrum[:k], "vec", "pca_vec")
 
-    reduced = (model.transform(df)
+    reduced = (model.transform(df.withColumn("vec", array_to_vector("features")))
                .select("path", "label", "split", "batch_id",
                        vector_to_array("pca_vec", "float32").alias("pca")))
     reduced_uri, model_uri = f"{output_uri}/{contract.PCA_REDUCED_DIR}", f"{output_uri}/{contract.PCA_MODEL_DIR}"
@@ -125,13 +215,14 @@ def run(spark, args) -> dict:
                      [r["y"] if k > 1 else 0.0 for r in sample], spectrum[:2], scatter)
         hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2))
+    hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    spark = spark_session("fruits-reduce-dimensions", {})
+    # Arrow batches of 2,048 vectors: ~20 MB of float64 per batch in a Python worker, whatever n is.
+    spark = spark_session("fruits-reduce-dimensions", {"spark.sql.execution.arrow.maxRecordsPerBatch": "2048"})
     try:
         metrics = run(spark, args)
     finally:
