@@ -16,19 +16,19 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
-from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
 
 from fruits import emr, jobs, pipeline
 from fruits.config import emr_deferrable
 from fruits.params import build_params
+from fruits.sensors import StepSensor
 from fruits.settings import AWS_CONN_ID
 
 DEFERRABLE = emr_deferrable()
 
 
-def watch(job: jobs.JobDef, cluster_id, step_id) -> EmrStepSensor:
-    return EmrStepSensor(
+def watch(job: jobs.JobDef, cluster_id, step_id) -> StepSensor:
+    return StepSensor(
         task_id=f"watch_{job.name}",
         job_flow_id=cluster_id,
         step_id=step_id,

@@ -1,6 +1,7 @@
 """Airflow in isolation for the DAG tests: a throwaway AIRFLOW_HOME with SQLite, this repository's
-dags/ and plugins/, no examples. Test modules import this before anything imports Airflow, because
-Airflow reads its configuration once, at import.
+dags/ and plugins/, no examples. conftest.py loads it as a pytest plugin, before any test module can
+import Airflow, because Airflow reads its configuration once, at import; its environment is the test
+session's (the process's) for the session's whole life.
 """
 import os
 import sys

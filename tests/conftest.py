@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Airflow's isolation (a throwaway AIRFLOW_HOME, SQLite) and the DAG/AWS fixtures, for every test
+# module: loaded here, before any test module can import Airflow.
+pytest_plugins = ("airflow_fixtures",)
+
 from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]

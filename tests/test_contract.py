@@ -1,6 +1,6 @@
 """fruits_jobs/contract.py is the one definition both sides follow: the DAG's params, ingest, the
 Spark jobs and the README agree with it (the rules where two copies used to disagree included)."""
-from airflow_fixtures import REPO  # noqa: F401  (first: isolates Airflow)
+from airflow_fixtures import REPO
 
 import ast
 import re

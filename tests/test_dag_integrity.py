@@ -1,5 +1,4 @@
 """DAG integrity: parses cleanly, shape, teardown wiring, schedule, params and their validation."""
-from airflow_fixtures import dagbag, pipeline_dag  # noqa: F401  (first: isolates Airflow; fixtures)
 import copy
 
 import pytest

@@ -4,7 +4,7 @@ Tiny generated JPEGs plus a truncated JPEG and a text file go through ingest (co
 code staging, and the very step arguments EMR would run, executed by a local spark-submit with
 weights=random (both Spark jobs really run); then the run's summary is checked against the files.
 """
-from airflow_fixtures import airflow_db, make_landing, runnable_dag, xcom  # noqa: F401
+from airflow_fixtures import make_landing, xcom
 
 import json
 

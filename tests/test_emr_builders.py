@@ -1,5 +1,5 @@
 """The pure EMR builders: the job flow and steps pass botocore's request validation and moto."""
-from airflow_fixtures import ACCOUNT, REGION, aws  # noqa: F401  (first: isolates Airflow; fixtures)
+from airflow_fixtures import REGION
 
 import dataclasses
 

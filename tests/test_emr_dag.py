@@ -7,7 +7,7 @@ the success case the test also writes the two JSON summaries the Spark jobs woul
 the bucket. Everything else is real: the operators, sensors, teardown, S3Hook and botocore's
 request validation. Every AWS call made is checked against the Airflow role's IAM policy (`aws`).
 """
-from airflow_fixtures import BUCKET, REGION, airflow_db, aws, make_landing, runnable_dag, xcom  # noqa: F401
+from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
 import json
 
@@ -111,3 +111,23 @@ def test_no_new_photos_short_circuits_without_a_cluster(airflow_db, runnable_dag
     assert skipped == set(states) - {"validate_params", "ingest_new_photos", "any_new_photos"}
     assert clusters() == []
     assert not [c for c in aws if c[0] == "emr"]
+
+
+def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db, pipeline_dag, aws, monkeypatch):
+    """Marking the run failed kills the sensor's task: its step and the ones queued after it must not
+    go on running (moto has no CancelSteps, so that one call is checked with botocore's Stubber)."""
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+    from botocore.stub import Stubber
+
+    emr = boto3.client("emr", region_name=REGION)
+    stub = Stubber(emr)
+    stub.add_response("list_steps", {"Steps": [{"Id": "s-2"}, {"Id": "s-1"}]},
+                      {"ClusterId": "j-1", "StepStates": ["PENDING", "RUNNING"]})
+    stub.add_response("cancel_steps", {"CancelStepsInfoList": []},
+                      {"ClusterId": "j-1", "StepIds": ["s-2", "s-1"], "StepCancellationOption": "TERMINATE_PROCESS"})
+    monkeypatch.setattr(EmrHook, "conn", property(lambda self: emr))
+    sensor = pipeline_dag.get_task("emr.watch_extract_features")
+    sensor.job_flow_id, sensor.step_id = "j-1", "s-1"  # as rendered at run time
+    with stub:
+        sensor.on_kill()
+    stub.assert_no_pending_responses()

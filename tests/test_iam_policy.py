@@ -1,6 +1,6 @@
 """The IAM policies in infra/iam: valid documents, least privilege, and the evaluator the `aws`
 fixture uses (every moto-driven test checks each AWS call it made against the Airflow role's policy)."""
-from airflow_fixtures import ACCOUNT, AIRFLOW_POLICY, BUCKET, REGION, REPO  # noqa: F401
+from airflow_fixtures import ACCOUNT, AIRFLOW_POLICY, BUCKET, REGION, REPO
 
 import json
 

@@ -3,7 +3,7 @@
 The interruption is a test double of the *storage* only: it forwards every call to the real one
 and raises after k uploads, like a worker killed mid-batch; ingest's own logic runs unchanged.
 """
-from airflow_fixtures import BUCKET, aws, make_landing  # noqa: F401  (first: isolates Airflow; fixtures)
+from airflow_fixtures import BUCKET, make_landing
 
 import json
 from pathlib import Path

@@ -1,5 +1,4 @@
 """The backend-neutral job specs: what the Airflow side asks each job to do is what the job accepts."""
-from airflow_fixtures import REPO  # noqa: F401  (first: isolates Airflow)
 
 import dataclasses
 

@@ -1,9 +1,14 @@
 """backend=local: the run's SparkJobs as local spark-submit commands, on the lake folder or on S3."""
-from airflow_fixtures import REPO  # noqa: F401  (first: isolates Airflow)
+from airflow_fixtures import REPO
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fruits import jobs, lake, local_runner
@@ -81,10 +86,35 @@ def test_a_step_must_end_with_its_json_summary(tmp_path):
 
 def test_the_jobs_python_workers_are_this_interpreter(tmp_path):
     """PySpark starts its workers with PYSPARK_PYTHON: it must be the venv that has the jobs' pins."""
-    import sys
-
     script = tmp_path / "job.sh"
     script.write_text('#!/bin/sh\nprintf \'{"python": "%s", "driver": "%s"}\\n\' "$PYSPARK_PYTHON" '
                       '"$PYSPARK_DRIVER_PYTHON"\n')
     script.chmod(0o755)
     assert local_runner.run_step("env", [str(script)]) == {"python": sys.executable, "driver": sys.executable}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_task_stops_the_whole_job(tmp_path, sig):
+    """Airflow stops a task with SIGTERM (Ctrl-C is SIGINT): the job and its children must end with
+    it, or an orphaned spark-submit publishes after its task is gone (it did: 7 s later)."""
+    job = tmp_path / "spark-submit"
+    # Like spark-submit: a long-lived child (the Python workers), then a publish at the end.
+    job.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child.pid\necho started\n"
+                   f"sleep 4\ntouch {tmp_path}/published\necho '{{}}'\n")
+    job.chmod(0o755)
+    task = subprocess.Popen([sys.executable, "-c", "import sys; from fruits import local_runner; "
+                             f"local_runner.run_step('features', [{str(job)!r}])"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "child.pid").exists():
+        assert time.time() < deadline and task.poll() is None, task.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    task.send_signal(sig)
+    _, err = task.communicate(timeout=30)
+    # SIGTERM ends the task with StepKilled; SIGINT with Python's own KeyboardInterrupt (chained)
+    assert task.returncode != 0 and ("StepKilled" in err or "KeyboardInterrupt" in err), err[-2000:]
+    time.sleep(5)  # past the moment the job would have published
+    assert not (tmp_path / "published").exists()
+    child = int((tmp_path / "child.pid").read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List
 
@@ -42,20 +44,67 @@ def command(job: SparkJob, spark_submit: str, master: str = "local[*]") -> List[
             *submit_args(job)]
 
 
+class StepKilled(RuntimeError):
+    """The task was told to stop (SIGTERM from Airflow, Ctrl-C): the job's processes were stopped too."""
+
+
+# How long spark-submit gets to stop cleanly (shutdown hooks end the Python workers) before SIGKILL.
+STOP_GRACE_S = 10
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the job's whole process group: spark-submit's JVM and the Python workers it forked."""
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def _stopped_on_signals(proc: subprocess.Popen):
+    """While the job runs, SIGTERM/SIGINT to this task stop the job first, then end the task."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        _stop(proc)
+        if callable(previous[signum]):  # e.g. Airflow's own SIGTERM handler (calls on_kill)
+            previous[signum](signum, frame)
+        raise StepKilled(f"stopped by signal {signal.Signals(signum).name}; the Spark job was stopped too")
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if proc.poll() is None:  # any other way out (a timeout, an error) stops the job as well
+            _stop(proc)
+
+
 def run_step(name: str, command: List[str]) -> dict:
     """Run one step, streaming stdout to the task log; returns the JSON of stdout's last line.
 
     stderr (Spark's own log) is inherited: the task's log captures it, and it cannot end up after
-    the summary line."""
+    the summary line. The job runs in its own process group, so stopping the task stops all of it:
+    no orphaned spark-submit publishes after its task is gone."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     log.info("step %s: %s", name, " ".join(command))
     last = ""
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            log.info("[%s] %s", name, line)
-            if line:
-                last = line
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True) as proc:
+        with _stopped_on_signals(proc):
+            for line in proc.stdout:
+                line = line.rstrip()
+                log.info("[%s] %s", name, line)
+                if line:
+                    last = line
+            proc.wait()
     if proc.returncode != 0:
         raise StepFailed(f"step {name} failed with exit code {proc.returncode}")
     try:
