@@ -77,11 +77,11 @@ def make_jpeg(path: Path, color=(200, 30, 40), size=(100, 100)) -> Path:
 @pytest.fixture(scope="session")
 def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
     """The real Fruits-360 sample through the real job with the genuine weights, once."""
-    from fruits_jobs import features
+    from fruits_jobs import commits, features
 
     out = tmp_path_factory.mktemp("sample")
     summary = features.run(spark, features.parse_args([
         "--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
         "--batch-id", "sample", "--weights", str(weights_file)]))
-    rows = spark.read.parquet(str(out / "features")).where("batch_id = 'sample'").collect()
+    rows = commits.read_current(spark, str(out / "features"), "features", ["sample"]).collect()
     return summary, rows, out

@@ -7,6 +7,7 @@ weights=random (both Spark jobs really run); then the run's summary is checked a
 from airflow_fixtures import make_landing, xcom
 
 import json
+from pathlib import Path
 
 import pandas as pd
 from airflow.utils.state import DagRunState, TaskInstanceState as S
@@ -35,21 +36,23 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
     assert images["read"] == images["featurized"] + images["rejected"] == len(manifest["files"]) == expected["uploaded"]
     assert images["rejected"] == 2 and sum(images["rejects_by_reason"].values()) == 2
 
-    features = pd.read_parquet(lake / "features")
-    rejects = pd.read_parquet(lake / "rejects")
+    where_ = summary["locations"]
+    assert where_["features"] == f"{lake}/features/batch_id=e2e/run={xcom(dr, 'run_locally')[0]['run']}"
+    features = pd.read_parquet(where_["features"])  # the committed run's own folders
+    rejects = pd.read_parquet(where_["rejects"])
     assert len(features) == images["featurized"] and len(rejects) == images["rejected"]
     assert {p.rsplit("/", 1)[-1] for p in rejects["path"]} == {"truncated_1.jpg", "notes.txt"}
 
-    metrics = json.loads((lake / "pca" / "batch_id=e2e" / "metrics.json").read_text())
+    metrics = json.loads(Path(where_["metrics"]).read_text())
     assert metrics["k"] == summary["pca"]["k"] == 3
     assert metrics["n_images"] == images["featurized"]
-    for where_ in (summary["locations"]["plots"] + [summary["locations"]["pca_model"], summary["locations"]["pca_reduced"]]):
-        assert (lake / where_[len(f"{lake}/"):]).exists(), where_
+    for path in where_["plots"] + [where_["pca_model"], where_["pca_reduced"], where_["pca_commit"]]:
+        assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path
 
     # The helper the README's first command ends with prints the same places.
     assert where.main([str(lake)]) == 0
     printed = capsys.readouterr().out
-    assert f"{lake}/pca/batch_id=e2e/metrics.json" in printed and "explained variance" in printed
+    assert where_["metrics"] in printed and "explained variance" in printed
 
     # Same batch again: nothing new, already processed -> short-circuit, no Spark.
     again = runnable_dag.test(run_conf=conf)

@@ -18,6 +18,7 @@ from moto.emr.models import Cluster
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+RUN = "20260101T000000000Z-0000abcd"
 EMR_ACTIONS = {"RunJobFlow", "DescribeCluster", "AddJobFlowSteps", "DescribeStep", "TerminateJobFlows"}
 
 
@@ -38,12 +39,18 @@ def simulate_emr(monkeypatch, states, write_outputs=None):
 
 def write_job_outputs(batch_id):
     s3 = boto3.client("s3", region_name=REGION)
-    summary = {"batch_id": batch_id, "read": 12, "featurized": 10, "rejected": 2,
-               "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
+    features = f"s3://{BUCKET}/features/batch_id={batch_id}/run={RUN}"
+    summary = {"batch_id": batch_id, "read": 12, "featurized": 10, "rejected": 2, "run": RUN,
+               "rejects_by_reason": {"not_an_image": 1, "truncated": 1}, "features": features,
+               "rejects": f"s3://{BUCKET}/rejects/batch_id={batch_id}/run={RUN}"}
+    output = f"s3://{BUCKET}/pca/batch_id={batch_id}/run={RUN}"
     metrics = {"n_images": 10, "input_dim": 1280, "k": 3, "explained_variance": [0.5, 0.3, 0.15],
-               "cumulative_explained_variance": [0.5, 0.8, 0.95], "total_explained_variance": 0.95}
-    s3.put_object(Bucket=BUCKET, Key=f"features/batch_id={batch_id}/_summary.json", Body=json.dumps(summary))
-    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/metrics.json", Body=json.dumps(metrics))
+               "cumulative_explained_variance": [0.5, 0.8, 0.95], "total_explained_variance": 0.95,
+               "run": RUN, "output": output, "reduced": f"{output}/reduced", "model": f"{output}/model",
+               "plots": {"explained_variance": f"{output}/explained_variance.png"}}
+    # Where the jobs commit them (fruits_jobs/commits.py): the newest commit of each batch folder.
+    s3.put_object(Bucket=BUCKET, Key=f"features/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(summary))
+    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(metrics))
 
 
 def run(dag, landing, batch_id, **conf):
@@ -83,7 +90,8 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert summary["images"] == {"read": 12, "featurized": 10, "rejected": 2,
                                  "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
     assert (summary["pca"]["k"], summary["pca"]["total_explained_variance"]) == (3, 0.95)
-    assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/metrics.json"
+    assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/run={RUN}/metrics.json"
+    assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/batch_id=b-ok/_commits/{RUN}.json"
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
     assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.txt"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_jpeg
-from fruits_jobs import features
+from fruits_jobs import commits, features
 
 pytestmark = pytest.mark.spark
 
@@ -26,8 +26,15 @@ def run_job(spark, images, out, batch_id, weights="random", **extra):
     return features.run(spark, features.parse_args(argv))
 
 
-def read_batch(spark, dataset, batch_id):
-    return spark.read.parquet(str(dataset)).where(f"batch_id = '{batch_id}'")
+def read_batch(spark, out, output, batch_id):
+    """A batch's current features or rejects, read as readers must: through its commit."""
+    df = commits.read_current(spark, str(out / "features"), output, [batch_id])
+    return [] if df is None else df.collect()
+
+
+def counts_by_batch(spark, out, output="features"):
+    df = commits.read_current(spark, str(out / "features"), output)
+    return {} if df is None else {r["batch_id"]: r["count"] for r in df.groupBy("batch_id").count().collect()}
 
 
 def test_sample_labels_splits_and_counts(sample_features, sample_dir):
@@ -61,10 +68,11 @@ def test_sample_vectors_are_real_imagenet_features(sample_features):
     assert accuracy > 0.75
 
 
-def test_sample_summary_is_written_next_to_the_partition(sample_features):
+def test_sample_summary_is_the_batch_commit(sample_features):
     summary, _, out = sample_features
-    written = json.loads((out / "features" / "batch_id=sample" / "_summary.json").read_text())
-    assert written == summary
+    commit = out / "features" / "batch_id=sample" / "_commits" / f"{summary['run']}.json"
+    assert summary["commit"].endswith(str(commit))
+    assert json.loads(commit.read_text()) == {k: v for k, v in summary.items() if k != "commit"}
 
 
 def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
@@ -73,8 +81,8 @@ def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
     make_jpeg(tmp_path / "in" / "Lemon" / "b.jpg", (230, 220, 60))
     run_job(spark, tmp_path / "in", tmp_path / "o1", "b1")
     run_job(spark, tmp_path / "in", tmp_path / "o2", "b1")
-    first = {r["path"]: r for r in read_batch(spark, tmp_path / "o1" / "features", "b1").collect()}
-    second = {r["path"]: r for r in read_batch(spark, tmp_path / "o2" / "features", "b1").collect()}
+    first = {r["path"]: r for r in read_batch(spark, tmp_path / "o1", "features", "b1")}
+    second = {r["path"]: r for r in read_batch(spark, tmp_path / "o2", "features", "b1")}
     assert first.keys() == second.keys() and len(first) == 3
     for path in first:
         np.testing.assert_allclose(first[path]["features"], second[path]["features"], rtol=1e-5, atol=1e-6)
@@ -95,18 +103,36 @@ def test_rerun_replaces_only_its_batch(spark, tmp_path):
     run_job(spark, tmp_path / "a", out, "day1")
     run_job(spark, tmp_path / "b", out, "day2")
     run_job(spark, tmp_path / "a", out, "day1")  # the same batch again: no duplicates
-    feats = spark.read.parquet(str(out / "features"))
-    counts = {r["batch_id"]: r["count"] for r in feats.groupBy("batch_id").count().collect()}
-    assert counts == {"day1": 3, "day2": 2}
-    assert spark.read.parquet(str(out / "rejects")).count() == 1
+    assert counts_by_batch(spark, out) == {"day1": 3, "day2": 2}
+    assert counts_by_batch(spark, out, "rejects") == {"day1": 1}
     # the batch shrinks and loses its bad file: both partitions follow, day2 untouched
     (tmp_path / "a" / "Kiwi" / "bad.jpg").unlink()
     (tmp_path / "a" / "Kiwi" / "2.jpg").unlink()
     summary = run_job(spark, tmp_path / "a", out, "day1")
     assert (summary["featurized"], summary["rejected"]) == (2, 0)
-    counts = {r["batch_id"]: r["count"] for r in spark.read.parquet(str(out / "features")).groupBy("batch_id").count().collect()}
-    assert counts == {"day1": 2, "day2": 2}
-    assert not (out / "rejects" / "batch_id=day1").exists()
+    assert counts_by_batch(spark, out) == {"day1": 2, "day2": 2}
+    assert counts_by_batch(spark, out, "rejects") == {}
+
+
+def test_a_run_without_its_commit_is_never_read_and_the_next_run_removes_it(spark, tmp_path):
+    """Killed between writing its features and its rejects (or its commit), a run must change
+    nothing readers see: its folders exist but no commit names them."""
+    for i in range(2):
+        make_jpeg(tmp_path / "in" / "Fig" / f"{i}.jpg", (120, 60 + 60 * i, 90))
+    out = tmp_path / "out"
+    first = run_job(spark, tmp_path / "in", out, "b1")
+    killed = commits.new_run_id()
+    orphan = out / "features" / "batch_id=b1" / f"run={killed}"
+    spark.createDataFrame([("file:/x/Fig/9.jpg", "Fig", None, "h", [0.0])],
+                          "path string, label string, split string, sha256 string, features array<float>"
+                          ).write.parquet(str(orphan))
+    (out / "features" / "_staging" / killed).mkdir(parents=True)
+    assert sorted(r["path"] for r in read_batch(spark, out, "features", "b1")) == sorted(
+        r["path"] for r in spark.read.parquet(first["features"]).collect())
+    second = run_job(spark, tmp_path / "in", out, "b1")
+    assert second["run"] > killed > first["run"]
+    assert not orphan.exists() and not (out / "features" / "_staging" / killed).exists()
+    assert len(read_batch(spark, out, "features", "b1")) == 2
 
 
 def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_path):
@@ -126,7 +152,7 @@ def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_
     make_jpeg(root / "loose.jpg")  # no class folder
     summary = run_job(spark, root, tmp_path / "out", "odd", max_pixels=1_000_000, max_file_bytes=1_000_000)
     rejects = {Path(r["path"]).name: r["reason"] for r in
-               read_batch(spark, tmp_path / "out" / "rejects", "odd").collect()}
+               read_batch(spark, tmp_path / "out", "rejects", "odd")}
     assert rejects == {
         "empty.jpg": "empty_file", "notes.txt": "not_an_image", "truncated.jpg": "truncated",
         "bomb.png": "decompression_bomb", "huge.jpg": "file_too_large", "icon.ico": "unsupported_format",
@@ -185,7 +211,7 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
         make_jpeg(src / "Fig" / f"{i}.jpg", (120, 60 + 60 * i, 90))
     out = tmp_path / "out"
     run_job(spark, src, out, "b1")
-    before = sorted(r["path"] for r in read_batch(spark, out / "features", "b1").collect())
+    before = sorted(r["path"] for r in read_batch(spark, out, "features", "b1"))
     for i in range(2, 300):
         make_jpeg(src / "Fig" / f"{i}.jpg", (i % 255, 60, 90))
     proc = subprocess.Popen(
@@ -204,6 +230,11 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    after = sorted(r["path"] for r in read_batch(spark, out / "features", "b1").collect())
+    after = sorted(r["path"] for r in read_batch(spark, out, "features", "b1"))
     assert after == before
-    spark.read.parquet(str(out / "features")).count()  # the dataset stays readable
+    # the next run commits and removes what the killed one left (its staging and run folders)
+    run_job(spark, src, out, "b1")
+    assert len(read_batch(spark, out, "features", "b1")) == 300
+    assert [p.name for p in (out / "features" / "_staging").iterdir()] == []
+    runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
+    assert len(runs) == 2  # the current run and the previous current one, kept for readers mid-read

@@ -29,7 +29,9 @@ def test_documents_are_valid_and_name_no_wildcard_actions():
 def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "raw/batch_id=1/"})
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"})
-    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_summary.json"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_commits/r1.json"})
+    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/batch_id=1/_commits/"})
+    assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
     assert allowed("emr", "RunJobFlow", {"Tags": [{"Key": "project", "Value": "fruits"}],
                                          "ServiceRole": "fruits-emr-service-role", "JobFlowRole": "fruits-emr-ec2-role"})
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
@@ -38,6 +40,8 @@ def test_the_calls_the_pipeline_makes_are_allowed():
 @pytest.mark.parametrize("service,op,params,tags", [
     ("s3", "PutObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/x.parquet"}, TAGS),  # the jobs' output
     ("s3", "GetObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"}, TAGS),  # never reads photos
+    ("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/run=r1/part-0.parquet"}, TAGS),  # nor features
+    ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/"}, TAGS),
     ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
     ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
     ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),

@@ -5,21 +5,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import pca
+from fruits_jobs import commits, pca
 from fruits_jobs.common import UsageError
 
 pytestmark = pytest.mark.spark
 
 
 def write_features(spark, root, batches):
-    """A features dataset as the features job writes it, from given matrices."""
-    rows = []
+    """A features dataset as the features job publishes it, from given matrices: per batch, one
+    run's folder and its commit."""
     for batch_id, (x, labels) in batches.items():
-        for i, (vec, label) in enumerate(zip(x, labels)):
-            rows.append((f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec], batch_id))
-    df = spark.createDataFrame(rows, "path string, label string, split string, sha256 string, "
-                                     "features array<float>, batch_id string")
-    df.write.mode("overwrite").partitionBy("batch_id").parquet(str(root))
+        rows = [(f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec])
+                for i, (vec, label) in enumerate(zip(x, labels))]
+        folder = commits.batch_uri(str(root), batch_id)
+        run_id = commits.new_run_id()
+        uri = commits.run_uri(folder, run_id)
+        spark.createDataFrame(rows, "path string, label string, split string, sha256 string, "
+                                    "features array<float>").write.parquet(uri)
+        commits.write_commit(spark, folder, run_id, {"features": uri})
 
 
 def correlated(n, d, seed):
@@ -50,7 +53,7 @@ def test_explained_variance_and_projection_match_numpy_svd(spark, tmp_path):
     assert metrics["total_explained_variance"] >= 0.9 > np.cumsum(ratios)[k - 2]
 
     # Spark ML's PCA projects the raw (uncentred) vectors onto the components; signs are arbitrary.
-    reduced = {r["path"]: r["pca"] for r in spark.read.parquet(str(tmp_path / "pca" / "reduced")).collect()}
+    reduced = {r["path"]: r["pca"] for r in spark.read.parquet(metrics["reduced"]).collect()}
     paths = [f"file:/img/b1/{labels[i]}/{i}.jpg" for i in range(40)]
     got = np.array([reduced[p] for p in paths])
     expected = xd[:40] @ vt[:k].T
@@ -64,10 +67,10 @@ def test_saved_model_is_the_k_component_model(spark, tmp_path):
     x = correlated(30, 16, seed=2)
     write_features(spark, tmp_path / "features", {"b": (x, ["a", "b", "c"] * 10)})
     metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--k", "3")
-    model = PCAModel.load(str(tmp_path / "pca" / "model"))
+    model = PCAModel.load(metrics["model"])
     assert model.pc.numCols == 3 == metrics["k"] and model.pc.numRows == 16
     np.testing.assert_allclose(model.explainedVariance.toArray(), metrics["explained_variance"], rtol=1e-6)
-    reduced = spark.read.parquet(str(tmp_path / "pca" / "reduced"))
+    reduced = spark.read.parquet(metrics["reduced"])
     assert reduced.columns == ["path", "label", "split", "batch_id", "pca"]
     assert {len(r["pca"]) for r in reduced.collect()} == {3}
 
@@ -76,10 +79,11 @@ def test_metrics_and_plots_are_written(spark, tmp_path):
     x = correlated(40, 12, seed=3)
     write_features(spark, tmp_path / "features", {"b": (x, [f"Fruit {i % 5}" for i in range(40)])})
     metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "0.8")
-    on_disk = json.loads((tmp_path / "pca" / "metrics.json").read_text())
+    run_folder = tmp_path / "pca" / f"run={metrics['run']}"
+    on_disk = json.loads((run_folder / "metrics.json").read_text())
     assert on_disk["k"] == metrics["k"] and on_disk["n_images"] == 40
     for name in ("explained_variance.png", "pca_scatter.png"):
-        with Image.open(tmp_path / "pca" / name) as img:
+        with Image.open(run_folder / name) as img:
             assert img.format == "PNG" and img.size[0] >= 600
 
 
@@ -137,7 +141,7 @@ def strict_json(text):
 
 
 @pytest.mark.parametrize("case,needle", [
-    ("empty folder", "no features in it"),
+    ("empty folder", "no committed features"),
     ("identical", "identical"),
     ("k above rank", "at most 4 principal components"),
     ("non-finite row", "b1/x/2.jpg does not hold 8 finite numbers"),
@@ -164,5 +168,5 @@ def test_degenerate_inputs_end_with_a_clear_message(spark, tmp_path, case, needl
 def test_metrics_are_strict_json(spark, tmp_path):
     write_features(spark, tmp_path / "features", {"b1": (correlated(12, 8, 6), ["x"] * 12)})
     run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "1.0")
-    metrics = strict_json((tmp_path / "pca" / "metrics.json").read_text())
+    metrics = strict_json(next((tmp_path / "pca").glob("run=*/metrics.json")).read_text())
     assert metrics["k"] <= 11 and metrics["total_explained_variance"] == pytest.approx(1.0, abs=1e-6)

@@ -8,33 +8,22 @@
     code/<version>/...                                 the jobs' bundle; version = content hash, so a run
                                                        always executes the code it staged, never a newer one
     models/<file>.weights.h5                           ImageNet weights for clusters without internet
-    features/batch_id=<id>/   rejects/batch_id=<id>/   Spark outputs, partitioned by batch (a re-run
-                                                       replaces only its own partition)
-    pca/batch_id=<id>/                                 PCA fitted on all features so far, one folder per
-                                                       batch run: metrics.json, reduced/, model/, plots
+    features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run;
+    rejects/batch_id=<id>/run=<run>/                   features/batch_id=<id>/_commits/<run>.json, written
+                                                       last, makes a run's features + rejects + summary the
+                                                       batch's current version at once (commits.py)
+    pca/batch_id=<id>/run=<run>/                       PCA fitted on all current features, per batch run:
+                                                       metrics.json, reduced/, model/, plots; committed in
+                                                       pca/batch_id=<id>/_commits/<run>.json
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
 The names are defined in fruits_jobs/contract.py (the jobs write there too); this module builds
 keys from them. Prefixes, not buckets, separate the kinds of data so one least-privilege policy can
 grant each its own verbs (infra/iam/airflow_role_policy.json).
 """
-from fruits_jobs.contract import (  # noqa: F401 (names of the layout)
-    CODE,
-    DEFAULT_WEIGHTS_FILE,
-    EMR_LOGS,
-    FEATURES,
-    FEATURES_SUMMARY_FILE,
-    MANIFESTS,
-    MODELS,
-    PCA,
-    PCA_METRICS_FILE,
-    PCA_MODEL_DIR,
-    PCA_PLOTS,
-    PCA_REDUCED_DIR,
-    RAW,
-    REJECTS,
-    partition,
-)
+from fruits_jobs.contract import (CODE, COMMITS_DIR, DEFAULT_WEIGHTS_FILE, EMR_LOGS,  # noqa: F401 (layout names)
+                                  FEATURES, MANIFESTS, MODELS, PCA, PCA_METRICS_FILE, PCA_MODEL_DIR,
+                                  PCA_PLOTS, PCA_REDUCED_DIR, RAW, REJECTS, partition)
 
 
 def batch_prefix(dataset: str, batch_id: str) -> str:
@@ -62,12 +51,9 @@ def pca_prefix(batch_id: str) -> str:
     return batch_prefix(PCA, batch_id)
 
 
-def features_summary_key(batch_id: str) -> str:
-    return batch_prefix(FEATURES, batch_id) + FEATURES_SUMMARY_FILE
-
-
-def pca_metrics_key(batch_id: str) -> str:
-    return pca_prefix(batch_id) + PCA_METRICS_FILE
+def commits_prefix(dataset: str, batch_id: str) -> str:
+    """A batch's commits (features/ or pca/): the newest names the batch's current outputs."""
+    return f"{batch_prefix(dataset, batch_id)}{COMMITS_DIR}/"
 
 
 def s3_uri(bucket: str, key: str = "") -> str:

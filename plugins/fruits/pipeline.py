@@ -4,9 +4,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from fruits import config, emr, ingest, jobs, layout, local_runner, summary
+from fruits import config, emr, ingest, jobs, layout, local_runner, published, summary
 from fruits.config import PipelineConfig
-from fruits.storage import LocalStorage, S3Storage, Storage, exists
+from fruits.storage import LocalStorage, S3Storage, Storage
 from fruits_jobs.bundle import build_bundle
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def has_work(cfg_dict: dict, report: dict) -> bool:
                     "nothing to process, no cluster started.", cfg.batch_id, cfg.landing_dir,
                     report["already_held"], report["skipped"])
         return False
-    if report["uploaded"] == 0 and exists(storage_for(cfg), layout.pca_metrics_key(cfg.batch_id)):
+    if report["uploaded"] == 0 and published.is_processed(storage_for(cfg), cfg.batch_id):
         log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
         return False
     return True

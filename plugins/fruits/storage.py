@@ -21,11 +21,6 @@ class Storage(Protocol):
     def read_text(self, key: str) -> str: ...
 
 
-def exists(storage: Storage, key: str) -> bool:
-    # A listing, not HeadObject: without ListBucket on the key, S3 answers 403 for a missing key.
-    return key in storage.sizes(key)
-
-
 class S3Storage:
     def __init__(self, bucket: str, aws_conn_id: str):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook

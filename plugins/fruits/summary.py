@@ -1,32 +1,47 @@
 """What a person wants after a run: counts, k, explained variance, and where every output is."""
-import json
 import logging
+from typing import Optional
 
 from fruits import layout
+from fruits.published import current_commit
 from fruits.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-def locations(root: str, batch_id: str) -> dict:
-    """root is the bucket (s3://bucket/) or the local lake folder (with a trailing slash)."""
-    pca = root + layout.pca_prefix(batch_id)
-    return {
+def readable(uri: Optional[str]) -> Optional[str]:
+    """A job's URI as a person types it: file:/a/b is the path /a/b; s3:// stays."""
+    if uri and uri.startswith("file:"):
+        return "/" + uri[len("file:"):].lstrip("/")
+    return uri
+
+
+def locations(root: str, batch_id: str, features: dict, pca: dict) -> dict:
+    """Where a batch's current outputs are: root is the bucket (s3://bucket/) or the lake folder
+    (with a trailing slash); features and pca are the batch's current commits."""
+    where = {
         "manifest": root + layout.manifest_key(batch_id),
         "raw": root + layout.raw_prefix(batch_id),
-        "features": root + layout.batch_prefix(layout.FEATURES, batch_id),
-        "rejects": root + layout.batch_prefix(layout.REJECTS, batch_id),
-        "pca": pca,
-        "pca_reduced": f"{pca}{layout.PCA_REDUCED_DIR}/",
-        "pca_model": f"{pca}{layout.PCA_MODEL_DIR}/",
-        "metrics": root + layout.pca_metrics_key(batch_id),
-        "plots": [pca + name for name in layout.PCA_PLOTS.values()],
+        "features": features.get("features"),  # None: no photo of the batch could be featurized
+        "rejects": features.get("rejects"),
+        "features_commit": features["commit"],
+        "pca_reduced": pca["reduced"],
+        "pca_model": pca["model"],
+        "metrics": f"{pca['output']}/{layout.PCA_METRICS_FILE}",
+        "plots": list(pca["plots"].values()),
+        "pca_commit": pca["commit"],
     }
+    return {name: [readable(u) for u in value] if isinstance(value, list) else readable(value)
+            for name, value in where.items()}
 
 
 def read_summary(storage: Storage, batch_id: str) -> dict:
-    features = json.loads(storage.read_text(layout.features_summary_key(batch_id)))
-    metrics = json.loads(storage.read_text(layout.pca_metrics_key(batch_id)))
+    """The batch's figures and outputs, from its current commits (so never from a half-run)."""
+    features = current_commit(storage, layout.FEATURES, batch_id)
+    metrics = current_commit(storage, layout.PCA, batch_id)
+    if features is None or metrics is None:
+        raise RuntimeError(f"batch {batch_id} has no committed {'features' if features is None else 'PCA'}: "
+                           "its job did not finish; see that task's log")
     return {
         "batch_id": batch_id,
         "images": {k: features.get(k) for k in ("read", "featurized", "rejected", "rejects_by_reason")},
@@ -37,7 +52,7 @@ def read_summary(storage: Storage, batch_id: str) -> dict:
             "total_explained_variance": metrics["total_explained_variance"],
             "explained_variance_top10": metrics["explained_variance"][:10],
         },
-        "locations": locations(storage.name, batch_id),
+        "locations": locations(storage.name, batch_id, features, metrics),
     }
 
 
@@ -45,5 +60,5 @@ def format_locations(where: dict) -> str:
     lines = []
     for name, value in where.items():
         for item in value if isinstance(value, list) else [value]:
-            lines.append(f"  {name:<12} {item}")
+            lines.append(f"  {name:<15} {item if item is not None else '(none)'}")
     return "\n".join(lines)

@@ -1,21 +1,15 @@
 """Print where a batch's outputs are in the local lake: `python -m fruits.where [LAKE] [--batch-id ID]`.
 
-Without --batch-id: the most recent batch that has PCA metrics.
+Without --batch-id: the batch whose PCA committed last.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from fruits import layout
 from fruits.lake import default_lake
-from fruits.summary import format_locations, locations
-
-
-def latest_processed_batch(lake: Path):
-    done = sorted(lake.glob(f"{layout.PCA}{layout.partition('*')}/{layout.PCA_METRICS_FILE}"),
-                  key=lambda p: p.stat().st_mtime)
-    return done[-1].parent.name[len(layout.partition("")):] if done else None
+from fruits.published import latest_processed_batch
+from fruits.storage import LocalStorage
+from fruits.summary import format_locations, read_summary
 
 
 def main(argv=None) -> int:
@@ -23,18 +17,21 @@ def main(argv=None) -> int:
     parser.add_argument("lake", nargs="?", type=Path, default=default_lake())
     parser.add_argument("--batch-id")
     args = parser.parse_args(argv)
-    lake = args.lake.resolve()
-    batch_id = args.batch_id or latest_processed_batch(lake)
+    storage = LocalStorage(args.lake.resolve())
+    batch_id = args.batch_id or latest_processed_batch(storage)
     if batch_id is None:
-        print(f"no processed batch in {lake}", file=sys.stderr)
+        print(f"no processed batch in {storage.name}", file=sys.stderr)
         return 1
-    print(f"batch {batch_id} in {lake}:")
-    print(format_locations(locations(f"{lake}/", batch_id)))
-    metrics = lake / layout.pca_metrics_key(batch_id)
-    if metrics.is_file():
-        m = json.loads(metrics.read_text())
-        print(f"  k={m['k']} of {m['input_dim']} dims, explained variance {m['total_explained_variance']:.3f}"
-              f" on {m['n_images']} images")
+    try:
+        summary = read_summary(storage, batch_id)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    pca = summary["pca"]
+    print(f"batch {batch_id} in {storage.name}:")
+    print(format_locations(summary["locations"]))
+    print(f"  k={pca['k']} of {pca['input_dim']} dims, explained variance {pca['total_explained_variance']:.3f}"
+          f" on {pca['n_images']} images")
     return 0
 
 

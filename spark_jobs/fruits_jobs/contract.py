@@ -117,7 +117,6 @@ REJECTS = "rejects/"
 PCA = "pca/"
 EMR_LOGS = "logs/emr/"
 PARTITION_COLUMN = "batch_id"
-FEATURES_SUMMARY_FILE = "_summary.json"  # beside a batch's features; '_': Spark's readers skip it
 PCA_METRICS_FILE = "metrics.json"
 PCA_REDUCED_DIR = "reduced"
 PCA_MODEL_DIR = "model"
@@ -128,6 +127,13 @@ DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 def partition(batch_id: str) -> str:
     """A batch's Hive-style folder name under any dataset: batch_id=<id>."""
     return f"{PARTITION_COLUMN}={batch_id}"
+
+
+# A batch folder holds one folder per run (run=<run id>/) and, written last, one commit per run
+# (_commits/<run id>.json): the newest commit names the batch's current outputs (commits.py).
+RUN_PARTITION = "run"
+COMMITS_DIR = "_commits"
+STAGING_DIR = "_staging"  # <features>/_staging/<run id>/: the one model pass, before the split
 
 
 # ---- The code bundle: what spark-submit runs ----------------------------------------------------

@@ -1,21 +1,22 @@
 """Step 1: images -> 1280-d MobileNetV2 features (Parquet by batch_id) + rejects with reasons.
 
 Flow: list + read the batch with `binaryFile` -> decode/resize + model in an iterator pandas
-UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects replace
-their `batch_id` partition (dynamic overwrite) -> summary. The staging write is the only pass
-that runs the model; a run killed before the end leaves the published partitions untouched.
+UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects into this
+run's own folders -> one commit naming both and the summary (commits.py): the batch switches to
+this run's outputs as one unit. The staging write is the only pass that runs the model; a run
+killed before its commit leaves the batch's current version as it was, and the next run deletes
+its leftovers.
 """
 import argparse
-import json
 import math
 import time
 import uuid
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import contract, hadoop_fs
+from fruits_jobs import commits, contract, hadoop_fs
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
 from fruits_jobs.model import (
@@ -176,14 +177,12 @@ def listed_files(files_df) -> List[str]:
     return [uri_to_spark_path(u) for u in files_df.inputFiles()]
 
 
-def replace_partition(spark, df, dataset_uri: str, batch_id: str, rows: int) -> None:
-    """Publish exactly this batch's rows: other batches untouched, an emptied batch removed."""
+def write_run(df, uri: str, rows: int) -> Optional[str]:
+    """One output of this run, in its own folder; None when there is nothing to write."""
     if rows == 0:
-        hadoop_fs.delete(spark, f"{dataset_uri.rstrip('/')}/{contract.partition(batch_id)}")
-        return
-    (df.coalesce(max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE)))
-     .write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-     .partitionBy("batch_id").parquet(dataset_uri))
+        return None
+    df.coalesce(max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE))).write.mode("errorifexists").parquet(uri)
+    return uri
 
 
 def run(spark, args) -> dict:
@@ -194,8 +193,10 @@ def run(spark, args) -> dict:
         raise UsageError(f"--images {args.images}: no such folder")
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
     rejects_uri = hadoop_fs.qualify(spark, args.rejects).rstrip("/")
-    # Hidden from readers by its leading '_'; unique per run so concurrent runs never collide.
-    staging_uri = f"{features_uri}/_staging/{args.batch_id}-{uuid.uuid4().hex}"
+    run_id = commits.new_run_id()
+    # Hidden from readers by its leading '_'; named by the run, so a later run can tell it is older.
+    staging_uri = f"{features_uri}/{contract.STAGING_DIR}/{run_id}"
+    batch_folders = [commits.batch_uri(features_uri, args.batch_id), commits.batch_uri(rejects_uri, args.batch_id)]
 
     model = load_model(args.weights, args.image_size,
                        fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
@@ -206,25 +207,30 @@ def run(spark, args) -> dict:
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
     rejected = sum(by_reason.values())
-    replace_partition(spark, staged.where(F.col("reason").isNull())
-                      .select("path", "label", "split", "sha256", "features", "batch_id"),
-                      features_uri, args.batch_id, featurized)
-    replace_partition(spark, staged.where(F.col("reason").isNotNull())
-                      .select("path", "reason", "detail", "label", "split", "batch_id"),
-                      rejects_uri, args.batch_id, rejected)
-    hadoop_fs.delete(spark, staging_uri)
+    # This run's folders: nobody reads them until the commit below names them.
+    outputs = {
+        "features": write_run(staged.where(F.col("reason").isNull())
+                              .select("path", "label", "split", "sha256", "features"),
+                              commits.run_uri(batch_folders[0], run_id), featurized),
+        "rejects": write_run(staged.where(F.col("reason").isNotNull())
+                             .select("path", "reason", "detail", "label", "split"),
+                             commits.run_uri(batch_folders[1], run_id), rejected),
+    }
     seconds = time.perf_counter() - started
     read = featurized + rejected
     summary = {
-        "job": "extract_features", "batch_id": args.batch_id,
-        "images": args.images, "features": features_uri, "rejects": rejects_uri,
+        "job": "extract_features", "batch_id": args.batch_id, "run": run_id,
+        "images": args.images, "features": outputs["features"], "rejects": outputs["rejects"],
         "weights": args.weights, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
         "read": read, "featurized": featurized, "rejected": rejected,
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
     }
-    hadoop_fs.write_text(spark, f"{features_uri}/{contract.partition(args.batch_id)}/{contract.FEATURES_SUMMARY_FILE}",
-                         json.dumps(summary, indent=2, sort_keys=True))
+    # The switch: features, rejects and summary become the batch's current version together.
+    summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
+    hadoop_fs.delete(spark, staging_uri)
+    commits.clean_superseded(spark, batch_folders, run_id)
+    commits.clean_older_children(spark, f"{features_uri}/{contract.STAGING_DIR}", run_id)
     return summary
 
 

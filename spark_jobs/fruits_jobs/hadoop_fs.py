@@ -37,6 +37,28 @@ def delete(spark, uri: str) -> None:
         fs.delete(path, True)
 
 
+def list_names(spark, uri: str) -> List[str]:
+    """Names of the entries directly under uri; [] when it does not exist."""
+    fs, path = _fs(spark, uri), _path(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(status.getPath().getName() for status in fs.listStatus(path))
+
+
+def read_text(spark, uri: str) -> str:
+    stream = _fs(spark, uri).open(_path(spark, uri))
+    try:
+        reader = _jvm(spark).java.io.BufferedReader(_jvm(spark).java.io.InputStreamReader(stream, "UTF-8"))
+        return "\n".join(iter(reader.readLine, None))
+    finally:
+        stream.close()
+
+
+def rename(spark, src: str, dst: str) -> None:
+    if not _fs(spark, src).rename(_path(spark, src), _path(spark, dst)):
+        raise OSError(f"could not rename {src} to {dst}")
+
+
 def write_text(spark, uri: str, text: str) -> None:
     out = _fs(spark, uri).create(_path(spark, uri), True)
     try:

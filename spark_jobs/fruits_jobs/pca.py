@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fruits_jobs import contract, hadoop_fs
+from fruits_jobs import commits, contract, hadoop_fs
 from fruits_jobs.common import UsageError, emit_summary, spark_session
 from fruits_jobs.plots import plot_explained_variance, plot_scatter
 
@@ -27,7 +27,8 @@ SCATTER_SAMPLE = 20_000  # points drawn in the scatter plot: enough to see struc
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="reduce_dimensions.py", description=__doc__.split("\n")[0])
     p.add_argument("--features", required=True, help="features dataset root written by extract_features.py")
-    p.add_argument("--output", required=True, help="folder for reduced/, model/, metrics.json and the plots")
+    p.add_argument("--output", required=True, help="folder of the PCA's runs: run=<id>/ (reduced/, model/, "
+                   "metrics.json, plots) and _commits/<id>.json, whose newest names the current run")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--k", type=int, help="number of components")
     group.add_argument("--variance", type=float, help="smallest k whose cumulative explained variance reaches this")
@@ -144,17 +145,15 @@ def pca_model(spark, components: np.ndarray, explained_variance: np.ndarray, inp
 
 
 def read_features(spark, features_uri: str, batch_ids):
+    """The current features of every batch (or of those asked for), through their commits."""
     from pyspark.sql import functions as F
-    from pyspark.sql.utils import AnalysisException
 
     if not hadoop_fs.exists(spark, features_uri):
         raise UsageError(f"--features {features_uri}: no such dataset")
-    try:
-        df = spark.read.parquet(features_uri)
-    except AnalysisException as exc:  # an empty folder: Spark cannot infer a schema
-        raise UsageError(f"--features {features_uri}: no features in it (run the features job first)") from exc
-    if batch_ids:
-        df = df.where(F.col("batch_id").isin(*batch_ids))
+    df = commits.read_current(spark, features_uri, "features", batch_ids)
+    if df is None:
+        raise UsageError(f"--features {features_uri}: no committed features"
+                         + (f" for batches {batch_ids}" if batch_ids else "") + " (run the features job first)")
     return df.select("path", "label", "split", F.col("batch_id").cast("string"), "features")
 
 
@@ -164,7 +163,9 @@ def run(spark, args) -> dict:
 
     started = time.perf_counter()
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
-    output_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
+    folder_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
+    run_id = commits.new_run_id()
+    output_uri = commits.run_uri(folder_uri, run_id)  # this run's own folder; current once committed
     df = read_features(spark, features_uri, args.batch_ids)
     first = df.select(F.size("features").alias("d")).first()
     if first is None:
@@ -215,7 +216,11 @@ def run(spark, args) -> dict:
                      [r["y"] if k > 1 else 0.0 for r in sample], spectrum[:2], scatter)
         hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
     metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics["run"] = run_id
     hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))
+    # The switch: reduced/, model/, metrics and plots become the output's current version together.
+    metrics["commit"] = commits.write_commit(spark, folder_uri, run_id, metrics)
+    commits.clean_superseded(spark, [folder_uri], run_id)
     return metrics
 
 

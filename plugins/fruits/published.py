@@ -1,0 +1,39 @@
+"""What the lake holds as published, read the way the jobs publish it: through commits.
+
+A batch is *published* once the features job committed it (features, rejects and summary switch
+together), and *processed* once a PCA run for it committed too. The newest commit of a batch
+folder is its current version (fruits_jobs/commits.py writes them); a folder's files without a
+commit are a run in progress or a killed one, never something to read or count.
+"""
+import json
+from typing import Optional
+
+from fruits import layout
+from fruits.storage import Storage
+
+
+def current_commit(storage: Storage, dataset: str, batch_id: str) -> Optional[dict]:
+    prefix = layout.commits_prefix(dataset, batch_id)
+    names = sorted(key for key in storage.sizes(prefix)
+                   if key.endswith(".json") and not key[len(prefix):].startswith("."))
+    if not names:
+        return None
+    return {**json.loads(storage.read_text(names[-1])), "commit": storage.name + names[-1]}
+
+
+def is_published(storage: Storage, batch_id: str) -> bool:
+    return current_commit(storage, layout.FEATURES, batch_id) is not None
+
+
+def is_processed(storage: Storage, batch_id: str) -> bool:
+    return current_commit(storage, layout.PCA, batch_id) is not None
+
+
+def latest_processed_batch(storage: Storage) -> Optional[str]:
+    """The batch whose PCA committed last (run ids sort by time), or None."""
+    newest = {}
+    for key in storage.sizes(layout.PCA):
+        parts = key.split("/")  # pca/batch_id=<id>/_commits/<run>.json
+        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR and not parts[3].startswith("."):
+            newest[parts[3]] = parts[1][len(layout.partition("")):]
+    return newest[max(newest)] if newest else None

@@ -1,0 +1,116 @@
+"""How a batch's outputs switch as one unit, on a local disk and on S3 alike: runs and commits.
+
+Each run of a job writes into folders of its own, `<dataset>/batch_id=<id>/run=<run id>/`, that
+nobody reads yet; then it writes ONE small commit file, `<batch folder>/_commits/<run id>.json`,
+naming everything the run produced (for the features job: its features, its rejects and its
+summary). The newest commit of a batch is its current version: a reader that resolves it sees
+that run's outputs, all of them, or (before the commit exists) the previous run's; never a mix,
+never nothing. A commit is written under a hidden name and renamed, so it appears whole: a local
+rename is atomic, and on S3 the renamed (copied) object appears at once.
+
+Run ids start with the UTC time, so "newest" is the largest id. After its commit a run deletes
+what is older than itself and no longer current: runs that never committed (killed ones), and
+committed runs before the previous one (kept, so a reader that resolved it just before can finish).
+
+Readers go through `current_uris` / `read_current` (or the commit JSON), never through a bare
+listing of the dataset folder, which also holds runs that are not (or no longer) current.
+"""
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Dict, Iterable, List, Optional
+
+from fruits_jobs import contract, hadoop_fs
+
+
+def new_run_id(now: Optional[datetime] = None) -> str:
+    """Sortable by time (to the millisecond), unique by its random tail."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
+
+
+def batch_uri(dataset_uri: str, batch_id: str) -> str:
+    return f"{dataset_uri.rstrip('/')}/{contract.partition(batch_id)}"
+
+
+def run_uri(folder_uri: str, run_id: str) -> str:
+    """Where one run writes: <folder>/run=<run id> (folder: a batch folder, or a PCA output)."""
+    return f"{folder_uri.rstrip('/')}/{contract.RUN_PARTITION}={run_id}"
+
+
+def commits_uri(folder_uri: str) -> str:
+    return f"{folder_uri.rstrip('/')}/{contract.COMMITS_DIR}"
+
+
+def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
+    """Make the run current: its commit file appears whole (hidden name, then rename)."""
+    final = f"{commits_uri(folder_uri)}/{run_id}.json"
+    hidden = f"{commits_uri(folder_uri)}/.{run_id}.json.tmp"
+    hadoop_fs.write_text(spark, hidden, json.dumps({**record, "run": run_id}, indent=2, sort_keys=True,
+                                                   allow_nan=False))
+    hadoop_fs.rename(spark, hidden, final)
+    return final
+
+
+def committed_runs(spark, folder_uri: str) -> List[str]:
+    """The run ids with a commit in this folder, oldest first."""
+    names = hadoop_fs.list_names(spark, commits_uri(folder_uri))
+    return sorted(n[:-len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
+
+
+def current(spark, folder_uri: str) -> Optional[dict]:
+    """The newest commit of this folder, or None when no run of it ever committed."""
+    runs = committed_runs(spark, folder_uri)
+    return json.loads(hadoop_fs.read_text(spark, f"{commits_uri(folder_uri)}/{runs[-1]}.json")) if runs else None
+
+
+def current_by_batch(spark, dataset_uri: str, batch_ids: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+    """{batch id: its current commit} for the batches of a dataset that have one."""
+    prefix = contract.partition("")
+    batches = [n[len(prefix):] for n in hadoop_fs.list_names(spark, dataset_uri) if n.startswith(prefix)]
+    wanted = set(batch_ids) if batch_ids else None
+    found = {}
+    for batch_id in sorted(batches):
+        if wanted is None or batch_id in wanted:
+            record = current(spark, batch_uri(dataset_uri, batch_id))
+            if record is not None:
+                found[batch_id] = record
+    return found
+
+
+def read_current(spark, dataset_uri: str, output: str, batch_ids: Optional[Iterable[str]] = None):
+    """The current rows of `output` ("features" or "rejects", as named in the features job's
+    commits under dataset_uri) for every batch, or those asked for; None when there are none."""
+    uris = [record[output] for record in current_by_batch(spark, dataset_uri, batch_ids).values()
+            if record.get(output)]
+    if not uris:
+        return None
+    base = uris[0].rsplit("/", 2)[0]  # <dataset>: batch_id and run come back as columns
+    return spark.read.option("basePath", base).parquet(*uris)
+
+
+def clean_superseded(spark, folder_uris: Iterable[str], run_id: str) -> List[str]:
+    """After run_id committed: delete, in each folder, runs older than it that are neither current
+    nor the previous current (killed runs, old versions) and their commits. Returns what went."""
+    deleted = []
+    for folder in folder_uris:
+        runs = committed_runs(spark, folder)
+        keep = set(runs[-2:]) | {run_id}
+        prefix = f"{contract.RUN_PARTITION}="
+        for name in hadoop_fs.list_names(spark, folder):
+            if name.startswith(prefix) and name[len(prefix):] < run_id and name[len(prefix):] not in keep:
+                hadoop_fs.delete(spark, f"{folder.rstrip('/')}/{name}")
+                deleted.append(f"{folder.rstrip('/')}/{name}")
+        for old in runs[:-2]:
+            if old < run_id:
+                hadoop_fs.delete(spark, f"{commits_uri(folder)}/{old}.json")
+    return deleted
+
+
+def clean_older_children(spark, parent_uri: str, run_id: str) -> List[str]:
+    """Delete the children of parent_uri named by a run id older than run_id (e.g. staging folders
+    of killed runs)."""
+    gone = [f"{parent_uri.rstrip('/')}/{name}" for name in hadoop_fs.list_names(spark, parent_uri) if name < run_id]
+    for uri in gone:
+        hadoop_fs.delete(spark, uri)
+    return gone

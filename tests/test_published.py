@@ -1,0 +1,33 @@
+"""The Airflow side reads the lake as the jobs publish it: through commits, never through files alone."""
+import json
+
+from fruits import published
+from fruits.storage import LocalStorage
+
+
+def put(root, key, data=b"x"):
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_a_run_is_processed_only_once_its_commit_exists(tmp_path):
+    """A PCA re-run killed mid-write leaves metrics/reduced/model files: that is not 'processed'."""
+    storage = LocalStorage(tmp_path)
+    put(tmp_path, "pca/batch_id=b1/run=20260101T000000000Z-a/metrics.json", b'{"k": 3}')
+    put(tmp_path, "pca/batch_id=b1/_commits/.20260101T000000000Z-a.json.tmp", b'{"k": 3')  # being written
+    assert not published.is_processed(storage, "b1")
+    put(tmp_path, "pca/batch_id=b1/_commits/20260101T000000000Z-a.json", json.dumps({"k": 3}).encode())
+    assert published.is_processed(storage, "b1")
+    assert not published.is_published(storage, "b1")  # features have commits of their own
+
+
+def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_path):
+    storage = LocalStorage(tmp_path)
+    for batch_id, run, k in [("b1", "20260101T000000000Z-a", 3), ("b1", "20260301T000000000Z-c", 5),
+                             ("b2", "20260201T000000000Z-b", 4)]:
+        put(tmp_path, f"pca/batch_id={batch_id}/_commits/{run}.json", json.dumps({"k": k}).encode())
+    current = published.current_commit(storage, "pca/", "b1")
+    assert current["k"] == 5 and current["commit"].endswith("pca/batch_id=b1/_commits/20260301T000000000Z-c.json")
+    assert published.latest_processed_batch(storage) == "b1"
+    assert published.latest_processed_batch(LocalStorage(tmp_path / "empty")) is None
