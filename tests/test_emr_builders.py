@@ -75,11 +75,14 @@ def test_steps_follow_the_jobs_contract():
         assert args[:5] == ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn"]
         assert args[args.index("--py-files") + 1] == code + "fruits_jobs.zip"
         assert "spark.task.cpus=2" in args  # TF threads follow the task's cores (the job reads them)
+        # the driver is a YARN container in cluster mode: its Python (TensorFlow) needs the overhead
+        assert "spark.driver.memory=2g" in args and "spark.driver.memoryOverhead=3g" in args
     f_args = features["HadoopJarStep"]["Args"]
     job = f_args[f_args.index(code + "extract_features.py") + 1:]
     assert job == ["--images", "s3://fruits-test/raw/batch_id=2025-01-02/", "--features", "s3://fruits-test/features/",
                    "--rejects", "s3://fruits-test/rejects/", "--batch-id", "2025-01-02",
-                   "--weights", "s3://fruits-test/models/w.weights.h5"]
+                   "--weights", "s3://fruits-test/models/w.weights.h5",
+                   "--manifest", "s3://fruits-test/manifests/batch_id=2025-01-02.json"]
     p_args = pca["HadoopJarStep"]["Args"]
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1:]
     assert job == ["--features", "s3://fruits-test/features/", "--output", "s3://fruits-test/pca/batch_id=2025-01-02/",

@@ -238,3 +238,19 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
     assert [p.name for p in (out / "features" / "_staging").iterdir()] == []
     runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
     assert len(runs) == 2  # the current run and the previous current one, kept for readers mid-read
+
+
+def test_with_a_manifest_the_job_reads_exactly_the_files_it_lists(spark, tmp_path):
+    """An object under the batch's prefix that the manifest does not list belongs to no batch (it
+    used to be featurized, duplicating photos across batches); one it lists but storage lacks is
+    a reject, so read == the manifest's count."""
+    root = tmp_path / "raw"
+    for name in ("a.jpg", "b.jpg", "stray.jpg"):
+        make_jpeg(root / "Fig" / name, (40 * len(name), 90, 60))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": [{"path": "Fig/a.jpg"}, {"path": "Fig/b.jpg"},
+                                              {"path": "Fig/gone.jpg"}]}))
+    summary = run_job(spark, root, tmp_path / "out", "m1", manifest=manifest)
+    assert (summary["read"], summary["featurized"], summary["rejects_by_reason"]) == (3, 2, {"not_found": 1})
+    assert summary["not_in_manifest"] == 1 and summary["not_in_manifest_examples"][0].endswith("Fig/stray.jpg")
+    assert sorted(Path(r["path"]).name for r in read_batch(spark, tmp_path / "out", "features", "m1")) == ["a.jpg", "b.jpg"]

@@ -5,13 +5,15 @@ and raises after k uploads, like a worker killed mid-batch; ingest's own logic r
 """
 from airflow_fixtures import BUCKET, make_landing
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from fruits import layout
-from fruits.ingest import ingest, skip_reason
+from fruits.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
 from fruits.storage import LocalStorage, S3Storage
 
 @pytest.fixture(params=["s3", "local"])
@@ -43,6 +45,19 @@ class CrashingStorage:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+def publish(storage, batch_id):
+    """What the features job does when its run of the batch succeeds: commit (as the cluster, not
+    as Airflow, whose role may not write there: hence not through `storage`)."""
+    key = f"features/batch_id={batch_id}/_commits/20260101T000000000Z-0000abcd.json"
+    if isinstance(storage, LocalStorage):
+        (storage.root / key).parent.mkdir(parents=True, exist_ok=True)
+        (storage.root / key).write_text("{}")
+    else:
+        import boto3
+
+        boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b"{}")
 
 
 def raw_objects(storage, batch_id):
@@ -82,12 +97,16 @@ def test_rerun_of_the_batch_uploads_nothing(storage, landing):
     assert manifest(storage, "2025-01-01")["files"] == before
 
 
-def test_next_batch_takes_only_photos_no_batch_holds(storage, landing):
+def test_next_batch_takes_only_photos_no_published_batch_holds(storage, landing):
     root, _ = landing
     ingest(root, storage, "2025-01-01")
+    publish(storage, "2025-01-01")
     report = ingest(root, storage, "2025-01-02")
     assert (report["files"], report["uploaded"], report["already_held"]) == (0, 0, 12)
+    assert report["already_held_by"] == {"2025-01-01": 12}  # the batch that holds them, by name
     assert raw_objects(storage, "2025-01-02") == {}
+    assert {"path": "Training/Banana/1_100.jpg", "reason": "already in batch 2025-01-01"} \
+        in manifest(storage, "2025-01-02")["skipped"]
 
     new = root / "Test" / "Kiwi" / "new_1.jpg"
     new.parent.mkdir(parents=True)
@@ -131,3 +150,101 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(storage, landing):
 def test_skip_rules(rel, reason):
     got = skip_reason(Path(rel))
     assert got == reason if reason is None else reason in got
+
+
+def test_a_failed_batch_holds_nothing(storage, landing):
+    """Its run never published: a new batch id after the failure takes the photos (it used to
+    upload nothing: '12 already held by earlier batches')."""
+    root, _ = landing
+    ingest(root, storage, "2025-01-01")  # ... and then its features job failed: no commit
+    report = ingest(root, storage, "2025-01-02")
+    assert (report["files"], report["uploaded"], report["already_held"]) == (12, 12, 0)
+
+
+def test_new_photos_never_merge_into_a_published_batch(storage, landing):
+    root, _ = landing
+    ingest(root, storage, "2025-01-01")
+    publish(storage, "2025-01-01")
+    assert ingest(root, storage, "2025-01-01")["uploaded"] == 0  # a re-run with nothing new is fine
+    extra = root / "Training" / "Kiwi" / "late.jpg"
+    extra.parent.mkdir(parents=True, exist_ok=True)
+    extra.write_bytes(b"\xff\xd8 a second folder landed the same day")
+    with pytest.raises(IngestRefused, match="already published with 12 photo.*Leave batch_id empty"):
+        ingest(root, storage, "2025-01-01")
+    assert len(manifest(storage, "2025-01-01")["files"]) == 12
+    assert len(raw_objects(storage, "2025-01-01")) == 12
+
+
+def test_the_manifest_never_lists_fewer_files_than_the_batch_holds(storage, landing, tmp_path):
+    root, _ = landing
+    ingest(root, storage, "2025-01-01")
+    other = tmp_path / "second-folder" / "Plum"
+    other.mkdir(parents=True)
+    (other / "p.jpg").write_bytes(b"\xff\xd8 another photo")
+    report = ingest(tmp_path / "second-folder", storage, "2025-01-01")  # same batch, other folder
+    assert report["files"] == 13 == len(manifest(storage, "2025-01-01")["files"]) == len(raw_objects(storage, "2025-01-01"))
+
+
+def test_a_file_changed_after_an_interrupted_upload_is_sent_again(storage, landing):
+    root, _ = landing
+    with pytest.raises(ConnectionError):
+        ingest(root, CrashingStorage(storage, uploads=5), "2025-01-01")
+    sent = sorted(raw_objects(storage, "2025-01-01"))[0][len("raw/batch_id=2025-01-01/"):]
+    photo = root / sent
+    data = bytearray(photo.read_bytes())
+    data[-3] ^= 0xFF  # same size, other content
+    photo.write_bytes(bytes(data))
+    report = ingest(root, storage, "2025-01-01")
+    assert (report["uploaded"], report["already_uploaded"]) == (8, 4)
+    entry = next(e for e in manifest(storage, "2025-01-01")["files"] if e["path"] == sent)
+    assert entry["sha256"] == hashlib.sha256(bytes(data)).hexdigest() == stored_sha256(storage, entry["key"])
+
+
+def stored_sha256(storage, key):
+    if isinstance(storage, LocalStorage):
+        return hashlib.sha256((storage.root / key).read_bytes()).hexdigest()
+    import boto3
+
+    return hashlib.sha256(boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
+
+
+def test_links_odd_files_and_unreadable_entries_are_skipped_with_a_reason(tmp_path):
+    root = tmp_path / "landing"
+    make_landing(root, bad=False)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    banana = root / "Training" / "Banana"
+    (banana / "passwd.jpg").symlink_to(outside)
+    (banana / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (banana / "inside.jpg").symlink_to(banana / "1_100.jpg")  # same content: a duplicate, said so
+    (root / "Training" / "Loop").symlink_to(root / "Training")
+    os.mkfifo(banana / "pipe.jpg")
+    long_name = banana / ("x" * 246 + ".jpg")  # 250 bytes: the temp name must still fit in 255
+    long_name.write_bytes(b"\xff\xd8 long name")
+    locked = root / "Training" / "Locked"
+    locked.mkdir()
+    (locked / "a.jpg").write_bytes(b"\xff\xd8")
+    locked.chmod(0)
+    try:
+        report = ingest(root, LocalStorage(tmp_path / "lake"), "b1")
+    finally:
+        locked.chmod(0o755)
+    reasons = {e["path"]: e["reason"] for e in manifest(LocalStorage(tmp_path / "lake"), "b1")["skipped"]}
+    assert "outside the landing folder" in reasons["Training/Banana/passwd.jpg"]
+    assert "dangling" in reasons["Training/Banana/dangling.jpg"]
+    assert reasons["Training/Banana/inside.jpg"].startswith("same content as")
+    assert "not followed" in reasons["Training/Loop"]
+    assert "not a regular file" in reasons["Training/Banana/pipe.jpg"]
+    if os.geteuid() != 0:  # root reads anything: the permission case only exists for others
+        assert "unreadable" in reasons["Training/Locked"]
+    assert report["files"] == 10 + 1 + (1 if os.geteuid() == 0 else 0)
+    assert (tmp_path / "lake" / "raw" / "batch_id=b1" / long_name.relative_to(root)).is_file()
+
+
+def test_a_date_named_run_after_a_published_batch_gets_the_next_free_id(tmp_path):
+    storage = LocalStorage(tmp_path / "lake")
+    assert next_free_batch_id(storage, "2026-01-01") == "2026-01-01"
+    publish(storage, "2026-01-01")
+    assert next_free_batch_id(storage, "2026-01-01") == "2026-01-01.2"
+    publish(storage, "2026-01-01.2")
+    assert next_free_batch_id(storage, "2026-01-01") == "2026-01-01.3"

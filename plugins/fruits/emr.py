@@ -19,11 +19,15 @@ POKE_INTERVAL_S = 60
 # 2 tasks each with 2 cores per task so TF's intra-op threads have a core to run on; the model
 # lives in the Python worker (off-heap), hence a small heap and a large overhead. Arrow batch size
 # and Python worker reuse are the job's own settings (extract_features.py --batch-size).
+# In cluster mode the driver is a YARN container too: its heap stays small (the PCA streams, d x d on
+# the driver), and its overhead holds the driver's Python, which loads TensorFlow to freeze the model.
 CLUSTER_CONF = {
     "spark.executor.cores": "4",
     "spark.task.cpus": "2",
     "spark.executor.memory": "4g",
     "spark.executor.memoryOverhead": "6g",
+    "spark.driver.memory": "2g",
+    "spark.driver.memoryOverhead": "3g",
 }
 
 

@@ -1,15 +1,20 @@
 """Upload the landing folder's new photos as one batch, idempotently and resumably.
 
-"New" means held by no earlier batch: content sha256 against the manifests of all other batches,
-so a photo left in (or copied back into) the landing folder is never uploaded twice. Within the
-batch, an object already present with the same key and size is not sent again, which is what makes
-an interrupted run resume without duplicates or losses; the manifest is written last, after every
-upload, so a batch has a manifest only once it is complete. A re-run of a batch rewrites the same
-manifest and uploads nothing.
+"New" means held by no other *published* batch: content sha256 against the manifests of the
+batches whose features were committed, so a photo left in (or copied back into) the landing folder
+is never uploaded twice, and a batch whose run failed holds nothing. Within the batch, an object
+already present with the same key, size and MD5 (S3's ETag) is not sent again, which is what
+makes an interrupted run resume without duplicates or losses, and a file changed since (same size)
+is sent again; the manifest is written last, after every upload, and never lists fewer files than
+an earlier run of the batch did. A published batch never changes: new photos for it are refused
+with a message (the DAG gives a date-named run a new batch id instead, see pipeline.py).
 
 Non-image files: ingest does not judge content. It skips only what can never be a photo of the
-dataset or what Spark could never see, each with a reason logged and listed in the manifest's
-`skipped` (nothing silently dropped):
+dataset or what Spark could never see, each with a reason in the manifest's `skipped` (nothing
+silently dropped):
+  - symbolic links out of the landing folder or to folders (never followed), dangling links,
+    unreadable files and folders, devices, sockets and pipes;
+  - photos already in a published batch (the reason names the batch);
   - OS metadata (.DS_Store, Thumbs.db, desktop.ini) and AppleDouble `._*` files;
   - any name (file or folder) Spark's file listing ignores ('.'/'_' names), so they could be
     neither featurized nor rejected;
@@ -22,11 +27,13 @@ features job rejects it with a reason row in rejects/ and the counts add up.
 import hashlib
 import json
 import logging
+import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from fruits import layout
+from fruits import layout, published
 from fruits.storage import Storage
 from fruits_jobs import contract
 
@@ -44,69 +51,185 @@ def skip_reason(rel: Path) -> Optional[str]:
     return None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+class IngestRefused(ValueError):
+    """The batch cannot take this landing folder as it is; the message says what to do."""
+
+
+def digests(path: Path) -> Tuple[str, str]:
+    """(sha256, md5) of a file in one read: sha256 identifies a photo across batches, md5 is what
+    S3 reports (ETag) for an object uploaded in one part, to tell a resumed upload is the same file."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            sha.update(block)
+            md5.update(block)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def _link_reason(path: Path, landing: Path) -> Optional[str]:
+    """Why a symbolic link is not read (None: a link to a regular file inside the landing folder)."""
+    try:
+        target = path.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError, OSError):
+        return f"dangling or looping symbolic link ({os.readlink(path)})"
+    if not target.is_relative_to(landing):
+        return f"symbolic link to {target}, outside the landing folder: not followed"
+    if not target.is_file():
+        return "symbolic link to a folder: not followed"
+    return None
+
+
+def walk_landing(landing: Path) -> Tuple[List[Path], List[dict]]:
+    """The regular files under the landing folder, and what is not read, with the reason why.
+
+    Links are never followed out of the folder (nor into folders: no loops, no second listing);
+    unreadable folders, devices, sockets and pipes are reported, never fatal."""
+    files: List[Path] = []
+    skipped: List[dict] = []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append({"path": Path(path).relative_to(landing).as_posix(), "reason": reason})
+
+    for folder, subfolders, names in os.walk(landing, onerror=lambda e: skip(e.filename, f"unreadable folder: {e.strerror}")):
+        for name in list(subfolders):
+            if os.path.islink(os.path.join(folder, name)):
+                subfolders.remove(name)  # os.walk would not descend; say so
+                skip(os.path.join(folder, name), _link_reason(Path(folder, name), landing) or "symbolic link")
+        for name in names:
+            path = Path(folder, name)
+            if path.is_symlink():
+                reason = _link_reason(path, landing)
+                if reason:
+                    skip(str(path), reason)
+                    continue
+            elif not stat.S_ISREG(path.lstat().st_mode):
+                skip(str(path), "not a regular file (device, socket or pipe)")
+                continue
+            files.append(path)
+    return sorted(files), skipped
 
 
 def held_hashes(storage: Storage, batch_id: str) -> Dict[str, str]:
-    """sha256 -> batch id, for every file in the manifests of the other batches."""
+    """sha256 -> batch id, for every file of the other *published* batches: a batch that never
+    published (its run failed) holds nothing, so a new batch can take its photos."""
     held = {}
     for key in sorted(storage.sizes(layout.MANIFESTS)):
         other = layout.batch_of_manifest(key)
-        if other != batch_id:
+        if other != batch_id and published.is_published(storage, other):
             for entry in json.loads(storage.read_text(key))["files"]:
                 held.setdefault(entry["sha256"], other)
     return held
 
 
+def next_free_batch_id(storage: Storage, base: str) -> str:
+    """base, or base.2, base.3, ... : the first that is not published (for runs named by their date:
+    a second folder landing the same day becomes a batch of its own, never part of a published one)."""
+    candidate, n = base, 1
+    while published.is_published(storage, candidate):
+        n += 1
+        candidate = f"{base}.{n}"
+    return candidate
+
+
+def read_manifest(storage: Storage, batch_id: str) -> Optional[dict]:
+    key = layout.manifest_key(batch_id)
+    return json.loads(storage.read_text(key)) if key in storage.sizes(key) else None
+
+
 def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     """Upload the batch; returns this run's report (the manifest's counts plus what was sent now)."""
-    landing_dir = Path(landing_dir)
+    landing_dir = Path(landing_dir).resolve()
     held = held_hashes(storage, batch_id)
     prefix = layout.raw_prefix(batch_id)
-    present = storage.sizes(prefix)
+    present = storage.fingerprints(prefix)
+    previous = read_manifest(storage, batch_id)
+    listed, skipped = walk_landing(landing_dir)
 
     files: List[dict] = []
-    skipped: List[dict] = []
+    md5s: Dict[str, str] = {}
     seen: Dict[str, str] = {}
-    already_held = 0
-    for path in sorted(p for p in landing_dir.rglob("*") if p.is_file()):
+    held_by: Dict[str, int] = {}
+    for path in listed:
         rel = path.relative_to(landing_dir)
         reason = skip_reason(rel)
         if reason is None:
-            digest = sha256_of(path)
-            if digest in held:
-                already_held += 1  # normal on daily runs over a folder that keeps old photos
-                continue
-            if digest in seen:
-                reason = f"same content as {seen[digest]}"
-            seen[digest] = rel.as_posix()
+            try:
+                sha, md5s[rel.as_posix()] = digests(path)
+            except OSError as exc:
+                reason = f"unreadable file: {exc.strerror or exc}"
+        if reason is None and sha in held:
+            # normal on daily runs over a folder that keeps old photos
+            held_by[held[sha]] = held_by.get(held[sha], 0) + 1
+            reason = f"already in batch {held[sha]}"
+        elif reason is None and sha in seen:
+            reason = f"same content as {seen[sha]}"
         if reason is not None:
-            log.warning("ingest skips %s: %s", rel.as_posix(), reason)
             skipped.append({"path": rel.as_posix(), "reason": reason})
             continue
-        files.append({"path": rel.as_posix(), "key": prefix + rel.as_posix(),
-                      "size": path.stat().st_size, "sha256": digest})
+        seen[sha] = rel.as_posix()
+        files.append({"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": path.stat().st_size,
+                      "sha256": sha})
+    for entry in skipped:
+        if not entry["reason"].startswith("already in batch "):
+            log.warning("ingest skips %s: %s", entry["path"], entry["reason"])
+    for other, count in sorted(held_by.items()):
+        log.info("ingest: %d photo(s) of %s are already in published batch %s", count, landing_dir, other)
+
+    files = merge_with_previous(files, previous, present)
+    refuse_if_published(storage, batch_id, files, previous)
+    refuse_orphans(batch_id, files, present)
 
     uploaded = resumed = 0
     for entry in files:
-        if present.get(entry["key"]) == entry["size"]:
-            resumed += 1  # sent by an earlier, interrupted or repeated, run of this batch
+        md5 = md5s.get(entry["path"])
+        if md5 is None or present.get(entry["key"]) == (entry["size"], md5):
+            resumed += 1  # sent by an earlier run of this batch, byte for byte the same
             continue
         storage.upload_file(landing_dir / entry["path"], entry["key"])
         uploaded += 1
 
-    counts = {"files": len(files), "bytes": sum(f["size"] for f in files), "skipped": len(skipped),
-              "already_held": already_held}
+    counts = {"files": len(files), "bytes": sum(f["size"] for f in files),
+              "skipped": sum(1 for e in skipped if not e["reason"].startswith("already in batch ")),
+              "already_held": sum(held_by.values())}
     manifest = {"batch_id": batch_id, "landing_dir": str(landing_dir),
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "counts": counts, "files": files, "skipped": skipped}
+                "counts": counts, "already_held_by": held_by, "files": files, "skipped": skipped}
     storage.put_bytes(json.dumps(manifest, indent=1).encode(), layout.manifest_key(batch_id))
-    report = {"batch_id": batch_id, **counts, "uploaded": uploaded, "already_uploaded": resumed,
-              "manifest": storage.name + layout.manifest_key(batch_id)}
+    report = {"batch_id": batch_id, **counts, "already_held_by": held_by, "uploaded": uploaded,
+              "already_uploaded": resumed, "manifest": storage.name + layout.manifest_key(batch_id)}
     log.info("ingest %s", json.dumps(report))
     return report
+
+
+def merge_with_previous(files: List[dict], previous: Optional[dict], present: Dict[str, tuple]) -> List[dict]:
+    """This run's files plus those an earlier run of the batch listed and uploaded that the landing
+    folder no longer holds: a photo once in a batch stays in it (the manifest never shrinks)."""
+    if previous is None:
+        return files
+    keys = {f["key"] for f in files}
+    kept = [e for e in previous["files"] if e["key"] not in keys and e["key"] in present]
+    return sorted(files + kept, key=lambda e: e["key"])
+
+
+def refuse_if_published(storage: Storage, batch_id: str, files: List[dict], previous: Optional[dict]) -> None:
+    """A published batch never changes: new photos belong to a new batch."""
+    if previous is None or not published.is_published(storage, batch_id):
+        return
+    before = {(e["key"], e["sha256"]) for e in previous["files"]}
+    new = [e["path"] for e in files if (e["key"], e["sha256"]) not in before]
+    if new:
+        raise IngestRefused(
+            f"batch {batch_id} is already published with {len(before)} photo(s); {len(new)} new or changed "
+            f"photo(s) in the landing folder (e.g. {new[0]}) would change it. Leave batch_id empty to get "
+            f"a new batch ({batch_id}.2, ...) or pass a batch_id that is not published yet.")
+
+
+def refuse_orphans(batch_id: str, files: List[dict], present: Dict[str, tuple]) -> None:
+    """raw/ objects that no manifest lists (an interrupted run whose photos then left the landing
+    folder) would be neither featurized nor rejected: say so instead of hiding them."""
+    orphans = sorted(set(present) - {f["key"] for f in files})
+    if orphans:
+        raise IngestRefused(
+            f"{len(orphans)} object(s) under {layout.raw_prefix(batch_id)} (e.g. {orphans[0]}) were uploaded by an "
+            "interrupted run of this batch but are no longer in the landing folder: put those photos back, "
+            "or use a new batch_id.")

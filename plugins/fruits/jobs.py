@@ -49,7 +49,8 @@ def features_args(cfg: PipelineConfig) -> List[str]:
             "--features", cfg.uri(layout.FEATURES),
             "--rejects", cfg.uri(layout.REJECTS),
             "--batch-id", cfg.batch_id,
-            "--weights", cfg.weights]
+            "--weights", cfg.weights,
+            "--manifest", cfg.uri(layout.manifest_key(cfg.batch_id))]
 
 
 def pca_args(cfg: PipelineConfig) -> List[str]:

@@ -1,4 +1,5 @@
 """The bodies of the DAG's tasks: each takes the run's config (a dict in XCom) and returns JSON."""
+import dataclasses
 import json
 import logging
 import tempfile
@@ -26,6 +27,8 @@ def run_date(context) -> str:
 
 def validate_params(context) -> dict:
     cfg = config.resolve(context["params"], config.read_settings(), run_date(context))
+    if not context["params"].get("batch_id"):  # named by the date: never reopen a published batch
+        cfg = dataclasses.replace(cfg, batch_id=ingest.next_free_batch_id(storage_for(cfg), cfg.batch_id))
     log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
     return cfg.to_dict()
 

@@ -3,16 +3,26 @@
 Two implementations, one code path above them: S3 through the amazon provider's S3Hook (the
 `aws_default` connection carries region and credentials), and a local folder for backend=local.
 """
+import hashlib
 import os
+import re
 import shutil
+import uuid
 from pathlib import Path
-from typing import Dict, Protocol
+from typing import Dict, Optional, Protocol, Tuple
+
+# S3's ETag is the object's MD5 for a single-part upload without SSE-KMS; otherwise it is something
+# else (multipart: "<md5 of md5s>-<parts>"), and then no MD5 is known.
+_MD5_ETAG = re.compile(r'"?([0-9a-f]{32})"?')
 
 
 class Storage(Protocol):
     name: str  # where it points, for logs: s3://bucket/ or a folder
 
     def sizes(self, prefix: str) -> Dict[str, int]: ...  # key -> size of every object under prefix
+
+    # key -> (size, MD5 hex or None when the store cannot say) of every object under prefix
+    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]: ...
 
     def upload_file(self, path: Path, key: str) -> None: ...
 
@@ -32,6 +42,13 @@ class S3Storage:
     def sizes(self, prefix: str) -> Dict[str, int]:
         return {o["Key"]: o["Size"] for o in self.hook.iter_file_metadata(prefix=prefix, bucket_name=self.bucket)}
 
+    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+        found = {}
+        for o in self.hook.iter_file_metadata(prefix=prefix, bucket_name=self.bucket):
+            md5 = _MD5_ETAG.fullmatch(o.get("ETag", ""))
+            found[o["Key"]] = (o["Size"], md5.group(1) if md5 else None)
+        return found
+
     def upload_file(self, path: Path, key: str) -> None:
         self.hook.load_file(filename=str(path), key=key, bucket_name=self.bucket, replace=True)
 
@@ -40,6 +57,17 @@ class S3Storage:
 
     def read_text(self, key: str) -> str:
         return self.hook.read_key(key=key, bucket_name=self.bucket)
+
+
+_IN_PROGRESS = ".in-progress."
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class LocalStorage:
@@ -55,16 +83,20 @@ class LocalStorage:
         found = {}
         for path in base.rglob("*"):
             key = path.relative_to(self.root).as_posix()
-            if path.is_file() and key.startswith(prefix) and not path.name.startswith(".in-progress."):
+            if path.is_file() and key.startswith(prefix) and not path.name.startswith(_IN_PROGRESS):
                 found[key] = path.stat().st_size
         return found
 
+    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+        return {key: (size, _md5(self.root / key)) for key, size in self.sizes(prefix).items()}
+
     def _write(self, key: str, write) -> None:
         # Write beside, then rename: an interrupted copy never looks like a complete object, and
-        # its leading '.' keeps Spark's file listing from reading a leftover.
+        # its leading '.' keeps Spark's file listing from reading a leftover. A short random name:
+        # a prefix on a long file name could pass the file system's 255-byte limit.
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(".in-progress." + dest.name)
+        tmp = dest.with_name(f"{_IN_PROGRESS}{uuid.uuid4().hex}")
         write(tmp)
         os.replace(tmp, dest)
 

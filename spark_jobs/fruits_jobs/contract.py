@@ -93,6 +93,7 @@ REJECT_REASONS = {
     "no_class_folder": "not inside a class folder: the label is the parent folder's name",
     "decode_error": "the decoder failed in an unexpected way (the detail names the exception)",
     "non_finite_features": "the model's output has NaN or Inf values",
+    "not_found": "listed in the batch's manifest but missing from storage",
 }
 
 

@@ -8,6 +8,7 @@ killed before its commit leaves the batch's current version as it was, and the n
 its leftovers.
 """
 import argparse
+import json
 import math
 import time
 import uuid
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--manifest", help="the batch's ingest manifest (JSON): read exactly the files it lists, "
+                   "relative to --images; without it, every file under --images")
     args = p.parse_args(argv)
     check_batch_id(args.batch_id)
     if not 32 <= args.image_size <= 1024:
@@ -114,14 +117,34 @@ def task_count(files: int, cores: int) -> int:
     return max(cores, math.ceil(files / IMAGES_PER_TASK))
 
 
-def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> None:
-    """The one pass that reads the images and runs the model; writes every file's outcome."""
+def manifest_paths(spark, manifest_uri: str, root_uri: str) -> List[str]:
+    """The batch's files as binaryFile's `path` values: <root>/<path relative to the landing folder>."""
+    manifest = json.loads(hadoop_fs.read_text(spark, manifest_uri))
+    return [f"{root_uri.rstrip('/')}/{entry['path']}" for entry in manifest["files"]]
+
+
+def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> dict:
+    """The one pass that reads the images and runs the model; writes every file's outcome.
+    Returns what was found under the root but is not the batch's (not in its manifest)."""
     from pyspark.sql import functions as F
 
     featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels)
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
+    skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
+    expected = None
+    if args.manifest:
+        # Exactly the files the manifest lists: an object under the prefix that it does not list
+        # belongs to no batch (a leftover), and one it lists but storage lacks is a reject.
+        expected = manifest_paths(spark, args.manifest, root_uri)
+        wanted = set(expected)
+        outside = sorted(p for p in listed + skipped if p not in wanted)
+        found = set(listed) | set(skipped)
+        listed = [p for p in listed if p in wanted]
+        skipped = [p for p in skipped if p in wanted]
+        files = files.join(F.broadcast(spark.createDataFrame([(p,) for p in expected], "path string")),
+                           "path", "left_semi")
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
@@ -146,7 +169,6 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
 
     too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
                          F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
-    skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
                       F.lit(contract.HIDDEN_REASON))
     # The cheap branches first: their tasks then run while the Python workers start, not after.
@@ -160,6 +182,14 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> No
                      .join(spark.read.parquet(staging_uri).select("path"), "path", "left_anti"),
                      "empty_file", F.lit("0 bytes"))
     empty.withColumn("batch_id", F.lit(args.batch_id)).write.mode("append").parquet(staging_uri)
+    if expected is not None:
+        missing = [p for p in expected if p not in found]
+        if missing:
+            (rejected(spark.createDataFrame([(p,) for p in missing], "path string"), "not_found",
+                      F.lit("listed in the batch manifest, not in storage"))
+             .withColumn("batch_id", F.lit(args.batch_id)).write.mode("append").parquet(staging_uri))
+        return {"not_in_manifest": len(outside), "not_in_manifest_examples": outside[:5]}
+    return {}
 
 
 def uri_to_spark_path(uri: str) -> str:
@@ -202,7 +232,7 @@ def run(spark, args) -> dict:
                        fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
     model_bc = spark.sparkContext.broadcast(freeze_model(model))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
-    stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
+    ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
@@ -223,7 +253,7 @@ def run(spark, args) -> dict:
         "images": args.images, "features": outputs["features"], "rejects": outputs["rejects"],
         "weights": args.weights, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
         "read": read, "featurized": featurized, "rejected": rejected,
-        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "rejects_by_reason": dict(sorted(by_reason.items())), **ignored,
         "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
     }
     # The switch: features, rejects and summary become the batch's current version together.
