@@ -2,6 +2,8 @@
 #   make run    the whole DAG on demo images, no cloud (README's first command)
 #   make test   the test suite (README's second command; .ci/run calls it)
 #   make bench  throughput of our features job vs the seed notebook vs raw TensorFlow
+#   make bench-pca     PCA of 250,000 synthetic feature vectors under the default 1 GB driver heap
+#   make bench-memory  bench-pca, plus the features job's peak memory at 10,000 vs 50,000 images
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -18,7 +20,7 @@ WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-pca bench-memory clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -50,6 +52,12 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_features.py
+
+bench-pca: install
+	$(BIN)/python bench/bench_memory.py --pca-rows 250000
+
+bench-memory: install
+	$(BIN)/python bench/bench_memory.py --pca-rows 250000 --features-images 10000,50000
 
 clean:
 	rm -rf data/lake data/landing airflow_home artifacts

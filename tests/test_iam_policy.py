@@ -62,3 +62,19 @@ def test_the_evaluator_refuses_what_it_does_not_model():
         is_allowed({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
                                    "Condition": {"ArnLike": {"aws:SourceArn": "*"}}}]},
                    "s3:GetObject", "arn:aws:s3:::b/k", {})
+
+
+INSTANCE_POLICY = load_policy(REPO / "infra" / "iam" / "emr_instance_profile_policy.json", BUCKET)
+
+
+@pytest.mark.parametrize("operation,key,allowed_", [
+    ("GetObject", "manifests/batch_id=1.json", True),  # the features job reads exactly its manifest
+    ("GetObject", "raw/batch_id=1/Banana/1.jpg", True),
+    ("PutObject", "features/batch_id=1/_commits/r1.json", True),  # the jobs commit their runs
+    ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and delete old runs
+    ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
+    ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
+])
+def test_the_cluster_reads_and_writes_what_the_jobs_need_and_no_more(operation, key, allowed_):
+    (request,) = iam_requests("s3", operation, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
+    assert is_allowed(INSTANCE_POLICY, *request) is allowed_
