@@ -16,11 +16,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+
+from measure import peak_rss
 
 from fruits.jobs import SparkJob
 from fruits.local_runner import command
@@ -53,26 +54,11 @@ def prepare_images(src: Path, dest: Path, min_images: int) -> int:
 def run_measured(cmd, env) -> dict:
     """Run cmd, sample its process tree's RSS, return its last JSON stdout line + peak memory."""
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            try:
-                procs = [proc] + proc.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.perf_counter()
-    out, _ = proc.communicate()
+    with peak_rss(proc, interval_s=0.1) as peaks:
+        out, _ = proc.communicate()
     wall = time.perf_counter() - started
-    done.set()
-    sampler.join()
+    peak = peaks["tree"]
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}:\n{out[-3000:]}")
     result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])

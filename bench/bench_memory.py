@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 
 # bench/ is on sys.path (this script's folder): one place for the shared paths
 from bench_features import REPO, SAMPLE, WEIGHTS
+from measure import peak_rss
 from fruits.jobs import SparkJob
 from fruits.local_runner import command
 from fruits_jobs import commits
@@ -119,45 +119,14 @@ def link_images(src: Path, dest: Path, n: int) -> int:
     return n
 
 
-def tree_rss(proc: psutil.Process) -> dict:
-    """RSS now of the whole tree, of the JVM(s), and of the largest Python worker (bytes)."""
-    now = {"tree": 0, "jvm": 0, "worker": 0}
-    for p in [proc] + proc.children(recursive=True):
-        try:
-            rss = p.memory_info().rss
-            now["tree"] += rss
-            if p.name() == "java":
-                now["jvm"] += rss
-            elif any("pyspark.daemon" in arg or "pyspark.worker" in arg for arg in p.cmdline()):
-                now["worker"] = max(now["worker"], rss)
-        except psutil.Error:  # ended between the listing and the reading
-            pass
-    return now
-
-
 def run_measured(cmd, env, log: Path) -> dict:
     """Run cmd (stderr to log), peak memory sampled every 0.2 s; its JSON summary if it succeeded."""
-    peaks = {"tree": 0, "jvm": 0, "worker": 0}
-    done = threading.Event()
     with open(log, "w") as err:
         proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-
-        def sample():
-            while not done.is_set():
-                try:
-                    for key, value in tree_rss(proc).items():
-                        peaks[key] = max(peaks[key], value)
-                except psutil.Error:
-                    pass
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         started = time.perf_counter()
-        out, _ = proc.communicate()
+        with peak_rss(proc) as peaks:
+            out, _ = proc.communicate()
         wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
     result = {"exit_code": proc.returncode, "wall_s": round(wall, 1),
               **{f"peak_{key}_rss_mb": round(value / 2 ** 20) for key, value in peaks.items()}}
     lines = [line for line in out.splitlines() if line.strip()]
