@@ -38,7 +38,15 @@ $(VENV)/.installed: $(BIN)/python requirements.txt requirements-dev.txt spark_jo
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null || true
 	@touch $@
 
-install: $(VENV)/.installed
+# The IaC checkers (cfn-lint, checkov, parliament) in a venv of their own: checkov pins versions of
+# boto3/botocore/packaging that would break Airflow and moto in $(VENV).
+IAC_VENV := .venv-iac
+$(IAC_VENV)/.installed: $(BIN)/python requirements-iac.txt
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(BIN)/uv pip install -q --python $(IAC_VENV)/bin/python -r requirements-iac.txt
+	@touch $@
+
+install: $(VENV)/.installed $(IAC_VENV)/.installed
 
 run: install
 	@[ -d "$(LANDING)" ] || $(BIN)/python -m fruits.demo_images "$(LANDING)"

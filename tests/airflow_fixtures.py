@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from iam_eval import iam_requests, is_allowed, load_policy
+from cfn_template import Stack
+from iam_eval import iam_requests, is_allowed
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="fruits-airflow-home-"))
@@ -98,13 +99,18 @@ def make_landing(root: Path, n_good: int = 10, bad: bool = True, seed: int = 0) 
 BUCKET = "fruits-test"
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
-AIRFLOW_POLICY = REPO / "infra" / "iam" / "airflow_role_policy.json"
+
+
+def template_policy(logical_id: str, bucket: str = BUCKET) -> dict:
+    """A policy of infra/aws/fruits.yaml as deployed with BucketName=bucket in this account."""
+    return Stack(bucket, account=ACCOUNT, region=REGION).policy(logical_id)
 
 
 @pytest.fixture
 def aws(monkeypatch):
     """moto for S3 and EMR, an `aws_default` connection with the region, the bucket, and a recorder:
-    at the end, every call our code made must be allowed by infra/iam/airflow_role_policy.json."""
+    at the end, every call our code made (and what it implies: PassRole, AddTags) must be allowed by
+    the Airflow policy of infra/aws/fruits.yaml."""
     import json
 
     import boto3
@@ -127,7 +133,7 @@ def aws(monkeypatch):
                             botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)])
         yield calls
         backend = emr_backends[ACCOUNT][REGION]
-        policy = load_policy(AIRFLOW_POLICY, BUCKET)
+        policy = template_policy("AirflowPolicy")
         denied = [(req, op) for service, op, params in calls
                   for req in iam_requests(service, op, params, lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags},
                                           REGION, ACCOUNT)

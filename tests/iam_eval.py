@@ -1,20 +1,23 @@
 """A small evaluator of IAM identity policies, for checking our policies offline.
 
-Scope: enough of IAM's policy evaluation for infra/iam/airflow_role_policy.json and the calls the
-pipeline makes, nothing more. It models
-  - which IAM action(s) and resource ARN each S3/EMR API call is authorised as, including the
-    implied iam:PassRole of RunJobFlow (one per role), and the condition keys our policy reads
-    (aws:RequestTag/* on RunJobFlow, elasticmapreduce:ResourceTag/* on cluster calls,
-    iam:PassedToService, s3:prefix on ListBucket);
+Scope: enough of IAM's policy evaluation for the policies of infra/aws/fruits.yaml (read through
+tests/cfn_template.py) and the calls the pipeline makes, nothing more. It models
+  - which IAM action(s) and resource ARN each S3/EMR API call is authorised as, including what a
+    call implies without botocore making a call for it: RunJobFlow's iam:PassRole (one per role;
+    the instance profile is assumed to be named like its role, as the template makes it) and, when
+    the request has Tags, elasticmapreduce:AddTags (tag on create: EMR Management Guide,
+    emr-fine-grained-cluster-access.html);
+  - the condition keys our policies read: aws:RequestTag/* on RunJobFlow and its AddTags,
+    aws:ResourceTag/* on calls on an existing cluster (the key the Service Authorization Reference
+    documents for the cluster resource type; elasticmapreduce:ResourceTag/* is NOT set, so a policy
+    using it fails here as linters say it may in AWS), iam:PassedToService, s3:prefix on ListBucket;
   - Allow statements with Action/Resource wildcards and StringEquals/StringLike conditions.
 It does NOT model: Deny statements, NotAction/NotResource, resource-based policies (bucket
 policies), permission boundaries, SCPs, session policies, or any operator other than the two above;
 an unknown operator raises KeyError rather than passing silently. Real AWS may still refuse what
 this allows (see the AWS-side issue for what moto and this evaluator cannot tell).
 """
-import json
 from fnmatch import fnmatchcase
-from pathlib import Path
 
 # S3 API operation -> the IAM action that authorises it (AWS S3 User Guide, "Actions, resources, and
 # condition keys for Amazon S3"); operations not listed map to s3:<Operation>.
@@ -24,11 +27,6 @@ S3_ACTIONS = {
     "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
     "CompleteMultipartUpload": "s3:PutObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
 }
-
-
-def load_policy(path: Path, bucket: str) -> dict:
-    """A policy document of infra/iam/, with its FRUITS_BUCKET placeholder set to `bucket`."""
-    return json.loads(Path(path).read_text().replace("FRUITS_BUCKET", bucket))
 
 
 def iam_requests(service: str, operation: str, params: dict, cluster_tags, region: str, account: str) -> list:
@@ -45,14 +43,19 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
         if operation == "RunJobFlow":
             tags = {t["Key"]: t["Value"] for t in params.get("Tags", [])}
             ctx = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
-            # RunJobFlow implies iam:PassRole on both roles; botocore makes no call for it.
-            return [(action, "*", ctx),
+            # RunJobFlow implies iam:PassRole on both roles and, with Tags, AddTags on the new cluster;
+            # botocore makes no call for either.
+            implied = [("elasticmapreduce:AddTags", f"arn:aws:elasticmapreduce:{region}:{account}:cluster/*", ctx)] \
+                if tags else []
+            return [(action, "*", ctx), *implied,
                     ("iam:PassRole", f"arn:aws:iam::{account}:role/{params['ServiceRole']}",
                      {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}),
                     ("iam:PassRole", f"arn:aws:iam::{account}:role/{params['JobFlowRole']}",
                      {"iam:PassedToService": "ec2.amazonaws.com"})]
-        cluster = params.get("ClusterId") or params.get("JobFlowId") or params["JobFlowIds"][0]
-        ctx = {f"elasticmapreduce:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
+        cluster = (params.get("ClusterId") or params.get("JobFlowId") or params.get("ResourceId")
+                   or params["JobFlowIds"][0])
+        ctx = {f"aws:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
+        ctx.update({f"aws:RequestTag/{t['Key']}": t["Value"] for t in params.get("Tags", [])})
         return [(action, f"arn:aws:elasticmapreduce:{region}:{account}:cluster/{cluster}", ctx)]
     return [(f"{service}:{operation}", "*", {})]
 

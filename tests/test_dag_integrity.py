@@ -119,6 +119,23 @@ def test_emr_needs_a_bucket_and_s3_weights(tmp_path):
                        _settings(tmp_path, bucket="b"), "2025-01-02")
 
 
+@pytest.mark.parametrize("itype", ["m7g.2xlarge", "c6gn.4xlarge", "r8g.xlarge", "t4g.large", "im4gn.xlarge",
+                                   "x2gd.xlarge", "m6gd.2xlarge", "is4gen.xlarge", "g5g.xlarge", "a1.xlarge"])
+def test_graviton_types_are_refused_with_an_x86_suggestion(tmp_path, itype):
+    """Blocker 5: tensorflow-cpu has no aarch64 wheel, so an arm64 node would fail its bootstrap."""
+    with pytest.raises(InvalidParam, match=r"'instance_type'.*Graviton.*x86_64.*m5\.2xlarge"):
+        params.validate(_conf(instance_type=itype))
+    with pytest.raises(InvalidParam, match=r"'fruits_primary_instance_type'.*Graviton.*x86_64"):
+        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
+                       _settings(tmp_path, bucket="b", primary_instance_type=itype), "2025-01-02")
+
+
+@pytest.mark.parametrize("itype", ["m5.2xlarge", "m6i.2xlarge", "c7i-flex.large", "g4dn.xlarge", "m5zn.large",
+                                   "x2iedn.xlarge", "r5dn.large", "m7a.xlarge"])
+def test_x86_types_pass(itype):
+    assert params.validate(_conf(instance_type=itype))["instance_type"] == itype
+
+
 def test_defaults_resolve_from_settings_and_run_date(tmp_path):
     cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
     assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == ("2025-01-02", "local", "imagenet", str(tmp_path))

@@ -30,7 +30,8 @@ def validate(operation: str, params: dict) -> None:
 
 def test_job_flow_and_steps_pass_botocore_validation():
     validate("RunJobFlow", emr.job_flow_overrides(dataclasses.replace(
-        CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec"), VERSION))
+        CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec",
+        security_group_ids="sg-1,sg-2"), VERSION))
     validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr_steps()})
 
 
@@ -56,6 +57,16 @@ def test_job_flow_contents():
                                               "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}}
     assert defaults["Properties"]["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert {"Key": "project", "Value": "fruits"} in flow["Tags"]
+    # Blocker 2: AmazonEMRServicePolicy_v2 only acts on resources with this tag (EMR propagates it)
+    assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in flow["Tags"]
+    assert "AdditionalMasterSecurityGroups" not in flow["Instances"]
+
+
+def test_project_tag_and_security_groups_come_from_the_settings():
+    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab", security_group_ids="sg-1, sg-2"), VERSION)
+    assert {"Key": "project", "Value": "lab"} in flow["Tags"]
+    assert flow["Instances"]["AdditionalMasterSecurityGroups"] == ["sg-1", "sg-2"]
+    assert flow["Instances"]["AdditionalSlaveSecurityGroups"] == ["sg-1", "sg-2"]
 
 
 def test_spot_task_group_only_when_asked():

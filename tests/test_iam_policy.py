@@ -1,29 +1,69 @@
-"""The IAM policies in infra/iam: valid documents, least privilege, and the evaluator the `aws`
-fixture uses (every moto-driven test checks each AWS call it made against the Airflow role's policy)."""
-from airflow_fixtures import ACCOUNT, AIRFLOW_POLICY, BUCKET, REGION, REPO
+"""The IAM policies of infra/aws/fruits.yaml (their one source): valid documents, least privilege,
+and the evaluator the `aws` fixture uses (every moto-driven test checks each AWS call it made against
+the Airflow policy)."""
+from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
 
-import json
+import dataclasses
 
 import pytest
 
-from iam_eval import iam_requests, is_allowed, load_policy
+from cfn_template import Stack
+from iam_eval import iam_requests, is_allowed
 
-POLICY = load_policy(AIRFLOW_POLICY, BUCKET)
-TAGS = {"project": "fruits"}
+POLICY = template_policy("AirflowPolicy")
+TAGS = {"project": "fruits", "for-use-with-amazon-emr-managed-policies": "true"}
+RUN_TAGS = [{"Key": "project", "Value": "fruits"}, {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}]
+ROLES = {"ServiceRole": "fruits-emr-service-role", "JobFlowRole": "fruits-emr-ec2-role"}
 
 
-def allowed(service, op, params, tags=TAGS):
-    return all(is_allowed(POLICY, *req) for req in iam_requests(service, op, params, lambda _: tags, REGION, ACCOUNT))
+def allowed(service, op, params, tags=TAGS, policy=POLICY):
+    return all(is_allowed(policy, *req) for req in iam_requests(service, op, params, lambda _: tags, REGION, ACCOUNT))
 
 
 def test_documents_are_valid_and_name_no_wildcard_actions():
-    for name in ("airflow_role_policy.json", "emr_instance_profile_policy.json"):
-        doc = json.loads((REPO / "infra" / "iam" / name).read_text())
-        assert doc["Version"] == "2012-10-17"
+    for name, doc in Stack(BUCKET).documents().items():
+        assert doc["Version"] == "2012-10-17", name
         for st in doc["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-            assert not [a for a in actions if "*" in a], (name, st["Sid"])
+            if name == "LakeBucketPolicy":  # the TLS-only Deny covers every action on purpose
+                assert st["Effect"] == "Deny" and actions == ["s3:*"]
+                continue
+            assert not [a for a in actions if "*" in a], (name, st.get("Sid"))
             assert st["Effect"] == "Allow"
+
+
+def test_the_job_flow_is_allowed_by_the_policy_as_built():
+    """The real RunJobFlow request (fruits/emr.py), with what it implies: PassRole and AddTags."""
+    from test_emr_builders import CFG, VERSION
+    from fruits import emr
+
+    flow = emr.job_flow_overrides(CFG, VERSION)
+    requests = iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT)
+    assert {action for action, _, _ in requests} == {"elasticmapreduce:RunJobFlow", "elasticmapreduce:AddTags",
+                                                      "iam:PassRole"}
+    assert all(is_allowed(POLICY, *req) for req in requests)
+    # another project tag, set on both sides (setting fruits_project_tag, parameter ProjectTag)
+    other = Stack(BUCKET, account=ACCOUNT, region=REGION, ProjectTag="lab").policy("AirflowPolicy")
+    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab"), VERSION)
+    flow.update(ServiceRole="lab-emr-service-role", JobFlowRole="lab-emr-ec2-role")
+    assert all(is_allowed(other, *req) for req in iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT))
+
+
+def test_run_job_flow_with_tags_needs_add_tags():
+    """Blocker 1: a policy granting RunJobFlow alone is refused (tag on create is AddTags too)."""
+    without_add_tags = {"Statement": [dict(st, Action="elasticmapreduce:RunJobFlow")
+                                      if st.get("Sid") == "CreateOnlyTaggedClusters" else st
+                                      for st in POLICY["Statement"]]}
+    assert not allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES}, policy=without_add_tags)
+    assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
+
+
+def test_cluster_conditions_use_the_documented_key():
+    """Blocker 6: aws:ResourceTag/project, not elasticmapreduce:ResourceTag/project."""
+    (st,) = [st for st in POLICY["Statement"] if st["Sid"] == "OperateOnlyOwnClusters"]
+    assert st["Condition"] == {"StringEquals": {"aws:ResourceTag/project": "fruits"}}
+    old_form = {"Statement": [dict(st, Condition={"StringEquals": {"elasticmapreduce:ResourceTag/project": "fruits"}})]}
+    assert not allowed("emr", "DescribeCluster", {"ClusterId": "j-1"}, policy=old_form)
 
 
 def test_the_calls_the_pipeline_makes_are_allowed():
@@ -32,8 +72,7 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_commits/r1.json"})
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/batch_id=1/_commits/"})
     assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
-    assert allowed("emr", "RunJobFlow", {"Tags": [{"Key": "project", "Value": "fruits"}],
-                                         "ServiceRole": "fruits-emr-service-role", "JobFlowRole": "fruits-emr-ec2-role"})
+    assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
 
 
@@ -46,10 +85,12 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
     ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
     ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
-    ("emr", "RunJobFlow", {"Tags": [], "ServiceRole": "fruits-emr-service-role",
-                           "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # untagged cluster
-    ("emr", "RunJobFlow", {"Tags": [{"Key": "project", "Value": "fruits"}], "ServiceRole": "AdminRole",
+    ("emr", "RunJobFlow", {"Tags": [], **ROLES}, TAGS),  # untagged cluster
+    ("emr", "RunJobFlow", {"Tags": RUN_TAGS[:1], **ROLES}, TAGS),  # not for the EMR managed policies
+    ("emr", "RunJobFlow", {"Tags": RUN_TAGS, "ServiceRole": "AdminRole",
                            "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # PassRole on another role
+    ("emr", "AddTags", {"ResourceId": "j-other", "Tags": [{"Key": "owner", "Value": "x"}]},
+     {"project": "other"}),  # tagging someone else's cluster
     ("emr", "ListClusters", {"ClusterId": "j-1"}, TAGS),
     ("sts", "GetCallerIdentity", {}, TAGS),
 ])
@@ -64,7 +105,7 @@ def test_the_evaluator_refuses_what_it_does_not_model():
                    "s3:GetObject", "arn:aws:s3:::b/k", {})
 
 
-INSTANCE_POLICY = load_policy(REPO / "infra" / "iam" / "emr_instance_profile_policy.json", BUCKET)
+INSTANCE_POLICY = template_policy("EmrInstancePolicy")
 
 
 @pytest.mark.parametrize("operation,key,allowed_", [
@@ -74,7 +115,32 @@ INSTANCE_POLICY = load_policy(REPO / "infra" / "iam" / "emr_instance_profile_pol
     ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and delete old runs
     ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
     ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
+    ("PutObject", "logs/emr/j-1/node/i-1/bootstrap-actions/1/stdout.gz", True),
 ])
 def test_the_cluster_reads_and_writes_what_the_jobs_need_and_no_more(operation, key, allowed_):
     (request,) = iam_requests("s3", operation, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
     assert is_allowed(INSTANCE_POLICY, *request) is allowed_
+
+
+# Blocker 3: S3A (s3:// since EMR 7.10) probes a path's own key (HEAD `features`) as well as the keys
+# under it; each prefix the jobs read or write, in both forms (Hadoop's assumed_roles.md).
+READ = ["raw", "manifests", "code", "models"]
+WRITE = ["features", "rejects", "pca"]
+
+
+@pytest.mark.parametrize("prefix", READ + WRITE)
+def test_s3a_probes_of_every_prefix_are_allowed(prefix):
+    for key in (prefix, f"{prefix}/", f"{prefix}/batch_id=1", f"{prefix}/batch_id=1/x"):
+        (request,) = iam_requests("s3", "HeadObject", {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
+        assert is_allowed(INSTANCE_POLICY, *request), key
+        if prefix in WRITE:
+            for op in ("PutObject", "DeleteObject"):
+                (request,) = iam_requests("s3", op, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
+                assert is_allowed(INSTANCE_POLICY, *request), (op, key)
+    (listing,) = iam_requests("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": f"{prefix}/"}, lambda _: {},
+                              REGION, ACCOUNT)
+    assert is_allowed(INSTANCE_POLICY, *listing)
+    # ... and no neighbour: `features2` is not `features`
+    (request,) = iam_requests("s3", "GetObject", {"Bucket": BUCKET, "Key": f"{prefix}2/x"}, lambda _: {},
+                              REGION, ACCOUNT)
+    assert not is_allowed(INSTANCE_POLICY, *request)

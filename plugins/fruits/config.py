@@ -7,8 +7,9 @@ from typing import Any, Mapping, Optional
 
 from fruits import layout
 from fruits.lake import to_local
-from fruits.params import InvalidParam, check_weights, validate
+from fruits.params import InvalidParam, check_weights, check_x86_64, validate
 from fruits.settings import AWS_CONN_ID, DEFAULTS, SETTINGS, setting_from_env
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -29,6 +30,8 @@ class PipelineConfig:
     primary_instance_type: str = DEFAULTS["primary_instance_type"]
     subnet_id: Optional[str] = DEFAULTS["subnet_id"]
     security_configuration: Optional[str] = DEFAULTS["security_configuration"]
+    security_group_ids: Optional[str] = DEFAULTS["security_group_ids"]
+    project_tag: str = DEFAULTS["project_tag"]
     idle_timeout_s: int = int(DEFAULTS["idle_timeout_s"])
     aws_conn_id: str = AWS_CONN_ID
     local_storage: str = DEFAULTS["local_storage"]
@@ -84,6 +87,8 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     if backend == "local" and not weights.startswith(("s3://", "imagenet", "random")):
         weights = str(Path(weights).expanduser().resolve())  # the job's cwd is not ours
     check_weights(weights, backend)
+    if backend == "emr":
+        check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
     return PipelineConfig(
         batch_id=p.get("batch_id") or run_date,
         landing_dir=str(landing),
@@ -102,6 +107,8 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         primary_instance_type=settings["primary_instance_type"],
         subnet_id=settings.get("subnet_id") or None,
         security_configuration=settings.get("security_configuration") or None,
+        security_group_ids=settings.get("security_group_ids") or None,
+        project_tag=settings.get("project_tag") or DEFAULTS["project_tag"],
         idle_timeout_s=int(settings["idle_timeout_s"]),
         local_storage=local_storage,
         spark_master=settings["spark_master"],

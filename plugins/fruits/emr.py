@@ -50,10 +50,17 @@ def spark_steps(jobs: List[SparkJob], batch_id: str) -> List[dict]:
     return [spark_step(job, batch_id) for job in jobs]
 
 
+# AmazonEMRServicePolicy_v2 (the service role's managed policy, infra/aws/fruits.yaml) only acts on
+# resources tagged so; EMR propagates the cluster's tags to the instances, volumes and ENIs it creates
+# (EMR Management Guide, "Amazon EMR managed policies": emr-managed-iam-policies.html; the policy's text:
+# its CreateEMRTaggedInstancesAndVolumes and ManageEMRTaggedResources statements).
+EMR_MANAGED_POLICY_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
+
+
 def _tags(cfg: PipelineConfig) -> List[dict]:
-    # project=fruits is what the Airflow role's policy requires on every cluster it touches.
-    return [{"Key": "project", "Value": "fruits"}, {"Key": "batch_id", "Value": cfg.batch_id},
-            {"Key": "managed-by", "Value": "airflow"}]
+    # project=<project_tag> is what the Airflow role's policy requires on every cluster it touches.
+    return [{"Key": "project", "Value": cfg.project_tag}, EMR_MANAGED_POLICY_TAG,
+            {"Key": "batch_id", "Value": cfg.batch_id}, {"Key": "managed-by", "Value": "airflow"}]
 
 
 def instance_groups(cfg: PipelineConfig) -> List[dict]:
@@ -93,6 +100,10 @@ def job_flow_overrides(cfg: PipelineConfig, version: str) -> dict:
     }
     if cfg.subnet_id:
         instances["Ec2SubnetId"] = cfg.subnet_id
+    if cfg.security_group_ids:
+        groups = [g.strip() for g in cfg.security_group_ids.split(",") if g.strip()]
+        instances["AdditionalMasterSecurityGroups"] = groups
+        instances["AdditionalSlaveSecurityGroups"] = groups
     flow = {
         "Name": f"fruits-{cfg.batch_id}",
         "ReleaseLabel": cfg.release_label,

@@ -19,7 +19,7 @@
 
 The names are defined in fruits_jobs/contract.py (the jobs write there too); this module builds
 keys from them. Prefixes, not buckets, separate the kinds of data so one least-privilege policy can
-grant each its own verbs (infra/iam/airflow_role_policy.json).
+grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
 """
 from fruits_jobs.contract import (CODE, COMMITS_DIR, DEFAULT_WEIGHTS_FILE, EMR_LOGS,  # noqa: F401 (layout names)
                                   FEATURES, MANIFESTS, MODELS, PCA, PCA_METRICS_FILE, PCA_MODEL_DIR,

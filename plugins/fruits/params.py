@@ -18,6 +18,17 @@ from fruits_jobs import contract
 BACKENDS = ("emr", "local")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
+# Graviton (arm64) families: a `g` right after the generation number (m7g, c6gn, r8g, t4g, im4gn, x2gd,
+# is4gen, g5g; EC2 "instance type naming conventions": g = AWS Graviton processors), plus the first
+# Arm family, a1. tensorflow-cpu, pinned in spark_jobs/requirements.txt, ships no aarch64 wheel.
+GRAVITON_RE = re.compile(r"^(a1|[a-z]+[0-9]+g[a-z-]*)\.")
+
+
+def check_x86_64(name: str, itype: str) -> None:
+    """EMR nodes must be x86_64: refuse a Graviton type, naming the param or setting."""
+    if GRAVITON_RE.match(itype):
+        raise InvalidParam(name, f"{itype} is a Graviton (arm64) type, and tensorflow-cpu has no aarch64 "
+                                 "wheel: use an x86_64 type such as m5.2xlarge, m6i.2xlarge or c6i.2xlarge")
 
 
 class InvalidParam(ValueError):
@@ -97,6 +108,7 @@ def validate(conf: Mapping[str, Any]) -> dict:
     itype = conf.get("instance_type")
     if not (isinstance(itype, str) and INSTANCE_TYPE_RE.fullmatch(itype)):
         raise InvalidParam("instance_type", f"expected an EC2 instance type like m5.2xlarge, got {itype!r}")
+    check_x86_64("instance_type", itype)
     out["core_count"] = _int(conf, "core_count", 1, MAX_NODES)
     out["task_spot_count"] = _int(conf, "task_spot_count", 0, MAX_NODES)
     return out

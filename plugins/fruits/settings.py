@@ -37,9 +37,14 @@ SETTINGS = (
     Setting("emr_instance_profile", "fruits-emr-ec2-role", "EC2 instance profile of the cluster nodes"),
     # Pinned so a new release never changes a run silently; same Spark line as requirements.txt.
     Setting("release_label", "emr-7.12.0", "EMR release (7.x: Spark 3.5, Amazon Linux 2023)"),
-    Setting("primary_instance_type", "m5.xlarge", "EC2 type of the primary node"),
-    Setting("subnet_id", None, "subnet of the cluster: a private one with an S3 gateway endpoint"),
+    Setting("primary_instance_type", "m5.xlarge", "EC2 type of the primary node (x86_64: no Graviton)"),
+    Setting("subnet_id", None, "subnet of the cluster: a private one with an S3 gateway endpoint, tagged "
+            "for-use-with-amazon-emr-managed-policies=true"),
+    Setting("security_group_ids", None, "extra EC2 security groups of the cluster nodes, comma-separated; "
+            "tagged for-use-with-amazon-emr-managed-policies=true"),
     Setting("security_configuration", None, "EMR security configuration (name)"),
+    Setting("project_tag", "fruits", "value of the clusters' `project` tag: the Airflow policy operates only "
+            "clusters with it"),
     Setting("idle_timeout_s", "3600", "AutoTerminationPolicy: the safety net if Airflow is gone"),
     Setting("local_lake", str(REPO / "data" / "lake"), "backend=local: the folder that stands for the bucket",
             env_only=True),
