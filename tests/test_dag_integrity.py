@@ -1,11 +1,13 @@
 """DAG integrity: parses cleanly, shape, teardown wiring, schedule, params and their validation."""
 import copy
+import hashlib
 
 import pytest
 from airflow.sdk import TriggerRule
 from airflow.exceptions import ParamValidationError
 
 from fruits import config, jobs, params
+from fruits import settings as settings_module
 from fruits.params import InvalidParam
 
 EDGES = {
@@ -111,12 +113,25 @@ def test_first_task_names_the_bad_param(tmp_path, name, value):
         config.resolve(_conf(**{"landing_dir": str(tmp_path), name: value}), _settings(tmp_path), "2025-01-02")
 
 
-def test_emr_needs_a_bucket_and_s3_weights(tmp_path):
+def test_emr_needs_a_bucket_and_weights_it_can_reach(tmp_path):
     with pytest.raises(InvalidParam, match="fruits_bucket"):
         config.resolve(_conf(landing_dir=str(tmp_path), backend="emr"), _settings(tmp_path), "2025-01-02")
-    with pytest.raises(InvalidParam, match="'weights'.*s3://"):
-        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="/tmp/w.weights.h5"),
+    with pytest.raises(InvalidParam, match="'weights'.*file not found"):
+        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(tmp_path / "w.weights.h5")),
                        _settings(tmp_path, bucket="b"), "2025-01-02")
+
+
+def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
+    """A cluster cannot read this machine's disk: the file goes to models/<sha256>.weights.h5
+    (stage_code uploads it), and the job reads it there."""
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"not really hdf5")
+    cfg = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(weights)),
+                         _settings(tmp_path, bucket="b"), "2025-01-02")
+    assert cfg.weights == f"s3://b/models/{hashlib.sha256(b'not really hdf5').hexdigest()}.weights.h5"
+    assert cfg.weights_file == str(weights)
+    local = config.resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
+    assert (local.weights, local.weights_file) == (str(weights), None)  # a local run reads it where it is
 
 
 @pytest.mark.parametrize("itype", ["m7g.2xlarge", "c6gn.4xlarge", "r8g.xlarge", "t4g.large", "im4gn.xlarge",
@@ -156,3 +171,18 @@ def test_sensors_become_deferrable_by_a_deployment_switch(monkeypatch):
     sensor = dag.get_task("emr.watch_extract_features")
     assert sensor.deferrable is True
     assert sensor.max_attempts * sensor.poke_interval == sensor.timeout  # the trigger's own timeout
+
+
+def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
+    """Every unset Variable looked up is an ERROR line in Airflow 3.1's log: `make run` (local,
+    landing and weights given) must look up none, an EMR run only the EMR ones."""
+    looked_up = []
+    settings = config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name])
+    config.resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
+    assert set(looked_up) == {"local_storage", "local_lake", "spark_master"} <= settings_module.ENV_ONLY
+    looked_up.clear()
+    emr = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
+                         config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name]),
+                         "2025-01-02")
+    assert "bucket" in looked_up and "subnet_id" in looked_up and "landing_dir" not in looked_up
+    assert emr.emr_service_role == config.DEFAULTS["emr_service_role"]

@@ -1,14 +1,16 @@
 """One typed, frozen config per run, built from the run's params and the deployment's settings
 (fruits/settings.py: the one table of settings, their defaults and meanings)."""
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from fruits import layout
 from fruits.lake import to_local
 from fruits.params import InvalidParam, check_weights, check_x86_64, validate
-from fruits.settings import AWS_CONN_ID, DEFAULTS, SETTINGS, setting_from_env
+from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class PipelineConfig:
     aws_conn_id: str = AWS_CONN_ID
     local_storage: str = DEFAULTS["local_storage"]
     spark_master: str = DEFAULTS["spark_master"]
+    weights_file: Optional[str] = None  # a file on this machine that stage_code uploads to `weights`
 
     @property
     def uses_lake_folder(self) -> bool:
@@ -55,40 +58,85 @@ class PipelineConfig:
         return cls(**data)
 
 
-def read_settings() -> dict:
-    """Every setting: Variable fruits_<name> (not for env-only ones), else env, else default. Task-time only."""
+class LazySettings(Mapping):
+    """The settings, each read when first used: a run reads only those it needs. (Airflow 3.1's task
+    SDK logs every lookup of an unset Variable at ERROR level, default or not: apache/airflow#52771,
+    fixed in 3.2 by #61625; a local run then reads none.)"""
+
+    def __init__(self, read_one):
+        self._read_one, self._values = read_one, {}
+
+    def __getitem__(self, name: str):
+        if name not in DEFAULTS:
+            raise KeyError(name)
+        if name not in self._values:
+            self._values[name] = self._read_one(name)
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(DEFAULTS)
+
+    def __len__(self) -> int:
+        return len(DEFAULTS)
+
+
+def read_setting(name: str):
+    """Variable fruits_<name> (not for env-only settings), else env FRUITS_<NAME>, else the default."""
     from airflow.sdk import Variable
 
-    settings = {}
-    for s in SETTINGS:
-        value = None if s.env_only else Variable.get(s.variable, default=None)
-        settings[s.name] = value if value not in (None, "") else setting_from_env(s.name)
-    return settings
+    value = None if name in ENV_ONLY else Variable.get(f"fruits_{name}", default=None)
+    return value if value not in (None, "") else setting_from_env(name)
+
+
+def read_settings() -> LazySettings:
+    """Task-time only (Variables are not read when the DAG is parsed)."""
+    return LazySettings(read_setting)
+
+
+def emr_settings(settings: Mapping[str, Any]) -> dict:
+    """The PipelineConfig fields only an EMR run reads (and so only an EMR run looks up)."""
+    check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
+    return {
+        "emr_service_role": settings["emr_service_role"],
+        "emr_instance_profile": settings["emr_instance_profile"],
+        "release_label": settings["release_label"],
+        "primary_instance_type": settings["primary_instance_type"],
+        "subnet_id": settings.get("subnet_id") or None,
+        "security_configuration": settings.get("security_configuration") or None,
+        "security_group_ids": settings.get("security_group_ids") or None,
+        "project_tag": settings.get("project_tag") or DEFAULTS["project_tag"],
+        "idle_timeout_s": int(settings["idle_timeout_s"]),
+    }
 
 
 def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str) -> PipelineConfig:
-    """Pure: params + settings + the run's date -> PipelineConfig, or InvalidParam naming the param."""
+    """Pure: params + settings + the run's date -> PipelineConfig, or InvalidParam naming the param.
+    Reads only the settings this run needs (settings may be lazy: see LazySettings)."""
     p = validate(conf)
     backend = p["backend"]
-    bucket = settings["bucket"]
+    local_storage = settings["local_storage"]
+    if local_storage not in ("lake", "s3"):
+        raise InvalidParam("backend", f"FRUITS_LOCAL_STORAGE must be 'lake' or 's3', not {local_storage!r}")
+    uses_bucket = backend == "emr" or local_storage == "s3"
+    bucket = settings["bucket"] if uses_bucket else DEFAULTS["bucket"]
     if backend == "emr" and bucket == DEFAULTS["bucket"]:
         raise InvalidParam("backend", "emr needs a bucket: set Variable fruits_bucket or env FRUITS_BUCKET")
     landing = Path(p.get("landing_dir") or settings["landing_dir"]).expanduser().resolve()
     if not landing.is_dir():
         raise InvalidParam("landing_dir", f"not a folder: {landing}")
     lake = Path(settings["local_lake"]).expanduser().resolve()
-    local_storage = settings["local_storage"]
-    if local_storage not in ("lake", "s3"):
-        raise InvalidParam("backend", f"FRUITS_LOCAL_STORAGE must be 'lake' or 's3', not {local_storage!r}")
-    weights = p.get("weights") or settings.get("weights") or (
+    weights = p.get("weights") or settings["weights"] or (
         layout.s3_uri(bucket, layout.MODELS + layout.DEFAULT_WEIGHTS_FILE) if backend == "emr" else "imagenet")
     if backend == "local" and local_storage == "lake":
         weights = to_local(weights, lake)  # s3://<bucket>/models/… is <lake>/models/… here
-    if backend == "local" and not weights.startswith(("s3://", "imagenet", "random")):
+    if not weights.startswith(("s3://", "imagenet", "random")):
         weights = str(Path(weights).expanduser().resolve())  # the job's cwd is not ours
     check_weights(weights, backend)
-    if backend == "emr":
-        check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
+    weights_file = None
+    if backend == "emr" and not weights.startswith(("s3://", "imagenet", "random")):
+        # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
+        # the job reads it there (no cluster boots to find the weights missing).
+        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(sha256_of(weights)))
     return PipelineConfig(
         batch_id=p.get("batch_id") or run_date,
         landing_dir=str(landing),
@@ -101,18 +149,19 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         task_spot_count=p["task_spot_count"],
         bucket=bucket,
         local_lake=str(lake),
-        emr_service_role=settings["emr_service_role"],
-        emr_instance_profile=settings["emr_instance_profile"],
-        release_label=settings["release_label"],
-        primary_instance_type=settings["primary_instance_type"],
-        subnet_id=settings.get("subnet_id") or None,
-        security_configuration=settings.get("security_configuration") or None,
-        security_group_ids=settings.get("security_group_ids") or None,
-        project_tag=settings.get("project_tag") or DEFAULTS["project_tag"],
-        idle_timeout_s=int(settings["idle_timeout_s"]),
         local_storage=local_storage,
         spark_master=settings["spark_master"],
+        weights_file=weights_file,
+        **(emr_settings(settings) if backend == "emr" else {}),
     )
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def emr_deferrable() -> bool:

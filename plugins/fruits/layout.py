@@ -56,5 +56,10 @@ def commits_prefix(dataset: str, batch_id: str) -> str:
     return f"{batch_prefix(dataset, batch_id)}{COMMITS_DIR}/"
 
 
+def staged_weights_key(sha256: str) -> str:
+    """A weights file staged by content: a new file, a new key; the same file, staged once."""
+    return f"{MODELS}{sha256}.weights.h5"
+
+
 def s3_uri(bucket: str, key: str = "") -> str:
     return f"s3://{bucket}/{key}"

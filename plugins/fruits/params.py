@@ -120,7 +120,5 @@ def check_weights(weights: str, backend: str) -> None:
         return
     if not weights.endswith(".weights.h5"):
         raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
-    if backend == "emr" and not weights.startswith("s3://"):
-        raise InvalidParam("weights", f"on emr a weights file must be an s3:// URI, got {weights!r}")
-    if backend == "local" and not weights.startswith("s3://") and not Path(weights).is_file():
-        raise InvalidParam("weights", f"file not found: {weights}")
+    if not weights.startswith("s3://") and not Path(weights).is_file():
+        raise InvalidParam("weights", f"file not found: {weights} (an s3:// URI, or a file on this machine)")

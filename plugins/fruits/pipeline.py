@@ -42,9 +42,10 @@ def has_work(cfg_dict: dict, report: dict) -> bool:
     """False (and the rest of the run is skipped, no cluster) when there is nothing to process."""
     cfg = PipelineConfig.from_dict(cfg_dict)
     if report["files"] == 0:
-        log.warning("No new photos for batch %s in %s (%d already held by earlier batches, %d skipped): "
-                    "nothing to process, no cluster started.", cfg.batch_id, cfg.landing_dir,
-                    report["already_held"], report["skipped"])
+        held = ", ".join(f"{n} in {b}" for b, n in sorted(report["already_held_by"].items())) or "none"
+        log.warning("No new photos for batch %s in %s (already in published batches: %s; %d skipped, "
+                    "reasons in the manifest): nothing to process, no cluster started.", cfg.batch_id,
+                    cfg.landing_dir, held, report["skipped"])
         return False
     if report["uploaded"] == 0 and published.is_processed(storage_for(cfg), cfg.batch_id):
         log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
@@ -53,7 +54,8 @@ def has_work(cfg_dict: dict, report: dict) -> bool:
 
 
 def stage_code(cfg_dict: dict) -> str:
-    """Upload the jobs' bundle to code/<version>/ (once per version); returns the version."""
+    """Upload the jobs' bundle to code/<version>/ (once per version), and a local weights file for
+    the cluster to models/<sha256>.weights.h5 (once per content); returns the code version."""
     cfg = PipelineConfig.from_dict(cfg_dict)
     storage = storage_for(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +66,11 @@ def stage_code(cfg_dict: dict) -> str:
             if present.get(prefix + name) != path.stat().st_size:
                 storage.upload_file(path, prefix + name)
     log.info("code %s staged at %s%s", bundle.version, storage.name, prefix)
+    if cfg.weights_file:
+        key = cfg.weights[len(cfg.uri()):]
+        if key not in storage.sizes(key):
+            storage.upload_file(Path(cfg.weights_file), key)
+        log.info("weights %s staged at %s", cfg.weights_file, cfg.weights)
     return bundle.version
 
 

@@ -57,6 +57,7 @@ SETTINGS = (
             "the DAG is parsed", env_only=True),
 )
 DEFAULTS = {s.name: s.default for s in SETTINGS}
+ENV_ONLY = frozenset(s.name for s in SETTINGS if s.env_only)
 
 
 def setting_from_env(name: str) -> Optional[str]:
