@@ -58,7 +58,8 @@ def build_params() -> dict:
         "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",
                               description="Smallest k explaining this share of variance, used when pca_k is empty."),
         "weights": Param(None, type=["null", "string"], title="Model weights",
-                         description="imagenet | random (tests) | a .weights.h5 file (s3:// or, locally, a path). "
+                         description="imagenet | random (tests) | a .weights.h5 file: s3://, or a path on this "
+                                     "machine (for emr it is staged to s3://<bucket>/models/<sha256>.weights.h5). "
                                      "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
                                      f"s3://<bucket>/{contract.MODELS}{contract.DEFAULT_WEIGHTS_FILE} "
                                      "on emr (clusters need no internet) and imagenet locally."),
