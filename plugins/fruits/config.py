@@ -2,6 +2,7 @@
 (fruits/settings.py: the one table of settings, their defaults and meanings)."""
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from fruits import layout
 from fruits.lake import to_local
 from fruits.params import InvalidParam, check_weights, check_x86_64, validate
 from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
+from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class PipelineConfig:
     local_storage: str = DEFAULTS["local_storage"]
     spark_master: str = DEFAULTS["spark_master"]
     weights_file: Optional[str] = None  # a file on this machine that stage_code uploads to `weights`
+    wheelhouse: Optional[str] = None  # a folder of wheels on this machine that stage_code uploads (emr)
 
     @property
     def uses_lake_folder(self) -> bool:
@@ -106,7 +109,31 @@ def emr_settings(settings: Mapping[str, Any]) -> dict:
         "security_group_ids": settings.get("security_group_ids") or None,
         "project_tag": settings.get("project_tag") or DEFAULTS["project_tag"],
         "idle_timeout_s": int(settings["idle_timeout_s"]),
+        "wheelhouse": wheelhouse_folder(settings.get("wheelhouse")),
     }
+
+
+def wheelhouse_folder(value: Optional[str]) -> Optional[str]:
+    if not value:
+        return None
+    folder = Path(value).expanduser().resolve()
+    lock = (SPARK_JOBS_DIR / LOCK).read_text()
+    missing = missing_wheels(lock, [w.name for w in folder.glob("*.whl")] if folder.is_dir() else [])
+    if missing:
+        raise InvalidParam("backend", f"the wheelhouse setting (fruits_wheelhouse) is {folder}, which lacks "
+                                      f"{len(missing)} wheel(s) of spark_jobs/{LOCK} (e.g. {missing[0]}): run "
+                                      "`make wheelhouse WHEELHOUSE=<that folder>`, or unset it to install from PyPI")
+    return str(folder)
+
+
+def missing_wheels(lock_text: str, wheel_names: list) -> list:
+    """The lock's name==version pins that no wheel file provides (wheel names: PEP 427)."""
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "_", name).lower()
+
+    have = {(norm(n.split("-")[0]), n.split("-")[1]) for n in wheel_names if n.count("-") >= 4}
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock_text, re.M)
+    return [f"{name}=={version}" for name, version in pins if (norm(name), version) not in have]
 
 
 def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str) -> PipelineConfig:

@@ -3,12 +3,12 @@
 The steps are one rendering of the backend-neutral job specs (fruits/jobs.py): EMR runs them with
 spark-submit in cluster mode on YARN, with the executor shape below.
 """
-from typing import List
+from typing import List, Optional
 
 from fruits import layout
 from fruits.config import PipelineConfig
 from fruits.jobs import SparkJob, submit_args
-from fruits_jobs.bundle import BOOTSTRAP, REQUIREMENTS
+from fruits_jobs.bundle import BOOTSTRAP, LOCK
 
 PYTHON = "/usr/bin/python3.11"  # installed by the bootstrap; the jobs' pins are for 3.11
 
@@ -91,8 +91,9 @@ def configurations() -> List[dict]:
     ]
 
 
-def job_flow_overrides(cfg: PipelineConfig, version: str) -> dict:
-    """RunJobFlow request for a transient cluster; the steps are added after it is created."""
+def job_flow_overrides(cfg: PipelineConfig, version: str, wheels_uri: Optional[str] = None) -> dict:
+    """RunJobFlow request for a transient cluster; the steps are added after it is created.
+    wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
     instances = {
         "InstanceGroups": instance_groups(cfg),
         "KeepJobFlowAliveWhenNoSteps": True,  # steps come from a separate call
@@ -113,7 +114,7 @@ def job_flow_overrides(cfg: PipelineConfig, version: str) -> dict:
         "BootstrapActions": [{
             "Name": "python3.11 and the jobs' requirements",
             "ScriptBootstrapAction": {"Path": code_uri(cfg, version, BOOTSTRAP),
-                                      "Args": [code_uri(cfg, version, REQUIREMENTS)]},
+                                      "Args": [code_uri(cfg, version, LOCK), *([wheels_uri] if wheels_uri else [])]},
         }],
         "Configurations": configurations(),
         # Safety net: a cluster idle this long ends itself even if Airflow never runs the teardown.

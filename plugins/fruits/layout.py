@@ -23,7 +23,7 @@ grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
 """
 from fruits_jobs.contract import (CODE, COMMITS_DIR, DEFAULT_WEIGHTS_FILE, EMR_LOGS,  # noqa: F401 (layout names)
                                   FEATURES, MANIFESTS, MODELS, PCA, PCA_METRICS_FILE, PCA_MODEL_DIR,
-                                  PCA_PLOTS, PCA_REDUCED_DIR, RAW, REJECTS, partition)
+                                  PCA_PLOTS, PCA_REDUCED_DIR, RAW, REJECTS, WHEELS, partition)
 
 
 def batch_prefix(dataset: str, batch_id: str) -> str:
@@ -59,6 +59,11 @@ def commits_prefix(dataset: str, batch_id: str) -> str:
 def staged_weights_key(sha256: str) -> str:
     """A weights file staged by content: a new file, a new key; the same file, staged once."""
     return f"{MODELS}{sha256}.weights.h5"
+
+
+def wheels_prefix(lock_sha256: str) -> str:
+    """The jobs' wheels for one lock file (make wheelhouse): staged once per closure, not per code."""
+    return f"{WHEELS}{lock_sha256}/"
 
 
 def s3_uri(bucket: str, key: str = "") -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from fruits import config, emr, ingest, jobs, layout, local_runner, published, summary
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage
-from fruits_jobs.bundle import build_bundle
+from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR, build_bundle
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ def stage_code(cfg_dict: dict) -> str:
             if present.get(prefix + name) != path.stat().st_size:
                 storage.upload_file(path, prefix + name)
     log.info("code %s staged at %s%s", bundle.version, storage.name, prefix)
+    if cfg.wheelhouse:
+        prefix = wheels_prefix_of(cfg)
+        present = storage.sizes(prefix)
+        for wheel in sorted(Path(cfg.wheelhouse).glob("*.whl")):
+            if present.get(prefix + wheel.name) != wheel.stat().st_size:
+                storage.upload_file(wheel, prefix + wheel.name)
+        log.info("wheelhouse %s staged at %s%s", cfg.wheelhouse, storage.name, prefix)
     if cfg.weights_file:
         key = cfg.weights[len(cfg.uri()):]
         if key not in storage.sizes(key):
@@ -74,12 +81,17 @@ def stage_code(cfg_dict: dict) -> str:
     return bundle.version
 
 
+def wheels_prefix_of(cfg: PipelineConfig) -> str:
+    """Where this run's wheelhouse is staged: by the lock file's content, once per closure."""
+    return layout.wheels_prefix(config.sha256_of(str(SPARK_JOBS_DIR / LOCK)))
+
+
 def plan(cfg_dict: dict, version: str) -> dict:
     """The run's Spark jobs, once, and their EMR rendering (the cluster request and its steps)."""
     cfg = PipelineConfig.from_dict(cfg_dict)
     spark_jobs = jobs.plan_jobs(cfg, version)
     return {"jobs": [job.to_dict() for job in spark_jobs],
-            "job_flow": emr.job_flow_overrides(cfg, version),
+            "job_flow": emr.job_flow_overrides(cfg, version, cfg.uri(wheels_prefix_of(cfg)) if cfg.wheelhouse else None),
             "steps": emr.spark_steps(spark_jobs, cfg.batch_id)}
 
 

@@ -46,6 +46,8 @@ SETTINGS = (
     Setting("project_tag", "fruits", "value of the clusters' `project` tag: the Airflow policy operates only "
             "clusters with it"),
     Setting("idle_timeout_s", "3600", "AutoTerminationPolicy: the safety net if Airflow is gone"),
+    Setting("wheelhouse", None, "folder of the jobs' wheels (`make wheelhouse`) that stage_code uploads, so "
+            "clusters install without internet; none: from PyPI, the subnet needs a NAT"),
     Setting("local_lake", str(REPO / "data" / "lake"), "backend=local: the folder that stands for the bucket",
             env_only=True),
     Setting("local_storage", "lake", "backend=local: 'lake' (that folder) or 's3' (the bucket of "

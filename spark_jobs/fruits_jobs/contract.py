@@ -112,6 +112,7 @@ FEATURE_DIM = 1280  # MobileNetV2's pooled output: the most principal components
 RAW = "raw/"
 MANIFESTS = "manifests/"
 CODE = "code/"
+WHEELS = "wheels/"
 MODELS = "models/"
 FEATURES = "features/"
 REJECTS = "rejects/"
