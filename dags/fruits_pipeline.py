@@ -3,7 +3,8 @@
 validate_params → ingest_new_photos → any_new_photos (stops here, visibly, when nothing is new:
 no cluster) → stage_code → plan_jobs (the run's Spark jobs, once) → choose_backend, then either
 
-  emr:   create_cluster → add_steps (every job, one call) → one watch_<job> sensor per job,
+  emr:   preflight (bucket, weights, roles, subnet, instance types, code: nothing is created when
+         one is wrong) → create_cluster → add_steps (every job, one call) → one watch_<job> sensor per job,
          with terminate_cluster as the teardown of the cluster (it runs whatever happened after
          the cluster exists; the failure still fails the run), or
   local: run_locally — the same jobs with a local spark-submit, the lake folder standing for the
@@ -78,6 +79,10 @@ def fruits_pipeline():
     def choose_backend(cfg: dict, first_task: dict) -> str:
         return first_task[cfg["backend"]]
 
+    @task(retries=0)  # a setting to change will not change by itself
+    def preflight(cfg: dict, version: str) -> None:
+        pipeline.preflight(cfg, version)
+
     @task(multiple_outputs=True, retries=0)  # a retry would add every step a second time
     def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
         return pipeline.add_steps(cfg, cluster_id, steps)
@@ -96,6 +101,7 @@ def fruits_pipeline():
     plan = plan_jobs(cfg, version)
 
     with TaskGroup("emr", tooltip="does nothing (skipped) when backend=local"):
+        checked = preflight(cfg, version)
         create_cluster = EmrCreateJobFlowOperator(
             task_id="create_cluster",
             job_flow_overrides=plan["job_flow"],
@@ -110,11 +116,11 @@ def fruits_pipeline():
         terminate_cluster = EmrTerminateJobFlowOperator(
             task_id="terminate_cluster", job_flow_id=create_cluster.output,
         ).as_teardown(setups=[create_cluster, step_ids.operator])
-        chain(create_cluster, step_ids, *watchers, terminate_cluster)
+        chain(checked, create_cluster, step_ids, *watchers, terminate_cluster)
 
     local = run_locally(cfg, plan["jobs"])
-    backend = choose_backend(cfg, {"emr": create_cluster.task_id, "local": local.operator.task_id})
-    chain(report, any_new_photos(cfg, report), version, plan, backend, [create_cluster, local])
+    backend = choose_backend(cfg, {"emr": checked.operator.task_id, "local": local.operator.task_id})
+    chain(report, any_new_photos(cfg, report), version, plan, backend, [checked, local])
     chain([watchers[-1], local], publish_summary(cfg))
 
 

@@ -126,8 +126,14 @@ def aws(monkeypatch):
         calls.append((model.service_model.service_name, model.name, dict(params)))
 
     with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        # What infra/aws/fruits.yaml deploys and the pre-flight looks for: roles, profile, weights.
+        iam = boto3.client("iam", region_name=REGION)
+        for role in ("fruits-emr-service-role", "fruits-emr-ec2-role"):
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+        iam.create_instance_profile(InstanceProfileName="fruits-emr-ec2-role")
+        s3.put_object(Bucket=BUCKET, Key="models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", Body=b"weights")
         # Registered for clients created from now on (the hooks create theirs inside tasks).
         monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS",
                             botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)])

@@ -62,6 +62,7 @@ class Stack:
         kind = self.resources[name]["Type"]
         partition, account = self.refs["AWS::Partition"], self.refs["AWS::AccountId"]
         arns = {"AWS::IAM::Role": f"arn:{partition}:iam::{account}:role/{{}}",
+                "AWS::IAM::InstanceProfile": f"arn:{partition}:iam::{account}:instance-profile/{{}}",
                 "AWS::S3::Bucket": f"arn:{partition}:s3:::{{}}"}
         if attribute != "Arn":
             raise KeyError(f"{name}.{attribute}")

@@ -37,7 +37,13 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
         action = S3_ACTIONS.get(operation, f"s3:{operation}")
         if action == "s3:ListBucket":
             return [(action, f"arn:aws:s3:::{params['Bucket']}", {"s3:prefix": params.get("Prefix", "")})]
+        if "Key" not in params:  # a bucket-level call (GetBucketLocation, ...)
+            return [(action, f"arn:aws:s3:::{params['Bucket']}", {})]
         return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
+    if service == "iam" and operation in ("GetRole", "GetInstanceProfile"):
+        kind, name = ("role", params["RoleName"]) if operation == "GetRole" else (
+            "instance-profile", params["InstanceProfileName"])
+        return [(f"iam:{operation}", f"arn:aws:iam::{account}:{kind}/{name}", {})]
     if service == "emr":
         action = f"elasticmapreduce:{operation}"
         if operation == "RunJobFlow":

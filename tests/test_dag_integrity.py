@@ -12,12 +12,13 @@ from fruits.params import InvalidParam
 
 EDGES = {
     "validate_params": {"ingest_new_photos", "stage_code", "plan_jobs", "choose_backend", "any_new_photos",
-                        "emr.add_steps", "run_locally", "publish_summary"},
+                        "emr.preflight", "emr.add_steps", "run_locally", "publish_summary"},
     "ingest_new_photos": {"any_new_photos"},
     "any_new_photos": {"stage_code"},
-    "stage_code": {"plan_jobs"},
+    "stage_code": {"plan_jobs", "emr.preflight"},
     "plan_jobs": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally"},
-    "choose_backend": {"emr.create_cluster", "run_locally"},
+    "choose_backend": {"emr.preflight", "run_locally"},
+    "emr.preflight": {"emr.create_cluster"},
     "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster", "emr.watch_extract_features",
                            "emr.watch_reduce_dimensions"},
     "emr.add_steps": {"emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"},

@@ -14,7 +14,7 @@ from airflow.utils.state import DagRunState, TaskInstanceState as S
 
 from fruits import where
 
-EMR_TASKS = {"emr.create_cluster", "emr.add_steps", "emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
+EMR_TASKS = {"emr.preflight", "emr.create_cluster", "emr.add_steps", "emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
 
 
 def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypatch, capsys):

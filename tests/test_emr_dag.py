@@ -78,7 +78,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert states == {
         "validate_params": S.SUCCESS, "ingest_new_photos": S.SUCCESS, "any_new_photos": S.SUCCESS,
         "stage_code": S.SUCCESS, "plan_jobs": S.SUCCESS, "choose_backend": S.SUCCESS,
-        "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_extract_features": S.SUCCESS,
+        "emr.preflight": S.SUCCESS, "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_extract_features": S.SUCCESS,
         "emr.watch_reduce_dimensions": S.SUCCESS, "emr.terminate_cluster": S.SUCCESS,
         "run_locally": S.SKIPPED, "publish_summary": S.SUCCESS,
     }
@@ -187,3 +187,52 @@ def test_an_incomplete_wheelhouse_is_refused_before_anything_runs(tmp_path):
     (tmp_path / "numpy-1.0-py3-none-any.whl").write_bytes(b"")
     with pytest.raises(config.InvalidParam, match="lacks .* wheel.*make wheelhouse"):
         config.wheelhouse_folder(str(tmp_path))
+
+
+def no_weights(monkeypatch):
+    return {"weights": f"s3://{BUCKET}/models/none.weights.h5"}, "weights: s3://fruits-test/models/none.weights.h5 does not exist"
+
+
+def bucket_elsewhere(monkeypatch):
+    """The connection says us-east-1; the bucket is in eu-west-1 (clusters would start far from it)."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": "us-east-1"}}))
+    return {}, "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1"
+
+
+def no_service_role(monkeypatch):
+    boto3.client("iam", region_name=REGION).delete_role(RoleName="fruits-emr-service-role")
+    return {}, "fruits_emr_service_role: role 'fruits-emr-service-role' not found"
+
+
+def untagged_subnet(monkeypatch):
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    monkeypatch.setenv("FRUITS_SUBNET_ID", subnet)
+    return {}, f"fruits_subnet_id: subnet {subnet} lacks the tag for-use-with-amazon-emr-managed-policies=true"
+
+
+def type_not_offered(monkeypatch):
+    return {"instance_type": "m5.huge"}, "instance_type: m5.huge is not offered in eu-west-1"
+
+
+@pytest.mark.parametrize("problem", [no_weights, bucket_elsewhere, no_service_role, untagged_subnet, type_not_offered])
+def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(airflow_db, runnable_dag, aws, landing,
+                                                                   monkeypatch, capfd, problem):
+    conf, message = problem(monkeypatch)
+    dr, states = run(runnable_dag, landing, f"b-pre-{problem.__name__}".replace("_", "-"), **conf)
+    assert dr.state == DagRunState.FAILED and states["emr.preflight"] == S.FAILED, states
+    assert states["emr.create_cluster"] == S.UPSTREAM_FAILED
+    assert clusters() == [] and not [op for service, op, _ in aws if op == "RunJobFlow"]
+    assert message in "".join(capfd.readouterr())  # the task's log: the failure names the setting
+
+
+def test_preflight_says_when_the_code_was_not_staged(aws):
+    from fruits import preflight
+    from fruits.config import PipelineConfig
+
+    cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
+                         weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
+    clients = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, REGION)
+    (problem,) = preflight.check_code(cfg, clients, "v0")
+    assert "extract_features.py" in problem and "stage_code did not finish" in problem

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from fruits import config, emr, ingest, jobs, layout, local_runner, published, summary
+from fruits import preflight as preflight_checks
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR, build_bundle
@@ -84,6 +85,21 @@ def stage_code(cfg_dict: dict) -> str:
 def wheels_prefix_of(cfg: PipelineConfig) -> str:
     """Where this run's wheelhouse is staged: by the lock file's content, once per closure."""
     return layout.wheels_prefix(config.sha256_of(str(SPARK_JOBS_DIR / LOCK)))
+
+
+def preflight(cfg_dict: dict, version: str) -> None:
+    """backend=emr: fail with every problem a cluster would hit, before one is created."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    cfg = PipelineConfig.from_dict(cfg_dict)
+    hooks = {kind: AwsBaseHook(aws_conn_id=cfg.aws_conn_id, client_type=kind) for kind in ("s3", "iam", "ec2")}
+    clients = preflight_checks.Clients(hooks["s3"].conn, hooks["iam"].conn, hooks["ec2"].conn,
+                                       hooks["ec2"].conn_region_name)
+    problems = preflight_checks.run_checks(cfg, clients, version)
+    if problems:
+        raise preflight_checks.PreflightFailed(
+            "no cluster was started; change these first:\n" + "\n".join(f"  - {p}" for p in problems))
+    log.info("pre-flight: bucket, weights, roles, subnet, instance types and code are ready")
 
 
 def plan(cfg_dict: dict, version: str) -> dict:

@@ -1,0 +1,125 @@
+"""Pre-flight for backend=emr: what would make a cluster fail, checked before one is paid for.
+
+Each check is a small function of (cfg, clients) returning the problems it finds, each naming the
+setting or param to change. The task runs them all and fails with every problem at once, before
+`create_cluster` (a cluster costs ~15 minutes of boot and bootstrap before a bad setting shows).
+The API calls are read-only and in the Airflow policy of infra/aws/fruits.yaml.
+"""
+from typing import Callable, List, NamedTuple
+
+from botocore.exceptions import ClientError
+
+from fruits import layout
+from fruits.config import PipelineConfig
+from fruits.lake import split_s3
+from fruits_jobs.bundle import BOOTSTRAP, ENTRYPOINTS, LOCK, ZIP_NAME
+from fruits.emr import EMR_MANAGED_POLICY_TAG
+
+
+class Clients(NamedTuple):
+    s3: object
+    iam: object
+    ec2: object
+    region: str
+
+
+class PreflightFailed(RuntimeError):
+    """One or more settings would make the cluster fail; the message lists them all."""
+
+
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def check_bucket(cfg: PipelineConfig, c: Clients) -> List[str]:
+    # GetBucketLocation: one call says both "exists" and "where" (HeadBucket needs ListBucket on
+    # the whole bucket, which the Airflow policy grants per prefix only).
+    try:
+        location = c.s3.get_bucket_location(Bucket=cfg.bucket)["LocationConstraint"] or "us-east-1"
+    except ClientError as exc:
+        return [f"fruits_bucket: bucket {cfg.bucket!r} cannot be read ({_code(exc)}): create it with "
+                "infra/aws/fruits.yaml, or set fruits_bucket to the stack's output"]
+    if location != c.region:
+        return [f"fruits_bucket: bucket {cfg.bucket!r} is in {location}, the aws_default connection in {c.region}: "
+                f"set region_name={location} in the connection's extra, or use a bucket in {c.region}"]
+    return []
+
+
+def _listed(c: Clients, bucket: str, key: str) -> bool:
+    # A listing, not HeadObject: the Airflow policy may list models/ and code/ but not read them.
+    found = c.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    return bool(found) and found[0]["Key"] == key
+
+
+def check_weights(cfg: PipelineConfig, c: Clients) -> List[str]:
+    if not cfg.weights.startswith("s3://"):
+        return []
+    bucket, key = split_s3(cfg.weights)
+    try:
+        if _listed(c, bucket, key):
+            return []
+    except ClientError as exc:
+        return [f"weights: {cfg.weights} cannot be listed ({_code(exc)})"]
+    return [f"weights: {cfg.weights} does not exist: upload the .weights.h5 file there, or pass a local "
+            "file as the weights param (the DAG stages it)"]
+
+
+def check_roles(cfg: PipelineConfig, c: Clients) -> List[str]:
+    problems = []
+    try:
+        c.iam.get_role(RoleName=cfg.emr_service_role)
+    except ClientError as exc:
+        problems.append(f"fruits_emr_service_role: role {cfg.emr_service_role!r} not found ({_code(exc)}): "
+                        "set it to the stack output fruits_emr_service_role")
+    try:
+        c.iam.get_instance_profile(InstanceProfileName=cfg.emr_instance_profile)
+    except ClientError as exc:
+        problems.append(f"fruits_emr_instance_profile: instance profile {cfg.emr_instance_profile!r} not found "
+                        f"({_code(exc)}): set it to the stack output fruits_emr_instance_profile")
+    return problems
+
+
+def check_subnet(cfg: PipelineConfig, c: Clients) -> List[str]:
+    if not cfg.subnet_id:
+        return []
+    try:
+        (subnet,) = c.ec2.describe_subnets(SubnetIds=[cfg.subnet_id])["Subnets"]
+    except ClientError as exc:
+        return [f"fruits_subnet_id: subnet {cfg.subnet_id!r} not found in {c.region} ({_code(exc)})"]
+    tags = {t["Key"]: t["Value"] for t in subnet.get("Tags", [])}
+    key, value = EMR_MANAGED_POLICY_TAG["Key"], EMR_MANAGED_POLICY_TAG["Value"]
+    if tags.get(key) != value:
+        return [f"fruits_subnet_id: subnet {cfg.subnet_id} lacks the tag {key}={value}, which the EMR service "
+                f"role's managed policy requires: aws ec2 create-tags --resources {cfg.subnet_id} "
+                f"--tags Key={key},Value={value}"]
+    return []
+
+
+def check_instance_types(cfg: PipelineConfig, c: Clients) -> List[str]:
+    wanted = {"instance_type": cfg.instance_type, "fruits_primary_instance_type": cfg.primary_instance_type}
+    offered = {o["InstanceType"] for o in c.ec2.describe_instance_type_offerings(
+        LocationType="region", Filters=[{"Name": "instance-type", "Values": sorted(set(wanted.values()))}]
+    )["InstanceTypeOfferings"]}
+    return [f"{name}: {itype} is not offered in {c.region}" for name, itype in wanted.items() if itype not in offered]
+
+
+def check_code(cfg: PipelineConfig, c: Clients, version: str) -> List[str]:
+    prefix = layout.code_prefix(version)
+    missing = [name for name in (*ENTRYPOINTS, ZIP_NAME, BOOTSTRAP, LOCK) if not _listed(c, cfg.bucket, prefix + name)]
+    return [f"code {version}: {', '.join(missing)} missing under s3://{cfg.bucket}/{prefix} (stage_code did not "
+            "finish: clear it)"] if missing else []
+
+
+CHECKS: List[Callable[[PipelineConfig, Clients], List[str]]] = [
+    check_bucket, check_weights, check_roles, check_subnet, check_instance_types,
+]
+
+
+def run_checks(cfg: PipelineConfig, clients: Clients, version: str) -> List[str]:
+    """Every problem found; the bucket first (the other S3 checks mean nothing without it)."""
+    problems = check_bucket(cfg, clients)
+    if problems:
+        return problems
+    for check in CHECKS[1:]:
+        problems += check(cfg, clients)
+    return problems + check_code(cfg, clients, version)
