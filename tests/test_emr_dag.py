@@ -9,6 +9,7 @@ request validation. Every AWS call made is checked against the Airflow role's IA
 """
 from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
+import gzip
 import hashlib
 import json
 import re
@@ -18,22 +19,33 @@ import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
 
+from fruits.params import build_params
+
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 RUN = "20260101T000000000Z-0000abcd"
 EMR_ACTIONS = {"RunJobFlow", "DescribeCluster", "AddJobFlowSteps", "DescribeStep", "TerminateJobFlows"}
 
 
-def simulate_emr(monkeypatch, states, write_outputs=None):
-    """Give added steps the scenario's states, as EMR would once it ran them (moto does not)."""
+def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_error=None):
+    """Give added steps the scenario's states, as EMR would once it ran them (moto does not); with
+    stderr, write the first step's stderr.gz where EMR copies it (LogUri/<cluster>/steps/<step>/);
+    with cluster_error, end the cluster as a failed bootstrap does (TERMINATED_WITH_ERRORS)."""
     original = Cluster.add_steps
 
     def add_steps(self, steps):
         added = original(self, steps)
+        if not added:  # RunJobFlow's own (empty) list of steps
+            return added
         for step, state in zip(added, states):
             step.state = state
         if write_outputs:
             write_outputs()
+        if stderr is not None:
+            boto3.client("s3", region_name=REGION).put_object(
+                Bucket=BUCKET, Key=f"logs/emr/{self.id}/steps/{added[0].id}/stderr.gz", Body=gzip.compress(stderr))
+        if cluster_error:
+            self.state, self.last_state_change_reason = "TERMINATED_WITH_ERRORS", cluster_error
         return added
 
     monkeypatch.setattr(Cluster, "add_steps", add_steps)
@@ -56,7 +68,9 @@ def write_job_outputs(batch_id):
 
 
 def run(dag, landing, batch_id, **conf):
-    dr = dag.test(run_conf={"backend": "emr", "landing_dir": str(landing), "batch_id": batch_id, **conf})
+    # Every param, defaults included: dag.test() keeps a run's conf in the (session-wide) DAG's params.
+    defaults = {name: param.value for name, param in build_params().items()}
+    dr = dag.test(run_conf={**defaults, "backend": "emr", "landing_dir": str(landing), "batch_id": batch_id, **conf})
     return dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
 
@@ -100,9 +114,15 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
 
 
 def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_db, runnable_dag, aws, landing,
-                                                                      monkeypatch):
-    simulate_emr(monkeypatch, ["FAILED", "CANCELLED"])
+                                                                      monkeypatch, capfd):
+    stderr = "\n".join(f"spark line {i}" for i in range(80)) + "\nOSError: weights file is not HDF5\n"
+    simulate_emr(monkeypatch, ["FAILED", "CANCELLED"], stderr=stderr.encode())
     dr, states = run(runnable_dag, landing, "b-fail")
+    assert states["emr.watch_extract_features"] == S.FAILED, states
+    # Why, in the task's own log: the step's state and the end of its stderr, not only "FAILED".
+    log = "".join(capfd.readouterr())
+    assert "is FAILED: reason" in log and "OSError: weights file is not HDF5" in log
+    assert "spark line 79" in log and "spark line 20\n" not in log  # the last 50 lines
     assert dr.state == DagRunState.FAILED  # the teardown's success does not make it green
     assert states["emr.watch_extract_features"] == S.FAILED
     assert states["emr.watch_reduce_dimensions"] == S.UPSTREAM_FAILED
@@ -193,12 +213,6 @@ def no_weights(monkeypatch):
     return {"weights": f"s3://{BUCKET}/models/none.weights.h5"}, "weights: s3://fruits-test/models/none.weights.h5 does not exist"
 
 
-def bucket_elsewhere(monkeypatch):
-    """The connection says us-east-1; the bucket is in eu-west-1 (clusters would start far from it)."""
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": "us-east-1"}}))
-    return {}, "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1"
-
-
 def no_service_role(monkeypatch):
     boto3.client("iam", region_name=REGION).delete_role(RoleName="fruits-emr-service-role")
     return {}, "fruits_emr_service_role: role 'fruits-emr-service-role' not found"
@@ -216,7 +230,7 @@ def type_not_offered(monkeypatch):
     return {"instance_type": "m5.huge"}, "instance_type: m5.huge is not offered in eu-west-1"
 
 
-@pytest.mark.parametrize("problem", [no_weights, bucket_elsewhere, no_service_role, untagged_subnet, type_not_offered])
+@pytest.mark.parametrize("problem", [no_weights, no_service_role, untagged_subnet, type_not_offered])
 def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(airflow_db, runnable_dag, aws, landing,
                                                                    monkeypatch, capfd, problem):
     conf, message = problem(monkeypatch)
@@ -225,6 +239,24 @@ def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(airflow_db, 
     assert states["emr.create_cluster"] == S.UPSTREAM_FAILED
     assert clusters() == [] and not [op for service, op, _ in aws if op == "RunJobFlow"]
     assert message in "".join(capfd.readouterr())  # the task's log: the failure names the setting
+
+
+def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection(aws):
+    """(Not through a DAG run: Airflow caches the connection, so changing its region mid-session
+    would leak into the next tests.)"""
+    from fruits import preflight
+    from fruits.config import PipelineConfig
+
+    cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
+                         weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
+    far = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, "us-east-1")
+    assert preflight.check_bucket(cfg, far) == [
+        "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1: set "
+        "region_name=eu-west-1 in the connection's extra, or use a bucket in us-east-1"]
+    assert preflight.check_bucket(cfg, far._replace(region=REGION)) == []
+    missing = preflight.check_bucket(cfg._replace(bucket="nope") if hasattr(cfg, "_replace") else
+                                     __import__("dataclasses").replace(cfg, bucket="nope"), far)
+    assert missing[0].startswith("fruits_bucket: bucket 'nope' cannot be read")
 
 
 def test_preflight_says_when_the_code_was_not_staged(aws):
@@ -236,3 +268,29 @@ def test_preflight_says_when_the_code_was_not_staged(aws):
     clients = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, REGION)
     (problem,) = preflight.check_code(cfg, clients, "v0")
     assert "extract_features.py" in problem and "stage_code did not finish" in problem
+
+
+def test_a_bootstrap_failure_is_reported_as_the_clusters_not_as_a_cancelled_step(airflow_db, runnable_dag, aws,
+                                                                               landing, monkeypatch, capfd):
+    simulate_emr(monkeypatch, ["CANCELLED", "CANCELLED"],
+                 cluster_error="On the master instance, bootstrap action 1 returned a non-zero return code")
+    dr, states = run(runnable_dag, landing, "b-boot")
+    assert dr.state == DagRunState.FAILED and states["emr.watch_extract_features"] == S.FAILED, states
+    log = "".join(capfd.readouterr())
+    assert "ended TERMINATED_WITH_ERRORS" in log and "bootstrap action 1 returned a non-zero return code" in log
+
+
+def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
+    from fruits.sensors import StepSensor
+
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", LogUri=f"s3n://{BUCKET}/logs/emr/",
+                               Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True,
+                                          "MasterInstanceType": "m5.xlarge"},
+                               Tags=[{"Key": "project", "Value": "fruits"}], JobFlowRole="fruits-emr-ec2-role",
+                               ServiceRole="fruits-emr-service-role")["JobFlowId"]
+    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default")
+    sensor.stderr_wait_s = 0
+    assert sensor._stderr_tail(f"s3n://{BUCKET}/logs/emr/") == (
+        f"the step's stderr is not in S3 yet; EMR copies it within minutes to "
+        f"s3://{BUCKET}/logs/emr/{cluster}/steps/s-1/stderr.gz")

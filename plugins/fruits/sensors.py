@@ -1,14 +1,87 @@
-"""The DAG's one operator of its own: the EMR step sensor that stops what it watches when it is killed."""
+"""The DAG's one operator of its own: the EMR step sensor that explains a failure in the task's log
+and stops what it watches when it is killed."""
+import gzip
+import time
+
+from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from botocore.exceptions import ClientError
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
+STDERR_LINES = 50
+# EMR copies a step's logs to LogUri every few minutes (EMR Management Guide, "View log files
+# archived to Amazon S3"): wait a little for stderr.gz, then say where it will be.
+STDERR_WAIT_S = 300
+STDERR_POLL_S = 20
+
+
+def split_log_uri(log_uri: str):
+    """s3://, s3n:// or s3a:// bucket/prefix/ -> (bucket, prefix/): EMR reports LogUri as s3n://."""
+    bucket, _, prefix = log_uri.split("://", 1)[1].partition("/")
+    return bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def tail(data: bytes, lines: int = STDERR_LINES) -> str:
+    return "\n".join(gzip.decompress(data).decode("utf-8", "replace").splitlines()[-lines:])
 
 
 class StepSensor(EmrStepSensor):
-    """EmrStepSensor that, when its task is killed (run marked failed, task cleared or timed out),
-    cancels the steps still live on its cluster: the killed one, and the ones queued after it, which
-    would otherwise start on the missing output. The teardown still terminates the cluster."""
+    """EmrStepSensor that, when its step fails, logs why (the step's FailureDetails, the last lines
+    of its stderr from the cluster's LogUri, or the cluster's own StateChangeReason when it ended
+    with errors: a bootstrap or provisioning failure, not the step's); and that, when its task is
+    killed (run marked failed, task cleared or timed out), cancels the steps still live on its
+    cluster: the killed one, and the ones queued after it, which would otherwise start on the
+    missing output. The teardown still terminates the cluster."""
+
+    stderr_wait_s = STDERR_WAIT_S
+
+    def poke(self, context):
+        try:
+            return super().poke(context)
+        except AirflowException:
+            self.log.error("%s", self.explain_failure())
+            raise
+
+    def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
+        try:
+            return super().execute_complete(context, event)
+        except AirflowException:
+            self.log.error("%s", self.explain_failure())
+            raise
+
+    def explain_failure(self) -> str:
+        emr = EmrHook(aws_conn_id=self.aws_conn_id).conn
+        cluster = emr.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
+        status = cluster["Status"]
+        if status["State"] in ("TERMINATING", "TERMINATED_WITH_ERRORS") and \
+                status.get("StateChangeReason", {}).get("Code") not in ("USER_REQUEST", "ALL_STEPS_COMPLETED"):
+            reason = status.get("StateChangeReason", {})
+            return (f"cluster {self.job_flow_id} ended {status['State']}: {reason.get('Code')}: {reason.get('Message')}."
+                    f" This is the cluster's failure (bootstrap or provisioning), not the step's: the bootstrap "
+                    f"logs are under {cluster.get('LogUri')}{self.job_flow_id}/node/")
+        step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
+        details = step["Status"].get("FailureDetails") or {}
+        lines = [f"step {step.get('Name')} ({self.step_id}) on cluster {self.job_flow_id} is {step['Status']['State']}: "
+                 f"reason {details.get('Reason')}; message {details.get('Message')}; log file {details.get('LogFile')}"]
+        if cluster.get("LogUri"):
+            lines.append(self._stderr_tail(cluster["LogUri"]))
+        return "\n".join(lines)
+
+    def _stderr_tail(self, log_uri: str) -> str:
+        bucket, prefix = split_log_uri(log_uri)
+        key = f"{prefix}{self.job_flow_id}/steps/{self.step_id}/stderr.gz"
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id).conn
+        deadline = time.monotonic() + self.stderr_wait_s
+        while True:
+            try:
+                data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                return f"last {STDERR_LINES} lines of s3://{bucket}/{key}:\n{tail(data)}"
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404") or time.monotonic() >= deadline:
+                    return f"the step's stderr is not in S3 yet; EMR copies it within minutes to s3://{bucket}/{key}"
+            time.sleep(STDERR_POLL_S)
 
     def on_kill(self) -> None:
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn
