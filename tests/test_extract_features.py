@@ -105,6 +105,11 @@ def test_rerun_replaces_only_its_batch(spark, tmp_path):
     run_job(spark, tmp_path / "a", out, "day1")  # the same batch again: no duplicates
     assert counts_by_batch(spark, out) == {"day1": 3, "day2": 2}
     assert counts_by_batch(spark, out, "rejects") == {"day1": 1}
+    # the previous current run stays for readers mid-read: its features and its rejects alike (the
+    # rejects' folder has no commits of its own: the features' commits decide for both)
+    def runs(dataset):
+        return sorted(p.name for p in (out / dataset / "batch_id=day1").glob("run=*"))
+    assert runs("rejects") == runs("features") and len(runs("features")) == 2
     # the batch shrinks and loses its bad file: both partitions follow, day2 untouched
     (tmp_path / "a" / "Kiwi" / "bad.jpg").unlink()
     (tmp_path / "a" / "Kiwi" / "2.jpg").unlink()
@@ -238,6 +243,9 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
     assert [p.name for p in (out / "features" / "_staging").iterdir()] == []
     runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
     assert len(runs) == 2  # the current run and the previous current one, kept for readers mid-read
+    third = run_job(spark, src, out, "b1")
+    runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
+    assert runs[-1] == f"run={third['run']}" and len(runs) == 2
 
 
 def test_with_a_manifest_the_job_reads_exactly_the_files_it_lists(spark, tmp_path):

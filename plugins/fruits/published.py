@@ -10,15 +10,16 @@ from typing import Optional
 
 from fruits import layout
 from fruits.storage import Storage
+from fruits_jobs.contract import committed_runs
 
 
 def current_commit(storage: Storage, dataset: str, batch_id: str) -> Optional[dict]:
     prefix = layout.commits_prefix(dataset, batch_id)
-    names = sorted(key for key in storage.sizes(prefix)
-                   if key.endswith(".json") and not key[len(prefix):].startswith("."))
-    if not names:
+    runs = committed_runs(key[len(prefix):] for key in storage.sizes(prefix))
+    if not runs:
         return None
-    return {**json.loads(storage.read_text(names[-1])), "commit": storage.name + names[-1]}
+    key = f"{prefix}{runs[-1]}.json"
+    return {**json.loads(storage.read_text(key)), "commit": storage.name + key}
 
 
 def is_published(storage: Storage, batch_id: str) -> bool:
@@ -34,6 +35,7 @@ def latest_processed_batch(storage: Storage) -> Optional[str]:
     newest = {}
     for key in storage.sizes(layout.PCA):
         parts = key.split("/")  # pca/batch_id=<id>/_commits/<run>.json
-        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR and not parts[3].startswith("."):
-            newest[parts[3]] = parts[1][len(layout.partition("")):]
+        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR:
+            for run in committed_runs([parts[3]]):
+                newest[run] = parts[1][len(layout.partition("")):]
     return newest[max(newest)] if newest else None

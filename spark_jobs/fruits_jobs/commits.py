@@ -54,8 +54,7 @@ def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
 
 def committed_runs(spark, folder_uri: str) -> List[str]:
     """The run ids with a commit in this folder, oldest first."""
-    names = hadoop_fs.list_names(spark, commits_uri(folder_uri))
-    return sorted(n[:-len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
+    return contract.committed_runs(hadoop_fs.list_names(spark, commits_uri(folder_uri)))
 
 
 def current(spark, folder_uri: str) -> Optional[dict]:
@@ -89,21 +88,23 @@ def read_current(spark, dataset_uri: str, output: str, batch_ids: Optional[Itera
     return spark.read.option("basePath", base).parquet(*uris)
 
 
-def clean_superseded(spark, folder_uris: Iterable[str], run_id: str) -> List[str]:
-    """After run_id committed: delete, in each folder, runs older than it that are neither current
-    nor the previous current (killed runs, old versions) and their commits. Returns what went."""
+def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run_id: str) -> List[str]:
+    """After run_id committed in commit_folder: delete, in each data folder (the commit folder's
+    own outputs and any others the commit names, e.g. the rejects' batch folder), the runs older
+    than it that are neither current nor the previous current (killed runs, old versions), and
+    the older commits. Returns what went."""
+    runs = committed_runs(spark, commit_folder)
+    keep = set(runs[-2:]) | {run_id}
+    for old in runs[:-2]:
+        if old < run_id:
+            hadoop_fs.delete(spark, f"{commits_uri(commit_folder)}/{old}.json")
     deleted = []
-    for folder in folder_uris:
-        runs = committed_runs(spark, folder)
-        keep = set(runs[-2:]) | {run_id}
-        prefix = f"{contract.RUN_PARTITION}="
+    prefix = f"{contract.RUN_PARTITION}="
+    for folder in data_folders:
         for name in hadoop_fs.list_names(spark, folder):
             if name.startswith(prefix) and name[len(prefix):] < run_id and name[len(prefix):] not in keep:
                 hadoop_fs.delete(spark, f"{folder.rstrip('/')}/{name}")
                 deleted.append(f"{folder.rstrip('/')}/{name}")
-        for old in runs[:-2]:
-            if old < run_id:
-                hadoop_fs.delete(spark, f"{commits_uri(folder)}/{old}.json")
     return deleted
 
 

@@ -6,7 +6,7 @@ names, the batch-id rule, the names nobody reads (hidden/OS junk) and why, the l
 reject reason, the lake's dataset and file names, the entrypoints and the default weights file.
 """
 import re
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 # ---- Photos: folders and labels ---------------------------------------------------------------
 
@@ -136,6 +136,12 @@ def partition(batch_id: str) -> str:
 RUN_PARTITION = "run"
 COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"  # <features>/_staging/<run id>/: the one model pass, before the split
+
+
+def committed_runs(names: Iterable[str]) -> List[str]:
+    """The run ids of a _commits folder's file names, oldest first: the last is the current run.
+    (Run ids start with the UTC time; a name starting with '.' is a commit still being written.)"""
+    return sorted(n[:-len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
 
 
 # ---- The code bundle: what spark-submit runs ----------------------------------------------------

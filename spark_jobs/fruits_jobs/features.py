@@ -259,7 +259,7 @@ def run(spark, args) -> dict:
     # The switch: features, rejects and summary become the batch's current version together.
     summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
     hadoop_fs.delete(spark, staging_uri)
-    commits.clean_superseded(spark, batch_folders, run_id)
+    commits.clean_superseded(spark, batch_folders[0], batch_folders, run_id)
     commits.clean_older_children(spark, f"{features_uri}/{contract.STAGING_DIR}", run_id)
     return summary
 

@@ -220,7 +220,7 @@ def run(spark, args) -> dict:
     hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))
     # The switch: reduced/, model/, metrics and plots become the output's current version together.
     metrics["commit"] = commits.write_commit(spark, folder_uri, run_id, metrics)
-    commits.clean_superseded(spark, [folder_uri], run_id)
+    commits.clean_superseded(spark, folder_uri, [folder_uri], run_id)
     return metrics
 
 
