@@ -182,7 +182,6 @@ def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runn
 def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow_db, runnable_dag, aws, landing,
                                                                        tmp_path, monkeypatch):
     """Clusters in a subnet without internet install the jobs' closure from the bucket."""
-    from fruits import config
     from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
 
     wheels = tmp_path / "wheelhouse"
@@ -193,7 +192,7 @@ def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow
     simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-wh"))
     dr, states = run(runnable_dag, landing, "b-wh")
     assert dr.state == DagRunState.SUCCESS, states
-    prefix = f"wheels/{config.sha256_of(str(SPARK_JOBS_DIR / LOCK))}/"
+    prefix = f"wheels/{hashlib.sha256((SPARK_JOBS_DIR / LOCK).read_bytes()).hexdigest()}/"
     staged = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
     assert len(staged) == len(list(wheels.iterdir()))
     (cluster,) = clusters()

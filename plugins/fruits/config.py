@@ -1,7 +1,6 @@
 """One typed, frozen config per run, built from the run's params and the deployment's settings
 (fruits/settings.py: the one table of settings, their defaults and meanings)."""
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from fruits import layout
 from fruits.lake import to_local
 from fruits.params import InvalidParam, check_weights, check_x86_64, validate
 from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
+from fruits.storage import file_digests
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
 
 
@@ -163,7 +163,7 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     if backend == "emr" and not weights.startswith(("s3://", "imagenet", "random")):
         # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
         # the job reads it there (no cluster boots to find the weights missing).
-        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(sha256_of(weights)))
+        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(file_digests(weights, "sha256")[0]))
     return PipelineConfig(
         batch_id=p.get("batch_id") or run_date,
         landing_dir=str(landing),
@@ -182,13 +182,6 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         **(emr_settings(settings) if backend == "emr" else {}),
     )
 
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def emr_deferrable() -> bool:

@@ -24,7 +24,6 @@ The name and label rules, and their reasons, are fruits_jobs/contract.py's (the 
 Everything else, including files that look broken or are not images at all, is uploaded, so the
 features job rejects it with a reason row in rejects/ and the counts add up.
 """
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from fruits import layout, published
-from fruits.storage import Storage
+from fruits.storage import Storage, file_digests
 from fruits_jobs import contract
 
 log = logging.getLogger(__name__)
@@ -53,17 +52,6 @@ def skip_reason(rel: Path) -> Optional[str]:
 
 class IngestRefused(ValueError):
     """The batch cannot take this landing folder as it is; the message says what to do."""
-
-
-def digests(path: Path) -> Tuple[str, str]:
-    """(sha256, md5) of a file in one read: sha256 identifies a photo across batches, md5 is what
-    S3 reports (ETag) for an object uploaded in one part, to tell a resumed upload is the same file."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-            md5.update(block)
-    return sha.hexdigest(), md5.hexdigest()
 
 
 def _link_reason(path: Path, landing: Path) -> Optional[str]:
@@ -154,7 +142,9 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
         reason = skip_reason(rel)
         if reason is None:
             try:
-                sha, md5s[rel.as_posix()] = digests(path)
+                # sha256 identifies a photo across batches; md5 is what S3 reports (ETag) for an
+                # object uploaded in one part: it tells a resumed upload is the same file
+                sha, md5s[rel.as_posix()] = file_digests(path, "sha256", "md5")
             except OSError as exc:
                 reason = f"unreadable file: {exc.strerror or exc}"
         if reason is None and sha in held:

@@ -8,7 +8,7 @@ from pathlib import Path
 from fruits import config, emr, ingest, jobs, layout, local_runner, published, summary
 from fruits import preflight as preflight_checks
 from fruits.config import PipelineConfig
-from fruits.storage import LocalStorage, S3Storage, Storage
+from fruits.storage import LocalStorage, S3Storage, Storage, file_digests
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR, build_bundle
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def stage_code(cfg_dict: dict) -> str:
 
 def wheels_prefix_of(cfg: PipelineConfig) -> str:
     """Where this run's wheelhouse is staged: by the lock file's content, once per closure."""
-    return layout.wheels_prefix(config.sha256_of(str(SPARK_JOBS_DIR / LOCK)))
+    return layout.wheels_prefix(file_digests(SPARK_JOBS_DIR / LOCK, "sha256")[0])
 
 
 def preflight(cfg_dict: dict, version: str) -> None:

@@ -62,12 +62,14 @@ class S3Storage:
 _IN_PROGRESS = ".in-progress."
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digests(path, *algorithms: str) -> Tuple[str, ...]:
+    """Hex digests of a file's content, one per hashlib algorithm, in one read of the file."""
+    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests:
+                digest.update(block)
+    return tuple(digest.hexdigest() for digest in digests)
 
 
 class LocalStorage:
@@ -88,7 +90,7 @@ class LocalStorage:
         return found
 
     def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
-        return {key: (size, _md5(self.root / key)) for key, size in self.sizes(prefix).items()}
+        return {key: (size, file_digests(self.root / key, "md5")[0]) for key, size in self.sizes(prefix).items()}
 
     def _write(self, key: str, write) -> None:
         # Write beside, then rename: an interrupted copy never looks like a complete object, and
