@@ -137,6 +137,7 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     md5s: Dict[str, str] = {}
     seen: Dict[str, str] = {}
     held_by: Dict[str, int] = {}
+    already_held: List[dict] = []  # skipped too, but normal on daily runs: counted and logged apart
     for path in listed:
         rel = path.relative_to(landing_dir)
         reason = skip_reason(rel)
@@ -148,10 +149,10 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
             except OSError as exc:
                 reason = f"unreadable file: {exc.strerror or exc}"
         if reason is None and sha in held:
-            # normal on daily runs over a folder that keeps old photos
             held_by[held[sha]] = held_by.get(held[sha], 0) + 1
-            reason = f"already in batch {held[sha]}"
-        elif reason is None and sha in seen:
+            already_held.append({"path": rel.as_posix(), "reason": f"already in batch {held[sha]}"})
+            continue
+        if reason is None and sha in seen:
             reason = f"same content as {seen[sha]}"
         if reason is not None:
             skipped.append({"path": rel.as_posix(), "reason": reason})
@@ -160,8 +161,7 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
         files.append({"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": path.stat().st_size,
                       "sha256": sha})
     for entry in skipped:
-        if not entry["reason"].startswith("already in batch "):
-            log.warning("ingest skips %s: %s", entry["path"], entry["reason"])
+        log.warning("ingest skips %s: %s", entry["path"], entry["reason"])
     for other, count in sorted(held_by.items()):
         log.info("ingest: %d photo(s) of %s are already in published batch %s", count, landing_dir, other)
 
@@ -179,11 +179,11 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
         uploaded += 1
 
     counts = {"files": len(files), "bytes": sum(f["size"] for f in files),
-              "skipped": sum(1 for e in skipped if not e["reason"].startswith("already in batch ")),
-              "already_held": sum(held_by.values())}
+              "skipped": len(skipped), "already_held": len(already_held)}
     manifest = {"batch_id": batch_id, "landing_dir": str(landing_dir),
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "counts": counts, "already_held_by": held_by, "files": files, "skipped": skipped}
+                "counts": counts, "already_held_by": held_by, "files": files,
+                "skipped": sorted(skipped + already_held, key=lambda e: e["path"])}
     storage.put_bytes(json.dumps(manifest, indent=1).encode(), layout.manifest_key(batch_id))
     report = {"batch_id": batch_id, **counts, "already_held_by": held_by, "uploaded": uploaded,
               "already_uploaded": resumed, "manifest": storage.name + layout.manifest_key(batch_id)}

@@ -61,25 +61,25 @@ def stage_code(cfg_dict: dict) -> str:
     storage = storage_for(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_bundle(Path(tmp))
-        prefix = layout.code_prefix(bundle.version)
-        present = storage.sizes(prefix)
-        for name, path in sorted(bundle.files.items()):
-            if present.get(prefix + name) != path.stat().st_size:
-                storage.upload_file(path, prefix + name)
-    log.info("code %s staged at %s%s", bundle.version, storage.name, prefix)
+        upload_missing(storage, layout.code_prefix(bundle.version), bundle.files)
+    log.info("code %s staged at %s%s", bundle.version, storage.name, layout.code_prefix(bundle.version))
     if cfg.wheelhouse:
-        prefix = wheels_prefix_of(cfg)
-        present = storage.sizes(prefix)
-        for wheel in sorted(Path(cfg.wheelhouse).glob("*.whl")):
-            if present.get(prefix + wheel.name) != wheel.stat().st_size:
-                storage.upload_file(wheel, prefix + wheel.name)
-        log.info("wheelhouse %s staged at %s%s", cfg.wheelhouse, storage.name, prefix)
+        upload_missing(storage, wheels_prefix_of(cfg), {w.name: w for w in Path(cfg.wheelhouse).glob("*.whl")})
+        log.info("wheelhouse %s staged at %s%s", cfg.wheelhouse, storage.name, wheels_prefix_of(cfg))
     if cfg.weights_file:
         key = cfg.weights[len(cfg.uri()):]
         if key not in storage.sizes(key):
             storage.upload_file(Path(cfg.weights_file), key)
         log.info("weights %s staged at %s", cfg.weights_file, cfg.weights)
     return bundle.version
+
+
+def upload_missing(storage: Storage, prefix: str, files: dict) -> None:
+    """Upload {name: local path} under prefix, but what is there already with the same size."""
+    present = storage.sizes(prefix)
+    for name, path in sorted(files.items()):
+        if present.get(prefix + name) != path.stat().st_size:
+            storage.upload_file(path, prefix + name)
 
 
 def wheels_prefix_of(cfg: PipelineConfig) -> str:

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from fruits import layout
 from fruits.config import PipelineConfig
 from fruits.lake import split_s3
-from fruits_jobs.bundle import BOOTSTRAP, ENTRYPOINTS, LOCK, ZIP_NAME
+from fruits_jobs.bundle import SHIPPED
 from fruits.emr import EMR_MANAGED_POLICY_TAG
 
 
@@ -105,21 +105,23 @@ def check_instance_types(cfg: PipelineConfig, c: Clients) -> List[str]:
 
 def check_code(cfg: PipelineConfig, c: Clients, version: str) -> List[str]:
     prefix = layout.code_prefix(version)
-    missing = [name for name in (*ENTRYPOINTS, ZIP_NAME, BOOTSTRAP, LOCK) if not _listed(c, cfg.bucket, prefix + name)]
+    staged = {o["Key"] for o in c.s3.list_objects_v2(Bucket=cfg.bucket, Prefix=prefix).get("Contents", [])}
+    missing = [name for name in SHIPPED if prefix + name not in staged]  # one listing for the bundle
     return [f"code {version}: {', '.join(missing)} missing under s3://{cfg.bucket}/{prefix} (stage_code did not "
             "finish: clear it)"] if missing else []
 
 
+# Run once the bucket is known to be there (the S3 checks mean nothing without it).
 CHECKS: List[Callable[[PipelineConfig, Clients], List[str]]] = [
-    check_bucket, check_weights, check_roles, check_subnet, check_instance_types,
+    check_weights, check_roles, check_subnet, check_instance_types,
 ]
 
 
 def run_checks(cfg: PipelineConfig, clients: Clients, version: str) -> List[str]:
-    """Every problem found; the bucket first (the other S3 checks mean nothing without it)."""
+    """Every problem found; the bucket first."""
     problems = check_bucket(cfg, clients)
     if problems:
         return problems
-    for check in CHECKS[1:]:
+    for check in CHECKS:
         problems += check(cfg, clients)
     return problems + check_code(cfg, clients, version)

@@ -18,6 +18,9 @@ ENTRYPOINTS = (FEATURES_ENTRYPOINT, PCA_ENTRYPOINT)
 BOOTSTRAP = "bootstrap/emr_bootstrap.sh"
 REQUIREMENTS = "requirements.txt"
 LOCK = "requirements.lock"  # the whole closure the bootstrap installs (make lock)
+# What a cluster needs under code/<version>/, besides the zip: what build_bundle ships.
+COPIED = ENTRYPOINTS + (BOOTSTRAP, REQUIREMENTS, LOCK)
+SHIPPED = (ZIP_NAME, *COPIED)
 # A fixed timestamp makes the zip byte-identical for identical sources, so the version is stable.
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
 
@@ -49,7 +52,7 @@ def build_bundle(out_dir: Path, spark_jobs_dir: Path = SPARK_JOBS_DIR) -> Bundle
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {ZIP_NAME: build_zip(out_dir / ZIP_NAME, spark_jobs_dir / "fruits_jobs")}
-    for name in ENTRYPOINTS + (BOOTSTRAP, REQUIREMENTS, LOCK):
+    for name in COPIED:
         dest = out_dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(spark_jobs_dir / name, dest)
