@@ -16,13 +16,13 @@ Logic lives in the fruits package (plugins/fruits); this file only tells the sto
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
 
 from fruits import emr, jobs, pipeline
 from fruits.config import emr_deferrable
 from fruits.params import build_params
-from fruits.sensors import StepSensor
+from fruits.operators import CreateClusterOnce, StepSensor
 from fruits.settings import AWS_CONN_ID
 
 DEFERRABLE = emr_deferrable()
@@ -72,8 +72,8 @@ def fruits_pipeline():
         return pipeline.stage_code(cfg)
 
     @task(multiple_outputs=True)
-    def plan_jobs(cfg: dict, version: str) -> dict:
-        return pipeline.plan(cfg, version)
+    def plan_jobs(cfg: dict, version: str, **context) -> dict:
+        return pipeline.plan(cfg, version, context["run_id"])
 
     @task.branch
     def choose_backend(cfg: dict, first_task: dict) -> str:
@@ -83,7 +83,7 @@ def fruits_pipeline():
     def preflight(cfg: dict, version: str) -> None:
         pipeline.preflight(cfg, version)
 
-    @task(multiple_outputs=True, retries=0)  # a retry would add every step a second time
+    @task(multiple_outputs=True)  # a retry adds only the steps the cluster lacks
     def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
         return pipeline.add_steps(cfg, cluster_id, steps)
 
@@ -102,12 +102,10 @@ def fruits_pipeline():
 
     with TaskGroup("emr", tooltip="does nothing (skipped) when backend=local"):
         checked = preflight(cfg, version)
-        create_cluster = EmrCreateJobFlowOperator(
+        create_cluster = CreateClusterOnce(  # a retry reuses the cluster an earlier try created
             task_id="create_cluster",
             job_flow_overrides=plan["job_flow"],
             emr_conn_id=None,  # the whole request is built in plugins/fruits/emr.py
-            terminate_job_flow_on_failure=True,
-            retries=0,  # a retry could leave a second cluster behind
         )
         step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
         watchers = [watch(job, create_cluster.output, step_ids[job.name]) for job in jobs.JOBS]

@@ -58,6 +58,8 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
                      {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}),
                     ("iam:PassRole", f"arn:aws:iam::{account}:role/{params['JobFlowRole']}",
                      {"iam:PassedToService": "ec2.amazonaws.com"})]
+        if operation == "ListClusters":  # no resource-level permissions
+            return [(action, "*", {})]
         cluster = (params.get("ClusterId") or params.get("JobFlowId") or params.get("ResourceId")
                    or params["JobFlowIds"][0])
         ctx = {f"aws:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}

@@ -16,6 +16,7 @@ CFG = PipelineConfig(
     task_spot_count=0, bucket="fruits-test", local_lake="/lake",
 )
 VERSION = "abc123def456"
+RUN_ID = "manual__2026-12-01T10:00:00.123456+00:00"
 
 
 def emr_steps(cfg=CFG):
@@ -31,12 +32,12 @@ def validate(operation: str, params: dict) -> None:
 def test_job_flow_and_steps_pass_botocore_validation():
     validate("RunJobFlow", emr.job_flow_overrides(dataclasses.replace(
         CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec",
-        security_group_ids="sg-1,sg-2"), VERSION))
+        security_group_ids="sg-1,sg-2"), VERSION, RUN_ID))
     validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr_steps()})
 
 
 def test_job_flow_contents():
-    flow = emr.job_flow_overrides(CFG, VERSION)
+    flow = emr.job_flow_overrides(CFG, VERSION, RUN_ID)
     code = f"s3://fruits-test/code/{VERSION}/"
     assert flow["ReleaseLabel"].startswith("emr-7.")
     assert flow["Applications"] == [{"Name": "Spark"}]
@@ -52,20 +53,29 @@ def test_job_flow_contents():
     (bootstrap,) = flow["BootstrapActions"]
     assert bootstrap["ScriptBootstrapAction"] == {"Path": code + "bootstrap/emr_bootstrap.sh",
                                                   "Args": [code + "requirements.lock"]}  # from PyPI
-    with_wheels = emr.job_flow_overrides(CFG, VERSION, "s3://fruits-test/wheels/abc/")["BootstrapActions"][0]
+    with_wheels = emr.job_flow_overrides(CFG, VERSION, RUN_ID, "s3://fruits-test/wheels/abc/")["BootstrapActions"][0]
     assert with_wheels["ScriptBootstrapAction"]["Args"] == [code + "requirements.lock", "s3://fruits-test/wheels/abc/"]
     (spark_env, defaults) = flow["Configurations"]
     assert spark_env["Configurations"][0] == {"Classification": "export",
                                               "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}}
     assert defaults["Properties"]["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert {"Key": "project", "Value": "fruits"} in flow["Tags"]
+    # what a retried create_cluster finds its run's cluster by
+    assert {"Key": "dag_run_id", "Value": RUN_ID} in flow["Tags"] and {"Key": "batch_id", "Value": "2025-01-02"} in flow["Tags"]
     # Blocker 2: AmazonEMRServicePolicy_v2 only acts on resources with this tag (EMR propagates it)
     assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in flow["Tags"]
     assert "AdditionalMasterSecurityGroups" not in flow["Instances"]
 
 
+def test_tag_values_are_ones_emr_accepts():
+    # Airflow run ids may hold '~' (RUN_ID_REGEX); EMR tag values may not (emr-plan-tags-restrictions).
+    assert emr.tag_value("manual__2026-12-01T10:00:00+00:00") == "manual__2026-12-01T10:00:00+00:00"
+    assert emr.tag_value("my~run é") == "my_run é"
+    assert len(emr.tag_value("x" * 300)) == 256
+
+
 def test_project_tag_and_security_groups_come_from_the_settings():
-    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab", security_group_ids="sg-1, sg-2"), VERSION)
+    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab", security_group_ids="sg-1, sg-2"), VERSION, RUN_ID)
     assert {"Key": "project", "Value": "lab"} in flow["Tags"]
     assert flow["Instances"]["AdditionalMasterSecurityGroups"] == ["sg-1", "sg-2"]
     assert flow["Instances"]["AdditionalSlaveSecurityGroups"] == ["sg-1", "sg-2"]
@@ -106,7 +116,7 @@ def test_steps_follow_the_jobs_contract():
 
 def test_moto_accepts_the_job_flow_and_the_steps(aws):
     client = boto3.client("emr", region_name=REGION)
-    cluster_id = client.run_job_flow(**emr.job_flow_overrides(dataclasses.replace(CFG, task_spot_count=1), VERSION))["JobFlowId"]
+    cluster_id = client.run_job_flow(**emr.job_flow_overrides(dataclasses.replace(CFG, task_spot_count=1), VERSION, RUN_ID))["JobFlowId"]
     client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr_steps())
     cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["ReleaseLabel"] == CFG.release_label

@@ -24,7 +24,8 @@ from fruits.params import build_params
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 RUN = "20260101T000000000Z-0000abcd"
-EMR_ACTIONS = {"RunJobFlow", "DescribeCluster", "AddJobFlowSteps", "DescribeStep", "TerminateJobFlows"}
+EMR_ACTIONS = {"ListClusters", "RunJobFlow", "DescribeCluster", "ListSteps", "AddJobFlowSteps", "DescribeStep",
+               "TerminateJobFlows"}
 
 
 def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_error=None):
@@ -111,6 +112,42 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
     assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.lock"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
+
+
+def test_retried_cluster_and_step_tasks_ask_emr_for_nothing_twice(airflow_db, runnable_dag, aws, landing, monkeypatch):
+    """create_cluster's first try dies right after RunJobFlow (here: saving the console link), and
+    add_steps' first try loses AddJobFlowSteps' response (the steps were added): the retries reuse
+    the cluster and the steps instead of paying for a second cluster or running each job twice."""
+    from datetime import timedelta
+
+    import botocore.handlers
+    from airflow.providers.amazon.aws.operators import emr as emr_operators
+
+    for task_id in ("emr.create_cluster", "emr.add_steps"):
+        monkeypatch.setattr(runnable_dag.get_task(task_id), "retries", 1)
+        monkeypatch.setattr(runnable_dag.get_task(task_id), "retry_delay", timedelta(0))
+    failures = {"persist": 1, "add": 1}
+
+    def once(what, error):
+        if failures[what]:
+            failures[what] -= 1
+            raise error
+
+    original_persist = emr_operators.EmrClusterLink.persist
+    monkeypatch.setattr(emr_operators.EmrClusterLink, "persist", lambda *a, **kw: (
+        once("persist", ConnectionError("worker lost after RunJobFlow")), original_persist(*a, **kw)))
+    monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", botocore.handlers.BUILTIN_HANDLERS + [
+        ("after-call.emr.AddJobFlowSteps", lambda **_: once("add", ConnectionError("response lost")))])
+    simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-retry"))
+    dr, states = run(runnable_dag, landing, "b-retry")
+    assert dr.state == DagRunState.SUCCESS, states
+    assert failures == {"persist": 0, "add": 0}  # both first tries did fail
+    tries = {ti.task_id: ti.try_number for ti in dr.get_task_instances()}
+    assert tries["emr.create_cluster"] == 2 and tries["emr.add_steps"] == 2
+    (cluster,) = clusters()  # one cluster, ended by the teardown
+    assert cluster["Status"]["State"] == "TERMINATED"
+    steps = boto3.client("emr", region_name=REGION).list_steps(ClusterId=cluster["Id"])["Steps"]
+    assert sorted(s["Name"] for s in steps) == ["extract_features b-retry", "reduce_dimensions b-retry"]
 
 
 def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_db, runnable_dag, aws, landing,
@@ -280,7 +317,7 @@ def test_a_bootstrap_failure_is_reported_as_the_clusters_not_as_a_cancelled_step
 
 
 def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
-    from fruits.sensors import StepSensor
+    from fruits.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
     cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", LogUri=f"s3n://{BUCKET}/logs/emr/",

@@ -34,17 +34,17 @@ def test_documents_are_valid_and_name_no_wildcard_actions():
 
 def test_the_job_flow_is_allowed_by_the_policy_as_built():
     """The real RunJobFlow request (fruits/emr.py), with what it implies: PassRole and AddTags."""
-    from test_emr_builders import CFG, VERSION
+    from test_emr_builders import CFG, RUN_ID, VERSION
     from fruits import emr
 
-    flow = emr.job_flow_overrides(CFG, VERSION)
+    flow = emr.job_flow_overrides(CFG, VERSION, RUN_ID)
     requests = iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT)
     assert {action for action, _, _ in requests} == {"elasticmapreduce:RunJobFlow", "elasticmapreduce:AddTags",
                                                       "iam:PassRole"}
     assert all(is_allowed(POLICY, *req) for req in requests)
     # another project tag, set on both sides (setting fruits_project_tag, parameter ProjectTag)
     other = Stack(BUCKET, account=ACCOUNT, region=REGION, ProjectTag="lab").policy("AirflowPolicy")
-    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab"), VERSION)
+    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab"), VERSION, RUN_ID)
     flow.update(ServiceRole="lab-emr-service-role", JobFlowRole="lab-emr-ec2-role")
     assert all(is_allowed(other, *req) for req in iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT))
 
@@ -91,7 +91,7 @@ def test_the_calls_the_pipeline_makes_are_allowed():
                            "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # PassRole on another role
     ("emr", "AddTags", {"ResourceId": "j-other", "Tags": [{"Key": "owner", "Value": "x"}]},
      {"project": "other"}),  # tagging someone else's cluster
-    ("emr", "ListClusters", {"ClusterId": "j-1"}, TAGS),
+    ("emr", "SetTerminationProtection", {"JobFlowIds": ["j-1"], "TerminationProtected": True}, TAGS),
     ("sts", "GetCallerIdentity", {}, TAGS),
 ])
 def test_everything_else_is_denied(service, op, params, tags):

@@ -3,7 +3,8 @@
 The steps are one rendering of the backend-neutral job specs (fruits/jobs.py): EMR runs them with
 spark-submit in cluster mode on YARN, with the executor shape below.
 """
-from typing import List, Optional
+import re
+from typing import Dict, List, Optional
 
 from fruits import layout
 from fruits.config import PipelineConfig
@@ -57,10 +58,27 @@ def spark_steps(jobs: List[SparkJob], batch_id: str) -> List[dict]:
 EMR_MANAGED_POLICY_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
 
 
-def _tags(cfg: PipelineConfig) -> List[dict]:
-    # project=<project_tag> is what the Airflow role's policy requires on every cluster it touches.
-    return [{"Key": "project", "Value": cfg.project_tag}, EMR_MANAGED_POLICY_TAG,
-            {"Key": "batch_id", "Value": cfg.batch_id}, {"Key": "managed-by", "Value": "airflow"}]
+# EMR tag values: letters, digits, spaces and _ . : / = + - @, at most 256 characters (EMR Management
+# Guide, emr-plan-tags-restrictions.html); an Airflow run id may also hold '~'.
+_NOT_IN_TAG = re.compile(r"[^\w .:/=+\-@]")
+
+
+def tag_value(text: str) -> str:
+    return _NOT_IN_TAG.sub("_", text)[:256]
+
+
+RUN_TAG_KEYS = ("project", "dag_run_id", "batch_id")
+
+
+def run_tags(cfg: PipelineConfig, run_id: str) -> Dict[str, str]:
+    """The tags that tell this run's cluster from any other: a retried create_cluster looks for them.
+    project=<project_tag> is also what the Airflow role's policy requires on every cluster it touches."""
+    return dict(zip(RUN_TAG_KEYS, (cfg.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
+
+
+def _tags(cfg: PipelineConfig, run_id: str) -> List[dict]:
+    return [*({"Key": k, "Value": v} for k, v in run_tags(cfg, run_id).items()), EMR_MANAGED_POLICY_TAG,
+            {"Key": "managed-by", "Value": "airflow"}]
 
 
 def instance_groups(cfg: PipelineConfig) -> List[dict]:
@@ -91,9 +109,9 @@ def configurations() -> List[dict]:
     ]
 
 
-def job_flow_overrides(cfg: PipelineConfig, version: str, wheels_uri: Optional[str] = None) -> dict:
-    """RunJobFlow request for a transient cluster; the steps are added after it is created.
-    wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
+def job_flow_overrides(cfg: PipelineConfig, version: str, run_id: str, wheels_uri: Optional[str] = None) -> dict:
+    """RunJobFlow request for a transient cluster of the DAG run run_id; the steps are added after it
+    is created. wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
     instances = {
         "InstanceGroups": instance_groups(cfg),
         "KeepJobFlowAliveWhenNoSteps": True,  # steps come from a separate call
@@ -119,7 +137,7 @@ def job_flow_overrides(cfg: PipelineConfig, version: str, wheels_uri: Optional[s
         "Configurations": configurations(),
         # Safety net: a cluster idle this long ends itself even if Airflow never runs the teardown.
         "AutoTerminationPolicy": {"IdleTimeout": cfg.idle_timeout_s},
-        "Tags": _tags(cfg),
+        "Tags": _tags(cfg, run_id),
         "VisibleToAllUsers": True,
         "JobFlowRole": cfg.emr_instance_profile,
         "ServiceRole": cfg.emr_service_role,

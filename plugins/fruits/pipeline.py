@@ -5,7 +5,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from fruits import config, emr, ingest, jobs, layout, local_runner, published, summary
+from fruits import clusters, config, emr, ingest, jobs, layout, local_runner, published, summary
 from fruits import preflight as preflight_checks
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage, file_digests
@@ -102,22 +102,24 @@ def preflight(cfg_dict: dict, version: str) -> None:
     log.info("pre-flight: bucket, weights, roles, subnet, instance types and code are ready")
 
 
-def plan(cfg_dict: dict, version: str) -> dict:
+def plan(cfg_dict: dict, version: str, run_id: str) -> dict:
     """The run's Spark jobs, once, and their EMR rendering (the cluster request and its steps)."""
     cfg = PipelineConfig.from_dict(cfg_dict)
     spark_jobs = jobs.plan_jobs(cfg, version)
+    wheels = cfg.uri(wheels_prefix_of(cfg)) if cfg.wheelhouse else None
     return {"jobs": [job.to_dict() for job in spark_jobs],
-            "job_flow": emr.job_flow_overrides(cfg, version, cfg.uri(wheels_prefix_of(cfg)) if cfg.wheelhouse else None),
+            "job_flow": emr.job_flow_overrides(cfg, version, run_id, wheels),
             "steps": emr.spark_steps(spark_jobs, cfg.batch_id)}
 
 
 def add_steps(cfg_dict: dict, cluster_id: str, steps: list) -> dict:
-    """All steps in one AddJobFlowSteps call; returns {job name: step id} for the sensors."""
+    """The steps not yet on the cluster, in one AddJobFlowSteps call (a retry, or a reused cluster,
+    keeps the steps an earlier try added); returns {job name: step id} for the sensors."""
     from airflow.providers.amazon.aws.hooks.emr import EmrHook
 
     cfg = PipelineConfig.from_dict(cfg_dict)
-    step_ids = EmrHook(aws_conn_id=cfg.aws_conn_id).add_job_flow_steps(job_flow_id=cluster_id, steps=steps)
-    log.info("steps added to %s: %s", cluster_id, step_ids)
+    step_ids = clusters.add_steps_once(EmrHook(aws_conn_id=cfg.aws_conn_id).conn, cluster_id, steps)
+    log.info("steps of %s: %s", cluster_id, step_ids)
     return dict(zip([job.name for job in jobs.JOBS], step_ids, strict=True))
 
 

@@ -1,13 +1,17 @@
-"""The DAG's one operator of its own: the EMR step sensor that explains a failure in the task's log
-and stops what it watches when it is killed."""
+"""The DAG's operators of its own: a cluster creator that a retry cannot make create twice, and the
+EMR step sensor that explains a failure in the task's log and stops what it watches when killed."""
 import gzip
 import time
 
 from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from botocore.exceptions import ClientError
+
+from fruits.clusters import live_cluster_of_run
+from fruits.emr import RUN_TAG_KEYS
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
 STDERR_LINES = 50
@@ -25,6 +29,21 @@ def split_log_uri(log_uri: str):
 
 def tail(data: bytes, lines: int = STDERR_LINES) -> str:
     return "\n".join(gzip.decompress(data).decode("utf-8", "replace").splitlines()[-lines:])
+
+
+class CreateClusterOnce(EmrCreateJobFlowOperator):
+    """EmrCreateJobFlowOperator whose retry reuses the live cluster an earlier try of the same DAG
+    run created (found by name and by the run's tags: fruits.emr.run_tags) instead of paying for a
+    second one; so it can retry like any task."""
+
+    def execute(self, context):
+        flow = self.job_flow_overrides
+        tags = {t["Key"]: t["Value"] for t in flow["Tags"] if t["Key"] in RUN_TAG_KEYS}
+        found = live_cluster_of_run(self.hook.conn, flow["Name"], tags)
+        if found:
+            self.log.warning("reusing cluster %s: an earlier try of this run created it (tags %s)", found, tags)
+            return found
+        return super().execute(context)
 
 
 class StepSensor(EmrStepSensor):
