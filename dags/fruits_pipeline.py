@@ -4,13 +4,15 @@ validate_params → ingest_new_photos → any_new_photos (stops here, visibly, w
 no cluster) → stage_code → plan_jobs (the run's Spark jobs, once) → choose_backend, then either
 
   emr:   preflight (bucket, weights, roles, subnet, instance types, code: nothing is created when
-         one is wrong) → create_cluster → add_steps (every job, one call) → one watch_<job> sensor per job,
+         one is wrong) → create_cluster → add_steps (every job, one call; a retry
+         of either reuses what its first try made) → one watch_<job> sensor per job,
          with terminate_cluster as the teardown of the cluster (it runs whatever happened after
          the cluster exists; the failure still fails the run), or
   local: run_locally — the same jobs with a local spark-submit, the lake folder standing for the
          bucket (the emr tasks show as skipped),
 
-→ publish_summary (counts, k, explained variance and the outputs' locations, in its XCom).
+→ publish_summary (counts, k, explained variance, the outputs' locations and the run report: wall
+times, images/s and, on EMR, the cluster and its estimated cost; in its XCom and metrics.json).
 Logic lives in the fruits package (plugins/fruits); this file only tells the story.
 """
 from datetime import timedelta
@@ -92,8 +94,10 @@ def fruits_pipeline():
         return pipeline.run_locally(cfg, spark_jobs)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # after whichever backend ran
-    def publish_summary(cfg: dict) -> dict:
-        return pipeline.publish_summary(cfg)
+    def publish_summary(cfg: dict, run_by: dict, **context) -> dict:
+        # Only the backend that ran has a value to pull (the cluster id, or run_locally's timings).
+        # Pulled, not passed: a task fed by the setup create_cluster would need every upstream to succeed.
+        return pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=run_by[cfg["backend"]]))
 
     cfg = validate_params()
     report = ingest_new_photos(cfg)
@@ -119,7 +123,8 @@ def fruits_pipeline():
     local = run_locally(cfg, plan["jobs"])
     backend = choose_backend(cfg, {"emr": checked.operator.task_id, "local": local.operator.task_id})
     chain(report, any_new_photos(cfg, report), version, plan, backend, [checked, local])
-    chain([watchers[-1], local], publish_summary(cfg))
+    # After the teardown too: the run report's cost counts the cluster's whole life.
+    chain([watchers[-1], terminate_cluster, local], publish_summary(cfg, {"emr": create_cluster.task_id, "local": local.operator.task_id}))
 
 
 fruits_pipeline()

@@ -37,7 +37,7 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
     assert images["rejected"] == 2 and sum(images["rejects_by_reason"].values()) == 2
 
     where_ = summary["locations"]
-    assert where_["features"] == f"{lake}/features/batch_id=e2e/run={xcom(dr, 'run_locally')[0]['run']}"
+    assert where_["features"] == f"{lake}/features/batch_id=e2e/run={xcom(dr, 'run_locally')[0]['summary']['run']}"
     features = pd.read_parquet(where_["features"])  # the committed run's own folders
     rejects = pd.read_parquet(where_["rejects"])
     assert len(features) == images["featurized"] and len(rejects) == images["rejected"]
@@ -45,6 +45,12 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
 
     metrics = json.loads(Path(where_["metrics"]).read_text())
     assert metrics["k"] == summary["pca"]["k"] == 3
+    # the run report: each job's wall time and images/s, in the XCom and beside the outputs
+    report = summary["run_report"]
+    assert metrics["run_report"] == report and report["backend"] == "local"
+    wall = report["wall_s"]
+    assert wall["total"] == round(wall["extract_features"] + wall["reduce_dimensions"], 1) and wall["extract_features"] > 1
+    assert report["images_per_s"]["extract_features"] == round(images["read"] / wall["extract_features"], 1)
     assert metrics["n_images"] == images["featurized"]
     for path in where_["plots"] + [where_["pca_model"], where_["pca_reduced"], where_["pca_commit"]]:
         assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path

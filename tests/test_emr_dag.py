@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import re
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
@@ -24,8 +25,9 @@ from fruits.params import build_params
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 RUN = "20260101T000000000Z-0000abcd"
+STEP_TIMES = (240, 4, 2)  # seconds: boot and bootstrap, features, PCA
 EMR_ACTIONS = {"ListClusters", "RunJobFlow", "DescribeCluster", "ListSteps", "AddJobFlowSteps", "DescribeStep",
-               "TerminateJobFlows"}
+               "TerminateJobFlows", "ListInstanceGroups"}
 
 
 def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_error=None):
@@ -38,8 +40,15 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
         added = original(self, steps)
         if not added:  # RunJobFlow's own (empty) list of steps
             return added
-        for step, state in zip(added, states):
+        # EMR's timeline of the run: asked for 10 min ago, ready (booted, bootstrapped) 4 min later,
+        # then the steps one after the other (the figures the run report reads).
+        self.creation_datetime = datetime.now(timezone.utc) - timedelta(minutes=10)
+        self.ready_datetime = self.creation_datetime + timedelta(seconds=STEP_TIMES[0])
+        started = self.ready_datetime
+        for step, state, took in zip(added, states, STEP_TIMES[1:]):
             step.state = state
+            step.start_date_time, step.end_date_time = started, started + timedelta(seconds=took)
+            started = step.end_date_time
         if write_outputs:
             write_outputs()
         if stderr is not None:
@@ -66,6 +75,7 @@ def write_job_outputs(batch_id):
     # Where the jobs commit them (fruits_jobs/commits.py): the newest commit of each batch folder.
     s3.put_object(Bucket=BUCKET, Key=f"features/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(summary))
     s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(metrics))
+    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/run={RUN}/metrics.json", Body=json.dumps(metrics))
 
 
 def run(dag, landing, batch_id, **conf):
@@ -109,6 +119,22 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert (summary["pca"]["k"], summary["pca"]["total_explained_variance"]) == (3, 0.95)
     assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/run={RUN}/metrics.json"
     assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/batch_id=b-ok/_commits/{RUN}.json"
+    # The run report (issue 11): the cluster, its timeline, images/s per step and the estimated cost.
+    report = summary["run_report"]
+    assert report["cluster_id"] == cluster["Id"] and report["release"] == "emr-7.12.0"
+    assert report["instances"] == [{"role": "MASTER", "type": "m5.xlarge", "count": 1, "market": "ON_DEMAND"},
+                                   {"role": "CORE", "type": "m5.2xlarge", "count": 2, "market": "ON_DEMAND"}]
+    wall = report["wall_s"]
+    assert (wall["boot_and_bootstrap"], wall["extract_features"], wall["reduce_dimensions"]) == STEP_TIMES
+    assert report["images_per_s"] == {"extract_features": 12 / 4, "reduce_dimensions": 10 / 2}
+    cost = report["cost"]  # eu-west-1 on-demand, EC2 + EMR, from plugins/fruits/emr_prices.json
+    hourly = (0.214 + 0.048) + 2 * (0.428 + 0.096)
+    assert 600 <= wall["cluster"] < 900 and cost["hours"] == round(wall["cluster"] / 3600, 3)
+    assert cost["run_usd"] == pytest.approx(hourly * wall["cluster"] / 3600, rel=1e-3)
+    assert cost["per_1000_images_usd"] == pytest.approx(1000 * cost["run_usd"] / 12, rel=1e-3)
+    s3 = boto3.client("s3", region_name=REGION)
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"pca/batch_id=b-ok/run={RUN}/metrics.json")["Body"].read())
+    assert stored["run_report"] == report and stored["k"] == 3  # beside the outputs, the metrics kept
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
     assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.lock"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more

@@ -36,13 +36,18 @@ def code_uri(cfg: PipelineConfig, version: str, name: str = "") -> str:
     return cfg.uri(layout.code_prefix(version) + name)
 
 
+def step_name(job_name: str, batch_id: str) -> str:
+    """A step's name: what a retry (fruits/clusters.py) and the run report find it by."""
+    return f"{job_name} {batch_id}"
+
+
 def spark_step(job: SparkJob, batch_id: str) -> dict:
     conf = [item for key, value in CLUSTER_CONF.items() for item in ("--conf", f"{key}={value}")]
     args = ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn", *conf, *submit_args(job)]
     # A failed step cancels the steps after it (they would read its missing output) and leaves the
     # cluster to the teardown task, the one owner of the cluster's life (the IdleTimeout if Airflow
     # is gone).
-    return {"Name": f"{job.name} {batch_id}", "ActionOnFailure": "CANCEL_AND_WAIT",
+    return {"Name": step_name(job.name, batch_id), "ActionOnFailure": "CANCEL_AND_WAIT",
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}}
 
 

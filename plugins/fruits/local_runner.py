@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List
@@ -114,6 +115,12 @@ def run_step(name: str, command: List[str]) -> dict:
 
 
 def run_jobs(jobs: List[SparkJob], master: str = "local[*]") -> List[dict]:
-    """Run the jobs in order; a failed one stops the rest, as CANCEL_AND_WAIT does on EMR."""
+    """Run the jobs in order; a failed one stops the rest, as CANCEL_AND_WAIT does on EMR.
+    Returns each job's {"job", "wall_s", "summary"} (its JSON summary)."""
     spark_submit = spark_submit_executable()
-    return [run_step(job.name, command(job, spark_submit, master)) for job in jobs]
+    runs = []
+    for job in jobs:
+        started = time.monotonic()
+        result = run_step(job.name, command(job, spark_submit, master))
+        runs.append({"job": job.name, "wall_s": round(time.monotonic() - started, 1), "summary": result})
+    return runs

@@ -3,9 +3,10 @@ import dataclasses
 import json
 import logging
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
-from fruits import clusters, config, emr, ingest, jobs, layout, local_runner, published, summary
+from fruits import clusters, config, emr, ingest, jobs, layout, local_runner, published, run_report, summary
 from fruits import preflight as preflight_checks
 from fruits.config import PipelineConfig
 from fruits.storage import LocalStorage, S3Storage, Storage, file_digests
@@ -130,13 +131,36 @@ def run_locally(cfg_dict: dict, job_dicts: list) -> list:
     return local_runner.run_jobs([jobs.SparkJob.from_dict(d) for d in job_dicts], cfg.spark_master)
 
 
-def publish_summary(cfg_dict: dict) -> dict:
+def emr_run_report(cfg: PipelineConfig, cluster_id: str, images: dict) -> dict:
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+    hook = EmrHook(aws_conn_id=cfg.aws_conn_id)
+    client = hook.conn
+    groups = [g for page in client.get_paginator("list_instance_groups").paginate(ClusterId=cluster_id)
+              for g in page["InstanceGroups"]]
+    steps = [s for page in client.get_paginator("list_steps").paginate(ClusterId=cluster_id) for s in page["Steps"]]
+    return run_report.emr_report(
+        client.describe_cluster(ClusterId=cluster_id)["Cluster"], groups, steps,
+        {job.name: emr.step_name(job.name, cfg.batch_id) for job in jobs.JOBS}, images,
+        run_report.load_prices(), hook.conn_region_name, datetime.now(timezone.utc))
+
+
+def publish_summary(cfg_dict: dict, backend_result) -> dict:
+    """The batch's figures and outputs, and the run report, which also goes into the batch's
+    metrics.json; backend_result: the cluster id (emr) or run_locally's result (local)."""
     cfg = PipelineConfig.from_dict(cfg_dict)
-    result = summary.read_summary(storage_for(cfg), cfg.batch_id)
+    storage = storage_for(cfg)
+    result = summary.read_summary(storage, cfg.batch_id)
     images, pca = result["images"], result["pca"]
+    processed = dict(zip([job.name for job in jobs.JOBS], (images["read"], pca["n_images"]), strict=True))
+    report = emr_run_report(cfg, backend_result, processed) if cfg.backend == "emr" else \
+        run_report.local_report(backend_result, processed)
+    summary.add_run_report(storage, result["locations"]["metrics"], report)
+    result["run_report"] = report
     log.info("batch %s: %s read, %s featurized, %s rejected %s", cfg.batch_id, images["read"],
              images["featurized"], images["rejected"], images["rejects_by_reason"])
     log.info("PCA on %s images: k=%s of %s dims, explained variance %.3f", pca["n_images"], pca["k"],
              pca["input_dim"], pca["total_explained_variance"])
+    log.info("run:\n%s", run_report.format_report(report))
     log.info("outputs:\n%s", summary.format_locations(result["locations"]))
     return result

@@ -1,4 +1,5 @@
 """What a person wants after a run: counts, k, explained variance, and where every output is."""
+import json
 import logging
 from typing import Optional
 
@@ -54,6 +55,16 @@ def read_summary(storage: Storage, batch_id: str) -> dict:
         },
         "locations": locations(storage.name, batch_id, features, metrics),
     }
+
+
+def add_run_report(storage: Storage, metrics_uri: str, report: dict) -> None:
+    """Put the run report into the batch's metrics.json, beside the outputs it describes (one write:
+    S3 replaces an object whole, the lake folder by a rename)."""
+    if not metrics_uri.startswith(storage.name):
+        raise RuntimeError(f"{metrics_uri} is not in {storage.name}: the PCA wrote outside the lake")
+    key = metrics_uri[len(storage.name):]
+    metrics = json.loads(storage.read_text(key))
+    storage.put_bytes(json.dumps({**metrics, "run_report": report}, indent=2, allow_nan=False).encode(), key)
 
 
 def format_locations(where: dict) -> str:
