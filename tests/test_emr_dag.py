@@ -356,3 +356,34 @@ def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
     assert sensor._stderr_tail(f"s3n://{BUCKET}/logs/emr/") == (
         f"the step's stderr is not in S3 yet; EMR copies it within minutes to "
         f"s3://{BUCKET}/logs/emr/{cluster}/steps/s-1/stderr.gz")
+
+
+def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_the_cluster(
+        airflow_db, runnable_dag, aws, landing, monkeypatch):
+    """What the UI's "mark run as failed" does to this DAG (Airflow's own set_dag_run_state_to_failed,
+    apache/airflow#45530): the running sensor is failed (its on_kill cancels the steps, tested above)
+    and the teardown is neither skipped nor killed, so the run stays open until it has ended the cluster."""
+    from airflow.api.common.mark_tasks import set_dag_run_state_to_failed
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.serialization.serialized_objects import SerializedDAG
+    from airflow.settings import Session
+    from sqlalchemy import select
+
+    simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-mark"))
+    dr, _ = run(runnable_dag, landing, "b-mark")
+    # Rewind the run to the moment a person marks it failed: features step being watched.
+    midway = {"emr.watch_extract_features": S.RUNNING, "emr.watch_reduce_dimensions": None,
+              "emr.terminate_cluster": None, "publish_summary": None}
+    with Session() as session:
+        for ti in session.scalars(select(TaskInstance).where(TaskInstance.run_id == dr.run_id)):
+            if ti.task_id in midway:
+                ti.state = midway[ti.task_id]
+        session.commit()
+        dag = SerializedDAG.deserialize_dag(SerializedDAG.serialize_dag(runnable_dag))
+        set_dag_run_state_to_failed(dag=dag, run_id=dr.run_id, commit=True, session=session)
+        session.commit()
+        states = {ti.task_id: ti.state for ti in session.scalars(
+            select(TaskInstance).where(TaskInstance.run_id == dr.run_id))}
+    assert states["emr.watch_extract_features"] == S.FAILED  # the task is killed: on_kill runs
+    assert states["emr.watch_reduce_dimensions"] == S.SKIPPED and states["publish_summary"] == S.SKIPPED
+    assert states["emr.terminate_cluster"] is None  # still to run: the cluster gets ended
