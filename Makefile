@@ -1,7 +1,8 @@
 # One entry point for people and CI. Every target installs what it needs first (idempotent).
 #   make run    the whole DAG on demo images, no cloud (README's first command)
 #   make test   the test suite (README's second command; .ci/run calls it)
-#   make bench  throughput of our features job vs the seed notebook vs raw TensorFlow
+#   make bench  throughput of our features job vs the seed notebook vs raw TensorFlow and ONNX Runtime loops
+#   make bench-sizes   image size (224..128) against images/s and feature quality on the shared sample
 #   make bench-pca     PCA of 250,000 synthetic feature vectors under the default 1 GB driver heap
 #   make bench-memory  bench-pca, plus the features job's peak memory at 10,000 vs 50,000 images
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test bench bench-pca bench-memory lock wheelhouse clean
+.PHONY: install run test bench bench-sizes bench-pca bench-memory lock wheelhouse clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -60,6 +61,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_features.py
+
+bench-sizes: install
+	$(BIN)/python bench/image_sizes.py
 
 bench-pca: install
 	$(BIN)/python bench/bench_memory.py --pca-rows 250000

@@ -133,6 +133,11 @@ def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
     assert cfg.weights_file == str(weights)
     local = config.resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
     assert (local.weights, local.weights_file) == (str(weights), None)  # a local run reads it where it is
+    exported = tmp_path / "mobilenet.onnx"  # an ONNX export the job made keeps its kind when staged
+    exported.write_bytes(b"onnx bytes")
+    cfg = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(exported)),
+                         _settings(tmp_path, bucket="b"), "2025-01-02")
+    assert cfg.weights == f"s3://b/models/{hashlib.sha256(b'onnx bytes').hexdigest()}.onnx"
 
 
 @pytest.mark.parametrize("itype", ["m7g.2xlarge", "c6gn.4xlarge", "r8g.xlarge", "t4g.large", "im4gn.xlarge",

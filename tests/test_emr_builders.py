@@ -105,7 +105,7 @@ def test_steps_follow_the_jobs_contract():
     assert job == ["--images", "s3://fruits-test/raw/batch_id=2025-01-02/", "--features", "s3://fruits-test/features/",
                    "--rejects", "s3://fruits-test/rejects/", "--batch-id", "2025-01-02",
                    "--weights", "s3://fruits-test/models/w.weights.h5",
-                   "--manifest", "s3://fruits-test/manifests/batch_id=2025-01-02.json"]
+                   "--model-cache", "s3://fruits-test/models/", "--manifest", "s3://fruits-test/manifests/batch_id=2025-01-02.json"]
     p_args = pca["HadoopJarStep"]["Args"]
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1:]
     assert job == ["--features", "s3://fruits-test/features/", "--output", "s3://fruits-test/pca/batch_id=2025-01-02/",

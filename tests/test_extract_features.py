@@ -262,3 +262,47 @@ def test_with_a_manifest_the_job_reads_exactly_the_files_it_lists(spark, tmp_pat
     assert (summary["read"], summary["featurized"], summary["rejects_by_reason"]) == (3, 2, {"not_found": 1})
     assert summary["not_in_manifest"] == 1 and summary["not_in_manifest_examples"][0].endswith("Fig/stray.jpg")
     assert sorted(Path(r["path"]).name for r in read_batch(spark, tmp_path / "out", "features", "m1")) == ["a.jpg", "b.jpg"]
+
+
+def test_the_job_on_onnx_runtime_gives_the_tensorflow_paths_features(spark, sample_features, sample_dir,
+                                                                      weights_file, tmp_path):
+    """End to end on the real sample: the default engine (ONNX Runtime) against the previous
+    TensorFlow path (--engine tensorflow), per photo, cosine >= 0.9999."""
+    summary, rows, _ = sample_features
+    assert summary["engine"] == "onnxruntime"
+    tf_summary = features.run(spark, features.parse_args([
+        "--images", str(sample_dir), "--features", str(tmp_path / "features"), "--rejects", str(tmp_path / "rejects"),
+        "--batch-id", "sample", "--weights", str(weights_file), "--engine", "tensorflow"]))
+    assert tf_summary["featurized"] == summary["featurized"]
+    reference = {r["path"]: np.array(r["features"]) for r in read_batch(spark, tmp_path, "features", "sample")}
+    got = np.array([r["features"] for r in rows])
+    expected = np.array([reference[r["path"]] for r in rows])
+    cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() >= 0.9999, cosine.min()
+
+
+def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_weights(spark, weights_file, tmp_path,
+                                                                                      capfd):
+    from fruits_jobs import model as mobilenet
+    from fruits_jobs.digests import file_digests
+
+    make_jpeg(tmp_path / "in" / "Apple" / "a.jpg", (180, 40, 40))
+    make_jpeg(tmp_path / "in" / "Lemon" / "b.jpg", (230, 220, 60))
+    cache = tmp_path / "models"
+    run_job(spark, tmp_path / "in", tmp_path / "o1", "b1", weights=weights_file, model_cache=cache)
+    (kept,) = [p for p in cache.iterdir() if not p.name.startswith(".")]  # renamed; named by content
+    assert not [p for p in cache.iterdir() if p.name.endswith(".onnx") and p != kept]  # no temporary left
+    assert kept.name == mobilenet.onnx_cache_name(file_digests(weights_file, "sha256")[0], 96)
+    assert "exported to ONNX" in capfd.readouterr().err
+    mtime = kept.stat().st_mtime_ns
+    run_job(spark, tmp_path / "in", tmp_path / "o2", "b1", weights=weights_file, model_cache=cache)
+    assert f"from {cache}/{kept.name}" in capfd.readouterr().err and kept.stat().st_mtime_ns == mtime
+    run_job(spark, tmp_path / "in", tmp_path / "o3", "b1", weights=kept)  # the export itself as --weights
+    vectors = [{r["path"]: r["features"] for r in read_batch(spark, tmp_path / o, "features", "b1")}
+               for o in ("o1", "o2", "o3")]
+    assert vectors[0].keys() == vectors[1].keys() == vectors[2].keys() and len(vectors[0]) == 2
+    for path in vectors[0]:
+        np.testing.assert_allclose(vectors[1][path], vectors[0][path], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(vectors[2][path], vectors[0][path], rtol=1e-6, atol=1e-7)
+    with pytest.raises(features.UsageError, match="--engine onnxruntime only"):
+        run_job(spark, tmp_path / "in", tmp_path / "o4", "b1", weights=kept, engine="tensorflow")

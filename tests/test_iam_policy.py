@@ -116,6 +116,10 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
     ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
     ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
     ("PutObject", "logs/emr/j-1/node/i-1/bootstrap-actions/1/stdout.gz", True),
+    # the ONNX export of the weights, kept by content (and its hidden name before the rename)
+    ("PutObject", "models/mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx", True),
+    ("DeleteObject", "models/.0f3c.mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx", True),
+    ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
 ])
 def test_the_cluster_reads_and_writes_what_the_jobs_need_and_no_more(operation, key, allowed_):
     (request,) = iam_requests("s3", operation, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)

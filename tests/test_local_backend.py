@@ -45,7 +45,7 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
     tail = cmd[cmd.index("/lake/code/v1/extract_features.py") + 1:]
     assert tail == ["--images", "/lake/raw/batch_id=b1/", "--features", "/lake/features/",
                     "--rejects", "/lake/rejects/", "--batch-id", "b1", "--weights", "random",
-                    "--manifest", "/lake/manifests/batch_id=b1.json"]
+                    "--model-cache", "/lake/models/", "--manifest", "/lake/manifests/batch_id=b1.json"]
     pca_cmd = local_runner.command(pca, "spark-submit")
     assert pca_cmd[-6:] == ["--features", "/lake/features/", "--output", "/lake/pca/batch_id=b1/", "--k", "5"]
 

@@ -2,6 +2,11 @@
 import numpy as np
 import pytest
 
+import subprocess
+import sys
+
+from fruits_jobs import model as mobilenet
+from fruits_jobs.images import decode_many
 from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, freeze_model,
                                load_model, worker_infer_fn)
 
@@ -107,3 +112,65 @@ def test_the_frozen_graph_the_workers_run_equals_the_keras_model_with_preprocess
     got = featurize(worker_infer_fn("frozen-vs-keras", lambda: freeze_model(model), cores=2), images, 4)
     assert got.shape == (4, FEATURE_DIM) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def genuine(weights_file):
+    """The Keras model with the genuine weights, and its ONNX export as the driver makes it."""
+    keras_model = load_model(str(weights_file), 224)
+    return keras_model, mobilenet.export_onnx(keras_model)
+
+
+def test_the_onnx_engine_gives_the_keras_features_on_real_photos(genuine, sample_dir):
+    """The workers' engine changes, the features do not: same decoded photos (decoded as the job
+    decodes them), Keras with preprocess_input vs the ONNX export, cosine >= 0.9999 per image."""
+    import keras
+
+    keras_model, exported = genuine
+    photos = sorted(sample_dir.rglob("*.jpg"))[::40][:40]  # across classes and both splits
+    images, errors = decode_many(__import__("pandas").Series([p.read_bytes() for p in photos]), 224)
+    assert not any(errors) and len(images) == len(photos)
+    expected = keras_model(keras.applications.mobilenet_v2.preprocess_input(images.astype("float32")),
+                           training=False).numpy()
+    got = featurize(worker_infer_fn("onnx-vs-keras", lambda: exported, cores=2), images, batch_size=16)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert mobilenet.cosines(got, expected).min() >= 0.9999
+    assert np.abs(got - expected).max() < 1e-3
+    assert mobilenet.check_export(keras_model, exported) >= mobilenet.MIN_EXPORT_COSINE
+
+
+def test_an_export_that_changes_the_features_fails_the_check(genuine):
+    keras_model, _ = genuine
+    other = mobilenet.export_onnx(load_model("random", 224))  # the right shape, other weights
+    with pytest.raises(RuntimeError, match="differs from the Keras model.*--engine tensorflow"):
+        mobilenet.check_export(keras_model, other)
+
+
+def test_an_onnx_file_that_is_no_feature_extractor_for_the_size_is_refused_saying_why(genuine):
+    _, exported = genuine
+    with pytest.raises(WeightsError, match=r"--image-size 160 takes tensor\(uint8\) \[n, 160, 160, 3\]"):
+        mobilenet.onnx_model(exported.graph, 160, "m.onnx")
+    with pytest.raises(WeightsError, match="not an ONNX model.*--weights"):
+        mobilenet.onnx_model(b"not onnx", 224, "m.onnx")
+
+
+def test_workers_running_the_onnx_engine_never_import_tensorflow(genuine, tmp_path):
+    """A fresh process, as a Python worker is: builds the session from the bytes and runs a batch."""
+    _, exported = genuine
+    (tmp_path / "model.onnx").write_bytes(exported.graph)
+    code = f"""
+import sys, numpy as np
+from fruits_jobs.model import EngineModel, featurize, worker_infer_fn
+m = EngineModel("onnxruntime", open({str(tmp_path / "model.onnx")!r}, "rb").read(), {exported.input_name!r}, {exported.output_name!r})
+out = featurize(worker_infer_fn("k", lambda: m, cores=1), np.zeros((2, 224, 224, 3), np.uint8), 2)
+assert out.shape == (2, 1280), out.shape
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_cache_name_holds_the_weights_size_and_exporter():
+    name = mobilenet.onnx_cache_name("ab" * 32, 192)
+    assert name.startswith(f"mobilenet_v2_{'ab' * 32}_192px_tf2onnx-") and name.endswith(".onnx")
+    assert f"opset-{mobilenet.ONNX_OPSET}_tf-2.19" in name and "_keras-3." in name

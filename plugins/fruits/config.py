@@ -11,7 +11,8 @@ from fruits import layout
 from fruits.lake import to_local
 from fruits.params import InvalidParam, check_weights, check_x86_64, validate
 from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
-from fruits.storage import file_digests
+from fruits_jobs.digests import file_digests
+from fruits_jobs import contract
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
 
 
@@ -163,7 +164,8 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     if backend == "emr" and not weights.startswith(("s3://", "imagenet", "random")):
         # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
         # the job reads it there (no cluster boots to find the weights missing).
-        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(file_digests(weights, "sha256")[0]))
+        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(
+            file_digests(weights, "sha256")[0], contract.weights_suffix(weights)))
     return PipelineConfig(
         batch_id=p.get("batch_id") or run_date,
         landing_dir=str(landing),

@@ -16,12 +16,13 @@ PYTHON = "/usr/bin/python3.11"  # installed by the bootstrap; the jobs' pins are
 # Sensors: DescribeStep is throttled per account, so poll at most once a minute.
 POKE_INTERVAL_S = 60
 
-# Executor shape for TF inference on m5.2xlarge (8 vCPU, 24 GiB for YARN): two executors per node,
-# 2 tasks each with 2 cores per task so TF's intra-op threads have a core to run on; the model
-# lives in the Python worker (off-heap), hence a small heap and a large overhead. Arrow batch size
-# and Python worker reuse are the job's own settings (extract_features.py --batch-size).
+# Executor shape for CPU inference on m5.2xlarge (8 vCPU, 24 GiB for YARN): two executors per node,
+# 2 tasks each with 2 cores per task so the engine's intra-op threads have a core to run on; the model
+# lives in the Python worker (off-heap), hence a small heap and a large overhead (sized when workers
+# ran TensorFlow; ONNX Runtime workers need less, kept as headroom for --engine tensorflow). Arrow
+# batch size and Python worker reuse are the job's own settings (extract_features.py --batch-size).
 # In cluster mode the driver is a YARN container too: its heap stays small (the PCA streams, d x d on
-# the driver), and its overhead holds the driver's Python, which loads TensorFlow to freeze the model.
+# the driver), and its overhead holds the driver's Python, which loads TensorFlow to export the model.
 CLUSTER_CONF = {
     "spark.executor.cores": "4",
     "spark.task.cpus": "2",

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from fruits import layout, published
-from fruits.storage import Storage, file_digests
+from fruits.storage import Storage
+from fruits_jobs.digests import file_digests
 from fruits_jobs import contract
 
 log = logging.getLogger(__name__)

@@ -50,6 +50,7 @@ def features_args(cfg: PipelineConfig) -> List[str]:
             "--rejects", cfg.uri(layout.REJECTS),
             "--batch-id", cfg.batch_id,
             "--weights", cfg.weights,
+            "--model-cache", cfg.uri(layout.MODELS),
             "--manifest", cfg.uri(layout.manifest_key(cfg.batch_id))]
 
 

@@ -8,6 +8,7 @@
     code/<version>/...                                 the jobs' bundle; version = content hash, so a run
                                                        always executes the code it staged, never a newer one
     models/<file>.weights.h5                           ImageNet weights for clusters without internet
+    models/mobilenet_v2_<sha256>_<size>px_<exporter>.onnx  their ONNX export, made once by the features job
     features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run;
     rejects/batch_id=<id>/run=<run>/                   features/batch_id=<id>/_commits/<run>.json, written
                                                        last, makes a run's features + rejects + summary the
@@ -56,9 +57,9 @@ def commits_prefix(dataset: str, batch_id: str) -> str:
     return f"{batch_prefix(dataset, batch_id)}{COMMITS_DIR}/"
 
 
-def staged_weights_key(sha256: str) -> str:
+def staged_weights_key(sha256: str, suffix: str) -> str:
     """A weights file staged by content: a new file, a new key; the same file, staged once."""
-    return f"{MODELS}{sha256}.weights.h5"
+    return f"{MODELS}{sha256}{suffix}"
 
 
 def wheels_prefix(lock_sha256: str) -> str:

@@ -58,8 +58,9 @@ def build_params() -> dict:
         "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",
                               description="Smallest k explaining this share of variance, used when pca_k is empty."),
         "weights": Param(None, type=["null", "string"], title="Model weights",
-                         description="imagenet | random (tests) | a .weights.h5 file: s3://, or a path on this "
-                                     "machine (for emr it is staged to s3://<bucket>/models/<sha256>.weights.h5). "
+                         description="imagenet | random (tests) | a .weights.h5 file, or an .onnx model the job "
+                                     "exported (models/*.onnx): s3://, or a path on this machine (for emr it is "
+                                     "staged to s3://<bucket>/models/<sha256>.weights.h5 or .onnx). "
                                      "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
                                      f"s3://<bucket>/{contract.MODELS}{contract.DEFAULT_WEIGHTS_FILE} "
                                      "on emr (clusters need no internet) and imagenet locally."),
@@ -105,7 +106,7 @@ def validate(conf: Mapping[str, Any]) -> dict:
     out["pca_variance"] = float(variance)
     weights = conf.get("weights")
     if weights is not None and not (isinstance(weights, str) and weights.strip()):
-        raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
+        raise InvalidParam("weights", f"expected imagenet, random, a .weights.h5 or an .onnx file, got {weights!r}")
     itype = conf.get("instance_type")
     if not (isinstance(itype, str) and INSTANCE_TYPE_RE.fullmatch(itype)):
         raise InvalidParam("instance_type", f"expected an EC2 instance type like m5.2xlarge, got {itype!r}")
@@ -119,7 +120,7 @@ def check_weights(weights: str, backend: str) -> None:
     """weights must be something the backend's workers can load (a local run's file must exist)."""
     if weights in ("imagenet", "random"):
         return
-    if not weights.endswith(".weights.h5"):
-        raise InvalidParam("weights", f"expected imagenet, random or a .weights.h5 file, got {weights!r}")
+    if contract.weights_suffix(weights) is None:
+        raise InvalidParam("weights", f"expected imagenet, random, a .weights.h5 or an .onnx file, got {weights!r}")
     if not weights.startswith("s3://") and not Path(weights).is_file():
         raise InvalidParam("weights", f"file not found: {weights} (an s3:// URI, or a file on this machine)")

@@ -9,7 +9,8 @@ from pathlib import Path
 from fruits import clusters, config, emr, ingest, jobs, layout, local_runner, published, run_report, summary
 from fruits import preflight as preflight_checks
 from fruits.config import PipelineConfig
-from fruits.storage import LocalStorage, S3Storage, Storage, file_digests
+from fruits.storage import LocalStorage, S3Storage, Storage
+from fruits_jobs.digests import file_digests
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR, build_bundle
 
 log = logging.getLogger(__name__)

@@ -3,13 +3,14 @@
 Two implementations, one code path above them: S3 through the amazon provider's S3Hook (the
 `aws_default` connection carries region and credentials), and a local folder for backend=local.
 """
-import hashlib
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Dict, Optional, Protocol, Tuple
+
+from fruits_jobs.digests import file_digests
 
 # S3's ETag is the object's MD5 for a single-part upload without SSE-KMS; otherwise it is something
 # else (multipart: "<md5 of md5s>-<parts>"), and then no MD5 is known.
@@ -60,16 +61,6 @@ class S3Storage:
 
 
 _IN_PROGRESS = ".in-progress."
-
-
-def file_digests(path, *algorithms: str) -> Tuple[str, ...]:
-    """Hex digests of a file's content, one per hashlib algorithm, in one read of the file."""
-    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            for digest in digests:
-                digest.update(block)
-    return tuple(digest.hexdigest() for digest in digests)
 
 
 class LocalStorage:

@@ -124,6 +124,15 @@ PCA_REDUCED_DIR = "reduced"
 PCA_MODEL_DIR = "model"
 PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png"}
 DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+# What --weights may name besides imagenet/random: Keras weights, or an ONNX model the features
+# job exported from such weights (it keeps them in models/, model.onnx_cache_name).
+KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX = ".weights.h5", ".onnx"
+WEIGHTS_SUFFIXES = (KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX)
+
+
+def weights_suffix(name: str):
+    """The weights file kind of name (one of WEIGHTS_SUFFIXES), or None."""
+    return next((suffix for suffix in WEIGHTS_SUFFIXES if name.endswith(suffix)), None)
 
 
 def partition(batch_id: str) -> str:

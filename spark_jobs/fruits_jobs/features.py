@@ -10,6 +10,8 @@ its leftovers.
 import argparse
 import json
 import math
+import sys
+import threading
 import time
 import uuid
 from typing import Iterator, List, Optional
@@ -18,15 +20,11 @@ import numpy as np
 import pandas as pd
 
 from fruits_jobs import commits, contract, hadoop_fs
+from fruits_jobs import model as mobilenet
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
+from fruits_jobs.digests import file_digests
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
-from fruits_jobs.model import (
-    FEATURE_DIM,
-    featurize,
-    freeze_model,
-    load_model,
-    worker_infer_fn,
-)
+from fruits_jobs.model import FEATURE_DIM, featurize, worker_infer_fn
 
 # Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -44,16 +42,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="features dataset root (Parquet, partitioned by batch_id)")
     p.add_argument("--rejects", required=True, help="rejects dataset root (Parquet, partitioned by batch_id)")
     p.add_argument("--batch-id", required=True, help="the batch's id: its partition in both datasets")
-    p.add_argument("--weights", required=True,
-                   help="imagenet | a .weights.h5 file (local path or s3:// URI) | random (tests only)")
+    p.add_argument("--weights", required=True, help="imagenet | a .weights.h5 file | an .onnx model exported by "
+                   "this job (local path or s3:// URI) | random (tests only)")
+    p.add_argument("--engine", choices=mobilenet.ENGINES, default="onnxruntime",
+                   help="what runs the model in the workers (default onnxruntime; tensorflow: the frozen graph)")
+    p.add_argument("--model-cache", help="folder (e.g. s3://bucket/models/) keeping the ONNX export of a weights "
+                   "file, by content: later runs with the same weights skip the export")
     p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
-    # 32: as fast per image as 64 on CPU, and ~0.45 GB less memory per worker (activations).
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--batch-size", type=int, help="images per model call (default: the engine's, "
+                   f"{mobilenet.DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--manifest", help="the batch's ingest manifest (JSON): read exactly the files it lists, "
                    "relative to --images; without it, every file under --images")
     args = p.parse_args(argv)
+    args.batch_size = args.batch_size or mobilenet.DEFAULT_BATCH_SIZE[args.engine]
     check_batch_id(args.batch_id)
     if not 32 <= args.image_size <= 1024:
         raise UsageError(f"--image-size {args.image_size}: expected 32..1024")
@@ -215,6 +218,62 @@ def write_run(df, uri: str, rows: int) -> Optional[str]:
     return uri
 
 
+def _import_worker_modules(batches):
+    import onnxruntime  # noqa: F401  (what a worker imports before its first image)
+    from fruits_jobs import images  # noqa: F401  (PIL)
+    yield from batches
+
+
+def _count_quietly(df) -> None:
+    try:
+        df.count()
+    except Exception:  # best effort: the model pass starts the workers anyway (or the job failed)
+        pass
+
+
+def start_python_workers(spark) -> threading.Thread:
+    """Start the Python workers and their imports (~2.5 s on 2 cores) in a tiny job of one task per
+    core, while the driver prepares the model; Spark reuses those workers for the model pass."""
+    cores = spark.sparkContext.defaultParallelism
+    job = spark.range(0, cores, numPartitions=cores).mapInPandas(_import_worker_modules, "id long")
+    thread = threading.Thread(target=_count_quietly, args=(job,), name="start-python-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def driver_model(spark, args) -> mobilenet.EngineModel:
+    """The model the workers will run, from --weights and --engine: an .onnx file as it is; a
+    weights file's ONNX export from --model-cache when one was made with the same weights, size
+    and exporter (no TensorFlow on this side then); else loaded in Keras and exported (ONNX:
+    checked against Keras on a probe batch, then kept in --model-cache) or frozen (tensorflow)."""
+    def fetch(uri, local):
+        hadoop_fs.copy_to_local(spark, uri, local)
+
+    if contract.weights_suffix(args.weights) == contract.ONNX_SUFFIX:
+        if args.engine != "onnxruntime":
+            raise UsageError(f"--weights {args.weights} is an ONNX model: it runs with --engine onnxruntime only")
+        local = mobilenet.local_copy(args.weights, fetch)
+        with open(local, "rb") as f:
+            return mobilenet.onnx_model(f.read(), args.image_size, args.weights)
+    if args.engine == "tensorflow":
+        return mobilenet.freeze_model(mobilenet.load_model(args.weights, args.image_size, fetch))
+    source, cached = args.weights, None
+    if args.model_cache and source not in ("imagenet", "random"):
+        source = mobilenet.local_copy(source, fetch)  # fetched once, for the hash and for Keras
+        name = mobilenet.onnx_cache_name(file_digests(source, "sha256")[0], args.image_size)
+        cached = f"{args.model_cache.rstrip('/')}/{name}"
+        if hadoop_fs.exists(spark, cached):
+            print(f"model: the ONNX export of {args.weights} from {cached}", file=sys.stderr)
+            return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached)
+    keras_model = mobilenet.load_model(source, args.image_size, fetch)
+    exported = mobilenet.export_onnx(keras_model)
+    cosine = mobilenet.check_export(keras_model, exported)
+    print(f"model: exported to ONNX, cosine to Keras on the probe batch {cosine:.7f}", file=sys.stderr)
+    if cached:
+        hadoop_fs.write_bytes_atomically(spark, cached, exported.graph)
+    return exported
+
+
 def run(spark, args) -> dict:
     from pyspark.sql import functions as F
 
@@ -228,9 +287,8 @@ def run(spark, args) -> dict:
     staging_uri = f"{features_uri}/{contract.STAGING_DIR}/{run_id}"
     batch_folders = [commits.batch_uri(features_uri, args.batch_id), commits.batch_uri(rejects_uri, args.batch_id)]
 
-    model = load_model(args.weights, args.image_size,
-                       fetch=lambda uri, local: hadoop_fs.copy_to_local(spark, uri, local))
-    model_bc = spark.sparkContext.broadcast(freeze_model(model))
+    warming = start_python_workers(spark)
+    model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
     ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
     staged = spark.read.parquet(staging_uri)
@@ -248,10 +306,11 @@ def run(spark, args) -> dict:
     }
     seconds = time.perf_counter() - started
     read = featurized + rejected
+    warming.join()
     summary = {
         "job": "extract_features", "batch_id": args.batch_id, "run": run_id,
         "images": args.images, "features": outputs["features"], "rejects": outputs["rejects"],
-        "weights": args.weights, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
+        "weights": args.weights, "engine": args.engine, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
         "read": read, "featurized": featurized, "rejected": rejected,
         "rejects_by_reason": dict(sorted(by_reason.items())), **ignored,
         "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,

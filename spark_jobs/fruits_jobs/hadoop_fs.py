@@ -3,6 +3,7 @@
 Through Hadoop's FileSystem in the driver JVM, so the jobs need no boto3 and use the same
 credentials and S3 client (EMRFS on EMR) as Spark itself.
 """
+import uuid
 from typing import List
 
 from fruits_jobs.contract import spark_skips_name
@@ -52,6 +53,32 @@ def read_text(spark, uri: str) -> str:
         return "\n".join(iter(reader.readLine, None))
     finally:
         stream.close()
+
+
+def read_bytes(spark, uri: str) -> bytes:
+    stream = _fs(spark, uri).open(_path(spark, uri))
+    try:
+        return bytes(_jvm(spark).org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def write_bytes_atomically(spark, uri: str, data: bytes) -> None:
+    """Write beside under a hidden name, then rename: a reader never sees a partial file. The
+    hidden name ends like the file's (an IAM grant on models/*.onnx covers both)."""
+    folder, _, name = uri.rpartition("/")
+    tmp = f"{folder}/.{uuid.uuid4().hex}.{name}"
+    out = _fs(spark, tmp).create(_path(spark, tmp), True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    try:
+        rename(spark, tmp, uri)
+    except OSError:
+        delete(spark, tmp)
+        if not exists(spark, uri):  # else another run wrote the same content first
+            raise
 
 
 def rename(spark, src: str, dst: str) -> None:

@@ -3,10 +3,12 @@
 `include_top=False, pooling="avg"` gives exactly the seed notebook's `include_top=True` +
 `layers[-2]` output (tests/test_model.py proves it) without building the 1000-class head.
 
-The driver loads the weights and freezes model + weights into one TensorFlow graph (weights as
-constants); that graph is what gets broadcast. A worker imports it once: no Keras model to build,
-no tracing (~3 s less per worker), and constant folding merges batch norms into the convolutions
-(~25 % less compute per image than the Keras model on CPU).
+The driver loads the weights into Keras and exports model + weights + the [-1, 1] scaling of
+preprocess_input as one ONNX graph (tf2onnx), checked against Keras on a probe batch; its bytes
+are what gets broadcast. Each Python worker opens one ONNX Runtime session and keeps it across
+tasks: no TensorFlow in the workers, and about twice the images per core of TensorFlow on CPU
+(README, Benchmark). `--engine tensorflow` keeps the previous path: the same model frozen into one
+TensorFlow graph (weights as constants), run by TensorFlow in the workers.
 """
 import os
 import sys
@@ -19,8 +21,9 @@ from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURE_DIM, MODELS
 
 RANDOM_SEED = 1234
 WEIGHTS_HELP = (
-    "pass --weights with a Keras weights file of MobileNetV2 (alpha 1.0, no top), as a local path "
-    f"or an s3:// URI, e.g. --weights s3://my-bucket/{MODELS}{DEFAULT_WEIGHTS_FILE} "
+    "pass --weights with a Keras weights file of MobileNetV2 (alpha 1.0, no top), or an ONNX model this "
+    f"job exported from one (models/*.onnx), as a local path or an s3:// URI, e.g. --weights "
+    f"s3://my-bucket/{MODELS}{DEFAULT_WEIGHTS_FILE} "
     "(save one where you have internet with: keras.applications.MobileNetV2(weights='imagenet', "
     f"include_top=False).save_weights('{DEFAULT_WEIGHTS_FILE}'))"
 )
@@ -40,11 +43,51 @@ def build_model(image_size: int, weights=None):
     )
 
 
+def local_copy(source: str, fetch: Optional[Callable[[str, str], None]] = None) -> str:
+    """The local path of a file source: itself, or a copy that `fetch(uri, local_path)` made of a
+    remote URI (s3://...), under the file's own name (Keras picks its loader by suffix)."""
+    local = source[len("file://"):] if source.startswith("file://") else source
+    if "://" in source and not source.startswith("file://"):
+        if fetch is None:
+            raise WeightsError(f"no way to fetch {source}; " + WEIGHTS_HELP)
+        local = os.path.join(tempfile.mkdtemp(prefix="fruits-weights-"), source.rstrip("/").rsplit("/", 1)[-1])
+        try:
+            fetch(source, local)
+        except Exception as exc:
+            raise WeightsError(f"could not read weights from {source} ({type(exc).__name__}: {exc}); "
+                               + WEIGHTS_HELP) from None
+    if not os.path.isfile(local):
+        raise WeightsError(f"weights file not found: {source}; " + WEIGHTS_HELP)
+    return local
+
+
+def exporter_versions() -> str:
+    """What an exported ONNX graph depends on besides the weights, read without importing TensorFlow."""
+    from importlib import metadata
+
+    def version(*dists):
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return "none"
+
+    return (f"tf2onnx-{version('tf2onnx')}_opset-{ONNX_OPSET}_tf-{version('tensorflow-cpu', 'tensorflow')}"
+            f"_keras-{version('keras')}")
+
+
+def onnx_cache_name(weights_sha256: str, image_size: int) -> str:
+    """The exported graph's file name in the lake's models/: by content (weights, input size) and by
+    what exported it, so a later run with the same of each reuses it and any change exports anew."""
+    return f"mobilenet_v2_{weights_sha256}_{image_size}px_{exporter_versions()}.onnx"
+
+
 def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str], None]] = None):
     """The feature extractor with the weights of `source` loaded (a Keras model, on the driver).
 
     source: "imagenet" (Keras download; needs internet), "random" (fixed seed; tests and
-    benchmarks only), a local file, or a remote URI (s3://...) that `fetch(uri, local_path)` copies.
+    benchmarks only), or a .weights.h5 file (see local_copy).
     """
     import keras
 
@@ -59,22 +102,7 @@ def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str]
         except Exception as exc:  # no internet, proxy, TLS...: all end the same way
             raise WeightsError(f"could not download the ImageNet weights ({type(exc).__name__}: {exc}); "
                                + WEIGHTS_HELP) from None
-    local = source
-    if "://" in source and not source.startswith("file://"):
-        if fetch is None:
-            raise WeightsError(f"no way to fetch {source}; " + WEIGHTS_HELP)
-        tmp_dir = tempfile.mkdtemp(prefix="fruits-weights-")
-        # Keras picks the loader by suffix: keep the file's own name.
-        local = os.path.join(tmp_dir, source.rstrip("/").rsplit("/", 1)[-1])
-        try:
-            fetch(source, local)
-        except Exception as exc:
-            raise WeightsError(f"could not read weights from {source} ({type(exc).__name__}: {exc}); "
-                               + WEIGHTS_HELP) from None
-    elif source.startswith("file://"):
-        local = source[len("file://"):]
-    if not os.path.isfile(local):
-        raise WeightsError(f"weights file not found: {source}; " + WEIGHTS_HELP)
+    local = local_copy(source, fetch)
     model = build_model(image_size)
     try:
         model.load_weights(local)
@@ -84,27 +112,100 @@ def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str]
     return model
 
 
-class FrozenModel(NamedTuple):
-    """A serialized GraphDef: uint8 images (n, size, size, 3) in, float32 (n, 1280) out."""
-    graph_def: bytes
+ENGINES = ("onnxruntime", "tensorflow")
+# Images per model call, measured per engine on this project's CPUs (README, Benchmark): ONNX Runtime
+# is fastest per image on small batches (8: +28 % over 32 on one thread, cache-resident
+# activations); TensorFlow's frozen graph on 32 (as fast as 64, ~0.45 GB less per worker).
+DEFAULT_BATCH_SIZE = {"onnxruntime": 8, "tensorflow": 32}
+ONNX_OPSET = 17
+# The export must give Keras' features: cosine per probe image at least this (measured 0.9999997).
+MIN_EXPORT_COSINE = 0.9999
+PROBE_IMAGES = 4
+
+
+class EngineModel(NamedTuple):
+    """What the driver broadcasts: a serialized graph (ONNX model, or TensorFlow GraphDef) taking
+    uint8 images (n, size, size, 3) and giving float32 (n, 1280)."""
+    engine: str
+    graph: bytes
     input_name: str
     output_name: str
 
 
-def freeze_model(model) -> FrozenModel:
-    """Model + weights (+ the [-1, 1] scaling of preprocess_input) as one constant graph."""
+def uint8_images_spec(image_size: int):
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    image_size = model.input_shape[1]
+    return tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
+
+def scaled_model_fn(model):
+    """model with mobilenet_v2.preprocess_input in front (RGB 0..255 -> [-1, 1]), as a tf.function
+    of uint8 images: the one definition both engines are built from."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[uint8_images_spec(model.input_shape[1])])
     def infer(images):
-        # mobilenet_v2.preprocess_input, inside the graph: RGB 0..255 -> [-1, 1]
         return model(tf.cast(images, tf.float32) / 127.5 - 1.0, training=False)
 
-    frozen = convert_variables_to_constants_v2(infer.get_concrete_function())
-    return FrozenModel(frozen.graph.as_graph_def().SerializeToString(),
+    return infer
+
+
+def export_onnx(model) -> EngineModel:
+    """Model + weights + scaling as one ONNX graph (tf2onnx, opset ONNX_OPSET)."""
+    import tf2onnx
+
+    infer = scaled_model_fn(model)
+    proto, _ = tf2onnx.convert.from_function(infer, input_signature=infer.input_signature, opset=ONNX_OPSET)
+    return onnx_model(proto.SerializeToString(), model.input_shape[1])
+
+
+def onnx_model(graph: bytes, image_size: int, source: str = "the exported model") -> EngineModel:
+    """An ONNX graph as the workers will run it, after checking it is a feature extractor for
+    image_size: uint8 (n, size, size, 3) in, (n, 1280) out."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise WeightsError(f"{source} is not an ONNX model ONNX Runtime can load ({type(exc).__name__}: {exc}); "
+                           + WEIGHTS_HELP) from None
+    (inp,), out = session.get_inputs(), session.get_outputs()[0]
+    expected = [image_size, image_size, 3]
+    if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != expected or out.shape[-1] != FEATURE_DIM:
+        raise WeightsError(f"{source} takes {inp.type} {inp.shape} and gives {out.shape}; a feature extractor for "
+                           f"--image-size {image_size} takes tensor(uint8) [n, {image_size}, {image_size}, 3] and "
+                           f"gives [n, {FEATURE_DIM}] (export one with this job, from a .weights.h5 file)")
+    return EngineModel("onnxruntime", graph, inp.name, out.name)
+
+
+def probe_images(image_size: int) -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, size=(PROBE_IMAGES, image_size, image_size, 3), dtype=np.uint8)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of a with the same row of b."""
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def check_export(model, exported: EngineModel) -> float:
+    """The smallest cosine between Keras' and the export's features on a probe batch; raises when
+    the export changes the features."""
+    images = probe_images(model.input_shape[1])
+    expected = scaled_model_fn(model)(images).numpy()
+    got = worker_infer_fn(("probe", id(exported)), lambda: exported, cores=1)(images)
+    worst = float(cosines(got, expected).min())
+    if not worst >= MIN_EXPORT_COSINE:
+        raise RuntimeError(f"the ONNX export differs from the Keras model (cosine {worst:.7f} < {MIN_EXPORT_COSINE}): "
+                           "rerun with --engine tensorflow, and report the tf2onnx/TensorFlow versions")
+    return worst
+
+
+def freeze_model(model) -> EngineModel:
+    """--engine tensorflow: model + weights + scaling as one constant TensorFlow graph."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(scaled_model_fn(model).get_concrete_function())
+    return EngineModel("tensorflow", frozen.graph.as_graph_def().SerializeToString(),
                        frozen.inputs[0].name, frozen.outputs[0].name)
 
 
@@ -124,19 +225,37 @@ def configure_tensorflow_threads(cores: int) -> None:
         pass  # TensorFlow already initialised in this process: settings are fixed
 
 
-def worker_infer_fn(key, frozen_provider: Callable[[], FrozenModel], cores: int):
-    """A uint8 batch -> float32 (n, 1280) function, imported once per worker process."""
+def onnx_session_fn(exported: EngineModel, cores: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # The task's cores for the operators, none for running operators side by side: the same
+    # split as TensorFlow's, so concurrent tasks in one executor do not fight over the CPU.
+    options.intra_op_num_threads = cores
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(exported.graph, options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run([exported.output_name], {exported.input_name: images})[0]
+
+
+def tensorflow_graph_fn(exported: EngineModel, cores: int):
+    configure_tensorflow_threads(cores)
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(exported.graph)
+    graph = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    run = graph.prune(graph.graph.get_tensor_by_name(exported.input_name),
+                      graph.graph.get_tensor_by_name(exported.output_name))
+    return lambda images: run(tf.constant(images)).numpy()
+
+
+def worker_infer_fn(key, model_provider: Callable[[], EngineModel], cores: int):
+    """A uint8 batch -> float32 (n, 1280) function, built once per worker process."""
     fn = _WORKER_MODELS.get(key)
     if fn is None:
-        configure_tensorflow_threads(cores)
-        import tensorflow as tf
-
-        frozen = frozen_provider()
-        graph_def = tf.compat.v1.GraphDef()
-        graph_def.ParseFromString(frozen.graph_def)
-        graph = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-        fn = _WORKER_MODELS[key] = graph.prune(graph.graph.get_tensor_by_name(frozen.input_name),
-                                               graph.graph.get_tensor_by_name(frozen.output_name))
+        exported = model_provider()
+        build = onnx_session_fn if exported.engine == "onnxruntime" else tensorflow_graph_fn
+        fn = _WORKER_MODELS[key] = build(exported, cores)
     return fn
 
 
@@ -144,7 +263,5 @@ def featurize(infer, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Run the model over uint8 images in chunks of batch_size."""
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    import tensorflow as tf
-
-    out = [infer(tf.constant(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
+    out = [infer(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)
