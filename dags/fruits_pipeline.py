@@ -30,9 +30,11 @@ from fruits.settings import AWS_CONN_ID
 DEFERRABLE = emr_deferrable()
 
 
-def watch(job: jobs.JobDef, cluster_id, step_id) -> StepSensor:
+def watch(job: jobs.JobDef, cluster_id, step_id, progress_uris) -> StepSensor:
     return StepSensor(
         task_id=f"watch_{job.name}",
+        job_name=job.name,
+        progress_uris=progress_uris,  # its log shows the job's progress on each poke
         job_flow_id=cluster_id,
         step_id=step_id,
         poke_interval=emr.POKE_INTERVAL_S,
@@ -112,7 +114,7 @@ def fruits_pipeline():
             emr_conn_id=None,  # the whole request is built in plugins/fruits/emr.py
         )
         step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
-        watchers = [watch(job, create_cluster.output, step_ids[job.name]) for job in jobs.JOBS]
+        watchers = [watch(job, create_cluster.output, step_ids[job.name], plan["progress"]) for job in jobs.JOBS]
         # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
         # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
         terminate_cluster = EmrTerminateJobFlowOperator(

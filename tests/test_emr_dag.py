@@ -351,7 +351,8 @@ def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
                                           "MasterInstanceType": "m5.xlarge"},
                                Tags=[{"Key": "project", "Value": "fruits"}], JobFlowRole="fruits-emr-ec2-role",
                                ServiceRole="fruits-emr-service-role")["JobFlowId"]
-    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default")
+    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default",
+                        job_name="extract_features")
     sensor.stderr_wait_s = 0
     assert sensor._stderr_tail(f"s3n://{BUCKET}/logs/emr/") == (
         f"the step's stderr is not in S3 yet; EMR copies it within minutes to "
@@ -387,3 +388,25 @@ def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_
     assert states["emr.watch_extract_features"] == S.FAILED  # the task is killed: on_kill runs
     assert states["emr.watch_reduce_dimensions"] == S.SKIPPED and states["publish_summary"] == S.SKIPPED
     assert states["emr.terminate_cluster"] is None  # still to run: the cluster gets ended
+
+
+def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
+    """On EMR the features job writes its progress beside the features; each poke of its sensor logs it."""
+    from fruits.operators import StepSensor
+
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", Instances={
+        "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}], JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role")["JobFlowId"]
+    (step,) = emr.add_job_flow_steps(JobFlowId=cluster, Steps=[{"Name": "extract_features b", "HadoopJarStep": {
+        "Jar": "command-runner.jar", "Args": ["true"]}}])["StepIds"]
+    uri = f"s3://{BUCKET}/features/_progress/batch_id=b.json"
+    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id=step, aws_conn_id="aws_default",
+                        job_name="extract_features", progress_uris={"extract_features": uri})
+    assert sensor.poke({}) is False  # moto leaves the step PENDING: still running
+    assert "extract_features: no progress yet" in "".join(capfd.readouterr())
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=json.dumps(
+        {"done": 5000, "total": 20000, "percent": 25.0, "images_per_s": 310.5, "seconds_left": 48, "elapsed_s": 16}))
+    assert sensor.poke({}) is False
+    assert "extract_features: progress: 5000/20000 images (25.0 %), 310.5 images/s, ~48 s left" in "".join(capfd.readouterr())

@@ -293,7 +293,11 @@ def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_we
     (kept,) = [p for p in cache.iterdir() if not p.name.startswith(".")]  # renamed; named by content
     assert not [p for p in cache.iterdir() if p.name.endswith(".onnx") and p != kept]  # no temporary left
     assert kept.name == mobilenet.onnx_cache_name(file_digests(weights_file, "sha256")[0], 96)
-    assert "exported to ONNX" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "exported to ONNX" in err
+    # progress while the model pass runs: on stderr (the task log) and beside the features (the EMR sensor)
+    assert "Spark UI: " in err and "progress: 2/2 images (100.0 %)" in err
+    assert json.loads((tmp_path / "o1" / "features" / "_progress" / "batch_id=b1.json").read_text())["done"] == 2
     mtime = kept.stat().st_mtime_ns
     run_job(spark, tmp_path / "in", tmp_path / "o2", "b1", weights=weights_file, model_cache=cache)
     assert f"from {cache}/{kept.name}" in capfd.readouterr().err and kept.stat().st_mtime_ns == mtime
@@ -306,3 +310,21 @@ def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_we
         np.testing.assert_allclose(vectors[2][path], vectors[0][path], rtol=1e-6, atol=1e-7)
     with pytest.raises(features.UsageError, match="--engine onnxruntime only"):
         run_job(spark, tmp_path / "in", tmp_path / "o4", "b1", weights=kept, engine="tensorflow")
+
+
+def test_workers_count_their_images_where_the_driver_reads_them(tmp_path):
+    """Local mode: each Python worker's count moves with every batch, not only when its task ends."""
+    from fruits_jobs import progress
+
+    counter = progress.WorkerCounter(str(tmp_path))  # outside Spark: named by the process
+    counter.add(8)
+    assert progress.counted_by_workers(str(tmp_path)) == 8
+    counter._written = 0.0  # the next write is due
+    counter.add(8)
+    other = progress.WorkerCounter(str(tmp_path))
+    other.path = str(tmp_path / "other.json")
+    other.add(3)
+    assert progress.counted_by_workers(str(tmp_path)) == 19
+    assert progress.WorkerCounter(str(tmp_path / "not-on-this-machine")).path is None
+    line = progress.describe(done=500, total=2000, elapsed_s=10)
+    assert progress.format_line(line) == "progress: 500/2000 images (25.0 %), 50.0 images/s, ~30 s left"

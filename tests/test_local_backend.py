@@ -85,6 +85,39 @@ def test_a_step_must_end_with_its_json_summary(tmp_path):
         local_runner.run_step("bad", [str(script)])
 
 
+def test_the_steps_stderr_is_logged_at_each_lines_own_level(tmp_path, caplog):
+    """In Airflow's UI a task's stderr used to show as ERROR, Spark's INFO lines included: each line
+    now carries its own level, continuation lines (a stack trace) the level of the line they continue."""
+    import logging
+
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n"
+                      "echo '26/12/01 10:00:00 INFO SparkContext: Running Spark version 3.5.7' >&2\n"
+                      "echo '26/12/01 10:00:01 WARN TaskSetManager: Lost task 0.0' >&2\n"
+                      "echo 'progress: 10/20 images (50 %)'\n"  # the Python driver's stderr arrives on stdout
+                      "echo 'WARNING: --weights random: features are NOT ImageNet features'\n"
+                      "echo '/x/y.py:3: UserWarning: careful' >&2\n"
+                      "echo 'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR'\n"
+                      "echo '26/12/01 10:00:02 ERROR Executor: Exception in task 1.0' >&2\n"
+                      "printf '\\tat org.apache.spark.Foo(Foo.java:1)\\n' >&2\n"
+                      "echo '{\"read\": 1}'\n")
+    script.chmod(0o755)
+    with caplog.at_level(logging.DEBUG, logger="fruits.local_runner"):
+        assert local_runner.run_step("s", [str(script)]) == {"read": 1}
+    levels = {r.getMessage().split("] ", 1)[1]: r.levelname for r in caplog.records if r.getMessage().startswith("[s] ")}
+    assert levels == {
+        "26/12/01 10:00:00 INFO SparkContext: Running Spark version 3.5.7": "INFO",
+        "26/12/01 10:00:01 WARN TaskSetManager: Lost task 0.0": "WARNING",
+        "progress: 10/20 images (50 %)": "INFO",
+        "WARNING: --weights random: features are NOT ImageNet features": "WARNING",
+        "/x/y.py:3: UserWarning: careful": "WARNING",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR": "DEBUG",
+        "26/12/01 10:00:02 ERROR Executor: Exception in task 1.0": "ERROR",
+        "\tat org.apache.spark.Foo(Foo.java:1)": "ERROR",
+        '{"read": 1}': "INFO",
+    }
+
+
 def test_the_jobs_python_workers_are_this_interpreter(tmp_path):
     """PySpark starts its workers with PYSPARK_PYTHON: it must be the venv that has the jobs' pins."""
     script = tmp_path / "job.sh"

@@ -24,7 +24,7 @@ grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
 """
 from fruits_jobs.contract import (CODE, COMMITS_DIR, DEFAULT_WEIGHTS_FILE, EMR_LOGS,  # noqa: F401 (layout names)
                                   FEATURES, MANIFESTS, MODELS, PCA, PCA_METRICS_FILE, PCA_MODEL_DIR,
-                                  PCA_PLOTS, PCA_REDUCED_DIR, RAW, REJECTS, WHEELS, partition)
+                                  PCA_PLOTS, PCA_REDUCED_DIR, RAW, REJECTS, WHEELS, partition, progress_name)
 
 
 def batch_prefix(dataset: str, batch_id: str) -> str:
@@ -55,6 +55,11 @@ def pca_prefix(batch_id: str) -> str:
 def commits_prefix(dataset: str, batch_id: str) -> str:
     """A batch's commits (features/ or pca/): the newest names the batch's current outputs."""
     return f"{batch_prefix(dataset, batch_id)}{COMMITS_DIR}/"
+
+
+def progress_key(batch_id: str) -> str:
+    """Where the features job keeps its progress while it runs (the EMR sensor logs it)."""
+    return FEATURES + progress_name(batch_id)
 
 
 def staged_weights_key(sha256: str, suffix: str) -> str:

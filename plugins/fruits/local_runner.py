@@ -7,11 +7,13 @@ folder for backend=local, see PipelineConfig.uri).
 """
 import json
 import logging
+import re
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +26,36 @@ log = logging.getLogger(__name__)
 # A local run's driver JVM lives a minute or two: C2's JIT compilations cost more CPU than they
 # save (measured on 2 cores: half the JVM's 30 CPU-seconds in a 3,000-image run; C1 only: -6 %
 # wall time). EMR steps keep the JVM's defaults.
-LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+# Spark's console at WARN, with known-harmless warnings silenced at their source (the file says which).
+LOG4J_CONFIG = Path(__file__).with_name("log4j2-local.properties")
+LOCAL_DRIVER_JAVA_OPTIONS = f"-XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}"
+
+# spark-submit's stderr, line by line, at the level the line itself says: log4j's pattern above
+# (`yy/MM/dd HH:mm:ss LEVEL logger: message`), Python's `WARNING:`/`ERROR:` prefixes and
+# `file.py:N: SomeWarning:` lines, a traceback's first line; anything else continues the line before.
+_LOG4J = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ")
+_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)[: ]")
+_PY_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ")
+LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+          "WARNING": logging.WARNING, "ERROR": logging.ERROR, "FATAL": logging.CRITICAL, "CRITICAL": logging.CRITICAL}
+# Lines that are harmless but printed where we cannot silence them: logged at DEBUG. TensorFlow's
+# C++ logging says this once at import, before TF_CPP_MIN_LOG_LEVEL applies to it.
+HARMLESS = (re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),)
+
+
+def line_level(line: str, previous: int) -> int:
+    """The logging level of one line of spark-submit's stderr (previous: the line before's)."""
+    if any(p.match(line) for p in HARMLESS):
+        return logging.DEBUG
+    for pattern in (_LOG4J, _PREFIX):
+        found = pattern.match(line)
+        if found:
+            return LEVELS[found.group(1)]
+    if _PY_WARNING.match(line):
+        return logging.WARNING
+    if line.startswith("Traceback (most recent call last)"):
+        return logging.ERROR
+    return previous if line[:1].isspace() or line.startswith(("Caused by", "\tat ")) else logging.INFO
 
 
 class StepFailed(RuntimeError):
@@ -89,23 +120,40 @@ def _stopped_on_signals(proc: subprocess.Popen):
             _stop(proc)
 
 
+def relog_stderr(name: str, stream) -> None:
+    level = logging.INFO
+    for line in stream:
+        line = line.rstrip()
+        if line:
+            level = line_level(line, level)
+            log.log(level, "[%s] %s", name, line)
+
+
 def run_step(name: str, command: List[str]) -> dict:
     """Run one step, streaming stdout to the task log; returns the JSON of stdout's last line.
 
-    stderr (Spark's own log) is inherited: the task's log captures it, and it cannot end up after
-    the summary line. The job runs in its own process group, so stopping the task stops all of it:
-    no orphaned spark-submit publishes after its task is gone."""
+    Both streams (Spark's log on stderr; the job's messages and progress on stdout, where Spark's
+    PythonRunner merges the Python driver's stderr) are re-logged line by line at each line's own
+    level (line_level), so the task log's levels mean what they say. The job runs in its own
+    process group, so stopping the task stops all of it: no orphaned spark-submit publishes after
+    its task is gone."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     log.info("step %s: %s", name, " ".join(command))
     last = ""
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True) as proc:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        relay = threading.Thread(target=relog_stderr, args=(name, proc.stderr), daemon=True)
+        relay.start()
         with _stopped_on_signals(proc):
-            for line in proc.stdout:
+            level = logging.INFO
+            for line in proc.stdout:  # the job's driver writes its stderr here too (Spark's PythonRunner)
                 line = line.rstrip()
-                log.info("[%s] %s", name, line)
                 if line:
+                    level = line_level(line, level)
+                    log.log(level, "[%s] %s", name, line)
                     last = line
             proc.wait()
+        relay.join(timeout=10)
     if proc.returncode != 0:
         raise StepFailed(f"step {name} failed with exit code {proc.returncode}")
     try:

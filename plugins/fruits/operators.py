@@ -1,6 +1,7 @@
 """The DAG's operators of its own: a cluster creator that a retry cannot make create twice, and the
 EMR step sensor that explains a failure in the task's log and stops what it watches when killed."""
 import gzip
+import json
 import time
 
 from airflow.exceptions import AirflowException
@@ -12,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from fruits.clusters import live_cluster_of_run
 from fruits.emr import RUN_TAG_KEYS
+from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
 STDERR_LINES = 50
@@ -55,13 +57,36 @@ class StepSensor(EmrStepSensor):
     missing output. The teardown still terminates the cluster."""
 
     stderr_wait_s = STDERR_WAIT_S
+    template_fields = (*EmrStepSensor.template_fields, "progress_uris")
+
+    def __init__(self, *, job_name: str, progress_uris=None, **kwargs):
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.progress_uris = progress_uris  # {job: s3 URI of the progress its job writes}
 
     def poke(self, context):
         try:
-            return super().poke(context)
+            done = super().poke(context)
         except AirflowException:
             self.log.error("%s", self.explain_failure())
             raise
+        if not done:
+            self.log_progress()
+        return done
+
+    def log_progress(self) -> None:
+        """The job's own progress (images done, rate, time left), when it writes one."""
+        uri = (self.progress_uris or {}).get(self.job_name)
+        if not uri:
+            return
+        bucket, key = uri.split("://", 1)[1].split("/", 1)
+        try:
+            body = S3Hook(aws_conn_id=self.aws_conn_id).conn.get_object(Bucket=bucket, Key=key)["Body"].read()
+            self.log.info("%s: %s", self.job_name, format_line(json.loads(body)))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            self.log.info("%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name)
 
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:

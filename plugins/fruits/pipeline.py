@@ -111,7 +111,8 @@ def plan(cfg_dict: dict, version: str, run_id: str) -> dict:
     wheels = cfg.uri(wheels_prefix_of(cfg)) if cfg.wheelhouse else None
     return {"jobs": [job.to_dict() for job in spark_jobs],
             "job_flow": emr.job_flow_overrides(cfg, version, run_id, wheels),
-            "steps": emr.spark_steps(spark_jobs, cfg.batch_id)}
+            "steps": emr.spark_steps(spark_jobs, cfg.batch_id),
+            "progress": {jobs.JOBS[0].name: cfg.uri(layout.progress_key(cfg.batch_id))}}
 
 
 def add_steps(cfg_dict: dict, cluster_id: str, steps: list) -> dict:

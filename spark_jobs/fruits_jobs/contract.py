@@ -130,6 +130,15 @@ KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX = ".weights.h5", ".onnx"
 WEIGHTS_SUFFIXES = (KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX)
 
 
+# The features job's progress while it runs (images done, rate, time left), one small JSON per batch
+# under the features root, rewritten every few seconds: what the EMR sensor shows in its log.
+PROGRESS_DIR = "_progress"
+
+
+def progress_name(batch_id: str) -> str:
+    return f"{PROGRESS_DIR}/{partition(batch_id)}.json"
+
+
 def weights_suffix(name: str):
     """The weights file kind of name (one of WEIGHTS_SUFFIXES), or None."""
     return next((suffix for suffix in WEIGHTS_SUFFIXES if name.endswith(suffix)), None)

@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import commits, contract, hadoop_fs
+from fruits_jobs import commits, contract, hadoop_fs, progress
 from fruits_jobs import model as mobilenet
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.digests import file_digests
@@ -75,14 +75,14 @@ def _task_cpus() -> int:
         return 1
 
 
-def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: int):
+def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: int, progress_folder: str):
     from pyspark.sql.functions import pandas_udf
 
     key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
 
     @pandas_udf(RESULT_SCHEMA)
     def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        infer = None
+        infer, counter = None, progress.WorkerCounter(progress_folder)
         for contents in batches:
             images, errors = decode_many(contents, image_size, max_pixels)
             if len(images) and infer is None:  # a batch of only bad files never loads TensorFlow
@@ -96,6 +96,7 @@ def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: i
                 features.append(vec)
                 reasons.append(err[0] if err else None)
                 details.append(err[1] if err else None)
+            counter.add(len(errors))
             yield pd.DataFrame({"features": features, "reason": reasons, "detail": details})
 
     return featurize_udf
@@ -126,12 +127,12 @@ def manifest_paths(spark, manifest_uri: str, root_uri: str) -> List[str]:
     return [f"{root_uri.rstrip('/')}/{entry['path']}" for entry in manifest["files"]]
 
 
-def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> dict:
-    """The one pass that reads the images and runs the model; writes every file's outcome.
-    Returns what was found under the root but is not the batch's (not in its manifest)."""
+def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progress_uri: str) -> dict:
+    """The one pass that reads the images and runs the model; writes every file's outcome, and its
+    progress to progress_uri while it runs. Returns what was found under the root but is not the
+    batch's (not in its manifest)."""
     from pyspark.sql import functions as F
 
-    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels)
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
@@ -148,6 +149,8 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> di
         skipped = [p for p in skipped if p in wanted]
         files = files.join(F.broadcast(spark.createDataFrame([(p,) for p in expected], "path string")),
                            "path", "left_semi")
+    reporter = progress.Reporter(spark, len(listed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text))
+    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder)
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
@@ -175,9 +178,12 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc) -> di
     hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
                       F.lit(contract.HIDDEN_REASON))
     # The cheap branches first: their tasks then run while the Python workers start, not after.
-    (hidden.unionByName(too_large).unionByName(decoded)
-     .withColumn("batch_id", F.lit(args.batch_id))
-     .write.mode("overwrite").parquet(staging_uri))
+    spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
+    with reporter:
+        (hidden.unionByName(too_large).unionByName(decoded)
+         .withColumn("batch_id", F.lit(args.batch_id))
+         .write.mode("overwrite").parquet(staging_uri))
+    spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     # Spark's scan drops the 0-byte files its index listed: they are the listed files with no
     # outcome yet. Found from the staged paths, not by another scan of the images (on S3 every
     # scanned file costs a request, even unread).
@@ -290,7 +296,8 @@ def run(spark, args) -> dict:
     warming = start_python_workers(spark)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
-    ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc)
+    ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc,
+                             f"{features_uri}/{contract.progress_name(args.batch_id)}")
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
@@ -329,6 +336,8 @@ def spark_conf(args) -> dict:
         # One Arrow batch = one model batch: bounded memory even for 10 MB phone photos.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size),
         "spark.python.worker.reuse": "true",  # keep each worker's model across tasks
+        # The job prints its own progress (images, rate, time left); Spark's bar would garble the log.
+        "spark.ui.showConsoleProgress": "false",
     }
     if "://" not in args.images or args.images.startswith("file:"):
         # Listing a local disk takes milliseconds; Spark's default lists folders with >32
