@@ -1,6 +1,7 @@
 # One entry point for people and CI. Every target installs what it needs first (idempotent).
 #   make run    the whole DAG on demo images, no cloud (README's first command)
 #   make test   the test suite (README's second command; .ci/run calls it)
+#   make ui     Airflow's UI on this machine (no Docker): prints the URL and a login; Ctrl-C stops it
 #   make bench  throughput of our features job vs the seed notebook vs raw TensorFlow and ONNX Runtime loops
 #   make bench-sizes   image size (224..128) against images/s and feature quality on the shared sample
 #   make bench-pca     PCA of 250,000 synthetic feature vectors under the default 1 GB driver heap
@@ -21,7 +22,7 @@ WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test bench bench-sizes bench-pca bench-memory lock wheelhouse clean
+.PHONY: install run test ui bench bench-sizes bench-pca bench-memory lock wheelhouse clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -58,6 +59,9 @@ run: install
 
 test: install
 	$(BIN)/pytest -q
+
+ui: install
+	$(BIN)/python -m fruits.local_airflow
 
 bench: install
 	$(BIN)/python bench/bench_features.py

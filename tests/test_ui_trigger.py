@@ -59,7 +59,7 @@ def artifacts():
 
 @pytest.fixture
 def stack(tmp_path, artifacts):
-    from ui.airflow_stack import AirflowStack
+    from fruits.local_airflow import AirflowStack
 
     lake = tmp_path / "lake"
     stack = AirflowStack(tmp_path / "airflow_home", artifacts / "airflow", extra_env={

@@ -1,9 +1,13 @@
-"""A throw-away Airflow for browser tests: api-server, scheduler and dag-processor on loopback.
+"""Airflow on this machine with no Docker: api-server, scheduler and dag-processor on loopback.
 
-Isolated AIRFLOW_HOME (tmp), SQLite, LocalExecutor, free ports picked at runtime, the repository's
-dags/ and plugins/, the Simple auth manager with one known admin. Every component runs in its own
-process group, which `stop()` terminates (then kills) whatever happened, so nothing outlives the
-test. Each component's output goes to <logs_dir>/<component>.log, kept as a test artifact.
+`make ui` (`python -m fruits.local_airflow`) starts it on the embedded default and prints the URL
+and a login; Ctrl-C stops it. The browser test starts the same stack in a throw-away home.
+
+AIRFLOW_HOME of the caller's choice, SQLite, LocalExecutor, loopback ports (free ones unless given),
+the repository's dags/ and plugins/, the Simple auth manager with one admin and a fresh password.
+No scheduled runs: runs are the ones a person triggers. Every component runs in its own process
+group, which `stop()` terminates (then kills) whatever happened, so nothing outlives it. Each
+component's output goes to <logs_dir>/<component>.log.
 """
 import json
 import os
@@ -47,10 +51,10 @@ def free_port() -> int:
 
 class AirflowStack:
     def __init__(self, home: Path, logs_dir: Path, extra_env: Optional[Dict[str, str]] = None,
-                 username: str = "fruits"):
+                 username: str = "fruits", port: Optional[int] = None):
         self.home = Path(home)
         self.logs_dir = Path(logs_dir)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.username = username
         self.password = secrets.token_urlsafe(12)
@@ -222,8 +226,54 @@ class AirflowStack:
         raise TimeoutError(f"DAG {dag_id} not parsed after {timeout_s}s")
 
 
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Airflow UI on the embedded default, on loopback, until Ctrl-C")
+    parser.add_argument("--home", type=Path, default=REPO / "airflow_home", help="AIRFLOW_HOME (default: "
+                        "the one `make run` uses, so its runs show)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FRUITS_UI_PORT", "0")) or None,
+                        help="default: 8080 when free, else any free port (env FRUITS_UI_PORT)")
+    args = parser.parse_args(argv)
+    port = args.port or (8080 if _port_is_free(8080) else free_port())
+    stack = AirflowStack(args.home, args.home / "ui-logs", port=port,
+                         extra_env={"FRUITS_SPARK_MASTER": os.environ.get("FRUITS_SPARK_MASTER", "local[*]")})
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C: components included
+    try:
+        print(f"starting Airflow in {args.home} (logs: {stack.logs_dir}) ...", flush=True)
+        stack.start()
+        stack.wait_healthy(240)
+        stack.wait_dag("fruits_pipeline", 180)
+        print(f"\nAirflow UI: {stack.url}\nlogin: {stack.username} / {stack.password}\n"
+              "trigger fruits_pipeline (backend local runs with no cloud); Ctrl-C stops everything", flush=True)
+        while True:
+            stack.check_alive()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        print("\nstopping Airflow ...", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"Airflow did not start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)  # setsid() in the child: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
