@@ -16,8 +16,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # make run: the landing folder (demo photos are generated there when it does not exist) and weights
 LANDING ?= data/landing
-SHARED_WEIGHTS := $(abspath ../shared/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5)
-WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),random)
+COMMA := ,
+SHARED_WEIGHTS := $(abspath $(or $(FRUITS_SHARED_DIR),../shared)/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5)
+# Empty: the DAG's own default (the shared weights when present: fruits.settings.shared_weights);
+# without them, random weights, said so, so a fresh machine with no internet still runs.
+WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),,random)
 # Airflow's embedded default: SQLite and config in ./airflow_home, this repository's dags/ and plugins/
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
@@ -54,7 +57,7 @@ run: install
 	@[ -d "$(LANDING)" ] || $(BIN)/python -m fruits.demo_images "$(LANDING)"
 	@[ "$(WEIGHTS)" != random ] || echo "NOTE: no ../shared weights here: running with --weights random (try WEIGHTS=imagenet)"
 	$(AIRFLOW) db migrate > /dev/null
-	$(AIRFLOW) dags test fruits_pipeline -c '{"backend": "local", "landing_dir": "$(abspath $(LANDING))", "weights": "$(WEIGHTS)"}'
+	$(AIRFLOW) dags test fruits_pipeline -c '{"backend": "local", "landing_dir": "$(abspath $(LANDING))"$(if $(WEIGHTS),$(COMMA) "weights": "$(WEIGHTS)")}'
 	@echo; $(BIN)/python -m fruits.where
 
 test: install

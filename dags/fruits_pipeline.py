@@ -1,33 +1,38 @@
-"""Fruits! — new photos to features (MobileNetV2) and PCA, daily or on demand, on EMR or locally.
+"""# Fruits! — new photos to features and PCA
 
-validate_params → ingest_new_photos → any_new_photos (stops here, visibly, when nothing is new:
-no cluster) → stage_code → plan_jobs (the run's Spark jobs, once) → choose_backend, then either
+Daily (or triggered with the form's parameters), on EMR or on this machine:
 
-  emr:   preflight (bucket, weights, roles, subnet, instance types, code: nothing is created when
-         one is wrong) → create_cluster → add_steps (every job, one call; a retry
-         of either reuses what its first try made) → one watch_<job> sensor per job,
-         with terminate_cluster as the teardown of the cluster (it runs whatever happened after
-         the cluster exists; the failure still fails the run), or
-  local: run_locally — the same jobs with a local spark-submit, the lake folder standing for the
-         bucket (the emr tasks show as skipped),
+1. **validate_params**: a bad parameter or weights file fails here, before anything is uploaded.
+2. **ingest_new_photos**: the landing folder's photos that no published batch holds go to `raw/`,
+   with the batch's manifest; **any_new_photos** stops the run here, visibly, when none is new.
+3. **stage_code** (the jobs' bundle, by content) → **plan_jobs** (the run's two Spark jobs, once).
+4. **choose_backend**, then either
+   - **emr**: `preflight` (bucket, weights, roles, subnet, instance types, code: nothing is created
+     when one is wrong) → `create_cluster` → `add_steps` (both jobs in one call; a retry of either
+     reuses what its first try made) → one `watch_<job>` sensor per job, which logs the job's
+     progress and, on failure, why → `terminate_cluster`, the teardown that always ends the cluster;
+   - **local**: `run_locally`, the same jobs with a local `spark-submit`, a folder as the bucket.
+5. **publish_summary**: counts, k, explained variance, where every output is, and the run report
+   (wall times, images/s, on EMR the cluster and its cost); the outputs are published as the
+   assets `fruits://features` and `fruits://pca`.
 
-→ publish_summary (counts, k, explained variance, the outputs' locations and the run report: wall
-times, images/s and, on EMR, the cluster and its estimated cost; in its XCom and metrics.json).
-Logic lives in the fruits package (plugins/fruits); this file only tells the story.
+Logic lives in the `fruits` package (`plugins/fruits`); this file only tells the story.
 """
 from datetime import timedelta
 
 import pendulum
 from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
-from airflow.sdk import TaskGroup, TriggerRule, chain, dag, task
+from airflow.sdk import Asset, TaskGroup, TriggerRule, chain, dag, task
 
-from fruits import emr, jobs, pipeline
+from fruits import emr, jobs, pipeline, summary
 from fruits.config import emr_deferrable
 from fruits.params import build_params
 from fruits.operators import CreateClusterOnce, StepSensor
 from fruits.settings import AWS_CONN_ID
 
 DEFERRABLE = emr_deferrable()
+OUTPUTS = [Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
+           Asset(name="fruits_pca", uri=summary.PCA_ASSET_URI)]
 
 
 def watch(job: jobs.JobDef, cluster_id, step_id, progress_uris) -> StepSensor:
@@ -54,7 +59,9 @@ def watch(job: jobs.JobDef, cluster_id, step_id, progress_uris) -> StepSensor:
     max_active_runs=1,  # two runs would share the lake's features/ and race on PCA
     params=build_params(),
     # Region and credentials live in the connection, never here.
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "aws_conn_id": AWS_CONN_ID},
+    default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=2),
+                  "aws_conn_id": AWS_CONN_ID},
+    description="New fruit photos to MobileNetV2 features and PCA, on EMR or locally",
     doc_md=__doc__,
     tags=["fruits", "emr", "spark"],
 )
@@ -95,11 +102,14 @@ def fruits_pipeline():
     def run_locally(cfg: dict, spark_jobs: list) -> list:
         return pipeline.run_locally(cfg, spark_jobs)
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # after whichever backend ran
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=OUTPUTS)  # after whichever backend ran
     def publish_summary(cfg: dict, run_by: dict, **context) -> dict:
         # Only the backend that ran has a value to pull (the cluster id, or run_locally's timings).
         # Pulled, not passed: a task fed by the setup create_cluster would need every upstream to succeed.
-        return pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=run_by[cfg["backend"]]))
+        result = pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=run_by[cfg["backend"]]))
+        for asset in OUTPUTS:  # each asset event says which batch, what it holds and where
+            context["outlet_events"][asset].extra = summary.asset_extras(result)[asset.uri]
+        return result
 
     cfg = validate_params()
     report = ingest_new_photos(cfg)

@@ -16,7 +16,8 @@ EDGES = {
     "ingest_new_photos": {"any_new_photos"},
     "any_new_photos": {"stage_code"},
     "stage_code": {"plan_jobs", "emr.preflight"},
-    "plan_jobs": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally"},
+    "plan_jobs": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally", "emr.watch_extract_features",
+                  "emr.watch_reduce_dimensions"},
     "choose_backend": {"emr.preflight", "run_locally"},
     "emr.preflight": {"emr.create_cluster"},
     "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster", "emr.watch_extract_features",
@@ -79,6 +80,10 @@ def test_params_form(pipeline_dag):
     assert p["batch_id"] is None and p["pca_k"] is None and p["pca_variance"] == 0.95
     for name in p.keys():
         assert p.get_param(name).description, name
+    # EMR-only fields in their own section of the form; the batch-id rule in words
+    assert {n for n in p.keys() if p.get_param(n).schema.get("section")} == {"instance_type", "core_count",
+                                                                           "task_spot_count"}
+    assert "letters, digits" in p.get_param("batch_id").description
 
 
 @pytest.mark.parametrize("name,value", [
@@ -122,14 +127,36 @@ def test_emr_needs_a_bucket_and_weights_it_can_reach(tmp_path):
                        _settings(tmp_path, bucket="b"), "2025-01-02")
 
 
+@pytest.mark.parametrize("backend", ["local", "emr"])
+def test_a_weights_file_that_is_not_keras_weights_fails_the_first_task(tmp_path, backend):
+    """Before ingest (and before any cluster): a .weights.h5 that is no HDF5 file cannot be loaded."""
+    bogus = tmp_path / "w.weights.h5"
+    bogus.write_bytes(b"<html>a download page</html>")
+    with pytest.raises(InvalidParam, match="'weights'.*not an HDF5 file"):
+        config.resolve(_conf(landing_dir=str(tmp_path), backend=backend, weights=str(bogus)),
+                       _settings(tmp_path, bucket="b"), "2025-01-02")
+
+
+def test_a_local_run_defaults_to_the_shared_weights_like_make_run(tmp_path, monkeypatch):
+    from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE
+
+    (tmp_path / "shared" / "models").mkdir(parents=True)
+    genuine = tmp_path / "shared" / "models" / DEFAULT_WEIGHTS_FILE
+    genuine.write_bytes(b"\x89HDF\r\n\x1a\n")
+    monkeypatch.setenv("FRUITS_SHARED_DIR", str(tmp_path / "shared"))
+    assert config.resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == str(genuine)
+    monkeypatch.setenv("FRUITS_SHARED_DIR", str(tmp_path / "none"))
+    assert config.resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == "imagenet"
+
+
 def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
     """A cluster cannot read this machine's disk: the file goes to models/<sha256>.weights.h5
     (stage_code uploads it), and the job reads it there."""
     weights = tmp_path / "w.weights.h5"
-    weights.write_bytes(b"not really hdf5")
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n and the rest")
     cfg = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(weights)),
                          _settings(tmp_path, bucket="b"), "2025-01-02")
-    assert cfg.weights == f"s3://b/models/{hashlib.sha256(b'not really hdf5').hexdigest()}.weights.h5"
+    assert cfg.weights == f"s3://b/models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
     assert cfg.weights_file == str(weights)
     local = config.resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
     assert (local.weights, local.weights_file) == (str(weights), None)  # a local run reads it where it is
@@ -158,8 +185,11 @@ def test_x86_types_pass(itype):
 
 
 def test_defaults_resolve_from_settings_and_run_date(tmp_path):
+    from fruits.settings import shared_weights
+
     cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
-    assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == ("2025-01-02", "local", "imagenet", str(tmp_path))
+    assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == (
+        "2025-01-02", "local", shared_weights() or "imagenet", str(tmp_path))
     emr = config.resolve(_conf(backend="emr", batch_id="b1", pca_k=7),
                          _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
     assert emr.weights == "s3://fruits-prod/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"

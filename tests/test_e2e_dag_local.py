@@ -55,6 +55,20 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
     for path in where_["plots"] + [where_["pca_model"], where_["pca_reduced"], where_["pca_commit"]]:
         assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path
 
+    # Both outputs published as assets, each event saying which batch, what and where
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.settings import Session
+    from sqlalchemy import select
+
+    with Session() as session:
+        events = {uri: extra for uri, extra in session.execute(
+            select(AssetModel.uri, AssetEvent.extra).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetEvent.source_run_id == dr.run_id))}
+    assert events["fruits://lake/features"]["batch_id"] == "e2e"
+    assert events["fruits://lake/features"]["featurized"] == images["featurized"]
+    assert events["fruits://lake/features"]["features"] == where_["features"]
+    assert events["fruits://lake/pca"]["k"] == 3 and events["fruits://lake/pca"]["reduced"] == where_["pca_reduced"]
+
     # The helper the README's first command ends with prints the same places.
     assert where.main([str(lake)]) == 0
     printed = capsys.readouterr().out

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from fruits import layout
 from fruits.lake import to_local
 from fruits.params import InvalidParam, check_weights, check_x86_64, validate
-from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
+from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env, shared_weights
 from fruits_jobs.digests import file_digests
 from fruits_jobs import contract
 from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
@@ -154,7 +154,8 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         raise InvalidParam("landing_dir", f"not a folder: {landing}")
     lake = Path(settings["local_lake"]).expanduser().resolve()
     weights = p.get("weights") or settings["weights"] or (
-        layout.s3_uri(bucket, layout.MODELS + layout.DEFAULT_WEIGHTS_FILE) if backend == "emr" else "imagenet")
+        layout.s3_uri(bucket, layout.MODELS + layout.DEFAULT_WEIGHTS_FILE) if backend == "emr"
+        else shared_weights() or "imagenet")
     if backend == "local" and local_storage == "lake":
         weights = to_local(weights, lake)  # s3://<bucket>/models/… is <lake>/models/… here
     if not weights.startswith(("s3://", "imagenet", "random")):

@@ -18,6 +18,8 @@ from fruits_jobs import contract
 BACKENDS = ("emr", "local")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every HDF5 file (HDF5 file format spec)
+EMR_SECTION = "EMR cluster (backend emr only)"  # the form groups these fields apart
 # Graviton (arm64) families: a `g` right after the generation number (m7g, c6gn, r8g, t4g, im4gn, x2gd,
 # is4gen, g5g; EC2 "instance type naming conventions": g = AWS Graviton processors), plus the first
 # Arm family, a1. tensorflow-cpu, pinned in spark_jobs/requirements.txt, ships no aarch64 wheel.
@@ -42,8 +44,9 @@ def build_params() -> dict:
     # deployment with AWS sets FRUITS_BACKEND=emr and a fresh checkout runs locally with no cloud.
     return {
         "batch_id": Param(None, type=["null", "string"], pattern=contract.BATCH_ID_SCHEMA_PATTERN, title="Batch id",
-                          description="Names the batch in the bucket (raw/batch_id=…). Empty: the run's "
-                                      "logical date, or the day it was triggered, as YYYY-MM-DD."),
+                          description=f"Names the batch in the bucket (raw/batch_id=…): {contract.BATCH_ID_RULE}, "
+                                      "e.g. 2026-12-01 or orchard-7.b. Empty: the run's date as YYYY-MM-DD (then "
+                                      "YYYY-MM-DD.2, .3… when that day's batch is already published)."),
         "landing_dir": Param(None, type=["null", "string"], title="Landing folder",
                              description="Folder with the new photos, <Class>/<file> or Training|Test/<Class>/<file>. "
                                          "Empty: Airflow Variable fruits_landing_dir, else env FRUITS_LANDING_DIR, "
@@ -63,13 +66,15 @@ def build_params() -> dict:
                                      "staged to s3://<bucket>/models/<sha256>.weights.h5 or .onnx). "
                                      "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
                                      f"s3://<bucket>/{contract.MODELS}{contract.DEFAULT_WEIGHTS_FILE} "
-                                     "on emr (clusters need no internet) and imagenet locally."),
+                                     "on emr (clusters need no internet); locally the genuine weights in "
+                                     f"../shared/{contract.MODELS} when present (as make run), else imagenet."),
         "instance_type": Param("m5.2xlarge", type="string", pattern=INSTANCE_TYPE_RE.pattern,
-                               title="Worker instance type", description="EC2 type of core and task nodes (emr only)."),
-        "core_count": Param(2, type="integer", minimum=1, maximum=MAX_NODES, title="Core nodes",
-                            description="On-demand core nodes (emr only)."),
+                               title="Worker instance type", section=EMR_SECTION,
+                               description="EC2 type of core and task nodes, x86_64 (no Graviton)."),
+        "core_count": Param(2, type="integer", minimum=1, maximum=MAX_NODES, title="Core nodes", section=EMR_SECTION,
+                            description="On-demand core nodes."),
         "task_spot_count": Param(0, type="integer", minimum=0, maximum=MAX_NODES, title="Spot task nodes",
-                                 description="Extra SPOT task nodes, 0 for none (emr only)."),
+                                 section=EMR_SECTION, description="Extra SPOT task nodes, 0 for none."),
     }
 
 
@@ -122,5 +127,12 @@ def check_weights(weights: str, backend: str) -> None:
         return
     if contract.weights_suffix(weights) is None:
         raise InvalidParam("weights", f"expected imagenet, random, a .weights.h5 or an .onnx file, got {weights!r}")
-    if not weights.startswith("s3://") and not Path(weights).is_file():
+    if weights.startswith("s3://"):
+        return  # the EMR pre-flight checks the object before a cluster is paid for
+    if not Path(weights).is_file():
         raise InvalidParam("weights", f"file not found: {weights} (an s3:// URI, or a file on this machine)")
+    with open(weights, "rb") as f:
+        head = f.read(len(HDF5_SIGNATURE))
+    if contract.weights_suffix(weights) == contract.KERAS_WEIGHTS_SUFFIX and head != HDF5_SIGNATURE:
+        raise InvalidParam("weights", f"{weights} is not an HDF5 file, so not Keras weights: pass the .weights.h5 "
+                                      "that keras' model.save_weights() wrote")

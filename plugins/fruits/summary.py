@@ -67,6 +67,24 @@ def add_run_report(storage: Storage, metrics_uri: str, report: dict) -> None:
     storage.put_bytes(json.dumps({**metrics, "run_report": report}, indent=2, allow_nan=False).encode(), key)
 
 
+# The two outputs a downstream DAG can be scheduled on (schedule=[FEATURES_ASSET]). Names, not
+# bucket URIs: the same asset whatever the deployment's bucket; the event's extra says where.
+FEATURES_ASSET_URI = "fruits://lake/features"
+PCA_ASSET_URI = "fruits://lake/pca"
+
+
+def asset_extras(result: dict) -> dict:
+    """What each asset event carries (JSON): the batch, its counts or its PCA, and its locations."""
+    images, pca, where = result["images"], result["pca"], result["locations"]
+    return {
+        FEATURES_ASSET_URI: {"batch_id": result["batch_id"], **images, "features": where["features"],
+                             "rejects": where["rejects"], "commit": where["features_commit"]},
+        PCA_ASSET_URI: {"batch_id": result["batch_id"], "k": pca["k"], "n_images": pca["n_images"],
+                        "explained_variance": pca["total_explained_variance"], "reduced": where["pca_reduced"],
+                        "model": where["pca_model"], "metrics": where["metrics"], "commit": where["pca_commit"]},
+    }
+
+
 def format_locations(where: dict) -> str:
     lines = []
     for name, value in where.items():
