@@ -1,0 +1,136 @@
+"""Answers about the lake without pandas: `python -m fruits <command>` (the local lake by default).
+
+    python -m fruits batches                  every batch: photos read, featurized, rejected; PCA k
+    python -m fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
+    python -m fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
+
+Everything is read through the batches' commits (what is published), never from half-written runs.
+`python -m fruits.where` prints where a batch's outputs are.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from fruits import layout
+from fruits.lake import default_lake
+from fruits.published import current_commit
+from fruits.storage import LocalStorage, Storage
+from fruits.summary import readable
+from fruits_jobs.contract import committed_runs
+
+
+def batch_ids(storage: Storage) -> List[str]:
+    """Batches with a features commit, oldest first (by their newest commit's run id)."""
+    newest = {}
+    for key in storage.sizes(layout.FEATURES):
+        parts = key.split("/")  # features/batch_id=<id>/_commits/<run>.json
+        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR and committed_runs([parts[3]]):
+            batch = parts[1][len(layout.partition("")):]
+            newest[batch] = max(newest.get(batch, ""), parts[3])
+    return sorted(newest, key=newest.get)
+
+
+def batches_table(storage: Storage) -> List[str]:
+    rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}"]
+    for batch in batch_ids(storage):
+        features = current_commit(storage, layout.FEATURES, batch)
+        pca = current_commit(storage, layout.PCA, batch) or {}
+        variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
+        rows.append(f"{batch:<24} {features['read']:>7} {features['featurized']:>10} {features['rejected']:>8} "
+                    f"{pca.get('k', '-'):>5} {variance:>8}")
+    return rows
+
+
+def _read(uri: str, columns: List[str]) -> List[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(readable(uri), columns=columns).to_pylist()
+
+
+def landing_path(path: str, batch: str) -> str:
+    """A stored photo's path as it was in the landing folder (its key under raw/batch_id=<id>/)."""
+    marker = "/" + layout.raw_prefix(batch)
+    return path.split(marker, 1)[1] if marker in path else path
+
+
+def rejects_rows(storage: Storage, batch: str) -> List[str]:
+    features = current_commit(storage, layout.FEATURES, batch)
+    if features is None:
+        raise SystemExit(f"no published batch {batch!r} in {storage.name}: see `python -m fruits batches`")
+    if not features.get("rejects"):
+        return [f"batch {batch}: no rejected file"]
+    rows = _read(features["rejects"], ["path", "reason", "detail"])
+    return [f"{landing_path(r['path'], batch)}\t{r['reason']}\t{r['detail']}" for r in sorted(rows, key=lambda r: r["path"])]
+
+
+def photo_features(photo: Path, weights: str, image_size: int, storage: Storage) -> np.ndarray:
+    """The features of one photo, computed as the batch's were (same weights and size): from the
+    ONNX export the features job kept in models/ when there is one, else exported here."""
+    from fruits_jobs import model as mobilenet
+    from fruits_jobs.digests import file_digests
+    from fruits_jobs.images import decode_image
+
+    image = decode_image(photo.read_bytes(), image_size)[None]
+    exported = None
+    if weights not in ("imagenet", "random") and Path(weights).is_file():
+        if weights.endswith(".onnx"):
+            exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
+        else:
+            kept = Path(storage.name) / layout.MODELS / mobilenet.onnx_cache_name(file_digests(weights, "sha256")[0],
+                                                                                   image_size)
+            if kept.is_file():
+                exported = mobilenet.onnx_model(kept.read_bytes(), image_size, str(kept))
+    if exported is None:
+        exported = mobilenet.export_onnx(mobilenet.load_model(weights, image_size))
+    return mobilenet.featurize(mobilenet.worker_infer_fn(("cli", weights), lambda: exported, cores=1), image, 1)[0]
+
+
+def similar_rows(storage: Storage, photo: Path, k: int, batch: Optional[str] = None) -> List[str]:
+    batches = [batch] if batch else batch_ids(storage)
+    commits = [c for c in (current_commit(storage, layout.FEATURES, b) for b in batches) if c and c.get("features")]
+    if not commits:
+        raise SystemExit(f"no featurized batch in {storage.name}")
+    settings = {(c["weights"], c["image_size"]) for c in commits}
+    if len(settings) > 1:
+        raise SystemExit(f"the batches were featurized with different weights or sizes {sorted(settings)}: "
+                         "pass --batch to compare within one")
+    (weights, image_size), = settings
+    rows = [r for c in commits for r in _read(c["features"], ["path", "label", "features"])]
+    stored = np.asarray([r["features"] for r in rows], dtype=np.float64)
+    query = photo_features(photo, weights, image_size, storage).astype(np.float64)
+    similarity = stored @ query / np.maximum(np.linalg.norm(stored, axis=1) * np.linalg.norm(query), 1e-300)
+    best = np.argsort(-similarity)[:k]
+    return [f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(rows[i]['path'])}"
+            for rank, i in enumerate(best, 1)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fruits", description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", type=Path, default=default_lake(), help="the lake folder (default: the local lake)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("batches", help="every published batch with its counts")
+    rejects = sub.add_parser("rejects", help="a batch's rejected files")
+    rejects.add_argument("batch")
+    similar = sub.add_parser("similar", help="the stored photos nearest to a photo")
+    similar.add_argument("photo", type=Path)
+    similar.add_argument("--k", type=int, default=5)
+    similar.add_argument("--batch", help="only this batch (default: every batch)")
+    args = parser.parse_args(argv)
+    storage = LocalStorage(args.lake.resolve())
+    if args.command == "batches":
+        lines = batches_table(storage)
+    elif args.command == "rejects":
+        lines = rejects_rows(storage, args.batch)
+    else:
+        if not args.photo.is_file():
+            parser.error(f"no such photo: {args.photo}")
+        lines = similar_rows(storage, args.photo, args.k, args.batch)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`python -m fruits`: batches, a batch's rejects and the nearest stored photos, read from a real lake."""
+import pytest
+
+import numpy as np
+from PIL import Image
+
+from fruits.__main__ import main
+from fruits_jobs import features
+
+pytestmark = pytest.mark.spark
+
+
+def photo(path, color, seed):
+    """A textured photo of that colour (flat images give random weights almost nothing to see)."""
+    noise = np.random.default_rng(seed).integers(-25, 25, size=(100, 100, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(path, "PNG")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory):
+    """A lake with one published batch, as the features job writes it (random weights: seeded)."""
+    lake = tmp_path_factory.mktemp("lake")
+    raw = lake / "raw" / "batch_id=b1"
+    for i, (color, seed) in enumerate([((200, 30, 40), 0), ((190, 40, 40), 1), ((230, 220, 60), 2)]):
+        photo(raw / "Training" / ("Apple" if i < 2 else "Lemon") / f"{i}.jpg", color, seed)
+    (raw / "Training" / "Apple" / "notes.txt").write_text("not a photo")
+    features.run(spark, features.parse_args([
+        "--images", str(raw), "--features", str(lake / "features"), "--rejects", str(lake / "rejects"),
+        "--batch-id", "b1", "--weights", "random", "--image-size", "96", "--model-cache", str(lake / "models")]))
+    return lake
+
+
+def run(capsys, *argv):
+    assert main(["--lake", str(argv[0]), *argv[1:]]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_batches_lists_each_published_batch_with_its_counts(lake, capsys):
+    header, row = run(capsys, lake, "batches")
+    assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance"]
+    assert row.split() == ["b1", "4", "3", "1", "-", "-"]  # no PCA yet
+
+
+def test_rejects_shows_the_path_in_the_landing_folder_with_reason_and_detail(lake, capsys):
+    assert run(capsys, lake, "rejects", "b1") == ["Training/Apple/notes.txt\tnot_an_image\tnot a decodable image"]
+    with pytest.raises(SystemExit, match="no published batch 'nope'"):
+        main(["--lake", str(lake), "rejects", "nope"])
+
+
+def test_similar_finds_the_photo_itself_first_then_its_class(lake, capsys, tmp_path):
+    query = photo(tmp_path / "query.png", (200, 30, 40), 0)  # the same pixels as Apple/0.jpg
+    lines = run(capsys, lake, "similar", str(query), "--k", "2")
+    ranks = [line.split("\t") for line in lines]
+    assert [r[0] for r in ranks] == ["1", "2"]
+    assert ranks[0][3].endswith("Training/Apple/0.jpg") and float(ranks[0][1]) > 0.9999
+    assert ranks[1][2] == "Apple"  # the other red photo, before the lemon
