@@ -122,7 +122,8 @@ PARTITION_COLUMN = "batch_id"
 PCA_METRICS_FILE = "metrics.json"
 PCA_REDUCED_DIR = "reduced"
 PCA_MODEL_DIR = "model"
-PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png"}
+PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png",
+             "class_quality": "class_quality.png"}  # the last one only when the photos have labels
 DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 # What --weights may name besides imagenet/random: Keras weights, or an ONNX model the features
 # job exported from such weights (it keeps them in models/, model.onnx_cache_name).

@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fruits_jobs import commits, contract, hadoop_fs
+from fruits_jobs import commits, contract, hadoop_fs, quality
 from fruits_jobs.common import UsageError, emit_summary, spark_session
-from fruits_jobs.plots import plot_explained_variance, plot_scatter
+from fruits_jobs.plots import plot_class_quality, plot_explained_variance, plot_scatter
 
 SCATTER_SAMPLE = 20_000  # points drawn in the scatter plot: enough to see structure, cheap to collect
 
@@ -192,6 +192,7 @@ def run(spark, args) -> dict:
     reduced_uri, model_uri = f"{output_uri}/{contract.PCA_REDUCED_DIR}", f"{output_uri}/{contract.PCA_MODEL_DIR}"
     reduced.write.mode("overwrite").parquet(reduced_uri)
     model.write().overwrite().save(model_uri)
+    reduced_back = spark.read.parquet(reduced_uri)  # what was written, not a second projection
 
     cumulative = np.cumsum(spectrum)
     metrics = {
@@ -203,6 +204,7 @@ def run(spark, args) -> dict:
         "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
         "total_explained_variance": round(float(cumulative[k - 1]), 6),
         "plots": {kind: f"{output_uri}/{name}" for kind, name in contract.PCA_PLOTS.items()},
+        "class_quality": quality.class_quality(reduced_back),
         "reduced": reduced_uri, "model": model_uri,
     }
     sample = (reduced.sample(fraction=min(1.0, SCATTER_SAMPLE / n), seed=7)
@@ -215,6 +217,12 @@ def run(spark, args) -> dict:
         plot_scatter([r["label"] for r in sample], [r["x"] for r in sample],
                      [r["y"] if k > 1 else 0.0 for r in sample], spectrum[:2], scatter)
         hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
+        if metrics["class_quality"]:
+            per_class = os.path.join(tmp, contract.PCA_PLOTS["class_quality"])
+            plot_class_quality(metrics["class_quality"], per_class)
+            hadoop_fs.write_bytes_from_file(spark, per_class, metrics["plots"]["class_quality"])
+        else:
+            del metrics["plots"]["class_quality"]  # no labels: no figure
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     metrics["run"] = run_id
     hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))

@@ -80,3 +80,33 @@ def plot_scatter(labels, xs, ys, ratios, out_path: str, legend_max: int = 20) ->
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)
+
+
+def plot_class_quality(quality: dict, out_path: str, shown: int = 30) -> None:
+    """The classes the features separate worst (nearest-centroid accuracy, lowest first), with the
+    overall accuracy and the most confused pairs: what a scatter of 100+ classes cannot show."""
+    from fruits_jobs.quality import worst_classes
+
+    plt = _pyplot()
+    worst = worst_classes(quality, shown)
+    fig, (bars, pairs) = plt.subplots(1, 2, figsize=(15, max(5.0, 0.28 * len(worst) + 1.5)), dpi=110,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    names = [name for name, _ in worst][::-1]
+    values = [acc for _, acc in worst][::-1]
+    bars.barh(names, values, color=["#c0392b" if v < quality["overall_accuracy"] else "#2e86c1" for v in values])
+    bars.axvline(quality["overall_accuracy"], color="black", linestyle="--",
+                 label=f"all classes: {quality['overall_accuracy']:.1%}")
+    bars.set_xlim(0, 1)
+    bars.tick_params(axis="y", labelsize=7)
+    bars.set_xlabel("share of the class's photos nearest to their own class centroid")
+    bars.set_title(f"The {len(worst)} least separated of {quality['n_classes']} classes")
+    bars.legend(loc="lower right", fontsize=8)
+    pairs.axis("off")
+    lines = [f"{p['photos']:>4}  {p['class']}  ->  {p['taken_for']}" for p in quality["most_confused"]]
+    pairs.text(0, 1, "Most confused (photos, class -> taken for):\n\n" + ("\n".join(lines) or "none"),
+               va="top", family="monospace", fontsize=8)
+    pairs.text(0, 0, f"{quality['method']}\ncentroids: {quality['centroids_from']}\nevaluated on: "
+               f"{quality['evaluated_on']} ({quality['n_evaluated']})", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)

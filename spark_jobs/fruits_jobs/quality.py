@@ -1,0 +1,84 @@
+"""How well the features separate the classes, per class: nearest-centroid accuracy on the PCA vectors.
+
+Centroids are the mean PCA vector of each class's Training photos, and the Test photos are each
+given the class of the nearest centroid; without a Training/Test split, every labelled photo is both
+(optimistic, and said so in the result). Memory does not grow with the photos: the centroids come
+from one aggregation (classes x k), the predictions from a pass with the centroids broadcast, and
+only the (class, predicted) counts reach the driver.
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
+
+TRAIN, TEST = "Training", "Test"
+MOST_CONFUSED = 10
+
+
+def centroids(df) -> Dict[str, np.ndarray]:
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.ml.stat import Summarizer
+    from pyspark.sql import functions as F
+
+    rows = (df.withColumn("v", array_to_vector("pca")).groupBy("label")
+            .agg(Summarizer.mean(F.col("v")).alias("mean")).collect())
+    return {r["label"]: r["mean"].toArray() for r in rows}
+
+
+def confusion(df, means: Dict[str, np.ndarray]) -> Dict[tuple, int]:
+    """(class, predicted class) -> photos, for the photos of df."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    labels = sorted(means)
+    matrix = df.sparkSession.sparkContext.broadcast(np.stack([means[c] for c in labels]))
+
+    def predict(batches):
+        for batch in batches:
+            x = np.stack(batch["pca"].to_numpy()).astype(np.float64)
+            centres = matrix.value
+            d = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+            yield pd.DataFrame({"label": batch["label"], "predicted": [labels[i] for i in d.argmin(1)]})
+
+    counts = (df.select("label", "pca").mapInPandas(predict, "label string, predicted string")
+              .groupBy("label", "predicted").agg(F.count("*").alias("n")).collect())
+    return {(r["label"], r["predicted"]): r["n"] for r in counts}
+
+
+def summarize(counts: Dict[tuple, int], fitted_on: str, evaluated_on: str) -> dict:
+    """Per-class and overall accuracy, and the most confused pairs, from the confusion counts."""
+    totals, correct = {}, {}
+    for (label, predicted), n in counts.items():
+        totals[label] = totals.get(label, 0) + n
+        correct[label] = correct.get(label, 0) + (n if label == predicted else 0)
+    confused = sorted(((n, label, predicted) for (label, predicted), n in counts.items() if label != predicted),
+                      key=lambda t: (-t[0], t[1], t[2]))[:MOST_CONFUSED]
+    return {
+        "method": "nearest centroid on the PCA vectors",
+        "centroids_from": fitted_on, "evaluated_on": evaluated_on,
+        "n_classes": len(totals), "n_evaluated": sum(totals.values()),
+        "overall_accuracy": round(sum(correct.values()) / max(1, sum(totals.values())), 4),
+        "per_class_accuracy": {label: round(correct[label] / totals[label], 4) for label in sorted(totals)},
+        "most_confused": [{"class": label, "taken_for": predicted, "photos": n} for n, label, predicted in confused],
+    }
+
+
+def class_quality(reduced) -> Optional[dict]:
+    """The per-class quality of reduced (columns label, split, pca), or None without 2 labelled classes."""
+    from pyspark.sql import functions as F
+
+    labelled = reduced.where(F.col("label").isNotNull())
+    splits = {r["split"] for r in labelled.select("split").distinct().collect()}
+    if {TRAIN, TEST} <= splits:
+        fit, test, fitted_on, evaluated_on = (labelled.where(F.col("split") == TRAIN), labelled.where(F.col("split") == TEST),
+                                              "Training photos", "Test photos")
+    else:
+        fit = test = labelled
+        fitted_on, evaluated_on = "all labelled photos", "the same photos (no Training/Test split: optimistic)"
+    means = centroids(fit)
+    if len(means) < 2:
+        return None
+    return summarize(confusion(test.where(F.col("label").isin(list(means))), means), fitted_on, evaluated_on)
+
+
+def worst_classes(quality: dict, n: int = 30) -> List[tuple]:
+    return sorted(quality["per_class_accuracy"].items(), key=lambda kv: (kv[1], kv[0]))[:n]
