@@ -1,10 +1,10 @@
-"""`python -m fruits`: batches, a batch's rejects and the nearest stored photos, read from a real lake."""
+"""`fruits` (python -m fruits.cli): batches, a batch's rejects and the nearest stored photos, read from a real lake."""
 import pytest
 
 import numpy as np
 from PIL import Image
 
-from fruits.__main__ import main
+from fruits.cli import main
 from fruits_jobs import features
 
 pytestmark = pytest.mark.spark
@@ -56,3 +56,13 @@ def test_similar_finds_the_photo_itself_first_then_its_class(lake, capsys, tmp_p
     assert [r[0] for r in ranks] == ["1", "2"]
     assert ranks[0][3].endswith("Training/Apple/0.jpg") and float(ranks[0][1]) > 0.9999
     assert ranks[1][2] == "Apple"  # the other red photo, before the lemon
+
+
+def test_the_console_script_is_installed(lake):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([str(Path(sys.executable).with_name("fruits")), "--lake", str(lake), "batches"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1].split()[0] == "b1"

@@ -229,13 +229,13 @@ def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db,
 def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runnable_dag, aws, landing, tmp_path,
                                                                monkeypatch):
     weights = tmp_path / "mine.weights.h5"
-    weights.write_bytes(b"weights of this machine")
-    key = f"models/{hashlib.sha256(b'weights of this machine').hexdigest()}.weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n\x1a\nweights of this machine")  # an HDF5 file's signature first
+    key = f"models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
     simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-w"))
     dr, states = run(runnable_dag, landing, "b-w", weights=str(weights))
     assert dr.state == DagRunState.SUCCESS, states
     s3 = boto3.client("s3", region_name=REGION)
-    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"weights of this machine"
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == weights.read_bytes()
     (cluster,) = clusters()
     step = boto3.client("emr", region_name=REGION).list_steps(ClusterId=cluster["Id"])["Steps"][-1]  # features
     args = step["Config"]["Args"]

@@ -1,8 +1,12 @@
-"""Answers about the lake without pandas: `python -m fruits <command>` (the local lake by default).
+"""Answers about the lake without pandas: `fruits <command>` (the venv's console script, or
+`python -m fruits.cli`; the local lake by default).
 
-    python -m fruits batches                  every batch: photos read, featurized, rejected; PCA k
-    python -m fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
-    python -m fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
+    fruits batches                  every batch: photos read, featurized, rejected; PCA k
+    fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
+    fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
+
+Not fruits/__main__.py: Airflow imports every module of plugins/ by its file name, and one named
+__main__ would run as a program inside the scheduler.
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
 `python -m fruits.where` prints where a batch's outputs are.
@@ -108,7 +112,7 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: Optional[str] = N
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fruits", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fruits", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, default=default_lake(), help="the lake folder (default: the local lake)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("batches", help="every published batch with its counts")
