@@ -16,11 +16,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # make run: the landing folder (demo photos are generated there when it does not exist) and weights
 LANDING ?= data/landing
-COMMA := ,
-SHARED_WEIGHTS := $(abspath $(or $(FRUITS_SHARED_DIR),../shared)/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5)
-# Empty: the DAG's own default (the shared weights when present: fruits.settings.shared_weights);
+# Empty: what a local run of the DAG defaults to (fruits.settings.shared_weights: the shared genuine
+# weights when present), passed explicitly (a Variable lookup would log an ERROR on Airflow 3.1);
 # without them, random weights, said so, so a fresh machine with no internet still runs.
-WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),,random)
+WEIGHTS ?=
+DEFAULT_WEIGHTS = $(BIN)/python -c 'from fruits.settings import shared_weights; print(shared_weights() or "random")'
 # Airflow's embedded default: SQLite and config in ./airflow_home, this repository's dags/ and plugins/
 # Three warnings Airflow 3.1 itself prints on every `dags test`, harmless here and not ours to fix:
 # the CLI's optional graphviz (no graph rendering wanted), and two deprecations inside Airflow.
@@ -58,9 +58,10 @@ install: $(VENV)/.installed $(IAC_VENV)/.installed
 
 run: install
 	@[ -d "$(LANDING)" ] || $(BIN)/python -m fruits.demo_images "$(LANDING)"
-	@[ "$(WEIGHTS)" != random ] || echo "NOTE: no ../shared weights here: running with --weights random (try WEIGHTS=imagenet)"
 	$(AIRFLOW) db migrate > /dev/null
-	$(AIRFLOW) dags test fruits_pipeline -c '{"backend": "local", "landing_dir": "$(abspath $(LANDING))"$(if $(WEIGHTS),$(COMMA) "weights": "$(WEIGHTS)")}'
+	@W="$(WEIGHTS)"; [ -n "$$W" ] || W=$$($(DEFAULT_WEIGHTS)); \
+	[ "$$W" != random ] || echo "NOTE: no ../shared weights here: running with --weights random (try WEIGHTS=imagenet)"; \
+	set -x; $(AIRFLOW) dags test fruits_pipeline -c "{\"backend\": \"local\", \"landing_dir\": \"$(abspath $(LANDING))\", \"weights\": \"$$W\"}"
 	@echo; $(BIN)/python -m fruits.where
 
 test: install
