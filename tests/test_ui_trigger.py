@@ -111,6 +111,12 @@ def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
         select_params={"backend": "local"},
     )
 
+    # The form as it opened: no field shown invalid, the EMR-only fields in their own section, the
+    # batch-id rule in words.
+    assert ui.form_invalid == [], ui.form_invalid
+    assert "EMR cluster (backend emr only)" in ui.form_text, ui.form_text
+    assert "letters, digits" in ui.form_text
+
     # The run the UI created carries the form's values.
     token = stack.token()
     run = stack.api(f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}", token)

@@ -55,7 +55,9 @@ def build_params() -> dict:
                          title="Backend",
                          description="emr: transient EMR cluster. local: the same spark-submit steps on this "
                                      "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE)."),
-        "pca_k": Param(None, type=["null", "integer"], minimum=1, maximum=contract.FEATURE_DIM, title="PCA components",
+        # exclusiveMinimum, not minimum: the form marks an empty number field below its minimum as invalid.
+        "pca_k": Param(None, type=["null", "integer"], exclusiveMinimum=0, maximum=contract.FEATURE_DIM,
+                       title="PCA components",
                        description=f"Number of principal components, at most {contract.FEATURE_DIM} (the features' "
                                    "size). Empty: use pca_variance."),
         "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",

@@ -96,6 +96,11 @@ class AirflowUI:
         first = next(iter(text_params))
         self.b.wait(lambda d: d.find_element(By.NAME, f"element_{first}"), message="the trigger form")
         self.b.shot("trigger-form")
+        # What a person sees as the form opens, before typing anything (the test asserts on it).
+        dialog = self.d.execute_script(f"return document.getElementsByName('element_{first}')[0].closest('[role=dialog]')")
+        self.form_text = dialog.get_attribute("textContent")
+        self.form_invalid = [el.get_attribute("name") or el.get_attribute("id") for el in dialog.find_elements(
+            By.CSS_SELECTOR, "[aria-invalid=true], [data-invalid]")]
         for name, value in select_params.items():
             trigger = self.d.find_element(By.ID, f"select:element_{name}:trigger")
             self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", trigger)
