@@ -2,10 +2,10 @@
 and time left, every PROGRESS_EVERY_S seconds on stderr (the task log, locally) and in a small JSON
 beside the features (read by the EMR sensor, which shows it in its own log).
 
-"Done" counts two ways, the larger wins. Each Python worker counts the images its task has done in a
-file of the driver's progress folder when that folder is on its machine (local mode: the count moves
-with every batch). Everywhere, images of finished tasks (Spark's status tracker): on a cluster a
-batch has many tasks. (Spark's own input metrics do not move while a task reads this source, and
+"Done" is counted by the Python workers, each writing the images its task has done to a file of
+the driver's progress folder when that folder is on its machine (local mode: the count moves with
+every batch); elsewhere (a cluster) it is the share of the model pass's finished tasks (Spark's
+status tracker), which a batch's many tasks make fine-grained. (Spark's own input metrics do not move while a task reads this source, and
 accumulators arrive only when a task ends.)
 """
 import json
@@ -104,7 +104,11 @@ class Reporter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def done(self) -> int:
-        return min(self.total, max(counted_by_workers(self.folder), int(self.total * finished_task_share(self.spark))))
+        # The workers' own count when they can write it here (local mode); else the finished tasks'
+        # share, which on a cluster's many tasks is close (the two tiny reject-only tasks aside).
+        if any(name.endswith(".json") for name in os.listdir(self.folder)):
+            return min(self.total, counted_by_workers(self.folder))
+        return min(self.total, int(self.total * finished_task_share(self.spark)))
 
     def report(self, done: Optional[int] = None) -> None:
         line = describe(self.done() if done is None else done, self.total, time.monotonic() - self._started)
