@@ -20,20 +20,15 @@ import numpy as np
 
 from fruits import layout
 from fruits.lake import default_lake
-from fruits.published import current_commit
+from fruits.published import committed_batches, current_commit
 from fruits.storage import LocalStorage, Storage
 from fruits.summary import readable
-from fruits_jobs.contract import committed_runs
+from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 
 
 def batch_ids(storage: Storage) -> List[str]:
     """Batches with a features commit, oldest first (by their newest commit's run id)."""
-    newest = {}
-    for key in storage.sizes(layout.FEATURES):
-        parts = key.split("/")  # features/batch_id=<id>/_commits/<run>.json
-        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR and committed_runs([parts[3]]):
-            batch = parts[1][len(layout.partition("")):]
-            newest[batch] = max(newest.get(batch, ""), parts[3])
+    newest = committed_batches(storage, layout.FEATURES)
     return sorted(newest, key=newest.get)
 
 
@@ -80,7 +75,7 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
     image = decode_image(photo.read_bytes(), image_size)[None]
     exported = None
     if weights not in ("imagenet", "random") and Path(weights).is_file():
-        if weights.endswith(".onnx"):
+        if weights_suffix(weights) == ONNX_SUFFIX:
             exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
         else:
             kept = Path(storage.name) / layout.MODELS / mobilenet.onnx_cache_name(file_digests(weights, "sha256")[0],

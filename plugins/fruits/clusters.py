@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Tuple
 
 from botocore.exceptions import ClientError
 
+from fruits.lake import aws_error_code
+
 LIVE_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 # A step in these states will still produce (or has produced) its output: adding it again would run
 # the job twice. FAILED, CANCELLED and INTERRUPTED steps produced nothing and are added anew.
@@ -25,7 +27,7 @@ def live_cluster_of_run(emr, name: str, tags: Dict[str, str]) -> Optional[str]:
             try:
                 cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "AccessDeniedException":
+                if aws_error_code(exc) == "AccessDeniedException":
                     continue
                 raise
             found = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
@@ -53,11 +55,15 @@ def steps_to_add(existing: List[dict], planned: List[dict]) -> Tuple[Dict[str, s
     return kept, []
 
 
+def list_steps(emr, cluster_id: str) -> List[dict]:
+    """Every step of the cluster, newest first (ListSteps' order), all pages."""
+    return [s for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id) for s in page["Steps"]]
+
+
 def add_steps_once(emr, cluster_id: str, planned: List[dict]) -> List[str]:
     """Add the planned steps the cluster does not already run or ran, in one AddJobFlowSteps call;
     returns the step id of each planned step, in order."""
-    existing = [s for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id) for s in page["Steps"]]
-    kept, to_add = steps_to_add(existing, planned)
+    kept, to_add = steps_to_add(list_steps(emr, cluster_id), planned)
     added = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=to_add)["StepIds"] if to_add else []
     ids = {**kept, **dict(zip([s["Name"] for s in to_add], added, strict=True))}
     return [ids[step["Name"]] for step in planned]

@@ -11,6 +11,14 @@ def default_lake() -> Path:
     return Path(setting_from_env("local_lake")).expanduser().resolve()
 
 
+S3_NOT_FOUND = ("NoSuchKey", "404")  # GetObject's and HeadObject's codes for a missing key
+
+
+def aws_error_code(error) -> str:
+    """The error code of a botocore ClientError ("" when it has none)."""
+    return error.response.get("Error", {}).get("Code", "")
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")

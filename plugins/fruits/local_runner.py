@@ -120,13 +120,16 @@ def _stopped_on_signals(proc: subprocess.Popen):
             _stop(proc)
 
 
-def relog_stderr(name: str, stream) -> None:
-    level = logging.INFO
+def relog(name: str, stream) -> str:
+    """Log each line of a job's output stream at its own level; returns the last non-empty line."""
+    level, last = logging.INFO, ""
     for line in stream:
         line = line.rstrip()
         if line:
             level = line_level(line, level)
             log.log(level, "[%s] %s", name, line)
+            last = line
+    return last
 
 
 def run_step(name: str, command: List[str]) -> dict:
@@ -139,19 +142,12 @@ def run_step(name: str, command: List[str]) -> dict:
     its task is gone."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     log.info("step %s: %s", name, " ".join(command))
-    last = ""
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as proc:
-        relay = threading.Thread(target=relog_stderr, args=(name, proc.stderr), daemon=True)
+        relay = threading.Thread(target=relog, args=(name, proc.stderr), daemon=True)
         relay.start()
         with _stopped_on_signals(proc):
-            level = logging.INFO
-            for line in proc.stdout:  # the job's driver writes its stderr here too (Spark's PythonRunner)
-                line = line.rstrip()
-                if line:
-                    level = line_level(line, level)
-                    log.log(level, "[%s] %s", name, line)
-                    last = line
+            last = relog(name, proc.stdout)  # the job's driver writes its stderr here too (Spark's PythonRunner)
             proc.wait()
         relay.join(timeout=10)
     if proc.returncode != 0:

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from fruits.clusters import live_cluster_of_run
 from fruits.emr import RUN_TAG_KEYS
+from fruits.lake import S3_NOT_FOUND, aws_error_code, split_s3
 from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
@@ -79,12 +80,12 @@ class StepSensor(EmrStepSensor):
         uri = (self.progress_uris or {}).get(self.job_name)
         if not uri:
             return
-        bucket, key = uri.split("://", 1)[1].split("/", 1)
+        bucket, key = split_s3(uri)
         try:
             body = S3Hook(aws_conn_id=self.aws_conn_id).conn.get_object(Bucket=bucket, Key=key)["Body"].read()
             self.log.info("%s: %s", self.job_name, format_line(json.loads(body)))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            if aws_error_code(exc) not in S3_NOT_FOUND:
                 raise
             self.log.info("%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name)
 
@@ -123,7 +124,7 @@ class StepSensor(EmrStepSensor):
                 data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
                 return f"last {STDERR_LINES} lines of s3://{bucket}/{key}:\n{tail(data)}"
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404") or time.monotonic() >= deadline:
+                if aws_error_code(exc) not in S3_NOT_FOUND or time.monotonic() >= deadline:
                     return f"the step's stderr is not in S3 yet; EMR copies it within minutes to s3://{bucket}/{key}"
             time.sleep(STDERR_POLL_S)
 

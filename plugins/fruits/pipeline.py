@@ -140,9 +140,8 @@ def emr_run_report(cfg: PipelineConfig, cluster_id: str, images: dict) -> dict:
     client = hook.conn
     groups = [g for page in client.get_paginator("list_instance_groups").paginate(ClusterId=cluster_id)
               for g in page["InstanceGroups"]]
-    steps = [s for page in client.get_paginator("list_steps").paginate(ClusterId=cluster_id) for s in page["Steps"]]
     return run_report.emr_report(
-        client.describe_cluster(ClusterId=cluster_id)["Cluster"], groups, steps,
+        client.describe_cluster(ClusterId=cluster_id)["Cluster"], groups, clusters.list_steps(client, cluster_id),
         {job.name: emr.step_name(job.name, cfg.batch_id) for job in jobs.JOBS}, images,
         run_report.load_prices(), hook.conn_region_name, datetime.now(timezone.utc))
 

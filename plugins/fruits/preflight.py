@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from fruits import layout
 from fruits.config import PipelineConfig
-from fruits.lake import split_s3
+from fruits.lake import aws_error_code, split_s3
 from fruits_jobs.bundle import SHIPPED
 from fruits.emr import EMR_MANAGED_POLICY_TAG
 
@@ -27,17 +27,13 @@ class PreflightFailed(RuntimeError):
     """One or more settings would make the cluster fail; the message lists them all."""
 
 
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
 def check_bucket(cfg: PipelineConfig, c: Clients) -> List[str]:
     # GetBucketLocation: one call says both "exists" and "where" (HeadBucket needs ListBucket on
     # the whole bucket, which the Airflow policy grants per prefix only).
     try:
         location = c.s3.get_bucket_location(Bucket=cfg.bucket)["LocationConstraint"] or "us-east-1"
     except ClientError as exc:
-        return [f"fruits_bucket: bucket {cfg.bucket!r} cannot be read ({_code(exc)}): create it with "
+        return [f"fruits_bucket: bucket {cfg.bucket!r} cannot be read ({aws_error_code(exc)}): create it with "
                 "infra/aws/fruits.yaml, or set fruits_bucket to the stack's output"]
     if location != c.region:
         return [f"fruits_bucket: bucket {cfg.bucket!r} is in {location}, the aws_default connection in {c.region}: "
@@ -59,7 +55,7 @@ def check_weights(cfg: PipelineConfig, c: Clients) -> List[str]:
         if _listed(c, bucket, key):
             return []
     except ClientError as exc:
-        return [f"weights: {cfg.weights} cannot be listed ({_code(exc)})"]
+        return [f"weights: {cfg.weights} cannot be listed ({aws_error_code(exc)})"]
     return [f"weights: {cfg.weights} does not exist: upload the .weights.h5 file there, or pass a local "
             "file as the weights param (the DAG stages it)"]
 
@@ -69,13 +65,13 @@ def check_roles(cfg: PipelineConfig, c: Clients) -> List[str]:
     try:
         c.iam.get_role(RoleName=cfg.emr_service_role)
     except ClientError as exc:
-        problems.append(f"fruits_emr_service_role: role {cfg.emr_service_role!r} not found ({_code(exc)}): "
+        problems.append(f"fruits_emr_service_role: role {cfg.emr_service_role!r} not found ({aws_error_code(exc)}): "
                         "set it to the stack output fruits_emr_service_role")
     try:
         c.iam.get_instance_profile(InstanceProfileName=cfg.emr_instance_profile)
     except ClientError as exc:
         problems.append(f"fruits_emr_instance_profile: instance profile {cfg.emr_instance_profile!r} not found "
-                        f"({_code(exc)}): set it to the stack output fruits_emr_instance_profile")
+                        f"({aws_error_code(exc)}): set it to the stack output fruits_emr_instance_profile")
     return problems
 
 
@@ -85,7 +81,7 @@ def check_subnet(cfg: PipelineConfig, c: Clients) -> List[str]:
     try:
         (subnet,) = c.ec2.describe_subnets(SubnetIds=[cfg.subnet_id])["Subnets"]
     except ClientError as exc:
-        return [f"fruits_subnet_id: subnet {cfg.subnet_id!r} not found in {c.region} ({_code(exc)})"]
+        return [f"fruits_subnet_id: subnet {cfg.subnet_id!r} not found in {c.region} ({aws_error_code(exc)})"]
     tags = {t["Key"]: t["Value"] for t in subnet.get("Tags", [])}
     key, value = EMR_MANAGED_POLICY_TAG["Key"], EMR_MANAGED_POLICY_TAG["Value"]
     if tags.get(key) != value:

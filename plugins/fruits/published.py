@@ -6,7 +6,7 @@ folder is its current version (fruits_jobs/commits.py writes them); a folder's f
 commit are a run in progress or a killed one, never something to read or count.
 """
 import json
-from typing import Optional
+from typing import Dict, Optional
 
 from fruits import layout
 from fruits.storage import Storage
@@ -30,12 +30,19 @@ def is_processed(storage: Storage, batch_id: str) -> bool:
     return current_commit(storage, layout.PCA, batch_id) is not None
 
 
-def latest_processed_batch(storage: Storage) -> Optional[str]:
-    """The batch whose PCA committed last (run ids sort by time), or None."""
+def committed_batches(storage: Storage, dataset: str) -> Dict[str, str]:
+    """batch id -> its newest committed run id, for every batch of dataset with a commit."""
     newest = {}
-    for key in storage.sizes(layout.PCA):
-        parts = key.split("/")  # pca/batch_id=<id>/_commits/<run>.json
+    for key in storage.sizes(dataset):
+        parts = key.split("/")  # <dataset>/batch_id=<id>/_commits/<run>.json
         if len(parts) == 4 and parts[2] == layout.COMMITS_DIR:
             for run in committed_runs([parts[3]]):
-                newest[run] = parts[1][len(layout.partition("")):]
-    return newest[max(newest)] if newest else None
+                batch = parts[1][len(layout.partition("")):]
+                newest[batch] = max(newest.get(batch, ""), run)
+    return newest
+
+
+def latest_processed_batch(storage: Storage) -> Optional[str]:
+    """The batch whose PCA committed last (run ids sort by time), or None."""
+    newest = committed_batches(storage, layout.PCA)
+    return max(newest, key=newest.get) if newest else None

@@ -45,10 +45,8 @@ def commits_uri(folder_uri: str) -> str:
 def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
     """Make the run current: its commit file appears whole (hidden name, then rename)."""
     final = f"{commits_uri(folder_uri)}/{run_id}.json"
-    hidden = f"{commits_uri(folder_uri)}/.{run_id}.json.tmp"
-    hadoop_fs.write_text(spark, hidden, json.dumps({**record, "run": run_id}, indent=2, sort_keys=True,
-                                                   allow_nan=False))
-    hadoop_fs.rename(spark, hidden, final)
+    text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
+    hadoop_fs.write_bytes_atomically(spark, final, text.encode("utf-8"))
     return final
 
 

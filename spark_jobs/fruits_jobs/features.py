@@ -8,6 +8,7 @@ killed before its commit leaves the batch's current version as it was, and the n
 its leftovers.
 """
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -224,10 +225,14 @@ def write_run(df, uri: str, rows: int) -> Optional[str]:
     return uri
 
 
-def _import_worker_modules(batches):
-    import onnxruntime  # noqa: F401  (what a worker imports before its first image)
-    from fruits_jobs import images  # noqa: F401  (PIL)
-    yield from batches
+def _importer(modules):
+    """A mapInPandas function that imports modules in the Python worker running it."""
+    def import_modules(batches):
+        for name in modules:
+            importlib.import_module(name)
+        yield from batches
+
+    return import_modules
 
 
 def _count_quietly(df) -> None:
@@ -237,11 +242,13 @@ def _count_quietly(df) -> None:
         pass
 
 
-def start_python_workers(spark) -> threading.Thread:
+def start_python_workers(spark, engine: str) -> threading.Thread:
     """Start the Python workers and their imports (~2.5 s on 2 cores) in a tiny job of one task per
-    core, while the driver prepares the model; Spark reuses those workers for the model pass."""
+    core, while the driver prepares the model; Spark reuses those workers for the model pass. The
+    ONNX Runtime engine's import is cheap and done here; TensorFlow's is left to the model pass."""
     cores = spark.sparkContext.defaultParallelism
-    job = spark.range(0, cores, numPartitions=cores).mapInPandas(_import_worker_modules, "id long")
+    modules = ["fruits_jobs.images", *(["onnxruntime"] if engine == "onnxruntime" else [])]
+    job = spark.range(0, cores, numPartitions=cores).mapInPandas(_importer(modules), "id long")
     thread = threading.Thread(target=_count_quietly, args=(job,), name="start-python-workers", daemon=True)
     thread.start()
     return thread
@@ -293,7 +300,7 @@ def run(spark, args) -> dict:
     staging_uri = f"{features_uri}/{contract.STAGING_DIR}/{run_id}"
     batch_folders = [commits.batch_uri(features_uri, args.batch_id), commits.batch_uri(rejects_uri, args.batch_id)]
 
-    warming = start_python_workers(spark)
+    warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
     ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc,

@@ -68,11 +68,7 @@ def write_bytes_atomically(spark, uri: str, data: bytes) -> None:
     hidden name ends like the file's (an IAM grant on models/*.onnx covers both)."""
     folder, _, name = uri.rpartition("/")
     tmp = f"{folder}/.{uuid.uuid4().hex}.{name}"
-    out = _fs(spark, tmp).create(_path(spark, tmp), True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
+    _write(spark, tmp, data)
     try:
         rename(spark, tmp, uri)
     except OSError:
@@ -86,12 +82,16 @@ def rename(spark, src: str, dst: str) -> None:
         raise OSError(f"could not rename {src} to {dst}")
 
 
-def write_text(spark, uri: str, text: str) -> None:
+def _write(spark, uri: str, data: bytes) -> None:
     out = _fs(spark, uri).create(_path(spark, uri), True)
     try:
-        out.write(bytearray(text.encode("utf-8")))
+        out.write(bytearray(data))
     finally:
         out.close()
+
+
+def write_text(spark, uri: str, text: str) -> None:
+    _write(spark, uri, text.encode("utf-8"))
 
 
 def write_bytes_from_file(spark, local_file: str, uri: str) -> None:

@@ -5,8 +5,8 @@ beside the features (read by the EMR sensor, which shows it in its own log).
 "Done" is counted by the Python workers, each writing the images its task has done to a file of
 the driver's progress folder when that folder is on its machine (local mode: the count moves with
 every batch); elsewhere (a cluster) it is the share of the model pass's finished tasks (Spark's
-status tracker), which a batch's many tasks make fine-grained. (Spark's own input metrics do not move while a task reads this source, and
-accumulators arrive only when a task ends.)
+status tracker), which a batch's many tasks make fine-grained. (Spark's own input metrics do not
+move while a task reads this source, and accumulators arrive only when a task ends.)
 """
 import json
 import os
