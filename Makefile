@@ -16,11 +16,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # make run: the landing folder (demo photos are generated there when it does not exist) and weights
 LANDING ?= data/landing
-# Empty: what a local run of the DAG defaults to (fruits.settings.shared_weights: the shared genuine
+# Empty: what a local run of the DAG defaults to (fruits.config.settings.shared_weights: the shared genuine
 # weights when present), passed explicitly (a Variable lookup would log an ERROR on Airflow 3.1);
 # without them, random weights, said so, so a fresh machine with no internet still runs.
 WEIGHTS ?=
-DEFAULT_WEIGHTS = $(BIN)/python -c 'from fruits.settings import shared_weights; print(shared_weights() or "random")'
+DEFAULT_WEIGHTS = $(BIN)/python -c 'from fruits.config.settings import shared_weights; print(shared_weights() or "random")'
 # Airflow's embedded default: SQLite and config in ./airflow_home, this repository's dags/ and plugins/
 # Three warnings Airflow 3.1 itself prints on every `dags test`, harmless here and not ours to fix:
 # the CLI's optional graphviz (no graph rendering wanted), and two deprecations inside Airflow.
@@ -57,18 +57,18 @@ $(IAC_VENV)/.installed: $(BIN)/python requirements-iac.txt
 install: $(VENV)/.installed $(IAC_VENV)/.installed
 
 run: install
-	@[ -d "$(LANDING)" ] || $(BIN)/python -m fruits.demo_images "$(LANDING)"
+	@[ -d "$(LANDING)" ] || $(BIN)/fruits demo "$(LANDING)"
 	$(AIRFLOW) db migrate > /dev/null
 	@W="$(WEIGHTS)"; [ -n "$$W" ] || W=$$($(DEFAULT_WEIGHTS)); \
 	[ "$$W" != random ] || echo "NOTE: no ../shared weights here: running with --weights random (try WEIGHTS=imagenet)"; \
 	set -x; $(AIRFLOW) dags test fruits_pipeline -c "{\"backend\": \"local\", \"landing_dir\": \"$(abspath $(LANDING))\", \"weights\": \"$$W\"}"
-	@echo; $(BIN)/python -m fruits.where
+	@echo; $(BIN)/fruits where
 
 test: install
 	$(BIN)/pytest -q
 
 ui: install
-	$(BIN)/python -m fruits.local_airflow
+	$(BIN)/python -m fruits.tools.local_airflow
 
 bench: install
 	$(BIN)/python bench/bench_features.py

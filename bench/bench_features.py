@@ -26,8 +26,8 @@ import psutil
 
 from measure import peak_rss
 
-from fruits.jobs import SparkJob
-from fruits.local_runner import command
+from fruits.backends.jobs import SparkJob
+from fruits.backends.local.runner import command
 from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURES_ENTRYPOINT
 
 REPO = Path(__file__).resolve().parents[1]

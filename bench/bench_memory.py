@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 # bench/ is on sys.path (this script's folder): one place for the shared paths
 from bench_features import REPO, SAMPLE, WEIGHTS
 from measure import peak_rss
-from fruits.jobs import SparkJob
-from fruits.local_runner import command
+from fruits.backends.jobs import SparkJob
+from fruits.backends.local.runner import command
 from fruits_jobs import commits
 from fruits_jobs.contract import COMMITS_DIR, FEATURE_DIM, FEATURES_ENTRYPOINT, PCA_ENTRYPOINT
 

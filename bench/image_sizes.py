@@ -22,8 +22,8 @@ import pandas as pd
 
 from bench_features import SAMPLE, WEIGHTS, run_measured
 
-from fruits.jobs import SparkJob
-from fruits.local_runner import command
+from fruits.backends.jobs import SparkJob
+from fruits.backends.local.runner import command
 from fruits_jobs.contract import FEATURES_ENTRYPOINT
 
 REPO = Path(__file__).resolve().parents[1]

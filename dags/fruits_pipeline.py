@@ -24,11 +24,14 @@ import pendulum
 from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.sdk import Asset, TaskGroup, TriggerRule, chain, dag, task
 
-from fruits import emr, jobs, pipeline, summary
-from fruits.config import emr_deferrable
-from fruits.params import build_params
-from fruits.operators import CreateClusterOnce, StepSensor
-from fruits.settings import AWS_CONN_ID
+from fruits.backends.emr import builders as emr
+from fruits.backends import jobs
+from fruits import pipeline
+from fruits.lake import summary
+from fruits.config.run import emr_deferrable
+from fruits.config.params import build_params
+from fruits.backends.emr.operators import CreateClusterOnce, StepSensor
+from fruits.config.settings import AWS_CONN_ID
 
 DEFERRABLE = emr_deferrable()
 OUTPUTS = [Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
@@ -121,7 +124,7 @@ def fruits_pipeline():
         create_cluster = CreateClusterOnce(  # a retry reuses the cluster an earlier try created
             task_id="create_cluster",
             job_flow_overrides=plan["job_flow"],
-            emr_conn_id=None,  # the whole request is built in plugins/fruits/emr.py
+            emr_conn_id=None,  # the whole request is built in plugins/fruits/backends/emr/builders.py
         )
         step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
         watchers = [watch(job, create_cluster.output, step_ids[job.name], plan["progress"]) for job in jobs.JOBS]

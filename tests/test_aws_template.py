@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from cfn_template import REPO, TEMPLATE, Stack, load
-from fruits import settings
+from fruits.config import settings
 
 IAC_BIN = REPO / ".venv-iac" / "bin"
 TOOL_TIMEOUT_S = 300

@@ -1,10 +1,10 @@
-"""`fruits` (python -m fruits.cli): batches, a batch's rejects and the nearest stored photos, read from a real lake."""
+"""`fruits` (python -m fruits.tools.cli): batches, a batch's rejects and the nearest stored photos, read from a real lake."""
 import pytest
 
 import numpy as np
 from PIL import Image
 
-from fruits.cli import main
+from fruits.tools.cli import main
 from fruits_jobs import features
 
 pytestmark = pytest.mark.spark

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto.emr.models import emr_backends
 
-from fruits import clusters
+from fruits.backends.emr import clusters
 
 PLANNED = [{"Name": "extract_features b1"}, {"Name": "reduce_dimensions b1"}]
 

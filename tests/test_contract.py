@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fruits import ingest, params, settings
-from fruits.params import InvalidParam
+from fruits.lake import ingest
+from fruits.config import params
+from fruits.config import settings
+from fruits.config.params import InvalidParam
 from fruits_jobs import contract
 from fruits_jobs.common import UsageError, check_batch_id
 

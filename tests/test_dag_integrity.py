@@ -6,9 +6,11 @@ import pytest
 from airflow.sdk import TriggerRule
 from airflow.exceptions import ParamValidationError
 
-from fruits import config, jobs, params
-from fruits import settings as settings_module
-from fruits.params import InvalidParam
+from fruits.config import run as config
+from fruits.backends import jobs
+from fruits.config import params
+from fruits.config import settings as settings_module
+from fruits.config.params import InvalidParam
 
 EDGES = {
     "validate_params": {"ingest_new_photos", "stage_code", "plan_jobs", "choose_backend", "any_new_photos",
@@ -185,7 +187,7 @@ def test_x86_types_pass(itype):
 
 
 def test_defaults_resolve_from_settings_and_run_date(tmp_path):
-    from fruits.settings import shared_weights
+    from fruits.config.settings import shared_weights
 
     cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
     assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from airflow.utils.state import DagRunState, TaskInstanceState as S
 
-from fruits import where
+from fruits.tools import cli
 
 EMR_TASKS = {"emr.preflight", "emr.create_cluster", "emr.add_steps", "emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
 
@@ -70,7 +70,7 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
     assert events["fruits://lake/pca"]["k"] == 3 and events["fruits://lake/pca"]["reduced"] == where_["pca_reduced"]
 
     # The helper the README's first command ends with prints the same places.
-    assert where.main([str(lake)]) == 0
+    assert cli.main(["--lake", str(lake), "where"]) == 0
     printed = capsys.readouterr().out
     assert where_["metrics"] in printed and "explained variance" in printed
 

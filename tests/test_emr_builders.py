@@ -7,8 +7,9 @@ import boto3
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
-from fruits import emr, jobs
-from fruits.config import PipelineConfig
+from fruits.backends.emr import builders as emr
+from fruits.backends import jobs
+from fruits.config.run import PipelineConfig
 
 CFG = PipelineConfig(
     batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,

@@ -20,7 +20,7 @@ import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
 
-from fruits.params import build_params
+from fruits.config.params import build_params
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
@@ -127,7 +127,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     wall = report["wall_s"]
     assert (wall["boot_and_bootstrap"], wall["extract_features"], wall["reduce_dimensions"]) == STEP_TIMES
     assert report["images_per_s"] == {"extract_features": 12 / 4, "reduce_dimensions": 10 / 2}
-    cost = report["cost"]  # eu-west-1 on-demand, EC2 + EMR, from plugins/fruits/emr_prices.json
+    cost = report["cost"]  # eu-west-1 on-demand, EC2 + EMR, from plugins/fruits/backends/emr/emr_prices.json
     hourly = (0.214 + 0.048) + 2 * (0.428 + 0.096)
     assert 600 <= wall["cluster"] < 900 and cost["hours"] == round(wall["cluster"] / 3600, 3)
     assert cost["run_usd"] == pytest.approx(hourly * wall["cluster"] / 3600, rel=1e-3)
@@ -264,7 +264,7 @@ def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow
 
 
 def test_an_incomplete_wheelhouse_is_refused_before_anything_runs(tmp_path):
-    from fruits import config
+    from fruits.config import run as config
 
     (tmp_path / "numpy-1.0-py3-none-any.whl").write_bytes(b"")
     with pytest.raises(config.InvalidParam, match="lacks .* wheel.*make wheelhouse"):
@@ -306,8 +306,8 @@ def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(airflow_db, 
 def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection(aws):
     """(Not through a DAG run: Airflow caches the connection, so changing its region mid-session
     would leak into the next tests.)"""
-    from fruits import preflight
-    from fruits.config import PipelineConfig
+    from fruits.backends.emr import preflight
+    from fruits.config.run import PipelineConfig
 
     cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
                          weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
@@ -322,8 +322,8 @@ def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection
 
 
 def test_preflight_says_when_the_code_was_not_staged(aws):
-    from fruits import preflight
-    from fruits.config import PipelineConfig
+    from fruits.backends.emr import preflight
+    from fruits.config.run import PipelineConfig
 
     cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
                          weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
@@ -343,7 +343,7 @@ def test_a_bootstrap_failure_is_reported_as_the_clusters_not_as_a_cancelled_step
 
 
 def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
-    from fruits.operators import StepSensor
+    from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
     cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", LogUri=f"s3n://{BUCKET}/logs/emr/",
@@ -392,7 +392,7 @@ def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_
 
 def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     """On EMR the features job writes its progress beside the features; each poke of its sensor logs it."""
-    from fruits.operators import StepSensor
+    from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
     cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", Instances={

@@ -35,7 +35,7 @@ def test_documents_are_valid_and_name_no_wildcard_actions():
 def test_the_job_flow_is_allowed_by_the_policy_as_built():
     """The real RunJobFlow request (fruits/emr.py), with what it implies: PassRole and AddTags."""
     from test_emr_builders import CFG, RUN_ID, VERSION
-    from fruits import emr
+    from fruits.backends.emr import builders as emr
 
     flow = emr.job_flow_overrides(CFG, VERSION, RUN_ID)
     requests = iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fruits import layout
-from fruits.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
-from fruits.storage import LocalStorage, S3Storage
+from fruits.lake import layout
+from fruits.lake.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
+from fruits.lake.storage import LocalStorage, S3Storage
 
 @pytest.fixture(params=["s3", "local"])
 def storage(request, tmp_path):

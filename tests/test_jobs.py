@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from fruits import jobs
-from fruits.config import PipelineConfig
+from fruits.backends import jobs
+from fruits.config.run import PipelineConfig
 from fruits_jobs import bundle, features, pca
 
 CFG = PipelineConfig(

@@ -11,8 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits import jobs, lake, local_runner
-from fruits.config import PipelineConfig
+from fruits.backends import jobs
+from fruits.lake.folder import folder as lake
+from fruits.backends.local import runner as local_runner
+from fruits.config.run import PipelineConfig
 
 CFG = PipelineConfig(
     batch_id="b1", landing_dir="/landing", backend="local", pca_k=5, pca_variance=0.95, weights="random",
@@ -102,7 +104,7 @@ def test_the_steps_stderr_is_logged_at_each_lines_own_level(tmp_path, caplog):
                       "printf '\\tat org.apache.spark.Foo(Foo.java:1)\\n' >&2\n"
                       "echo '{\"read\": 1}'\n")
     script.chmod(0o755)
-    with caplog.at_level(logging.DEBUG, logger="fruits.local_runner"):
+    with caplog.at_level(logging.DEBUG, logger="fruits.backends.local.runner"):
         assert local_runner.run_step("s", [str(script)]) == {"read": 1}
     levels = {r.getMessage().split("] ", 1)[1]: r.levelname for r in caplog.records if r.getMessage().startswith("[s] ")}
     assert levels == {

@@ -9,14 +9,14 @@ import urllib.request
 
 import pytest
 
-from fruits.local_airflow import free_port
+from fruits.tools.local_airflow import free_port
 
 pytestmark = pytest.mark.timeout(400)
 
 
 def test_make_ui_serves_the_dag_with_the_printed_login_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fruits.local_airflow", "--home", str(tmp_path / "home"),
+    proc = subprocess.Popen([sys.executable, "-m", "fruits.tools.local_airflow", "--home", str(tmp_path / "home"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     printed = []
     try:

@@ -1,8 +1,8 @@
 """The Airflow side reads the lake as the jobs publish it: through commits, never through files alone."""
 import json
 
-from fruits import published
-from fruits.storage import LocalStorage
+from fruits.lake import published
+from fruits.lake.storage import LocalStorage
 
 
 def put(root, key, data=b"x"):

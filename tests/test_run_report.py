@@ -1,7 +1,7 @@
 """The run report's figures from EMR's answers (fruits/run_report.py): pure, no AWS needed."""
 from datetime import datetime, timedelta, timezone
 
-from fruits import run_report
+from fruits.backends import run_report
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 PRICES = {"source": {"ec2": "ec2 page", "emr": "emr page"}, "as_of": "2025-06",
@@ -54,8 +54,8 @@ def test_a_cluster_still_ending_is_counted_until_now_and_an_unpriced_type_says_w
 
 
 def test_the_price_table_names_its_source_and_date_and_prices_the_default_types():
-    from fruits.settings import DEFAULTS
-    from fruits.params import build_params
+    from fruits.config.settings import DEFAULTS
+    from fruits.config.params import build_params
 
     prices = run_report.load_prices()
     assert prices["source"]["ec2"].startswith("https://aws.amazon.com/ec2/pricing") and prices["as_of"]

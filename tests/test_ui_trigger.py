@@ -38,14 +38,14 @@ pytestmark = [
 
 def make_demo_images(out: Path) -> None:
     """The deterministic demo set, 3 per class (+ its odd files): the Spark time is mostly start-up."""
-    from fruits.demo_images import generate
+    from fruits.tools.demo_images import generate
 
     generate(out, per_class=3)
 
 
 def photos_ingest_would_send(landing: Path) -> int:
     """How many landing files the pipeline reads: what ingest uploads (its own skip rules)."""
-    from fruits.ingest import skip_reason
+    from fruits.lake.ingest import skip_reason
 
     return sum(1 for p in landing.rglob("*") if p.is_file() and skip_reason(p.relative_to(landing)) is None)
 
@@ -59,7 +59,7 @@ def artifacts():
 
 @pytest.fixture
 def stack(tmp_path, artifacts):
-    from fruits.local_airflow import AirflowStack
+    from fruits.tools.local_airflow import AirflowStack
 
     lake = tmp_path / "lake"
     stack = AirflowStack(tmp_path / "airflow_home", artifacts / "airflow", extra_env={

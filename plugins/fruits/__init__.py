@@ -1,5 +1,7 @@
-"""Airflow-side code of the Fruits! pipeline: config, bucket layout, ingest, EMR builders, local runner.
+"""The Fruits! pipeline's Airflow side: config/ (what a run is), lake/ (the bucket and its rules),
+backends/ (where the Spark jobs run: EMR or this machine), tools/ (the `fruits` CLI and developer tools).
 
-Lives under plugins/ because Airflow puts that folder on sys.path for DAGs, workers and the
-triggerer alike; the DAG file only wires these pieces together. Nothing here imports Spark.
+It lives under plugins/ because every Airflow component (scheduler, workers, triggerer, MWAA's
+plugins.zip) puts that folder on sys.path; plugins/.airflowignore keeps Airflow's plugin loader
+from also executing each module under its bare file name. Nothing here imports Spark.
 """

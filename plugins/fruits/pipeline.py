@@ -6,12 +6,21 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fruits import clusters, config, emr, ingest, jobs, layout, local_runner, published, run_report, summary
-from fruits import preflight as preflight_checks
-from fruits.config import PipelineConfig
-from fruits.storage import LocalStorage, S3Storage, Storage
+from fruits.backends.emr import clusters
+from fruits.config import run as config
+from fruits.backends.emr import builders as emr
+from fruits.lake import ingest
+from fruits.backends import jobs
+from fruits.lake import layout
+from fruits.backends.local import runner as local_runner
+from fruits.lake import published
+from fruits.backends import run_report
+from fruits.lake import summary
+from fruits.backends.emr import preflight as preflight_checks
+from fruits.config.run import PipelineConfig
+from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits_jobs.digests import file_digests
-from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR, build_bundle
+from fruits_jobs.bundle import LOCK, build_bundle, spark_jobs_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,7 @@ def upload_missing(storage: Storage, prefix: str, files: dict) -> None:
 
 def wheels_prefix_of(cfg: PipelineConfig) -> str:
     """Where this run's wheelhouse is staged: by the lock file's content, once per closure."""
-    return layout.wheels_prefix(file_digests(SPARK_JOBS_DIR / LOCK, "sha256")[0])
+    return layout.wheels_prefix(file_digests(spark_jobs_dir() / LOCK, "sha256")[0])
 
 
 def preflight(cfg_dict: dict, version: str) -> None:

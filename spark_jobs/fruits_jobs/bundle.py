@@ -4,15 +4,15 @@ Used by the entrypoints (to ship this package when run straight from the source 
 the DAG's "stage code" task (to upload a versioned copy). Standard library only.
 """
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 from fruits_jobs.contract import FEATURES_ENTRYPOINT, PCA_ENTRYPOINT, PY_FILES_ZIP
 
-SPARK_JOBS_DIR = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = SPARK_JOBS_DIR / "fruits_jobs"
+PACKAGE_DIR = Path(__file__).resolve().parent  # the package's own sources, wherever it is installed
 ZIP_NAME = PY_FILES_ZIP
 ENTRYPOINTS = (FEATURES_ENTRYPOINT, PCA_ENTRYPOINT)
 BOOTSTRAP = "bootstrap/emr_bootstrap.sh"
@@ -23,6 +23,24 @@ COPIED = ENTRYPOINTS + (BOOTSTRAP, REQUIREMENTS, LOCK)
 SHIPPED = (ZIP_NAME, *COPIED)
 # A fixed timestamp makes the zip byte-identical for identical sources, so the version is stable.
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
+
+
+def repo_dir() -> Path:
+    """The checkout (or deployment folder) holding spark_jobs/: env FRUITS_REPO, else the source tree
+    this package runs from, else the working directory. A wheel install knows no checkout of its own."""
+    if os.environ.get("FRUITS_REPO"):
+        return Path(os.environ["FRUITS_REPO"]).expanduser().resolve()
+    source = PACKAGE_DIR.parents[1]
+    return source if (source / "spark_jobs" / BOOTSTRAP).is_file() else Path.cwd().resolve()
+
+
+def spark_jobs_dir() -> Path:
+    """spark_jobs/ of repo_dir(): what a bundle copies besides this package (bootstrap, requirements, lock)."""
+    folder = repo_dir() / "spark_jobs"
+    if not (folder / BOOTSTRAP).is_file():
+        raise FileNotFoundError(f"no spark_jobs/{BOOTSTRAP} under {folder.parent}: set FRUITS_REPO to the checkout "
+                                "(or deployment folder) that holds spark_jobs/")
+    return folder
 
 
 class Bundle(NamedTuple):
@@ -47,15 +65,16 @@ def build_zip(dest: Path, package_dir: Path = PACKAGE_DIR) -> Path:
     return dest
 
 
-def build_bundle(out_dir: Path, spark_jobs_dir: Path = SPARK_JOBS_DIR) -> Bundle:
+def build_bundle(out_dir: Path, jobs_dir: Optional[Path] = None) -> Bundle:
     """Copy entrypoints, bootstrap and requirements to out_dir, build the zip, hash it all."""
+    jobs_dir = jobs_dir or spark_jobs_dir()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {ZIP_NAME: build_zip(out_dir / ZIP_NAME, spark_jobs_dir / "fruits_jobs")}
+    files = {ZIP_NAME: build_zip(out_dir / ZIP_NAME, jobs_dir / "fruits_jobs")}
     for name in COPIED:
         dest = out_dir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(spark_jobs_dir / name, dest)
+        shutil.copyfile(jobs_dir / name, dest)
         files[name] = dest
     digest = hashlib.sha256()
     for name in sorted(files):

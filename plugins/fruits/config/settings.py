@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout: defaults for a developer machine
+from fruits_jobs.bundle import repo_dir
+
+REPO = repo_dir()  # the checkout: defaults for a developer machine (FRUITS_REPO where installed elsewhere)
 AWS_CONN_ID = "aws_default"  # the DAG's default_args and the hooks of our own tasks
 
 

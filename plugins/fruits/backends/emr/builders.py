@@ -6,9 +6,9 @@ spark-submit in cluster mode on YARN, with the executor shape below.
 import re
 from typing import Dict, List, Optional
 
-from fruits import layout
-from fruits.config import PipelineConfig
-from fruits.jobs import SparkJob, submit_args
+from fruits.lake import layout
+from fruits.config.run import PipelineConfig
+from fruits.backends.jobs import SparkJob, submit_args
 from fruits_jobs.bundle import BOOTSTRAP, LOCK
 
 PYTHON = "/usr/bin/python3.11"  # installed by the bootstrap; the jobs' pins are for 3.11

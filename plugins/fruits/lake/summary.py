@@ -3,9 +3,9 @@ import json
 import logging
 from typing import Optional
 
-from fruits import layout
-from fruits.published import current_commit
-from fruits.storage import Storage
+from fruits.lake import layout
+from fruits.lake.published import current_commit
+from fruits.lake.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
-PRICES_FILE = Path(__file__).with_name("emr_prices.json")
+PRICES_FILE = Path(__file__).parent / "emr" / "emr_prices.json"
 
 
 def load_prices(path: Path = PRICES_FILE) -> dict:

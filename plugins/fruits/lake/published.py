@@ -8,8 +8,8 @@ commit are a run in progress or a killed one, never something to read or count.
 import json
 from typing import Dict, Optional
 
-from fruits import layout
-from fruits.storage import Storage
+from fruits.lake import layout
+from fruits.lake.storage import Storage
 from fruits_jobs.contract import committed_runs
 
 

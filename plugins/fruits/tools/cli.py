@@ -1,15 +1,13 @@
-"""Answers about the lake without pandas: `fruits <command>` (the venv's console script, or
-`python -m fruits.cli`; the local lake by default).
+"""The `fruits` command (the venv's console script, or `python -m fruits.tools.cli`): answers about the
+lake, without pandas, and demo photos. The local lake by default, `--lake DIR` for another.
 
     fruits batches                  every batch: photos read, featurized, rejected; PCA k
     fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
     fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
-
-Not fruits/__main__.py: Airflow imports every module of plugins/ by its file name, and one named
-__main__ would run as a program inside the scheduler.
+    fruits where [--batch-id ID]    where a batch's outputs are (default: the batch processed last)
+    fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
-`python -m fruits.where` prints where a batch's outputs are.
 """
 import argparse
 import sys
@@ -18,11 +16,12 @@ from typing import List, Optional
 
 import numpy as np
 
-from fruits import layout
-from fruits.lake import default_lake
-from fruits.published import committed_batches, current_commit
-from fruits.storage import LocalStorage, Storage
-from fruits.summary import readable
+from fruits.lake import layout
+from fruits.lake.folder import default_lake
+from fruits.lake.published import committed_batches, current_commit, latest_processed_batch
+from fruits.lake.storage import LocalStorage, Storage
+from fruits.lake.summary import format_locations, read_summary, readable
+from fruits.tools import demo_images
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 
 
@@ -106,6 +105,18 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: Optional[str] = N
             for rank, i in enumerate(best, 1)]
 
 
+def where_lines(storage: Storage, batch_id: Optional[str]) -> List[str]:
+    """Where a batch's outputs are (default: the batch whose PCA committed last), with its k."""
+    batch_id = batch_id or latest_processed_batch(storage)
+    if batch_id is None:
+        raise LookupError(f"no processed batch in {storage.name}")
+    pca_and_locations = read_summary(storage, batch_id)
+    pca = pca_and_locations["pca"]
+    return [f"batch {batch_id} in {storage.name}:", format_locations(pca_and_locations["locations"]),
+            f"  k={pca['k']} of {pca['input_dim']} dims, explained variance {pca['total_explained_variance']:.3f}"
+            f" on {pca['n_images']} images"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, default=default_lake(), help="the lake folder (default: the local lake)")
@@ -117,9 +128,24 @@ def main(argv=None) -> int:
     similar.add_argument("photo", type=Path)
     similar.add_argument("--k", type=int, default=5)
     similar.add_argument("--batch", help="only this batch (default: every batch)")
+    where = sub.add_parser("where", help="where a batch's outputs are")
+    where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
+    demo = sub.add_parser("demo", help="generate demo photos in a Fruits-360 layout")
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--per-class", type=int, default=6)
+    demo.add_argument("--no-odd-files", action="store_true", help="only photos (no empty, hidden or broken files)")
     args = parser.parse_args(argv)
     storage = LocalStorage(args.lake.resolve())
-    if args.command == "batches":
+    if args.command == "demo":
+        counts = demo_images.generate(args.out_dir, args.per_class, not args.no_odd_files)
+        lines = [f"wrote {counts['images']} demo images and {counts['odd_files']} odd files to {args.out_dir}"]
+    elif args.command == "where":
+        try:
+            lines = where_lines(storage, args.batch_id)
+        except (LookupError, RuntimeError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    elif args.command == "batches":
         lines = batches_table(storage)
     elif args.command == "rejects":
         lines = rejects_rows(storage, args.batch)

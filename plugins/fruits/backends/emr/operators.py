@@ -11,9 +11,9 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from botocore.exceptions import ClientError
 
-from fruits.clusters import live_cluster_of_run
-from fruits.emr import RUN_TAG_KEYS
-from fruits.lake import S3_NOT_FOUND, aws_error_code, split_s3
+from fruits.backends.emr.clusters import live_cluster_of_run
+from fruits.backends.emr.builders import RUN_TAG_KEYS
+from fruits.backends.emr.aws import S3_NOT_FOUND, aws_error_code
 from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
@@ -24,19 +24,13 @@ STDERR_WAIT_S = 300
 STDERR_POLL_S = 20
 
 
-def split_log_uri(log_uri: str):
-    """s3://, s3n:// or s3a:// bucket/prefix/ -> (bucket, prefix/): EMR reports LogUri as s3n://."""
-    bucket, _, prefix = log_uri.split("://", 1)[1].partition("/")
-    return bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"
-
-
 def tail(data: bytes, lines: int = STDERR_LINES) -> str:
     return "\n".join(gzip.decompress(data).decode("utf-8", "replace").splitlines()[-lines:])
 
 
 class CreateClusterOnce(EmrCreateJobFlowOperator):
     """EmrCreateJobFlowOperator whose retry reuses the live cluster an earlier try of the same DAG
-    run created (found by name and by the run's tags: fruits.emr.run_tags) instead of paying for a
+    run created (found by name and by the run's tags: fruits.backends.emr.builders.run_tags) instead of paying for a
     second one; so it can retry like any task."""
 
     def execute(self, context):
@@ -80,7 +74,7 @@ class StepSensor(EmrStepSensor):
         uri = (self.progress_uris or {}).get(self.job_name)
         if not uri:
             return
-        bucket, key = split_s3(uri)
+        bucket, key = S3Hook.parse_s3_url(uri)
         try:
             body = S3Hook(aws_conn_id=self.aws_conn_id).conn.get_object(Bucket=bucket, Key=key)["Body"].read()
             self.log.info("%s: %s", self.job_name, format_line(json.loads(body)))
@@ -115,8 +109,8 @@ class StepSensor(EmrStepSensor):
         return "\n".join(lines)
 
     def _stderr_tail(self, log_uri: str) -> str:
-        bucket, prefix = split_log_uri(log_uri)
-        key = f"{prefix}{self.job_flow_id}/steps/{self.step_id}/stderr.gz"
+        bucket, prefix = S3Hook.parse_s3_url(log_uri)  # EMR reports LogUri as s3n://
+        key = f"{prefix.rstrip('/')}/{self.job_flow_id}/steps/{self.step_id}/stderr.gz"
         s3 = S3Hook(aws_conn_id=self.aws_conn_id).conn
         deadline = time.monotonic() + self.stderr_wait_s
         while True:

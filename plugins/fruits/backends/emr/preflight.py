@@ -9,11 +9,13 @@ from typing import Callable, List, NamedTuple
 
 from botocore.exceptions import ClientError
 
-from fruits import layout
-from fruits.config import PipelineConfig
-from fruits.lake import aws_error_code, split_s3
+from fruits.lake import layout
+from fruits.config.run import PipelineConfig
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+from fruits.backends.emr.aws import aws_error_code
 from fruits_jobs.bundle import SHIPPED
-from fruits.emr import EMR_MANAGED_POLICY_TAG
+from fruits.backends.emr.builders import EMR_MANAGED_POLICY_TAG
 
 
 class Clients(NamedTuple):
@@ -50,7 +52,7 @@ def _listed(c: Clients, bucket: str, key: str) -> bool:
 def check_weights(cfg: PipelineConfig, c: Clients) -> List[str]:
     if not cfg.weights.startswith("s3://"):
         return []
-    bucket, key = split_s3(cfg.weights)
+    bucket, key = S3Hook.parse_s3_url(cfg.weights)
     try:
         if _listed(c, bucket, key):
             return []

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import List
 
-from fruits.jobs import SparkJob, submit_args
+from fruits.backends.jobs import SparkJob, submit_args
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,8 @@
 The repository ships no copy of the dataset. These images let a newcomer run the whole pipeline
 offline; point `landing_dir` at a real Fruits-360 folder for real results (see README).
 
-    python -m fruits.demo_images data/landing [--per-class 6] [--no-odd-files]
+    fruits demo data/landing [--per-class 6] [--no-odd-files]
 """
-import argparse
 import io
 import random
 from pathlib import Path
@@ -86,17 +85,3 @@ def generate(out_dir: Path, per_class: int = 6, with_odd_files: bool = True) -> 
                 path.write_bytes(content)
             written["odd_files"] += 1
     return written
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--per-class", type=int, default=6)
-    parser.add_argument("--no-odd-files", action="store_true")
-    args = parser.parse_args(argv)
-    counts = generate(args.out_dir, args.per_class, not args.no_odd_files)
-    print(f"wrote {counts['images']} demo images and {counts['odd_files']} odd files to {args.out_dir}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,13 +7,13 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from fruits import layout
-from fruits.lake import to_local
-from fruits.params import InvalidParam, check_weights, check_x86_64, validate
-from fruits.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env, shared_weights
+from fruits.lake import layout
+from fruits.lake.folder import to_local
+from fruits.config.params import InvalidParam, check_weights, check_x86_64, validate
+from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env, shared_weights
 from fruits_jobs.digests import file_digests
 from fruits_jobs import contract
-from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
+from fruits_jobs.bundle import LOCK, spark_jobs_dir
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def wheelhouse_folder(value: Optional[str]) -> Optional[str]:
     if not value:
         return None
     folder = Path(value).expanduser().resolve()
-    lock = (SPARK_JOBS_DIR / LOCK).read_text()
+    lock = (spark_jobs_dir() / LOCK).read_text()
     missing = missing_wheels(lock, [w.name for w in folder.glob("*.whl")] if folder.is_dir() else [])
     if missing:
         raise InvalidParam("backend", f"the wheelhouse setting (fruits_wheelhouse) is {folder}, which lacks "

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 from botocore.exceptions import ClientError
 
-from fruits.lake import aws_error_code
+from fruits.backends.emr.aws import aws_error_code
 
 LIVE_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 # A step in these states will still produce (or has produced) its output: adding it again would run

@@ -13,11 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
-from fruits import layout
+from fruits.lake import layout
 from fruits_jobs import contract
 
 if TYPE_CHECKING:  # the renderers and the benchmark import this module without Airflow
-    from fruits.config import PipelineConfig
+    from fruits.config.run import PipelineConfig
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from fruits import layout, published
-from fruits.storage import Storage
+from fruits.lake import layout
+from fruits.lake import published
+from fruits.lake.storage import Storage
 from fruits_jobs.digests import file_digests
 from fruits_jobs import contract
 

@@ -1,6 +1,6 @@
 """Airflow on this machine with no Docker: api-server, scheduler and dag-processor on loopback.
 
-`make ui` (`python -m fruits.local_airflow`) starts it on the embedded default and prints the URL
+`make ui` (`python -m fruits.tools.local_airflow`) starts it on the embedded default and prints the URL
 and a login; Ctrl-C stops it. The browser test starts the same stack in a throw-away home.
 
 AIRFLOW_HOME of the caller's choice, SQLite, LocalExecutor, loopback ports (free ones unless given),
@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[2]
+from fruits.config.settings import REPO
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 

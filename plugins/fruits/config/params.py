@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from airflow.sdk import Param
 
-from fruits.settings import setting_from_env
+from fruits.config.settings import setting_from_env
 from fruits_jobs import contract
 
 BACKENDS = ("emr", "local")

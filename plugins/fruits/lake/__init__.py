@@ -1,0 +1,1 @@
+"""The lake: its layout, the storage behind it (a bucket or a folder), ingest, and what is published."""
