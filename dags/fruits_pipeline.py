@@ -6,7 +6,7 @@ Daily (or triggered with the form's parameters), on EMR or on this machine:
 2. **ingest_new_photos**: the landing folder's photos that no published batch holds go to `raw/`,
    with the batch's manifest; **any_new_photos** stops the run here, visibly, when none is new.
 3. **stage_code** (the jobs' bundle, by content) → **plan_jobs** (the run's two Spark jobs, once).
-4. **choose_backend**, then either
+4. **choose_backend**: the branch of the run's backend (fruits/backends/), either
    - **emr**: `preflight` (bucket, weights, roles, subnet, instance types, code: nothing is created
      when one is wrong) → `create_cluster` → `add_steps` (both jobs in one call; a retry of either
      reuses what its first try made) → one `watch_<job>` sensor per job, which logs the job's
@@ -16,42 +16,22 @@ Daily (or triggered with the form's parameters), on EMR or on this machine:
    (wall times, images/s, on EMR the cluster and its cost); the outputs are published as the
    assets `fruits://features` and `fruits://pca`.
 
-Logic lives in the `fruits` package (`plugins/fruits`); this file only tells the story.
+Logic lives in the `fruits` package (`plugins/fruits`); this file only tells the story. Each backend
+adds its own branch of tasks (`Backend.add_tasks`), so nothing here asks which backend runs.
 """
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
-from airflow.sdk import Asset, TaskGroup, TriggerRule, chain, dag, task
+from airflow.sdk import Asset, TriggerRule, chain, dag, task
 
-from fruits.backends.emr import builders as emr
-from fruits.backends import jobs
 from fruits import pipeline
-from fruits.lake import summary
-from fruits.config.run import emr_deferrable
+from fruits.backends import BACKENDS, backend_named
 from fruits.config.params import build_params
-from fruits.backends.emr.operators import CreateClusterOnce, StepSensor
 from fruits.config.settings import AWS_CONN_ID
+from fruits.lake import summary
 
-DEFERRABLE = emr_deferrable()
 OUTPUTS = [Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
            Asset(name="fruits_pca", uri=summary.PCA_ASSET_URI)]
-
-
-def watch(job: jobs.JobDef, cluster_id, step_id, progress_uris) -> StepSensor:
-    return StepSensor(
-        task_id=f"watch_{job.name}",
-        job_name=job.name,
-        progress_uris=progress_uris,  # its log shows the job's progress on each poke
-        job_flow_id=cluster_id,
-        step_id=step_id,
-        poke_interval=emr.POKE_INTERVAL_S,
-        timeout=job.timeout_s,
-        max_attempts=job.timeout_s // emr.POKE_INTERVAL_S,  # the deferrable trigger's timeout
-        mode="reschedule",  # between pokes the worker slot is free
-        deferrable=DEFERRABLE,
-        retries=0,  # a FAILED step stays failed; throttling is retried inside botocore
-    )
 
 
 @dag(
@@ -90,26 +70,14 @@ def fruits_pipeline():
         return pipeline.plan(cfg, version, context["run_id"])
 
     @task.branch
-    def choose_backend(cfg: dict, first_task: dict) -> str:
-        return first_task[cfg["backend"]]
-
-    @task(retries=0)  # a setting to change will not change by itself
-    def preflight(cfg: dict, version: str) -> None:
-        pipeline.preflight(cfg, version)
-
-    @task(multiple_outputs=True)  # a retry adds only the steps the cluster lacks
-    def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
-        return pipeline.add_steps(cfg, cluster_id, steps)
-
-    @task(retries=0)  # re-running Spark is a person's decision
-    def run_locally(cfg: dict, spark_jobs: list) -> list:
-        return pipeline.run_locally(cfg, spark_jobs)
+    def choose_backend(cfg: dict, entries: dict) -> str:
+        return entries[cfg["backend"]]
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=OUTPUTS)  # after whichever backend ran
-    def publish_summary(cfg: dict, run_by: dict, **context) -> dict:
-        # Only the backend that ran has a value to pull (the cluster id, or run_locally's timings).
+    def publish_summary(cfg: dict, results: dict, **context) -> dict:
+        # Only the backend that ran has a value to pull (on EMR the cluster id, locally the timings).
         # Pulled, not passed: a task fed by the setup create_cluster would need every upstream to succeed.
-        result = pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=run_by[cfg["backend"]]))
+        result = pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=results[cfg["backend"]]))
         for asset in OUTPUTS:  # each asset event says which batch, what it holds and where
             context["outlet_events"][asset].extra = summary.asset_extras(result)[asset.uri]
         return result
@@ -118,28 +86,12 @@ def fruits_pipeline():
     report = ingest_new_photos(cfg)
     version = stage_code(cfg)
     plan = plan_jobs(cfg, version)
-
-    with TaskGroup("emr", tooltip="does nothing (skipped) when backend=local"):
-        checked = preflight(cfg, version)
-        create_cluster = CreateClusterOnce(  # a retry reuses the cluster an earlier try created
-            task_id="create_cluster",
-            job_flow_overrides=plan["job_flow"],
-            emr_conn_id=None,  # the whole request is built in plugins/fruits/backends/emr/builders.py
-        )
-        step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
-        watchers = [watch(job, create_cluster.output, step_ids[job.name], plan["progress"]) for job in jobs.JOBS]
-        # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
-        # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
-        terminate_cluster = EmrTerminateJobFlowOperator(
-            task_id="terminate_cluster", job_flow_id=create_cluster.output,
-        ).as_teardown(setups=[create_cluster, step_ids.operator])
-        chain(checked, create_cluster, step_ids, *watchers, terminate_cluster)
-
-    local = run_locally(cfg, plan["jobs"])
-    backend = choose_backend(cfg, {"emr": checked.operator.task_id, "local": local.operator.task_id})
-    chain(report, any_new_photos(cfg, report), version, plan, backend, [checked, local])
-    # After the teardown too: the run report's cost counts the cluster's whole life.
-    chain([watchers[-1], terminate_cluster, local], publish_summary(cfg, {"emr": create_cluster.task_id, "local": local.operator.task_id}))
+    # Every backend's branch: emr (pre-flight, cluster, steps, sensors, teardown) and local (run_locally).
+    branches = {name: backend_named(name).add_tasks(cfg, version, plan) for name in BACKENDS}
+    backend = choose_backend(cfg, {name: b.entry.task_id for name, b in branches.items()})
+    chain(report, any_new_photos(cfg, report), version, plan, backend, [b.entry for b in branches.values()])
+    done = publish_summary(cfg, {name: b.result_task_id for name, b in branches.items()})
+    chain([task for b in branches.values() for task in b.done], done)
 
 
 fruits_pipeline()

@@ -9,13 +9,17 @@ from botocore.validate import ParamValidator
 
 from fruits.backends.emr import builders as emr
 from fruits.backends import jobs
-from fruits.config.run import PipelineConfig
+from fruits.config.run import EmrConfig, RunConfig
 
-CFG = PipelineConfig(
+CFG = RunConfig(
     batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5", instance_type="m5.2xlarge", core_count=3,
-    task_spot_count=0, bucket="fruits-test", local_lake="/lake",
+    weights="s3://fruits-test/models/w.weights.h5", bucket="fruits-test", root="s3://fruits-test/",
+    emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
 )
+
+
+def with_emr(cfg=CFG, **changes):
+    return dataclasses.replace(cfg, emr=dataclasses.replace(cfg.emr, **changes))
 VERSION = "abc123def456"
 RUN_ID = "manual__2026-12-01T10:00:00.123456+00:00"
 
@@ -31,7 +35,7 @@ def validate(operation: str, params: dict) -> None:
 
 
 def test_job_flow_and_steps_pass_botocore_validation():
-    validate("RunJobFlow", emr.job_flow_overrides(dataclasses.replace(
+    validate("RunJobFlow", emr.job_flow_overrides(with_emr(
         CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec",
         security_group_ids="sg-1,sg-2"), VERSION, RUN_ID))
     validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr_steps()})
@@ -76,14 +80,14 @@ def test_tag_values_are_ones_emr_accepts():
 
 
 def test_project_tag_and_security_groups_come_from_the_settings():
-    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab", security_group_ids="sg-1, sg-2"), VERSION, RUN_ID)
+    flow = emr.job_flow_overrides(with_emr(project_tag="lab", security_group_ids="sg-1, sg-2"), VERSION, RUN_ID)
     assert {"Key": "project", "Value": "lab"} in flow["Tags"]
     assert flow["Instances"]["AdditionalMasterSecurityGroups"] == ["sg-1", "sg-2"]
     assert flow["Instances"]["AdditionalSlaveSecurityGroups"] == ["sg-1", "sg-2"]
 
 
 def test_spot_task_group_only_when_asked():
-    groups = emr.instance_groups(dataclasses.replace(CFG, task_spot_count=4))
+    groups = emr.instance_groups(with_emr(task_spot_count=4))
     assert groups[-1] == {"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
                           "InstanceType": "m5.2xlarge", "InstanceCount": 4}
 
@@ -117,10 +121,10 @@ def test_steps_follow_the_jobs_contract():
 
 def test_moto_accepts_the_job_flow_and_the_steps(aws):
     client = boto3.client("emr", region_name=REGION)
-    cluster_id = client.run_job_flow(**emr.job_flow_overrides(dataclasses.replace(CFG, task_spot_count=1), VERSION, RUN_ID))["JobFlowId"]
+    cluster_id = client.run_job_flow(**emr.job_flow_overrides(with_emr(task_spot_count=1), VERSION, RUN_ID))["JobFlowId"]
     client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr_steps())
     cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
-    assert cluster["ReleaseLabel"] == CFG.release_label
+    assert cluster["ReleaseLabel"] == CFG.emr.release_label
     assert cluster["AutoTerminate"] is False and cluster["VisibleToAllUsers"] is True
     steps = client.list_steps(ClusterId=cluster_id)["Steps"]
     assert sorted(s["Name"] for s in steps) == ["extract_features 2025-01-02", "reduce_dimensions 2025-01-02"]

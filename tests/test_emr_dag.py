@@ -9,6 +9,7 @@ request validation. Every AWS call made is checked against the Airflow role's IA
 """
 from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -245,17 +246,19 @@ def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runn
 def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow_db, runnable_dag, aws, landing,
                                                                        tmp_path, monkeypatch):
     """Clusters in a subnet without internet install the jobs' closure from the bucket."""
-    from fruits_jobs.bundle import LOCK, SPARK_JOBS_DIR
+    from fruits_jobs.bundle import LOCK, spark_jobs_dir
+
+    lock = spark_jobs_dir() / LOCK
 
     wheels = tmp_path / "wheelhouse"
     wheels.mkdir()
-    for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (SPARK_JOBS_DIR / LOCK).read_text(), re.M):
+    for name, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock.read_text(), re.M):
         (wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"a wheel")
     monkeypatch.setenv("FRUITS_WHEELHOUSE", str(wheels))
     simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-wh"))
     dr, states = run(runnable_dag, landing, "b-wh")
     assert dr.state == DagRunState.SUCCESS, states
-    prefix = f"wheels/{hashlib.sha256((SPARK_JOBS_DIR / LOCK).read_bytes()).hexdigest()}/"
+    prefix = f"wheels/{hashlib.sha256(lock.read_bytes()).hexdigest()}/"
     staged = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
     assert len(staged) == len(list(wheels.iterdir()))
     (cluster,) = clusters()
@@ -264,11 +267,12 @@ def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow
 
 
 def test_an_incomplete_wheelhouse_is_refused_before_anything_runs(tmp_path):
-    from fruits.config import run as config
+    from fruits.backends.emr.backend import wheelhouse_folder
+    from fruits.config.params import InvalidParam
 
     (tmp_path / "numpy-1.0-py3-none-any.whl").write_bytes(b"")
-    with pytest.raises(config.InvalidParam, match="lacks .* wheel.*make wheelhouse"):
-        config.wheelhouse_folder(str(tmp_path))
+    with pytest.raises(InvalidParam, match="lacks .* wheel.*make wheelhouse"):
+        wheelhouse_folder(str(tmp_path))
 
 
 def no_weights(monkeypatch):
@@ -307,26 +311,25 @@ def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection
     """(Not through a DAG run: Airflow caches the connection, so changing its region mid-session
     would leak into the next tests.)"""
     from fruits.backends.emr import preflight
-    from fruits.config.run import PipelineConfig
+    from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
-                         weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
+    cfg = RunConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9, weights="random",
+                    bucket=BUCKET, root=f"s3://{BUCKET}/", emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0))
     far = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, "us-east-1")
     assert preflight.check_bucket(cfg, far) == [
         "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1: set "
         "region_name=eu-west-1 in the connection's extra, or use a bucket in us-east-1"]
     assert preflight.check_bucket(cfg, far._replace(region=REGION)) == []
-    missing = preflight.check_bucket(cfg._replace(bucket="nope") if hasattr(cfg, "_replace") else
-                                     __import__("dataclasses").replace(cfg, bucket="nope"), far)
+    missing = preflight.check_bucket(dataclasses.replace(cfg, bucket="nope"), far)
     assert missing[0].startswith("fruits_bucket: bucket 'nope' cannot be read")
 
 
 def test_preflight_says_when_the_code_was_not_staged(aws):
     from fruits.backends.emr import preflight
-    from fruits.config.run import PipelineConfig
+    from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = PipelineConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9,
-                         weights="random", instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket=BUCKET)
+    cfg = RunConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9, weights="random",
+                    bucket=BUCKET, root=f"s3://{BUCKET}/", emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0))
     clients = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, REGION)
     (problem,) = preflight.check_code(cfg, clients, "v0")
     assert "extract_features.py" in problem and "stage_code did not finish" in problem

@@ -3,7 +3,6 @@ and the evaluator the `aws` fixture uses (every moto-driven test checks each AWS
 the Airflow policy)."""
 from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
 
-import dataclasses
 
 import pytest
 
@@ -34,7 +33,7 @@ def test_documents_are_valid_and_name_no_wildcard_actions():
 
 def test_the_job_flow_is_allowed_by_the_policy_as_built():
     """The real RunJobFlow request (fruits/emr.py), with what it implies: PassRole and AddTags."""
-    from test_emr_builders import CFG, RUN_ID, VERSION
+    from test_emr_builders import CFG, RUN_ID, VERSION, with_emr
     from fruits.backends.emr import builders as emr
 
     flow = emr.job_flow_overrides(CFG, VERSION, RUN_ID)
@@ -44,7 +43,7 @@ def test_the_job_flow_is_allowed_by_the_policy_as_built():
     assert all(is_allowed(POLICY, *req) for req in requests)
     # another project tag, set on both sides (setting fruits_project_tag, parameter ProjectTag)
     other = Stack(BUCKET, account=ACCOUNT, region=REGION, ProjectTag="lab").policy("AirflowPolicy")
-    flow = emr.job_flow_overrides(dataclasses.replace(CFG, project_tag="lab"), VERSION, RUN_ID)
+    flow = emr.job_flow_overrides(with_emr(project_tag="lab"), VERSION, RUN_ID)
     flow.update(ServiceRole="lab-emr-service-role", JobFlowRole="lab-emr-ec2-role")
     assert all(is_allowed(other, *req) for req in iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT))
 

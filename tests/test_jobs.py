@@ -5,19 +5,21 @@ import dataclasses
 import pytest
 
 from fruits.backends import jobs
-from fruits.config.run import PipelineConfig
+from fruits.config.run import EmrConfig, LocalConfig, RunConfig
 from fruits_jobs import bundle, features, pca
 
-CFG = PipelineConfig(
+CFG = RunConfig(
     batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5", instance_type="m5.2xlarge", core_count=3,
-    task_spot_count=0, bucket="fruits-test",
+    weights="s3://fruits-test/models/w.weights.h5", bucket="fruits-test", root="s3://fruits-test/",
+    emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
 )
+LOCAL = dataclasses.replace(CFG, backend="local", root="/lake/", emr=None,
+                            local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"))
 PARSERS = {"extract_features": features.parse_args, "reduce_dimensions": pca.parse_args}
 
 
 @pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pca_k=12),
-                                 dataclasses.replace(CFG, backend="local", local_lake="/lake")])
+                                 LOCAL])
 def test_every_job_accepts_the_arguments_the_dag_gives_it(cfg):
     planned = jobs.plan_jobs(cfg, "v1")
     assert [j.name for j in planned] == [d.name for d in jobs.JOBS] == list(PARSERS)

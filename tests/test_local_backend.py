@@ -12,13 +12,14 @@ import psutil
 import pytest
 
 from fruits.backends import jobs
-from fruits.lake.folder import folder as lake
+from fruits.lake import folder as lake
 from fruits.backends.local import runner as local_runner
-from fruits.config.run import PipelineConfig
+from fruits.backends.local.backend import LocalBackend
+from fruits.config.run import LocalConfig, RunConfig
 
-CFG = PipelineConfig(
+CFG = RunConfig(
     batch_id="b1", landing_dir="/landing", backend="local", pca_k=5, pca_variance=0.95, weights="random",
-    instance_type="m5.2xlarge", core_count=2, task_spot_count=0, bucket="fruits-local", local_lake="/lake",
+    bucket="fruits-local", root="/lake/", local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"),
 )
 
 
@@ -54,7 +55,11 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
 
 def test_on_a_real_s3_store_the_uris_stay_and_the_master_is_configurable():
     """docker-compose: FRUITS_LOCAL_STORAGE=s3 (MinIO through S3A), FRUITS_SPARK_MASTER=spark://…"""
-    features, _ = jobs.plan_jobs(dataclasses.replace(CFG, local_storage="s3"), "v1")
+    settings = {"local_storage": "s3", "bucket": "fruits-local", "local_lake": "/lake"}
+    bucket, root = LocalBackend().bucket_and_root(settings)
+    assert (bucket, root) == ("fruits-local", "s3://fruits-local/")
+    assert LocalBackend().bucket_and_root({**settings, "local_storage": "lake"})[1] == "/lake/"
+    features, _ = jobs.plan_jobs(dataclasses.replace(CFG, root=root), "v1")
     cmd = local_runner.command(features, "spark-submit", "spark://spark-master:7077")
     assert cmd[:3] == ["spark-submit", "--master", "spark://spark-master:7077"]
     assert cmd[cmd.index("--py-files") + 1] == "s3://fruits-local/code/v1/fruits_jobs.zip"
@@ -138,7 +143,7 @@ def test_stopping_the_task_stops_the_whole_job(tmp_path, sig):
     job.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child.pid\necho started\n"
                    f"sleep 4\ntouch {tmp_path}/published\necho '{{}}'\n")
     job.chmod(0o755)
-    task = subprocess.Popen([sys.executable, "-c", "import sys; from fruits import local_runner; "
+    task = subprocess.Popen([sys.executable, "-c", "import sys; from fruits.backends.local import runner as local_runner; "
                              f"local_runner.run_step('features', [{str(job)!r}])"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30

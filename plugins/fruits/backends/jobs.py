@@ -17,7 +17,7 @@ from fruits.lake import layout
 from fruits_jobs import contract
 
 if TYPE_CHECKING:  # the renderers and the benchmark import this module without Airflow
-    from fruits.config.run import PipelineConfig
+    from fruits.config.run import RunConfig
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def submit_args(job: SparkJob) -> List[str]:
     return [*py_files, *conf, job.entrypoint, *job.args]
 
 
-def features_args(cfg: PipelineConfig) -> List[str]:
+def features_args(cfg: RunConfig) -> List[str]:
     return ["--images", cfg.uri(layout.raw_prefix(cfg.batch_id)),
             "--features", cfg.uri(layout.FEATURES),
             "--rejects", cfg.uri(layout.REJECTS),
@@ -54,7 +54,7 @@ def features_args(cfg: PipelineConfig) -> List[str]:
             "--manifest", cfg.uri(layout.manifest_key(cfg.batch_id))]
 
 
-def pca_args(cfg: PipelineConfig) -> List[str]:
+def pca_args(cfg: RunConfig) -> List[str]:
     # PCA is fitted on all features so far (the dataset, not one day's photos); each batch run
     # keeps its own model and metrics under pca/batch_id=<id>/.
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
@@ -67,7 +67,7 @@ class JobDef:
     name: str
     entrypoint: str  # file name in the code bundle
     timeout_s: int
-    args: Callable[[PipelineConfig], List[str]]
+    args: Callable[[RunConfig], List[str]]
 
 
 # In order: each job reads what the one before it wrote. Timeouts are sized for a real batch (tens of
@@ -78,7 +78,7 @@ JOBS = (
 )
 
 
-def plan_jobs(cfg: PipelineConfig, code_version: str) -> List[SparkJob]:
+def plan_jobs(cfg: RunConfig, code_version: str) -> List[SparkJob]:
     """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket."""
     code = cfg.uri(layout.code_prefix(code_version))
     return [SparkJob(name=d.name, entrypoint=code + d.entrypoint, py_files=(code + contract.PY_FILES_ZIP,),

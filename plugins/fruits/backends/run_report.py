@@ -1,15 +1,7 @@
-"""What a run took and cost: wall times, images per second and, on EMR, the cluster and an estimated
-cost from the on-demand price table (emr_prices.json). Pure: the AWS answers are passed in."""
-import json
+"""What a run took: wall times and images per second, whatever the backend; each backend adds its
+own lines (emr/report.py: the cluster and its cost). Pure."""
 from datetime import datetime
-from pathlib import Path
 from typing import Dict, List, Optional
-
-PRICES_FILE = Path(__file__).parent / "emr" / "emr_prices.json"
-
-
-def load_prices(path: Path = PRICES_FILE) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def seconds_between(start: Optional[datetime], end: Optional[datetime]) -> Optional[float]:
@@ -20,65 +12,6 @@ def per_second(images: Optional[int], seconds: Optional[float]) -> Optional[floa
     return round(images / seconds, 1) if images is not None and seconds else None
 
 
-def instances(groups: List[dict]) -> List[dict]:
-    """ListInstanceGroups' groups as role, type, count and market (the count asked for: what is billed
-    while the cluster lives, as long as EMR provides it)."""
-    order = ["MASTER", "CORE", "TASK"]  # as the cluster is described, whatever order the API lists
-    return [{"role": g["InstanceGroupType"], "type": g["InstanceType"], "count": g["RequestedInstanceCount"],
-             "market": g.get("Market", "ON_DEMAND")} for g in sorted(groups, key=lambda g: order.index(g["InstanceGroupType"]))]
-
-
-def estimate_cost(nodes: List[dict], hours: float, prices: dict, region: str, images: Optional[int]) -> dict:
-    """Every node at (EC2 on-demand + EMR) $/h for the cluster's whole life: EMR bills from the request
-    to the termination, per second (Amazon EMR pricing). Spot nodes are counted at the on-demand price,
-    so the figure is an upper bound when the run has any."""
-    table = prices["regions"].get(region, {})
-    missing = sorted({n["type"] for n in nodes if n["type"] not in table})
-    basis = {"prices": f"{prices['source']['ec2']}; {prices['source']['emr']}; as of {prices['as_of']}",
-             "region": region, "hours": round(hours, 3)}
-    if missing:
-        return {**basis, "run_usd": None, "per_1000_images_usd": None,
-                "missing": f"no price for {', '.join(missing)} in {region} in {PRICES_FILE.name}: add the row"}
-    hourly = sum(n["count"] * (table[n["type"]]["ec2"] + table[n["type"]]["emr"]) for n in nodes)
-    run = hourly * hours
-    return {**basis, "run_usd": round(run, 4), "per_1000_images_usd": round(1000 * run / images, 4) if images else None,
-            "spot_at_on_demand_price": any(n["market"] == "SPOT" for n in nodes)}
-
-
-def newest_step_of(steps: List[dict], name: str) -> Optional[dict]:
-    """The newest step of that name (ListSteps lists newest first; a retry may have added it again)."""
-    return next((s for s in steps if s["Name"] == name), None)
-
-
-def emr_report(cluster: dict, groups: List[dict], steps: List[dict], step_names: Dict[str, str],
-               images: Dict[str, int], prices: dict, region: str, now: datetime) -> dict:
-    """cluster: DescribeCluster's Cluster; groups: ListInstanceGroups'; steps: ListSteps' (newest
-    first); step_names: job -> its step's name; images: job -> images it processed; now: the end of
-    the run for a cluster not terminated yet."""
-    timeline = cluster["Status"]["Timeline"]
-    end = timeline.get("EndDateTime") or now
-    nodes = instances(groups)
-    total_s = seconds_between(timeline["CreationDateTime"], end)
-    step_s = {}
-    for job, name in step_names.items():
-        step = newest_step_of(steps, name)
-        step_s[job] = seconds_between(*(step["Status"]["Timeline"].get(k) for k in ("StartDateTime", "EndDateTime"))) \
-            if step else None
-    return {
-        "backend": "emr",
-        "cluster_id": cluster["Id"],
-        "release": cluster.get("ReleaseLabel"),
-        "instances": nodes,
-        # EMR's API gives the request, ready (booted and bootstrapped) and end times: the boot and
-        # the bootstrap are one figure here; the bootstrap's own log is under LogUri/<cluster>/node/.
-        "wall_s": {"boot_and_bootstrap": seconds_between(timeline["CreationDateTime"], timeline.get("ReadyDateTime")),
-                   **step_s, "cluster": total_s},
-        "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
-        "images_per_s": {job: per_second(images.get(job), step_s[job]) for job in step_names},
-        "cost": estimate_cost(nodes, (total_s or 0) / 3600, prices, region, images.get(next(iter(step_names)))),
-    }
-
-
 def local_report(runs: List[dict], images: Dict[str, int]) -> dict:
     """runs: run_locally's [{"job", "wall_s", ...}]; images: job -> images it processed."""
     wall = {r["job"]: r["wall_s"] for r in runs}
@@ -86,17 +19,9 @@ def local_report(runs: List[dict], images: Dict[str, int]) -> dict:
             "images_per_s": {job: per_second(images.get(job), s) for job, s in wall.items()}}
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict, backend_lines: List[str]) -> str:
     """The report as the few lines a person reads in the task log."""
-    lines = [f"  {'wall time':<15} " + ", ".join(f"{k} {v} s" for k, v in report["wall_s"].items()),
-             f"  {'images/s':<15} " + ", ".join(f"{k} {v}" for k, v in report["images_per_s"].items())]
-    if report["backend"] == "emr":
-        lines[:0] = [f"  {'cluster':<15} {report['cluster_id']} ({report['release']}): " + ", ".join(
-            f"{n['count']} x {n['type']} {n['role'].lower()}{' (spot)' if n['market'] == 'SPOT' else ''}"
-            for n in report["instances"])]
-        cost = report["cost"]
-        lines.append(f"  {'cost (est.)':<15} " + (
-            f"${cost['run_usd']} per run, ${cost['per_1000_images_usd']} per 1,000 images "
-            f"({cost['hours']} h, {cost['region']} on-demand; NormalizedInstanceHours "
-            f"{report['normalized_instance_hours']})" if cost["run_usd"] is not None else cost["missing"]))
-    return "\n".join(lines)
+    return "\n".join([*backend_lines[:1],
+                      f"  {'wall time':<15} " + ", ".join(f"{k} {v} s" for k, v in report["wall_s"].items()),
+                      f"  {'images/s':<15} " + ", ".join(f"{k} {v}" for k, v in report["images_per_s"].items()),
+                      *backend_lines[1:]])

@@ -1,8 +1,9 @@
 """The run parameters (UI form) and their validation.
 
-Airflow validates a trigger's conf against these JSON schemas; `validate()` checks everything again,
-plus what a schema cannot (paths exist, weights fit the backend), in the run's first task, so a bad
-run fails before it uploads or starts anything, with a message that names the parameter.
+Airflow validates a trigger's conf against these JSON schemas; `validate()` applies the same schemas
+again in the run's first task (a `dag.test` or a scheduled run's defaults pass no form), plus what a
+schema cannot say (a trailing newline, NaN, Graviton types; paths and weights in config/run.py), so a
+bad run fails before it uploads or starts anything, with a message that names the parameter.
 Names are a contract: the UI test and the docs use them.
 """
 import math
@@ -10,12 +11,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from airflow.exceptions import ParamValidationError
 from airflow.sdk import Param
 
+from fruits.backends import BACKENDS
 from fruits.config.settings import setting_from_env
 from fruits_jobs import contract
 
-BACKENDS = ("emr", "local")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every HDF5 file (HDF5 file format spec)
@@ -80,46 +82,38 @@ def build_params() -> dict:
     }
 
 
-def _int(conf: Mapping[str, Any], name: str, lo: int, hi: int, nullable: bool = False):
-    value = conf.get(name)
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParam(name, f"expected an integer{' or null' if nullable else ''}, got {value!r}")
-    if not lo <= value <= hi:
-        raise InvalidParam(name, f"expected {lo} <= {name} <= {hi}, got {value}")
-    return value
+# What a failed pattern means, in words (a schema error only quotes the regex).
+EXPECTED = {"batch_id": contract.BATCH_ID_RULE, "instance_type": "an EC2 instance type like m5.2xlarge"}
 
 
 def validate(conf: Mapping[str, Any]) -> dict:
-    """Check the params' shapes; returns them normalised. Does not resolve defaults (config.py does)."""
-    unknown = set(conf) - set(build_params())
+    """The params checked against the form's own schemas (Param.resolve, as the trigger form and the
+    API check them), then for what a schema cannot say; returns them normalised. Defaults are
+    resolved in config/run.py. Here, so a bad value fails the first task and names its param."""
+    form = build_params()
+    unknown = set(conf) - set(form)
     if unknown:
-        raise InvalidParam(sorted(unknown)[0], f"unknown parameter; known: {sorted(build_params())}")
-    out = dict(conf)
-    batch_id = conf.get("batch_id")
-    if batch_id is not None and not contract.is_valid_batch_id(batch_id):
-        raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {batch_id!r}")
-    landing = conf.get("landing_dir")
-    if landing is not None and not isinstance(landing, str):
-        raise InvalidParam("landing_dir", f"expected a folder path, got {landing!r}")
-    if conf.get("backend") not in BACKENDS:
-        raise InvalidParam("backend", f"expected one of {list(BACKENDS)}, got {conf.get('backend')!r}")
-    out["pca_k"] = _int(conf, "pca_k", 1, contract.FEATURE_DIM, nullable=True)
-    variance = conf.get("pca_variance")
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not (0 < variance <= 1) \
-            or math.isnan(variance):
-        raise InvalidParam("pca_variance", f"expected a number in (0, 1], got {variance!r}")
-    out["pca_variance"] = float(variance)
-    weights = conf.get("weights")
-    if weights is not None and not (isinstance(weights, str) and weights.strip()):
-        raise InvalidParam("weights", f"expected imagenet, random, a .weights.h5 or an .onnx file, got {weights!r}")
-    itype = conf.get("instance_type")
-    if not (isinstance(itype, str) and INSTANCE_TYPE_RE.fullmatch(itype)):
-        raise InvalidParam("instance_type", f"expected an EC2 instance type like m5.2xlarge, got {itype!r}")
-    check_x86_64("instance_type", itype)
-    out["core_count"] = _int(conf, "core_count", 1, MAX_NODES)
-    out["task_spot_count"] = _int(conf, "task_spot_count", 0, MAX_NODES)
+        raise InvalidParam(sorted(unknown)[0], f"unknown parameter; known: {sorted(form)}")
+    out = {}
+    for name, param in form.items():
+        value = conf.get(name, param.value)
+        try:
+            out[name] = param.resolve(value)
+        except ParamValidationError as exc:
+            problem = getattr(exc.args[0], "message", str(exc)) if exc.args else str(exc)
+            raise InvalidParam(name, f"{problem}" + (f" (expected {EXPECTED[name]})" if name in EXPECTED else "")) \
+                from None
+    # JSON Schema's `pattern` is a search, whose '$' also matches before a trailing newline.
+    if out["batch_id"] is not None and not contract.is_valid_batch_id(out["batch_id"]):
+        raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {out['batch_id']!r}")
+    if not INSTANCE_TYPE_RE.fullmatch(out["instance_type"]):
+        raise InvalidParam("instance_type", f"expected {EXPECTED['instance_type']}, got {out['instance_type']!r}")
+    check_x86_64("instance_type", out["instance_type"])
+    if math.isnan(out["pca_variance"]):  # NaN passes every bound of a schema
+        raise InvalidParam("pca_variance", "expected a number in (0, 1], got nan")
+    out["pca_variance"] = float(out["pca_variance"])
+    for name in ("pca_k", "core_count", "task_spot_count"):  # JSON's integer 2.0 is Python's 2
+        out[name] = None if out[name] is None else int(out[name])
     return out
 
 

@@ -1,65 +1,87 @@
 """One typed, frozen config per run, built from the run's params and the deployment's settings
-(fruits/settings.py: the one table of settings, their defaults and meanings)."""
+(config/settings.py: the one table of settings, their defaults and meanings).
+
+Nested as it is read: what every run has (`RunConfig`), and the section of the backend that runs it
+(`EmrConfig` or `LocalConfig`; the other is None). The backend itself decides what is its own: where
+the bucket is, the default weights, and its section (fruits/backends/).
+"""
+from __future__ import annotations
+
 import dataclasses
-import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
-from fruits.lake import layout
-from fruits.lake.folder import to_local
-from fruits.config.params import InvalidParam, check_weights, check_x86_64, validate
-from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env, shared_weights
-from fruits_jobs.digests import file_digests
-from fruits_jobs import contract
-from fruits_jobs.bundle import LOCK, spark_jobs_dir
+from fruits.backends import backend_named
+from fruits.config.params import InvalidParam, check_weights, validate
+from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    batch_id: str
-    landing_dir: str
-    backend: str
-    pca_k: Optional[int]
-    pca_variance: float
-    weights: str
+class EmrConfig:
+    """backend=emr: the cluster's shape (params) and the account's names (settings)."""
     instance_type: str
     core_count: int
     task_spot_count: int
-    bucket: str = DEFAULTS["bucket"]
-    local_lake: str = DEFAULTS["local_lake"]
-    emr_service_role: str = DEFAULTS["emr_service_role"]
-    emr_instance_profile: str = DEFAULTS["emr_instance_profile"]
-    release_label: str = DEFAULTS["release_label"]
-    primary_instance_type: str = DEFAULTS["primary_instance_type"]
-    subnet_id: Optional[str] = DEFAULTS["subnet_id"]
-    security_configuration: Optional[str] = DEFAULTS["security_configuration"]
-    security_group_ids: Optional[str] = DEFAULTS["security_group_ids"]
-    project_tag: str = DEFAULTS["project_tag"]
-    idle_timeout_s: int = int(DEFAULTS["idle_timeout_s"])
-    aws_conn_id: str = AWS_CONN_ID
-    local_storage: str = DEFAULTS["local_storage"]
-    spark_master: str = DEFAULTS["spark_master"]
-    weights_file: Optional[str] = None  # a file on this machine that stage_code uploads to `weights`
-    wheelhouse: Optional[str] = None  # a folder of wheels on this machine that stage_code uploads (emr)
+    service_role: str = DEFAULTS["emr_service_role"]  # type: ignore[assignment]
+    instance_profile: str = DEFAULTS["emr_instance_profile"]  # type: ignore[assignment]
+    release_label: str = DEFAULTS["release_label"]  # type: ignore[assignment]
+    primary_instance_type: str = DEFAULTS["primary_instance_type"]  # type: ignore[assignment]
+    subnet_id: str | None = None
+    security_configuration: str | None = None
+    security_group_ids: str | None = None
+    project_tag: str = DEFAULTS["project_tag"]  # type: ignore[assignment]
+    idle_timeout_s: int = int(DEFAULTS["idle_timeout_s"] or 3600)
+    wheelhouse: str | None = None  # a folder of wheels on this machine that stage_code uploads
+    weights_file: str | None = None  # a file on this machine that stage_code uploads to `weights`
 
-    @property
-    def uses_lake_folder(self) -> bool:
-        return self.backend == "local" and self.local_storage == "lake"
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """backend=local: where the bucket is on this machine, and which Spark runs the jobs."""
+    lake: str  # the folder standing for the bucket (storage 'lake')
+    storage: str  # 'lake' (that folder) or 's3' (the bucket of aws_default, e.g. MinIO)
+    spark_master: str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    batch_id: str
+    landing_dir: str
+    backend: str
+    pca_k: int | None
+    pca_variance: float
+    weights: str
+    bucket: str
+    root: str  # where the jobs find the bucket's keys: s3://<bucket>/, or the lake folder standing for it
+    aws_conn_id: str = AWS_CONN_ID
+    emr: EmrConfig | None = None
+    local: LocalConfig | None = None
 
     def uri(self, key: str = "") -> str:
-        """Where `key` of the bucket is for this run's jobs: s3://, or the lake folder standing for it."""
-        if self.uses_lake_folder:
-            return f"{Path(self.local_lake)}/{key}"
-        return layout.s3_uri(self.bucket, key)
+        """Where `key` of the bucket is for this run's jobs."""
+        return self.root + key
+
+    @property
+    def in_s3(self) -> bool:
+        return self.root.startswith("s3://")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        sections = {"emr": EmrConfig, "local": LocalConfig}
+        return cls(**{k: sections[k](**v) if k in sections and v is not None else v for k, v in data.items()})
+
+
+def from_xcom(body: Callable) -> Callable:
+    """A task body takes the run's config as XCom carries it (a dict) and works on a RunConfig."""
+    def wrapped(cfg: Mapping[str, Any], *args, **kwargs):
+        return body(RunConfig.from_dict(cfg), *args, **kwargs)
+    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = body.__name__, body.__doc__, body  # type: ignore[attr-defined]
+    return wrapped
 
 
 class LazySettings(Mapping):
@@ -67,24 +89,24 @@ class LazySettings(Mapping):
     SDK logs every lookup of an unset Variable at ERROR level, default or not: apache/airflow#52771,
     fixed in 3.2 by #61625; a local run then reads none.)"""
 
-    def __init__(self, read_one):
-        self._read_one, self._values = read_one, {}
+    def __init__(self, read_one: Callable[[str], Any]):
+        self._read_one, self._values = read_one, {}  # type: ignore[var-annotated]
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise KeyError(name)
         if name not in self._values:
             self._values[name] = self._read_one(name)
         return self._values[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(DEFAULTS)
 
     def __len__(self) -> int:
         return len(DEFAULTS)
 
 
-def read_setting(name: str):
+def read_setting(name: str) -> Any:
     """Variable fruits_<name> (not for env-only settings), else env FRUITS_<NAME>, else the default."""
     from airflow.sdk import Variable
 
@@ -97,94 +119,24 @@ def read_settings() -> LazySettings:
     return LazySettings(read_setting)
 
 
-def emr_settings(settings: Mapping[str, Any]) -> dict:
-    """The PipelineConfig fields only an EMR run reads (and so only an EMR run looks up)."""
-    check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
-    return {
-        "emr_service_role": settings["emr_service_role"],
-        "emr_instance_profile": settings["emr_instance_profile"],
-        "release_label": settings["release_label"],
-        "primary_instance_type": settings["primary_instance_type"],
-        "subnet_id": settings.get("subnet_id") or None,
-        "security_configuration": settings.get("security_configuration") or None,
-        "security_group_ids": settings.get("security_group_ids") or None,
-        "project_tag": settings.get("project_tag") or DEFAULTS["project_tag"],
-        "idle_timeout_s": int(settings["idle_timeout_s"]),
-        "wheelhouse": wheelhouse_folder(settings.get("wheelhouse")),
-    }
-
-
-def wheelhouse_folder(value: Optional[str]) -> Optional[str]:
-    if not value:
-        return None
-    folder = Path(value).expanduser().resolve()
-    lock = (spark_jobs_dir() / LOCK).read_text()
-    missing = missing_wheels(lock, [w.name for w in folder.glob("*.whl")] if folder.is_dir() else [])
-    if missing:
-        raise InvalidParam("backend", f"the wheelhouse setting (fruits_wheelhouse) is {folder}, which lacks "
-                                      f"{len(missing)} wheel(s) of spark_jobs/{LOCK} (e.g. {missing[0]}): run "
-                                      "`make wheelhouse WHEELHOUSE=<that folder>`, or unset it to install from PyPI")
-    return str(folder)
-
-
-def missing_wheels(lock_text: str, wheel_names: list) -> list:
-    """The lock's name==version pins that no wheel file provides (wheel names: PEP 427)."""
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "_", name).lower()
-
-    have = {(norm(n.split("-")[0]), n.split("-")[1]) for n in wheel_names if n.count("-") >= 4}
-    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock_text, re.M)
-    return [f"{name}=={version}" for name, version in pins if (norm(name), version) not in have]
-
-
-def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str) -> PipelineConfig:
-    """Pure: params + settings + the run's date -> PipelineConfig, or InvalidParam naming the param.
+def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str) -> RunConfig:
+    """Pure: params + settings + the run's date -> RunConfig, or InvalidParam naming the param.
     Reads only the settings this run needs (settings may be lazy: see LazySettings)."""
     p = validate(conf)
-    backend = p["backend"]
-    local_storage = settings["local_storage"]
-    if local_storage not in ("lake", "s3"):
-        raise InvalidParam("backend", f"FRUITS_LOCAL_STORAGE must be 'lake' or 's3', not {local_storage!r}")
-    uses_bucket = backend == "emr" or local_storage == "s3"
-    bucket = settings["bucket"] if uses_bucket else DEFAULTS["bucket"]
-    if backend == "emr" and bucket == DEFAULTS["bucket"]:
-        raise InvalidParam("backend", "emr needs a bucket: set Variable fruits_bucket or env FRUITS_BUCKET")
+    backend = backend_named(p["backend"])
+    bucket, root = backend.bucket_and_root(settings)
     landing = Path(p.get("landing_dir") or settings["landing_dir"]).expanduser().resolve()
     if not landing.is_dir():
         raise InvalidParam("landing_dir", f"not a folder: {landing}")
-    lake = Path(settings["local_lake"]).expanduser().resolve()
-    weights = p.get("weights") or settings["weights"] or (
-        layout.s3_uri(bucket, layout.MODELS + layout.DEFAULT_WEIGHTS_FILE) if backend == "emr"
-        else shared_weights() or "imagenet")
-    if backend == "local" and local_storage == "lake":
-        weights = to_local(weights, lake)  # s3://<bucket>/models/… is <lake>/models/… here
+    weights = p.get("weights") or settings["weights"] or backend.default_weights(bucket)
+    weights = backend.weights_for_jobs(weights, root)
     if not weights.startswith(("s3://", "imagenet", "random")):
         weights = str(Path(weights).expanduser().resolve())  # the job's cwd is not ours
-    check_weights(weights, backend)
-    weights_file = None
-    if backend == "emr" and not weights.startswith(("s3://", "imagenet", "random")):
-        # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
-        # the job reads it there (no cluster boots to find the weights missing).
-        weights_file, weights = weights, layout.s3_uri(bucket, layout.staged_weights_key(
-            file_digests(weights, "sha256")[0], contract.weights_suffix(weights)))
-    return PipelineConfig(
-        batch_id=p.get("batch_id") or run_date,
-        landing_dir=str(landing),
-        backend=backend,
-        pca_k=p["pca_k"],
-        pca_variance=p["pca_variance"],
-        weights=weights,
-        instance_type=p["instance_type"],
-        core_count=p["core_count"],
-        task_spot_count=p["task_spot_count"],
-        bucket=bucket,
-        local_lake=str(lake),
-        local_storage=local_storage,
-        spark_master=settings["spark_master"],
-        weights_file=weights_file,
-        **(emr_settings(settings) if backend == "emr" else {}),
-    )
-
+    check_weights(weights, backend.name)
+    section, weights = backend.section(p, settings, bucket, weights)
+    return RunConfig(batch_id=p.get("batch_id") or run_date, landing_dir=str(landing), backend=backend.name,
+                     pca_k=p["pca_k"], pca_variance=p["pca_variance"], weights=weights, bucket=bucket, root=root,
+                     **{backend.name: section})
 
 
 def emr_deferrable() -> bool:

@@ -101,3 +101,16 @@ class LocalStorage:
 
     def read_text(self, key: str) -> str:
         return (self.root / key).read_text()
+
+
+def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:
+    """The bucket a run's jobs reach at root: s3://<bucket>/ through the connection, or a folder."""
+    return S3Storage(bucket, aws_conn_id) if root.startswith("s3://") else LocalStorage(Path(root))
+
+
+def upload_missing(storage: Storage, prefix: str, files: Dict[str, Path]) -> None:
+    """Upload {name: local path} under prefix, but what is there already with the same size."""
+    present = storage.sizes(prefix)
+    for name, path in sorted(files.items()):
+        if present.get(prefix + name) != path.stat().st_size:
+            storage.upload_file(path, prefix + name)

@@ -1,4 +1,4 @@
-"""Pure builders of the EMR job flow and its steps, from one PipelineConfig and the run's SparkJobs.
+"""Pure builders of the EMR job flow and its steps, from one RunConfig and the run's SparkJobs.
 
 The steps are one rendering of the backend-neutral job specs (fruits/jobs.py): EMR runs them with
 spark-submit in cluster mode on YARN, with the executor shape below.
@@ -7,7 +7,7 @@ import re
 from typing import Dict, List, Optional
 
 from fruits.lake import layout
-from fruits.config.run import PipelineConfig
+from fruits.config.run import RunConfig
 from fruits.backends.jobs import SparkJob, submit_args
 from fruits_jobs.bundle import BOOTSTRAP, LOCK
 
@@ -33,7 +33,7 @@ CLUSTER_CONF = {
 }
 
 
-def code_uri(cfg: PipelineConfig, version: str, name: str = "") -> str:
+def code_uri(cfg: RunConfig, version: str, name: str = "") -> str:
     return cfg.uri(layout.code_prefix(version) + name)
 
 
@@ -76,28 +76,28 @@ def tag_value(text: str) -> str:
 RUN_TAG_KEYS = ("project", "dag_run_id", "batch_id")
 
 
-def run_tags(cfg: PipelineConfig, run_id: str) -> Dict[str, str]:
+def run_tags(cfg: RunConfig, run_id: str) -> Dict[str, str]:
     """The tags that tell this run's cluster from any other: a retried create_cluster looks for them.
     project=<project_tag> is also what the Airflow role's policy requires on every cluster it touches."""
-    return dict(zip(RUN_TAG_KEYS, (cfg.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
+    return dict(zip(RUN_TAG_KEYS, (cfg.emr.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
 
 
-def _tags(cfg: PipelineConfig, run_id: str) -> List[dict]:
+def _tags(cfg: RunConfig, run_id: str) -> List[dict]:
     return [*({"Key": k, "Value": v} for k, v in run_tags(cfg, run_id).items()), EMR_MANAGED_POLICY_TAG,
             {"Key": "managed-by", "Value": "airflow"}]
 
 
-def instance_groups(cfg: PipelineConfig) -> List[dict]:
+def instance_groups(cfg: RunConfig) -> List[dict]:
     groups = [
         {"Name": "primary", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
-         "InstanceType": cfg.primary_instance_type, "InstanceCount": 1},
+         "InstanceType": cfg.emr.primary_instance_type, "InstanceCount": 1},
         {"Name": "core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
-         "InstanceType": cfg.instance_type, "InstanceCount": cfg.core_count},
+         "InstanceType": cfg.emr.instance_type, "InstanceCount": cfg.emr.core_count},
     ]
-    if cfg.task_spot_count > 0:
+    if cfg.emr.task_spot_count > 0:
         # Task nodes hold no HDFS data, so losing a spot node only reruns its Spark tasks.
         groups.append({"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
-                       "InstanceType": cfg.instance_type, "InstanceCount": cfg.task_spot_count})
+                       "InstanceType": cfg.emr.instance_type, "InstanceCount": cfg.emr.task_spot_count})
     return groups
 
 
@@ -115,7 +115,7 @@ def configurations() -> List[dict]:
     ]
 
 
-def job_flow_overrides(cfg: PipelineConfig, version: str, run_id: str, wheels_uri: Optional[str] = None) -> dict:
+def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: Optional[str] = None) -> dict:
     """RunJobFlow request for a transient cluster of the DAG run run_id; the steps are added after it
     is created. wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
     instances = {
@@ -123,15 +123,15 @@ def job_flow_overrides(cfg: PipelineConfig, version: str, run_id: str, wheels_ur
         "KeepJobFlowAliveWhenNoSteps": True,  # steps come from a separate call
         "TerminationProtected": False,  # the teardown must be able to end it
     }
-    if cfg.subnet_id:
-        instances["Ec2SubnetId"] = cfg.subnet_id
-    if cfg.security_group_ids:
-        groups = [g.strip() for g in cfg.security_group_ids.split(",") if g.strip()]
+    if cfg.emr.subnet_id:
+        instances["Ec2SubnetId"] = cfg.emr.subnet_id
+    if cfg.emr.security_group_ids:
+        groups = [g.strip() for g in cfg.emr.security_group_ids.split(",") if g.strip()]
         instances["AdditionalMasterSecurityGroups"] = groups
         instances["AdditionalSlaveSecurityGroups"] = groups
     flow = {
         "Name": f"fruits-{cfg.batch_id}",
-        "ReleaseLabel": cfg.release_label,
+        "ReleaseLabel": cfg.emr.release_label,
         "Applications": [{"Name": "Spark"}],  # TensorFlow comes from the bootstrap, pinned with the jobs
         "LogUri": cfg.uri(layout.EMR_LOGS),
         "Instances": instances,
@@ -142,12 +142,12 @@ def job_flow_overrides(cfg: PipelineConfig, version: str, run_id: str, wheels_ur
         }],
         "Configurations": configurations(),
         # Safety net: a cluster idle this long ends itself even if Airflow never runs the teardown.
-        "AutoTerminationPolicy": {"IdleTimeout": cfg.idle_timeout_s},
+        "AutoTerminationPolicy": {"IdleTimeout": cfg.emr.idle_timeout_s},
         "Tags": _tags(cfg, run_id),
         "VisibleToAllUsers": True,
-        "JobFlowRole": cfg.emr_instance_profile,
-        "ServiceRole": cfg.emr_service_role,
+        "JobFlowRole": cfg.emr.instance_profile,
+        "ServiceRole": cfg.emr.service_role,
     }
-    if cfg.security_configuration:
-        flow["SecurityConfiguration"] = cfg.security_configuration
+    if cfg.emr.security_configuration:
+        flow["SecurityConfiguration"] = cfg.emr.security_configuration
     return flow

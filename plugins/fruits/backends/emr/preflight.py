@@ -10,7 +10,7 @@ from typing import Callable, List, NamedTuple
 from botocore.exceptions import ClientError
 
 from fruits.lake import layout
-from fruits.config.run import PipelineConfig
+from fruits.config.run import RunConfig
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from fruits.backends.emr.aws import aws_error_code
@@ -29,7 +29,7 @@ class PreflightFailed(RuntimeError):
     """One or more settings would make the cluster fail; the message lists them all."""
 
 
-def check_bucket(cfg: PipelineConfig, c: Clients) -> List[str]:
+def check_bucket(cfg: RunConfig, c: Clients) -> List[str]:
     # GetBucketLocation: one call says both "exists" and "where" (HeadBucket needs ListBucket on
     # the whole bucket, which the Airflow policy grants per prefix only).
     try:
@@ -49,7 +49,7 @@ def _listed(c: Clients, bucket: str, key: str) -> bool:
     return bool(found) and found[0]["Key"] == key
 
 
-def check_weights(cfg: PipelineConfig, c: Clients) -> List[str]:
+def check_weights(cfg: RunConfig, c: Clients) -> List[str]:
     if not cfg.weights.startswith("s3://"):
         return []
     bucket, key = S3Hook.parse_s3_url(cfg.weights)
@@ -62,46 +62,46 @@ def check_weights(cfg: PipelineConfig, c: Clients) -> List[str]:
             "file as the weights param (the DAG stages it)"]
 
 
-def check_roles(cfg: PipelineConfig, c: Clients) -> List[str]:
+def check_roles(cfg: RunConfig, c: Clients) -> List[str]:
     problems = []
     try:
-        c.iam.get_role(RoleName=cfg.emr_service_role)
+        c.iam.get_role(RoleName=cfg.emr.service_role)
     except ClientError as exc:
-        problems.append(f"fruits_emr_service_role: role {cfg.emr_service_role!r} not found ({aws_error_code(exc)}): "
+        problems.append(f"fruits_emr_service_role: role {cfg.emr.service_role!r} not found ({aws_error_code(exc)}): "
                         "set it to the stack output fruits_emr_service_role")
     try:
-        c.iam.get_instance_profile(InstanceProfileName=cfg.emr_instance_profile)
+        c.iam.get_instance_profile(InstanceProfileName=cfg.emr.instance_profile)
     except ClientError as exc:
-        problems.append(f"fruits_emr_instance_profile: instance profile {cfg.emr_instance_profile!r} not found "
+        problems.append(f"fruits_emr_instance_profile: instance profile {cfg.emr.instance_profile!r} not found "
                         f"({aws_error_code(exc)}): set it to the stack output fruits_emr_instance_profile")
     return problems
 
 
-def check_subnet(cfg: PipelineConfig, c: Clients) -> List[str]:
-    if not cfg.subnet_id:
+def check_subnet(cfg: RunConfig, c: Clients) -> List[str]:
+    if not cfg.emr.subnet_id:
         return []
     try:
-        (subnet,) = c.ec2.describe_subnets(SubnetIds=[cfg.subnet_id])["Subnets"]
+        (subnet,) = c.ec2.describe_subnets(SubnetIds=[cfg.emr.subnet_id])["Subnets"]
     except ClientError as exc:
-        return [f"fruits_subnet_id: subnet {cfg.subnet_id!r} not found in {c.region} ({aws_error_code(exc)})"]
+        return [f"fruits_subnet_id: subnet {cfg.emr.subnet_id!r} not found in {c.region} ({aws_error_code(exc)})"]
     tags = {t["Key"]: t["Value"] for t in subnet.get("Tags", [])}
     key, value = EMR_MANAGED_POLICY_TAG["Key"], EMR_MANAGED_POLICY_TAG["Value"]
     if tags.get(key) != value:
-        return [f"fruits_subnet_id: subnet {cfg.subnet_id} lacks the tag {key}={value}, which the EMR service "
-                f"role's managed policy requires: aws ec2 create-tags --resources {cfg.subnet_id} "
+        return [f"fruits_subnet_id: subnet {cfg.emr.subnet_id} lacks the tag {key}={value}, which the EMR service "
+                f"role's managed policy requires: aws ec2 create-tags --resources {cfg.emr.subnet_id} "
                 f"--tags Key={key},Value={value}"]
     return []
 
 
-def check_instance_types(cfg: PipelineConfig, c: Clients) -> List[str]:
-    wanted = {"instance_type": cfg.instance_type, "fruits_primary_instance_type": cfg.primary_instance_type}
+def check_instance_types(cfg: RunConfig, c: Clients) -> List[str]:
+    wanted = {"instance_type": cfg.emr.instance_type, "fruits_primary_instance_type": cfg.emr.primary_instance_type}
     offered = {o["InstanceType"] for o in c.ec2.describe_instance_type_offerings(
         LocationType="region", Filters=[{"Name": "instance-type", "Values": sorted(set(wanted.values()))}]
     )["InstanceTypeOfferings"]}
     return [f"{name}: {itype} is not offered in {c.region}" for name, itype in wanted.items() if itype not in offered]
 
 
-def check_code(cfg: PipelineConfig, c: Clients, version: str) -> List[str]:
+def check_code(cfg: RunConfig, c: Clients, version: str) -> List[str]:
     prefix = layout.code_prefix(version)
     staged = {o["Key"] for o in c.s3.list_objects_v2(Bucket=cfg.bucket, Prefix=prefix).get("Contents", [])}
     missing = [name for name in SHIPPED if prefix + name not in staged]  # one listing for the bundle
@@ -110,12 +110,12 @@ def check_code(cfg: PipelineConfig, c: Clients, version: str) -> List[str]:
 
 
 # Run once the bucket is known to be there (the S3 checks mean nothing without it).
-CHECKS: List[Callable[[PipelineConfig, Clients], List[str]]] = [
+CHECKS: List[Callable[[RunConfig, Clients], List[str]]] = [
     check_weights, check_roles, check_subnet, check_instance_types,
 ]
 
 
-def run_checks(cfg: PipelineConfig, clients: Clients, version: str) -> List[str]:
+def run_checks(cfg: RunConfig, clients: Clients, version: str) -> List[str]:
     """Every problem found; the bucket first."""
     problems = check_bucket(cfg, clients)
     if problems:

@@ -3,7 +3,7 @@
 The local rendering of the backend-neutral job specs (fruits/jobs.py): the master is `local[*]`
 (or FRUITS_SPARK_MASTER, e.g. docker-compose's standalone cluster), the Python workers are this
 interpreter, which has the jobs' requirements installed, and the URIs are the run's own (the lake
-folder for backend=local, see PipelineConfig.uri).
+folder for backend=local, see RunConfig.uri).
 """
 import json
 import logging
