@@ -28,7 +28,8 @@ from measure import peak_rss
 
 from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
-from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURES_ENTRYPOINT
+from fruits_jobs.contract import FEATURES_ENTRYPOINT
+from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))

@@ -41,8 +41,9 @@ from bench_features import REPO, SAMPLE, WEIGHTS
 from measure import peak_rss
 from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
-from fruits_jobs import commits
-from fruits_jobs.contract import COMMITS_DIR, FEATURE_DIM, FEATURES_ENTRYPOINT, PCA_ENTRYPOINT
+from fruits_jobs import commits, layout
+from fruits_jobs.contract import FEATURE_DIM, FEATURES_ENTRYPOINT, PCA_ENTRYPOINT
+
 
 OUT = REPO / "artifacts" / "bench"
 CHUNK_ROWS = 10_000  # rows generated at a time and per row group: ~50 MB of float32
@@ -69,12 +70,12 @@ def synthetic_features(rows: int) -> Path:
     """OUT/pca-<rows>/ (generated once, then reused): written CHUNK_ROWS at a time, never n x d at
     once, and published as the features job publishes a batch: one run folder and its commit."""
     dest = OUT / f"pca-{rows}"
-    if list(dest.glob(f"batch_id=bench/{COMMITS_DIR}/*.json")):
+    if list(dest.glob(f"batch_id=bench/{layout.COMMITS_DIR}/*.json")):
         return dest
     partial = OUT / f"pca-{rows}.partial"  # renamed when complete: an interrupted run is not reused
     shutil.rmtree(partial, ignore_errors=True)
     run_id = commits.new_run_id()
-    run_folder = Path(commits.run_uri(str(partial / "batch_id=bench"), run_id))
+    run_folder = Path(layout.run_folder(layout.batch_folder(str(partial), "bench"), run_id))
     run_folder.mkdir(parents=True)
     fixed = np.random.default_rng(0)
     basis = np.linalg.qr(fixed.standard_normal((FEATURE_DIM, RANK)))[0].T.astype(np.float32)
@@ -96,9 +97,10 @@ def synthetic_features(rows: int) -> Path:
     writer.close()
     shutil.rmtree(dest, ignore_errors=True)  # a dataset of an older layout, without its commit
     partial.rename(dest)
-    commit = Path(commits.commits_uri(str(dest / "batch_id=bench"))) / f"{run_id}.json"
-    commit.parent.mkdir(parents=True)
-    commit.write_text(json.dumps({"run": run_id, "features": commits.run_uri(str(dest / "batch_id=bench"), run_id)}))
+    batch = layout.batch_folder(str(dest), "bench")
+    path, data = commits.commit_file(batch, run_id, {"features": layout.run_folder(batch, run_id)})
+    Path(path).parent.mkdir(parents=True)
+    Path(path).write_bytes(data)
     return dest
 
 

@@ -14,13 +14,25 @@ import pytest
 # module: loaded here, before any test module can import Airflow.
 pytest_plugins = ("airflow_fixtures",)
 
-from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE
+from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
 SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
 WEIGHTS_FILE = SHARED / "models" / DEFAULT_WEIGHTS_FILE
+
+# What a test needs, by the fixtures it takes: marked so, even when its module forgets, so that
+# `make test-fast` (-m "not spark and not ui and not model and not dag") leaves exactly those out.
+NEEDS = {"spark": "spark", "sample_features": "spark", "weights_file": "model", "runnable_dag": "dag"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in NEEDS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
 
 # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after pytest
 # closed the streams: a "Logging error" traceback below the summary line. Not a test outcome.

@@ -270,7 +270,12 @@ def test_airflow_image_matches_requirements(services):
     text = AIRFLOW_DOCKERFILE.read_text()
     for name, svc in services.items():  # requirements are baked in, not installed at every start
         assert "_PIP_ADDITIONAL_REQUIREMENTS" not in (svc.get("environment") or {}), name
-    assert re.search(r"pip install[^\n]*\"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements.txt", text)
+    # the runtime lock (requirements.txt's whole closure, no test tools; tests/test_locks.py), with
+    # apache-airflow pinned again from the image's own AIRFLOW_VERSION
+    assert re.search(r"^COPY\s+(?:--\S+\s+)*requirements\.lock /opt/fruits/requirements\.lock$", text, re.M)
+    installs = re.findall(r"^RUN pip install[^\n]*", text, re.M)
+    assert len(installs) == 1 and re.search(
+        r" \"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements\.lock$", installs[0]), installs
     assert "openjdk-17-jre-headless" in text and "JAVA_HOME" in text
 
 

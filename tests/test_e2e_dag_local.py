@@ -2,7 +2,7 @@
 
 Tiny generated JPEGs plus a truncated JPEG and a text file go through ingest (copy into the lake),
 code staging, and the very step arguments EMR would run, executed by a local spark-submit with
-weights=random (both Spark jobs really run); then the run's summary is checked against the files.
+weights=random (both Spark jobs really run); each test below reads one aspect of that one run.
 """
 from airflow_fixtures import make_landing, xcom
 
@@ -10,52 +10,75 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState as S
 
 from fruits.tools import cli
 
-EMR_TASKS = {"emr.preflight", "emr.create_cluster", "emr.add_steps", "emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
+pytestmark = pytest.mark.spark
+
+EMR_TASKS = {"emr.preflight", "emr.create_cluster", "emr.add_steps", "emr.watch_extract_features",
+             "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
+CONF = {"backend": "local", "weights": "random", "batch_id": "e2e", "pca_k": 3}
 
 
-def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypatch, capsys):
-    lake = tmp_path / "lake"
-    monkeypatch.setenv("FRUITS_LOCAL_LAKE", str(lake))
-    expected = make_landing(tmp_path / "landing")
-    conf = {"backend": "local", "landing_dir": str(tmp_path / "landing"), "weights": "random",
-            "batch_id": "e2e", "pca_k": 3}
+@pytest.fixture(scope="module")
+def pipeline_run(runnable_dag, tmp_path_factory):
+    """One whole run of the DAG on a fresh lake: (dag run, lake folder, landing folder, what was landed)."""
+    root = tmp_path_factory.mktemp("e2e")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRUITS_LOCAL_LAKE", str(root / "lake"))
+        expected = make_landing(root / "landing")
+        dr = runnable_dag.test(run_conf={**CONF, "landing_dir": str(root / "landing")})
+        yield dr, root / "lake", root / "landing", expected
 
-    dr = runnable_dag.test(run_conf=conf)
+
+@pytest.fixture(scope="module")
+def summary(pipeline_run):
+    return xcom(pipeline_run[0], "publish_summary")
+
+
+def test_the_run_succeeds_on_the_local_branch_and_skips_the_emr_one(pipeline_run):
+    dr = pipeline_run[0]
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert dr.state == DagRunState.SUCCESS, states
     assert states["run_locally"] == S.SUCCESS and states["publish_summary"] == S.SUCCESS
     assert {t for t, s in states.items() if s == S.SKIPPED} == EMR_TASKS  # plain in the graph: nothing ran
 
+
+def test_every_landed_photo_ends_featurized_or_rejected_with_its_reason(pipeline_run, summary):
+    dr, lake, _, expected = pipeline_run
     manifest = json.loads((lake / "manifests" / "batch_id=e2e.json").read_text())
-    summary = xcom(dr, "publish_summary")
     images = summary["images"]
     assert images["read"] == images["featurized"] + images["rejected"] == len(manifest["files"]) == expected["uploaded"]
     assert images["rejected"] == 2 and sum(images["rejects_by_reason"].values()) == 2
-
-    where_ = summary["locations"]
-    assert where_["features"] == f"{lake}/features/batch_id=e2e/run={xcom(dr, 'run_locally')[0]['summary']['run']}"
-    features = pd.read_parquet(where_["features"])  # the committed run's own folders
-    rejects = pd.read_parquet(where_["rejects"])
+    where = summary["locations"]
+    assert where["features"] == f"{lake}/features/batch_id=e2e/run={xcom(dr, 'run_locally')[0]['summary']['run']}"
+    features = pd.read_parquet(where["features"])  # the committed run's own folders
+    rejects = pd.read_parquet(where["rejects"])
     assert len(features) == images["featurized"] and len(rejects) == images["rejected"]
     assert {p.rsplit("/", 1)[-1] for p in rejects["path"]} == {"truncated_1.jpg", "notes.txt"}
 
-    metrics = json.loads(Path(where_["metrics"]).read_text())
+
+def test_the_pca_is_published_under_the_batch_with_its_plots_and_model(pipeline_run, summary):
+    lake, where = pipeline_run[1], summary["locations"]
+    metrics = json.loads(Path(where["metrics"]).read_text())
     assert metrics["k"] == summary["pca"]["k"] == 3
-    # the run report: each job's wall time and images/s, in the XCom and beside the outputs
+    assert metrics["n_images"] == summary["images"]["featurized"]
+    for path in where["plots"] + [where["pca_model"], where["pca_reduced"], where["pca_commit"]]:
+        assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path
+
+
+def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(summary):
+    metrics = json.loads(Path(summary["locations"]["metrics"]).read_text())
     report = summary["run_report"]
     assert metrics["run_report"] == report and report["backend"] == "local"
     wall = report["wall_s"]
     assert wall["total"] == round(wall["extract_features"] + wall["reduce_dimensions"], 1) and wall["extract_features"] > 1
-    assert report["images_per_s"]["extract_features"] == round(images["read"] / wall["extract_features"], 1)
-    assert metrics["n_images"] == images["featurized"]
-    for path in where_["plots"] + [where_["pca_model"], where_["pca_reduced"], where_["pca_commit"]]:
-        assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path
+    assert report["images_per_s"]["extract_features"] == round(summary["images"]["read"] / wall["extract_features"], 1)
 
-    # Both outputs published as assets, each event saying which batch, what and where
+
+def test_both_outputs_are_published_as_assets_saying_which_batch_what_and_where(pipeline_run, summary):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.settings import Session
     from sqlalchemy import select
@@ -63,19 +86,26 @@ def test_local_backend_runs_the_whole_pipeline(runnable_dag, tmp_path, monkeypat
     with Session() as session:
         events = {uri: extra for uri, extra in session.execute(
             select(AssetModel.uri, AssetEvent.extra).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetEvent.source_run_id == dr.run_id))}
+            .where(AssetEvent.source_run_id == pipeline_run[0].run_id))}
+    where = summary["locations"]
     assert events["fruits://lake/features"]["batch_id"] == "e2e"
-    assert events["fruits://lake/features"]["featurized"] == images["featurized"]
-    assert events["fruits://lake/features"]["features"] == where_["features"]
-    assert events["fruits://lake/pca"]["k"] == 3 and events["fruits://lake/pca"]["reduced"] == where_["pca_reduced"]
+    assert events["fruits://lake/features"]["featurized"] == summary["images"]["featurized"]
+    assert events["fruits://lake/features"]["features"] == where["features"]
+    assert events["fruits://lake/pca"]["k"] == 3 and events["fruits://lake/pca"]["reduced"] == where["pca_reduced"]
 
-    # The helper the README's first command ends with prints the same places.
-    assert cli.main(["--lake", str(lake), "where"]) == 0
+
+def test_fruits_where_prints_the_same_places(pipeline_run, summary, capsys):
+    """The command the README's first command ends with."""
+    assert cli.main(["--lake", str(pipeline_run[1]), "where"]) == 0
     printed = capsys.readouterr().out
-    assert where_["metrics"] in printed and "explained variance" in printed
+    assert summary["locations"]["metrics"] in printed and "explained variance" in printed
 
-    # Same batch again: nothing new, already processed -> short-circuit, no Spark.
-    again = runnable_dag.test(run_conf=conf)
+
+def test_the_same_batch_again_finds_nothing_new_and_runs_no_spark(runnable_dag, pipeline_run):
+    _, lake, landing, _ = pipeline_run
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRUITS_LOCAL_LAKE", str(lake))
+        again = runnable_dag.test(run_conf={**CONF, "landing_dir": str(landing)})
     states = {ti.task_id: ti.state for ti in again.get_task_instances()}
     assert again.state == DagRunState.SUCCESS
     assert states["any_new_photos"] == S.SUCCESS and states["run_locally"] == S.SKIPPED

@@ -21,6 +21,8 @@ import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
 
+from fruits_jobs import commits, features, layout, pca
+
 from fruits.config.params import build_params
 
 S = TaskInstanceState
@@ -63,20 +65,27 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
 
 
 def write_job_outputs(batch_id):
+    """What the two jobs publish for a batch of 12 photos (10 featurized, 2 rejected), written with the
+    jobs' own record builders and commit writer: a change of the commits' schema fails these tests."""
     s3 = boto3.client("s3", region_name=REGION)
-    features = f"s3://{BUCKET}/features/batch_id={batch_id}/run={RUN}"
-    summary = {"batch_id": batch_id, "read": 12, "featurized": 10, "rejected": 2, "run": RUN,
-               "rejects_by_reason": {"not_an_image": 1, "truncated": 1}, "features": features,
-               "rejects": f"s3://{BUCKET}/rejects/batch_id={batch_id}/run={RUN}"}
-    output = f"s3://{BUCKET}/pca/batch_id={batch_id}/run={RUN}"
-    metrics = {"n_images": 10, "input_dim": 1280, "k": 3, "explained_variance": [0.5, 0.3, 0.15],
-               "cumulative_explained_variance": [0.5, 0.8, 0.95], "total_explained_variance": 0.95,
-               "run": RUN, "output": output, "reduced": f"{output}/reduced", "model": f"{output}/model",
-               "plots": {"explained_variance": f"{output}/explained_variance.png"}}
-    # Where the jobs commit them (fruits_jobs/commits.py): the newest commit of each batch folder.
-    s3.put_object(Bucket=BUCKET, Key=f"features/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(summary))
-    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/_commits/{RUN}.json", Body=json.dumps(metrics))
-    s3.put_object(Bucket=BUCKET, Key=f"pca/batch_id={batch_id}/run={RUN}/metrics.json", Body=json.dumps(metrics))
+    root = f"s3://{BUCKET}/"
+
+    def put(uri: str, data: bytes) -> None:
+        s3.put_object(Bucket=BUCKET, Key=uri[len(root):], Body=data)
+
+    args = features.parse_args(["--images", root + layout.raw_prefix(batch_id), "--features", root + layout.FEATURES,
+                                "--rejects", root + layout.REJECTS, "--batch-id", batch_id, "--weights", "random"])
+    batch = layout.batch_folder(root + layout.FEATURES, batch_id)
+    outputs = {"features": layout.run_folder(batch, RUN),
+               "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN)}
+    summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0)
+    put(*commits.commit_file(batch, RUN, summary))
+    pca_args = pca.parse_args(["--features", root + layout.FEATURES, "--output", root + layout.pca_prefix(batch_id),
+                               "--k", "3"])
+    output = layout.run_folder(root + layout.pca_prefix(batch_id), RUN)
+    metrics = pca.pca_metrics(pca_args, root + layout.FEATURES, output, 10, 1280, 3, [0.5, 0.3, 0.15, 0.05], {})
+    put(f"{output}/{layout.PCA_METRICS_FILE}", json.dumps(metrics).encode())
+    put(*commits.commit_file(root + layout.pca_prefix(batch_id), RUN, metrics))
 
 
 def run(dag, landing, batch_id, **conf):
@@ -185,7 +194,8 @@ def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_d
     assert states["emr.watch_extract_features"] == S.FAILED, states
     # Why, in the task's own log: the step's state and the end of its stderr, not only "FAILED".
     log = "".join(capfd.readouterr())
-    assert "is FAILED: reason" in log and "OSError: weights file is not HDF5" in log
+    assert "is FAILED" in log and "OSError: weights file is not HDF5" in log
+    assert "for reason " not in log  # the FailureDetails are EmrStepSensor's own exception message: not repeated
     assert "spark line 79" in log and "spark line 20\n" not in log  # the last 50 lines
     assert dr.state == DagRunState.FAILED  # the teardown's success does not make it green
     assert states["emr.watch_extract_features"] == S.FAILED

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
 from fruits.lake.storage import LocalStorage, S3Storage
 

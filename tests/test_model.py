@@ -10,6 +10,8 @@ from fruits_jobs.images import decode_many
 from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, freeze_model,
                                load_model, worker_infer_fn)
 
+pytestmark = pytest.mark.model
+
 
 def test_no_top_avg_pooling_equals_the_seeds_include_top_penultimate_layer():
     """Seed notebook: MobileNetV2(include_top=True) cut at layers[-2]. Ours: include_top=False,

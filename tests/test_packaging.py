@@ -46,3 +46,28 @@ def test_both_packages_import_from_anywhere_without_pythonpath(tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == [str(REPO / "plugins" / "fruits" / "__init__.py"),
                                     str(REPO / "spark_jobs" / "fruits_jobs" / "contract.py")]
+
+
+def test_each_package_says_what_lives_in_it():
+    inits = sorted((REPO / "plugins" / "fruits").rglob("__init__.py")) + [REPO / "spark_jobs" / "fruits_jobs" / "__init__.py"]
+    missing = [str(p.relative_to(REPO)) for p in inits if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
+    assert len(inits) >= 7 and missing == []
+
+
+def test_the_checkout_is_found_without_an_editable_install(tmp_path):
+    """Installed as wheels elsewhere, the packages find spark_jobs/ (the bundle's bootstrap and lock)
+    and ../shared through FRUITS_REPO, and say what to set when they cannot."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=300)
+    probe = ("import fruits, fruits_jobs.bundle as b, sys; assert 'site' in fruits.__file__, fruits.__file__; "
+             "print(b.spark_jobs_dir()); print(len(b.build_bundle(sys.argv[1]).files))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    found = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "bundle")], cwd=tmp_path,
+                           env={**env, "FRUITS_REPO": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split()[0] == str(REPO / "spark_jobs") and int(found.stdout.split()[1]) >= 5
+    lost = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "bundle")], cwd=tmp_path,
+                          env={k: v for k, v in env.items() if k != "FRUITS_REPO"}, capture_output=True, text=True,
+                          timeout=120)
+    assert lost.returncode != 0 and "set FRUITS_REPO" in lost.stderr

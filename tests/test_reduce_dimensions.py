@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, pca
+from fruits_jobs import commits, layout, pca
 from fruits_jobs.common import UsageError
 
 pytestmark = pytest.mark.spark
@@ -18,9 +18,9 @@ def write_features(spark, root, batches):
     for batch_id, (x, labels) in batches.items():
         rows = [(f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec])
                 for i, (vec, label) in enumerate(zip(x, labels))]
-        folder = commits.batch_uri(str(root), batch_id)
+        folder = layout.batch_folder(str(root), batch_id)
         run_id = commits.new_run_id()
-        uri = commits.run_uri(folder, run_id)
+        uri = layout.run_folder(folder, run_id)
         spark.createDataFrame(rows, "path string, label string, split string, sha256 string, "
                                     "features array<float>").write.parquet(uri)
         commits.write_commit(spark, folder, run_id, {"features": uri})

@@ -47,7 +47,7 @@ def test_a_weights_file_that_is_not_keras_weights_fails_the_first_task(tmp_path,
 
 
 def test_a_local_run_defaults_to_the_shared_weights_like_make_run(tmp_path, monkeypatch):
-    from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE
+    from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE
 
     (tmp_path / "shared" / "models").mkdir(parents=True)
     genuine = tmp_path / "shared" / "models" / DEFAULT_WEIGHTS_FILE

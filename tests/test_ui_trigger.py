@@ -61,6 +61,7 @@ def artifacts():
 def stack(tmp_path, artifacts):
     from fruits.tools.local_airflow import AirflowStack
 
+    # Not `airflow standalone`: it misses a dead component (fail_fast checks each) and its stop may hang.
     lake = tmp_path / "lake"
     stack = AirflowStack(tmp_path / "airflow_home", artifacts / "airflow", extra_env={
         "FRUITS_LOCAL_LAKE": str(lake),

@@ -10,8 +10,9 @@ from fruits.backends import backend_named, jobs
 from fruits.backends.run_report import format_report
 from fruits.config import run as config
 from fruits.config.run import RunConfig, from_xcom
-from fruits.lake import ingest, layout, published, summary
+from fruits.lake import ingest, published, summary
 from fruits.lake.storage import Storage, storage_at, upload_missing
+from fruits_jobs import layout
 from fruits_jobs.bundle import build_bundle
 
 log = logging.getLogger(__name__)

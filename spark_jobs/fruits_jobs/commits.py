@@ -18,9 +18,9 @@ listing of the dataset folder, which also holds runs that are not (or no longer)
 import json
 import uuid
 from datetime import datetime, timezone
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
-from fruits_jobs import contract, hadoop_fs
+from fruits_jobs import hadoop_fs, layout
 
 
 def new_run_id(now: Optional[datetime] = None) -> str:
@@ -29,47 +29,40 @@ def new_run_id(now: Optional[datetime] = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
 
 
-def batch_uri(dataset_uri: str, batch_id: str) -> str:
-    return f"{dataset_uri.rstrip('/')}/{contract.partition(batch_id)}"
-
-
-def run_uri(folder_uri: str, run_id: str) -> str:
-    """Where one run writes: <folder>/run=<run id> (folder: a batch folder, or a PCA output)."""
-    return f"{folder_uri.rstrip('/')}/{contract.RUN_PARTITION}={run_id}"
-
-
-def commits_uri(folder_uri: str) -> str:
-    return f"{folder_uri.rstrip('/')}/{contract.COMMITS_DIR}"
+def commit_file(folder_uri: str, run_id: str, record: dict) -> Tuple[str, bytes]:
+    """The commit of a run: where it goes and what it holds (the record, and the run id). Pure: the
+    one definition of a commit's bytes, for write_commit and for anything that must write one."""
+    text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
+    return layout.commit_path(folder_uri, run_id), text.encode("utf-8")
 
 
 def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
     """Make the run current: its commit file appears whole (hidden name, then rename)."""
-    final = f"{commits_uri(folder_uri)}/{run_id}.json"
-    text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
-    hadoop_fs.write_bytes_atomically(spark, final, text.encode("utf-8"))
+    final, data = commit_file(folder_uri, run_id, record)
+    hadoop_fs.write_bytes_atomically(spark, final, data)
     return final
 
 
 def committed_runs(spark, folder_uri: str) -> List[str]:
     """The run ids with a commit in this folder, oldest first."""
-    return contract.committed_runs(hadoop_fs.list_names(spark, commits_uri(folder_uri)))
+    return layout.committed_runs(hadoop_fs.list_names(spark, layout.commits_folder(folder_uri)))
 
 
 def current(spark, folder_uri: str) -> Optional[dict]:
     """The newest commit of this folder, or None when no run of it ever committed."""
     runs = committed_runs(spark, folder_uri)
-    return json.loads(hadoop_fs.read_text(spark, f"{commits_uri(folder_uri)}/{runs[-1]}.json")) if runs else None
+    return json.loads(hadoop_fs.read_text(spark, layout.commit_path(folder_uri, runs[-1]))) if runs else None
 
 
 def current_by_batch(spark, dataset_uri: str, batch_ids: Optional[Iterable[str]] = None) -> Dict[str, dict]:
     """{batch id: its current commit} for the batches of a dataset that have one."""
-    prefix = contract.partition("")
+    prefix = layout.partition("")
     batches = [n[len(prefix):] for n in hadoop_fs.list_names(spark, dataset_uri) if n.startswith(prefix)]
     wanted = set(batch_ids) if batch_ids else None
     found = {}
     for batch_id in sorted(batches):
         if wanted is None or batch_id in wanted:
-            record = current(spark, batch_uri(dataset_uri, batch_id))
+            record = current(spark, layout.batch_folder(dataset_uri, batch_id))
             if record is not None:
                 found[batch_id] = record
     return found
@@ -95,9 +88,9 @@ def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run
     keep = set(runs[-2:]) | {run_id}
     for old in runs[:-2]:
         if old < run_id:
-            hadoop_fs.delete(spark, f"{commits_uri(commit_folder)}/{old}.json")
+            hadoop_fs.delete(spark, layout.commit_path(commit_folder, old))
     deleted = []
-    prefix = f"{contract.RUN_PARTITION}="
+    prefix = f"{layout.RUN_PARTITION}="
     for folder in data_folders:
         for name in hadoop_fs.list_names(spark, folder):
             if name.startswith(prefix) and name[len(prefix):] < run_id and name[len(prefix):] not in keep:

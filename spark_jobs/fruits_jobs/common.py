@@ -3,6 +3,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from fruits_jobs import contract
 
@@ -41,7 +42,7 @@ def ship_package(spark) -> None:
 
     if ".zip" in (fruits_jobs.__file__ or ""):
         return
-    zip_path = build_zip(os.path.join(tempfile.mkdtemp(prefix="fruits-jobs-"), contract.PY_FILES_ZIP))
+    zip_path = build_zip(Path(tempfile.mkdtemp(prefix="fruits-jobs-")) / contract.PY_FILES_ZIP)
     spark.sparkContext.addPyFile(str(zip_path))
 
 

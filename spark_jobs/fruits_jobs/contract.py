@@ -3,10 +3,10 @@
 Standard library only: the DAG imports this when it is parsed, and the jobs carry it in their
 --py-files zip to EMR. Whatever both sides must agree on lives here and nowhere else: split
 names, the batch-id rule, the names nobody reads (hidden/OS junk) and why, the label rule, every
-reject reason, the lake's dataset and file names, the entrypoints and the default weights file.
+reject reason, the weights' kinds and the entrypoints. The lake's path grammar is layout.py.
 """
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 # ---- Photos: folders and labels ---------------------------------------------------------------
 
@@ -107,60 +107,17 @@ def reject_reason(code: str) -> str:
 
 FEATURE_DIM = 1280  # MobileNetV2's pooled output: the most principal components a PCA can have
 
-# ---- The lake (bucket) layout: dataset prefixes and file names --------------------------------
+# ---- Weights --------------------------------------------------------------------------------
 
-RAW = "raw/"
-MANIFESTS = "manifests/"
-CODE = "code/"
-WHEELS = "wheels/"
-MODELS = "models/"
-FEATURES = "features/"
-REJECTS = "rejects/"
-PCA = "pca/"
-EMR_LOGS = "logs/emr/"
-PARTITION_COLUMN = "batch_id"
-PCA_METRICS_FILE = "metrics.json"
-PCA_REDUCED_DIR = "reduced"
-PCA_MODEL_DIR = "model"
-PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png",
-             "class_quality": "class_quality.png"}  # the last one only when the photos have labels
-DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 # What --weights may name besides imagenet/random: Keras weights, or an ONNX model the features
 # job exported from such weights (it keeps them in models/, model.onnx_cache_name).
 KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX = ".weights.h5", ".onnx"
 WEIGHTS_SUFFIXES = (KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX)
 
 
-# The features job's progress while it runs (images done, rate, time left), one small JSON per batch
-# under the features root, rewritten every few seconds: what the EMR sensor shows in its log.
-PROGRESS_DIR = "_progress"
-
-
-def progress_name(batch_id: str) -> str:
-    return f"{PROGRESS_DIR}/{partition(batch_id)}.json"
-
-
 def weights_suffix(name: str):
     """The weights file kind of name (one of WEIGHTS_SUFFIXES), or None."""
     return next((suffix for suffix in WEIGHTS_SUFFIXES if name.endswith(suffix)), None)
-
-
-def partition(batch_id: str) -> str:
-    """A batch's Hive-style folder name under any dataset: batch_id=<id>."""
-    return f"{PARTITION_COLUMN}={batch_id}"
-
-
-# A batch folder holds one folder per run (run=<run id>/) and, written last, one commit per run
-# (_commits/<run id>.json): the newest commit names the batch's current outputs (commits.py).
-RUN_PARTITION = "run"
-COMMITS_DIR = "_commits"
-STAGING_DIR = "_staging"  # <features>/_staging/<run id>/: the one model pass, before the split
-
-
-def committed_runs(names: Iterable[str]) -> List[str]:
-    """The run ids of a _commits folder's file names, oldest first: the last is the current run.
-    (Run ids start with the UTC time; a name starting with '.' is a commit still being written.)"""
-    return sorted(n[:-len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
 
 
 # ---- The code bundle: what spark-submit runs ----------------------------------------------------

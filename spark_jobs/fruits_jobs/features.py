@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import commits, contract, hadoop_fs, progress
+from fruits_jobs import commits, contract, hadoop_fs, layout, progress
 from fruits_jobs import model as mobilenet
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.digests import file_digests
@@ -81,7 +81,7 @@ def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: i
 
     key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
 
-    @pandas_udf(RESULT_SCHEMA)
+    @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]  # a DDL string: accepted, not in pyspark's stubs
     def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         infer, counter = None, progress.WorkerCounter(progress_folder)
         for contents in batches:
@@ -297,14 +297,14 @@ def run(spark, args) -> dict:
     rejects_uri = hadoop_fs.qualify(spark, args.rejects).rstrip("/")
     run_id = commits.new_run_id()
     # Hidden from readers by its leading '_'; named by the run, so a later run can tell it is older.
-    staging_uri = f"{features_uri}/{contract.STAGING_DIR}/{run_id}"
-    batch_folders = [commits.batch_uri(features_uri, args.batch_id), commits.batch_uri(rejects_uri, args.batch_id)]
+    staging_uri = f"{features_uri}/{layout.STAGING_DIR}/{run_id}"
+    batch_folders = [layout.batch_folder(features_uri, args.batch_id), layout.batch_folder(rejects_uri, args.batch_id)]
 
     warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
     ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc,
-                             f"{features_uri}/{contract.progress_name(args.batch_id)}")
+                             f"{features_uri}/{layout.progress_name(args.batch_id)}")
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
@@ -313,15 +313,29 @@ def run(spark, args) -> dict:
     outputs = {
         "features": write_run(staged.where(F.col("reason").isNull())
                               .select("path", "label", "split", "sha256", "features"),
-                              commits.run_uri(batch_folders[0], run_id), featurized),
+                              layout.run_folder(batch_folders[0], run_id), featurized),
         "rejects": write_run(staged.where(F.col("reason").isNotNull())
                              .select("path", "reason", "detail", "label", "split"),
-                             commits.run_uri(batch_folders[1], run_id), rejected),
+                             layout.run_folder(batch_folders[1], run_id), rejected),
     }
     seconds = time.perf_counter() - started
-    read = featurized + rejected
     warming.join()
-    summary = {
+    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds)
+    # The switch: features, rejects and summary become the batch's current version together.
+    summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
+    hadoop_fs.delete(spark, staging_uri)
+    commits.clean_superseded(spark, batch_folders[0], batch_folders, run_id)
+    commits.clean_older_children(spark, f"{features_uri}/{layout.STAGING_DIR}", run_id)
+    return summary
+
+
+def batch_summary(args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict,
+                  seconds: float) -> dict:
+    """What the batch's commit holds besides its run id: the inputs, the outputs (features and
+    rejects folders), the counts and the rate. Readers (publish_summary, the CLI) rely on these keys."""
+    rejected = sum(by_reason.values())
+    read = featurized + rejected
+    return {
         "job": "extract_features", "batch_id": args.batch_id, "run": run_id,
         "images": args.images, "features": outputs["features"], "rejects": outputs["rejects"],
         "weights": args.weights, "engine": args.engine, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
@@ -329,12 +343,6 @@ def run(spark, args) -> dict:
         "rejects_by_reason": dict(sorted(by_reason.items())), **ignored,
         "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
     }
-    # The switch: features, rejects and summary become the batch's current version together.
-    summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
-    hadoop_fs.delete(spark, staging_uri)
-    commits.clean_superseded(spark, batch_folders[0], batch_folders, run_id)
-    commits.clean_older_children(spark, f"{features_uri}/{contract.STAGING_DIR}", run_id)
-    return summary
 
 
 def spark_conf(args) -> dict:

@@ -6,7 +6,7 @@ half-copied files and, sometimes, decompression bombs into the landing folder.
 """
 import io
 import warnings
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -73,10 +73,10 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
                 # than the model input: the biggest single speed-up for phone photos.
                 img.draft("RGB", (size, size))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(img)
+            upright = ImageOps.exif_transpose(img) or img
+            rgb = _to_rgb(upright)
             if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.BILINEAR)
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
     except RejectedImage:
         raise
@@ -95,7 +95,8 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
 def decode_many(contents, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[np.ndarray, list]:
     """Decode a batch: (stacked arrays of the good ones, per-input (code, detail) or None)."""
-    good, errors = [], []
+    good: List[np.ndarray] = []
+    errors: List[Optional[Tuple[str, str]]] = []
     for data in contents:
         try:
             good.append(decode_image(data, size, max_pixels))

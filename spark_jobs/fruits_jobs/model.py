@@ -17,7 +17,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, FEATURE_DIM, MODELS
+from fruits_jobs.contract import FEATURE_DIM
+from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE, MODELS
 
 RANDOM_SEED = 1234
 WEIGHTS_HELP = (
@@ -211,7 +212,7 @@ def freeze_model(model) -> EngineModel:
 
 # One model per Python worker process, reused by every task and batch that worker runs
 # (spark.python.worker.reuse is on by default). Keyed so a new job in the same worker rebuilds.
-_WORKER_MODELS = {}
+_WORKER_MODELS: dict = {}
 
 
 def configure_tensorflow_threads(cores: int) -> None:

@@ -13,11 +13,11 @@ import os
 import tempfile
 import time
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-from fruits_jobs import commits, contract, hadoop_fs, quality
+from fruits_jobs import commits, contract, hadoop_fs, layout, quality
 from fruits_jobs.common import UsageError, emit_summary, spark_session
 from fruits_jobs.plots import plot_class_quality, plot_explained_variance, plot_scatter
 
@@ -157,6 +157,25 @@ def read_features(spark, features_uri: str, batch_ids):
     return df.select("path", "label", "split", F.col("batch_id").cast("string"), "features")
 
 
+def pca_metrics(args, features_uri: str, output_uri: str, n: int, dim: int, k: int, spectrum,
+                class_quality: Optional[dict]) -> dict:
+    """What a PCA run's metrics.json and commit hold: sizes, k and its rule, the spectrum, where the
+    reduced vectors, the model and the plots are. Readers (publish_summary, the CLI) rely on these keys."""
+    cumulative = np.cumsum(spectrum)
+    return {
+        "job": "reduce_dimensions", "features": features_uri, "output": output_uri,
+        "batch_ids": args.batch_ids, "n_images": n, "input_dim": dim, "k": k,
+        "k_rule": f"k={args.k}" if args.k is not None else f"cumulative explained variance >= {args.variance}",
+        "variance_target": args.variance,
+        "explained_variance": [round(float(v), 8) for v in spectrum[:k]],
+        "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
+        "total_explained_variance": round(float(cumulative[k - 1]), 6),
+        "plots": {kind: f"{output_uri}/{name}" for kind, name in layout.PCA_PLOTS.items()},
+        "class_quality": class_quality,
+        "reduced": f"{output_uri}/{layout.PCA_REDUCED_DIR}", "model": f"{output_uri}/{layout.PCA_MODEL_DIR}",
+    }
+
+
 def run(spark, args) -> dict:
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
@@ -165,7 +184,7 @@ def run(spark, args) -> dict:
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
     folder_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
     run_id = commits.new_run_id()
-    output_uri = commits.run_uri(folder_uri, run_id)  # this run's own folder; current once committed
+    output_uri = layout.run_folder(folder_uri, run_id)  # this run's own folder; current once committed
     df = read_features(spark, features_uri, args.batch_ids)
     first = df.select(F.size("features").alias("d")).first()
     if first is None:
@@ -186,46 +205,35 @@ def run(spark, args) -> dict:
     k = choose_k(spectrum, args.k, args.variance)
     model = pca_model(spark, components[:, :k], spectrum[:k], "vec", "pca_vec")
 
-    reduced = (model.transform(df.withColumn("vec", array_to_vector("features")))
+    reduced = (model.transform(df.withColumn("vec", array_to_vector(F.col("features"))))
                .select("path", "label", "split", "batch_id",
-                       vector_to_array("pca_vec", "float32").alias("pca")))
-    reduced_uri, model_uri = f"{output_uri}/{contract.PCA_REDUCED_DIR}", f"{output_uri}/{contract.PCA_MODEL_DIR}"
+                       vector_to_array(F.col("pca_vec"), "float32").alias("pca")))
+    reduced_uri, model_uri = f"{output_uri}/{layout.PCA_REDUCED_DIR}", f"{output_uri}/{layout.PCA_MODEL_DIR}"
     reduced.write.mode("overwrite").parquet(reduced_uri)
     model.write().overwrite().save(model_uri)
     reduced_back = spark.read.parquet(reduced_uri)  # what was written, not a second projection
 
     cumulative = np.cumsum(spectrum)
-    metrics = {
-        "job": "reduce_dimensions", "features": features_uri, "output": output_uri,
-        "batch_ids": args.batch_ids, "n_images": n, "input_dim": dim, "k": k,
-        "k_rule": f"k={args.k}" if args.k is not None else f"cumulative explained variance >= {args.variance}",
-        "variance_target": args.variance,
-        "explained_variance": [round(float(v), 8) for v in spectrum[:k]],
-        "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
-        "total_explained_variance": round(float(cumulative[k - 1]), 6),
-        "plots": {kind: f"{output_uri}/{name}" for kind, name in contract.PCA_PLOTS.items()},
-        "class_quality": quality.class_quality(reduced_back),
-        "reduced": reduced_uri, "model": model_uri,
-    }
+    metrics = pca_metrics(args, features_uri, output_uri, n, dim, k, spectrum, quality.class_quality(reduced_back))
     sample = (reduced.sample(fraction=min(1.0, SCATTER_SAMPLE / n), seed=7)
               .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y")).collect())
     with tempfile.TemporaryDirectory() as tmp:
-        curve = os.path.join(tmp, contract.PCA_PLOTS["explained_variance"])
+        curve = os.path.join(tmp, layout.PCA_PLOTS["explained_variance"])
         plot_explained_variance(cumulative, k, args.variance, curve)
         hadoop_fs.write_bytes_from_file(spark, curve, metrics["plots"]["explained_variance"])
-        scatter = os.path.join(tmp, contract.PCA_PLOTS["scatter"])
+        scatter = os.path.join(tmp, layout.PCA_PLOTS["scatter"])
         plot_scatter([r["label"] for r in sample], [r["x"] for r in sample],
                      [r["y"] if k > 1 else 0.0 for r in sample], spectrum[:2], scatter)
         hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
         if metrics["class_quality"]:
-            per_class = os.path.join(tmp, contract.PCA_PLOTS["class_quality"])
+            per_class = os.path.join(tmp, layout.PCA_PLOTS["class_quality"])
             plot_class_quality(metrics["class_quality"], per_class)
             hadoop_fs.write_bytes_from_file(spark, per_class, metrics["plots"]["class_quality"])
         else:
             del metrics["plots"]["class_quality"]  # no labels: no figure
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     metrics["run"] = run_id
-    hadoop_fs.write_text(spark, f"{output_uri}/{contract.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))
+    hadoop_fs.write_text(spark, f"{output_uri}/{layout.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False))
     # The switch: reduced/, model/, metrics and plots become the output's current version together.
     metrics["commit"] = commits.write_commit(spark, folder_uri, run_id, metrics)
     commits.clean_superseded(spark, folder_uri, [folder_uri], run_id)

@@ -19,7 +19,7 @@ def centroids(df) -> Dict[str, np.ndarray]:
     from pyspark.ml.stat import Summarizer
     from pyspark.sql import functions as F
 
-    rows = (df.withColumn("v", array_to_vector("pca")).groupBy("label")
+    rows = (df.withColumn("v", array_to_vector(F.col("pca"))).groupBy("label")
             .agg(Summarizer.mean(F.col("v")).alias("mean")).collect())
     return {r["label"]: r["mean"].toArray() for r in rows}
 
@@ -46,7 +46,8 @@ def confusion(df, means: Dict[str, np.ndarray]) -> Dict[tuple, int]:
 
 def summarize(counts: Dict[tuple, int], fitted_on: str, evaluated_on: str) -> dict:
     """Per-class and overall accuracy, and the most confused pairs, from the confusion counts."""
-    totals, correct = {}, {}
+    totals: Dict[str, int] = {}
+    correct: Dict[str, int] = {}
     for (label, predicted), n in counts.items():
         totals[label] = totals.get(label, 0) + n
         correct[label] = correct.get(label, 0) + (n if label == predicted else 0)

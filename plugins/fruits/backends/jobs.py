@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits_jobs import contract
 
 if TYPE_CHECKING:  # the renderers and the benchmark import this module without Airflow

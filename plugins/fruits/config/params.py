@@ -16,7 +16,7 @@ from airflow.sdk import Param
 
 from fruits.backends import BACKENDS
 from fruits.config.settings import setting_from_env
-from fruits_jobs import contract
+from fruits_jobs import contract, layout
 
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
@@ -69,9 +69,9 @@ def build_params() -> dict:
                                      "exported (models/*.onnx): s3://, or a path on this machine (for emr it is "
                                      "staged to s3://<bucket>/models/<sha256>.weights.h5 or .onnx). "
                                      "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
-                                     f"s3://<bucket>/{contract.MODELS}{contract.DEFAULT_WEIGHTS_FILE} "
+                                     f"s3://<bucket>/{layout.MODELS}{layout.DEFAULT_WEIGHTS_FILE} "
                                      "on emr (clusters need no internet); locally the genuine weights in "
-                                     f"../shared/{contract.MODELS} when present (as make run), else imagenet."),
+                                     f"../shared/{layout.MODELS} when present (as make run), else imagenet."),
         "instance_type": Param("m5.2xlarge", type="string", pattern=INSTANCE_TYPE_RE.pattern,
                                title="Worker instance type", section=EMR_SECTION,
                                description="EC2 type of core and task nodes, x86_64 (no Graviton)."),

@@ -76,6 +76,13 @@ class RunConfig:
         return cls(**{k: sections[k](**v) if k in sections and v is not None else v for k, v in data.items()})
 
 
+def emr_of(cfg: RunConfig) -> EmrConfig:
+    """The EMR section of a run on EMR (a local run has none: asking is a bug, said as such)."""
+    if cfg.emr is None:
+        raise ValueError(f"run of batch {cfg.batch_id} on backend {cfg.backend!r} has no EMR section")
+    return cfg.emr
+
+
 def from_xcom(body: Callable) -> Callable:
     """A task body takes the run's config as XCom carries it (a dict) and works on a RunConfig."""
     def wrapped(cfg: Mapping[str, Any], *args, **kwargs):
@@ -136,9 +143,9 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     section, weights = backend.section(p, settings, bucket, weights)
     return RunConfig(batch_id=p.get("batch_id") or run_date, landing_dir=str(landing), backend=backend.name,
                      pca_k=p["pca_k"], pca_variance=p["pca_variance"], weights=weights, bucket=bucket, root=root,
-                     **{backend.name: section})
+                     **{backend.name: section})  # type: ignore[arg-type]  # the section its backend names
 
 
 def emr_deferrable() -> bool:
     """Read when the DAG is parsed: deferrable sensors need a running triggerer."""
-    return setting_from_env("emr_deferrable").strip().lower() in ("1", "true", "yes")
+    return str(setting_from_env("emr_deferrable")).strip().lower() in ("1", "true", "yes")

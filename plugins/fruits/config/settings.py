@@ -19,7 +19,7 @@ AWS_CONN_ID = "aws_default"  # the DAG's default_args and the hooks of our own t
 def shared_weights() -> Optional[str]:
     """The genuine ImageNet weights beside the checkout (../shared/models/, or FRUITS_SHARED_DIR's):
     a local run's default weights when present (`make run` and the trigger form alike)."""
-    from fruits_jobs.contract import DEFAULT_WEIGHTS_FILE, MODELS
+    from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE, MODELS
 
     path = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared")) / MODELS / DEFAULT_WEIGHTS_FILE
     return str(path) if path.is_file() else None

@@ -10,7 +10,7 @@ from fruits.config.settings import setting_from_env
 
 
 def default_lake() -> Path:
-    return Path(setting_from_env("local_lake")).expanduser().resolve()
+    return Path(str(setting_from_env("local_lake"))).expanduser().resolve()
 
 
 def to_local(uri: str, lake: Path) -> str:

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake import published
 from fruits.lake.storage import Storage
 from fruits_jobs.digests import file_digests
@@ -102,7 +102,7 @@ def walk_landing(landing: Path) -> Tuple[List[Path], List[dict]]:
 def held_hashes(storage: Storage, batch_id: str) -> Dict[str, str]:
     """sha256 -> batch id, for every file of the other *published* batches: a batch that never
     published (its run failed) holds nothing, so a new batch can take its photos."""
-    held = {}
+    held: Dict[str, str] = {}
     for key in sorted(storage.sizes(layout.MANIFESTS)):
         other = layout.batch_of_manifest(key)
         if other != batch_id and published.is_published(storage, other):

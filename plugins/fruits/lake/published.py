@@ -8,17 +8,16 @@ commit are a run in progress or a killed one, never something to read or count.
 import json
 from typing import Dict, Optional
 
-from fruits.lake import layout
 from fruits.lake.storage import Storage
-from fruits_jobs.contract import committed_runs
+from fruits_jobs import layout
 
 
 def current_commit(storage: Storage, dataset: str, batch_id: str) -> Optional[dict]:
     prefix = layout.commits_prefix(dataset, batch_id)
-    runs = committed_runs(key[len(prefix):] for key in storage.sizes(prefix))
+    runs = layout.committed_runs(key[len(prefix):] for key in storage.sizes(prefix))
     if not runs:
         return None
-    key = f"{prefix}{runs[-1]}.json"
+    key = layout.commit_path(layout.batch_folder(dataset, batch_id), runs[-1])
     return {**json.loads(storage.read_text(key)), "commit": storage.name + key}
 
 
@@ -32,17 +31,16 @@ def is_processed(storage: Storage, batch_id: str) -> bool:
 
 def committed_batches(storage: Storage, dataset: str) -> Dict[str, str]:
     """batch id -> its newest committed run id, for every batch of dataset with a commit."""
-    newest = {}
+    newest: Dict[str, str] = {}
     for key in storage.sizes(dataset):
-        parts = key.split("/")  # <dataset>/batch_id=<id>/_commits/<run>.json
-        if len(parts) == 4 and parts[2] == layout.COMMITS_DIR:
-            for run in committed_runs([parts[3]]):
-                batch = parts[1][len(layout.partition("")):]
-                newest[batch] = max(newest.get(batch, ""), run)
+        parsed = layout.parse_commit_key(key, dataset)
+        if parsed:
+            batch, run = parsed
+            newest[batch] = max(newest.get(batch, ""), run)
     return newest
 
 
 def latest_processed_batch(storage: Storage) -> Optional[str]:
     """The batch whose PCA committed last (run ids sort by time), or None."""
     newest = committed_batches(storage, layout.PCA)
-    return max(newest, key=newest.get) if newest else None
+    return max(newest, key=lambda batch: newest[batch]) if newest else None

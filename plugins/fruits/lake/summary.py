@@ -3,7 +3,7 @@ import json
 import logging
 from typing import Optional
 
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake.published import current_commit
 from fruits.lake.storage import Storage
 

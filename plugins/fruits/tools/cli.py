@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake.folder import default_lake
 from fruits.lake.published import committed_batches, current_commit, latest_processed_batch
 from fruits.lake.storage import LocalStorage, Storage
@@ -28,13 +28,13 @@ from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 def batch_ids(storage: Storage) -> List[str]:
     """Batches with a features commit, oldest first (by their newest commit's run id)."""
     newest = committed_batches(storage, layout.FEATURES)
-    return sorted(newest, key=newest.get)
+    return sorted(newest, key=lambda batch: newest[batch])
 
 
 def batches_table(storage: Storage) -> List[str]:
     rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}"]
     for batch in batch_ids(storage):
-        features = current_commit(storage, layout.FEATURES, batch)
+        features = current_commit(storage, layout.FEATURES, batch) or {}
         pca = current_commit(storage, layout.PCA, batch) or {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
         rows.append(f"{batch:<24} {features['read']:>7} {features['featurized']:>10} {features['rejected']:>8} "

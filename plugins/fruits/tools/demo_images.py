@@ -38,7 +38,7 @@ def fruit_image(name: str, index: int) -> Image.Image:
     draw.ellipse([cx - w / 4, cy - h / 3, cx - w / 12, cy - h / 6], fill=shine)
     if stalk:
         draw.line([cx, cy - h / 2, cx + 3, cy - h / 2 - 9], fill=(90, 60, 20), width=3)
-    img = img.rotate(rng.uniform(-30, 30), resample=Image.BILINEAR, fillcolor=(255, 255, 255))
+    img = img.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
     return img.filter(ImageFilter.GaussianBlur(0.6))
 
 

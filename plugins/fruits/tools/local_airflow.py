@@ -1,3 +1,4 @@
+# Not `airflow standalone` (3.1): a Ctrl-C hung it in 8 of 10 tries, `kill` orphans every component (docstring).
 """Airflow on this machine with no Docker: api-server, scheduler and dag-processor on loopback.
 
 `make ui` (`python -m fruits.tools.local_airflow`) starts it on the embedded default and prints the URL
@@ -8,6 +9,18 @@ the repository's dags/ and plugins/, the Simple auth manager with one admin and 
 No scheduled runs: runs are the ones a person triggers. Every component runs in its own process
 group, which `stop()` terminates (then kills) whatever happened, so nothing outlives it. Each
 component's output goes to <logs_dir>/<component>.log.
+
+Why not `airflow standalone` (Airflow 3.1.8, measured with these settings on a 2-CPU machine): it keeps
+its components in the terminal's process group, so a Ctrl-C reaches all of them and then it SIGTERMs
+each; in 8 of 10 tries one of them (scheduler, dag-processor or triggerer) hung on that and standalone
+waited for it for more than 45 s; a second Ctrl-C ended standalone and left the scheduler and its
+LocalExecutor workers (or the dag-processor) running. `kill` (SIGTERM) ends standalone alone: all ~40
+processes stay, still listening. It prints no URL, its "ready" comes before the API answers, it prints
+the login only on the first start of a home (`make ui` reuses airflow_home), and it does not notice a
+component that died. Start-up is no faster (API healthy and DAG listed after 16-32 s; this stack:
+14-22 s). And it would need this stack's settings all the same: loopback (its API binds 0.0.0.0), the
+execution-API URL on a port other than 8080 (else every task fails: connection refused), free
+log-server ports (else 8793 and 8794), fewer than its 32 LocalExecutor workers.
 """
 import json
 import os

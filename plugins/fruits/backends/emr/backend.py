@@ -17,9 +17,9 @@ from fruits.backends.base import Backend, BackendTasks
 from fruits.backends.emr import builders, clusters, report
 from fruits.backends.jobs import JOBS, SparkJob
 from fruits.config.params import InvalidParam, check_x86_64
-from fruits.config.run import EmrConfig, RunConfig
+from fruits.config.run import EmrConfig, RunConfig, emr_of
 from fruits.config.settings import DEFAULTS
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake.storage import Storage, upload_missing
 from fruits_jobs import contract
 from fruits_jobs.bundle import LOCK, spark_jobs_dir
@@ -56,26 +56,25 @@ class EmrBackend(Backend):
             primary_instance_type=settings["primary_instance_type"], subnet_id=settings.get("subnet_id") or None,
             security_configuration=settings.get("security_configuration") or None,
             security_group_ids=settings.get("security_group_ids") or None,
-            project_tag=settings.get("project_tag") or DEFAULTS["project_tag"],
+            project_tag=settings.get("project_tag") or str(DEFAULTS["project_tag"]),
             idle_timeout_s=int(settings["idle_timeout_s"]), wheelhouse=wheelhouse_folder(settings.get("wheelhouse")),
             weights_file=weights_file,
         ), weights
 
     def stage(self, cfg: RunConfig, storage: Storage) -> None:
         """The wheelhouse (once per lock) and a local weights file (once per content)."""
-        assert cfg.emr is not None
-        if cfg.emr.wheelhouse:
-            upload_missing(storage, wheels_prefix(), {w.name: w for w in Path(cfg.emr.wheelhouse).glob("*.whl")})
-            log.info("wheelhouse %s staged at %s%s", cfg.emr.wheelhouse, storage.name, wheels_prefix())
-        if cfg.emr.weights_file:
+        emr = emr_of(cfg)
+        if emr.wheelhouse:
+            upload_missing(storage, wheels_prefix(), {w.name: w for w in Path(emr.wheelhouse).glob("*.whl")})
+            log.info("wheelhouse %s staged at %s%s", emr.wheelhouse, storage.name, wheels_prefix())
+        if emr.weights_file:
             key = cfg.weights[len(cfg.uri()):]
             if key not in storage.sizes(key):
-                storage.upload_file(Path(cfg.emr.weights_file), key)
-            log.info("weights %s staged at %s", cfg.emr.weights_file, cfg.weights)
+                storage.upload_file(Path(emr.weights_file), key)
+            log.info("weights %s staged at %s", emr.weights_file, cfg.weights)
 
     def render(self, cfg: RunConfig, jobs: list[SparkJob], version: str, run_id: str) -> dict:
-        assert cfg.emr is not None
-        wheels = cfg.uri(wheels_prefix()) if cfg.emr.wheelhouse else None
+        wheels = cfg.uri(wheels_prefix()) if emr_of(cfg).wheelhouse else None
         return {"job_flow": builders.job_flow_overrides(cfg, version, run_id, wheels),
                 "steps": builders.spark_steps(jobs, cfg.batch_id),
                 "progress": {JOBS[0].name: cfg.uri(layout.progress_key(cfg.batch_id))}}

@@ -6,8 +6,8 @@ spark-submit in cluster mode on YARN, with the executor shape below.
 import re
 from typing import Dict, List, Optional
 
-from fruits.lake import layout
-from fruits.config.run import RunConfig
+from fruits_jobs import layout
+from fruits.config.run import RunConfig, emr_of
 from fruits.backends.jobs import SparkJob, submit_args
 from fruits_jobs.bundle import BOOTSTRAP, LOCK
 
@@ -79,7 +79,8 @@ RUN_TAG_KEYS = ("project", "dag_run_id", "batch_id")
 def run_tags(cfg: RunConfig, run_id: str) -> Dict[str, str]:
     """The tags that tell this run's cluster from any other: a retried create_cluster looks for them.
     project=<project_tag> is also what the Airflow role's policy requires on every cluster it touches."""
-    return dict(zip(RUN_TAG_KEYS, (cfg.emr.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
+    emr = emr_of(cfg)
+    return dict(zip(RUN_TAG_KEYS, (emr.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
 
 
 def _tags(cfg: RunConfig, run_id: str) -> List[dict]:
@@ -88,16 +89,17 @@ def _tags(cfg: RunConfig, run_id: str) -> List[dict]:
 
 
 def instance_groups(cfg: RunConfig) -> List[dict]:
+    emr = emr_of(cfg)
     groups = [
         {"Name": "primary", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
-         "InstanceType": cfg.emr.primary_instance_type, "InstanceCount": 1},
+         "InstanceType": emr.primary_instance_type, "InstanceCount": 1},
         {"Name": "core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
-         "InstanceType": cfg.emr.instance_type, "InstanceCount": cfg.emr.core_count},
+         "InstanceType": emr.instance_type, "InstanceCount": emr.core_count},
     ]
-    if cfg.emr.task_spot_count > 0:
+    if emr.task_spot_count > 0:
         # Task nodes hold no HDFS data, so losing a spot node only reruns its Spark tasks.
         groups.append({"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
-                       "InstanceType": cfg.emr.instance_type, "InstanceCount": cfg.emr.task_spot_count})
+                       "InstanceType": emr.instance_type, "InstanceCount": emr.task_spot_count})
     return groups
 
 
@@ -118,20 +120,21 @@ def configurations() -> List[dict]:
 def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: Optional[str] = None) -> dict:
     """RunJobFlow request for a transient cluster of the DAG run run_id; the steps are added after it
     is created. wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
+    emr = emr_of(cfg)
     instances = {
         "InstanceGroups": instance_groups(cfg),
         "KeepJobFlowAliveWhenNoSteps": True,  # steps come from a separate call
         "TerminationProtected": False,  # the teardown must be able to end it
     }
-    if cfg.emr.subnet_id:
-        instances["Ec2SubnetId"] = cfg.emr.subnet_id
-    if cfg.emr.security_group_ids:
-        groups = [g.strip() for g in cfg.emr.security_group_ids.split(",") if g.strip()]
+    if emr.subnet_id:
+        instances["Ec2SubnetId"] = emr.subnet_id
+    if emr.security_group_ids:
+        groups = [g.strip() for g in emr.security_group_ids.split(",") if g.strip()]
         instances["AdditionalMasterSecurityGroups"] = groups
         instances["AdditionalSlaveSecurityGroups"] = groups
     flow = {
         "Name": f"fruits-{cfg.batch_id}",
-        "ReleaseLabel": cfg.emr.release_label,
+        "ReleaseLabel": emr.release_label,
         "Applications": [{"Name": "Spark"}],  # TensorFlow comes from the bootstrap, pinned with the jobs
         "LogUri": cfg.uri(layout.EMR_LOGS),
         "Instances": instances,
@@ -142,12 +145,12 @@ def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: Op
         }],
         "Configurations": configurations(),
         # Safety net: a cluster idle this long ends itself even if Airflow never runs the teardown.
-        "AutoTerminationPolicy": {"IdleTimeout": cfg.emr.idle_timeout_s},
+        "AutoTerminationPolicy": {"IdleTimeout": emr.idle_timeout_s},
         "Tags": _tags(cfg, run_id),
         "VisibleToAllUsers": True,
-        "JobFlowRole": cfg.emr.instance_profile,
-        "ServiceRole": cfg.emr.service_role,
+        "JobFlowRole": emr.instance_profile,
+        "ServiceRole": emr.service_role,
     }
-    if cfg.emr.security_configuration:
-        flow["SecurityConfiguration"] = cfg.emr.security_configuration
+    if emr.security_configuration:
+        flow["SecurityConfiguration"] = emr.security_configuration
     return flow

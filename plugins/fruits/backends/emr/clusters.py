@@ -43,10 +43,10 @@ def steps_to_add(existing: List[dict], planned: List[dict]) -> Tuple[Dict[str, s
     steps in order. The newest step of each name is kept while it is pending, running or completed;
     from the first planned step without such a step on, all are added (a later step reads the output
     of the ones before it)."""
-    newest = {}
+    newest: Dict[str, dict] = {}
     for step in existing:
         newest.setdefault(step["Name"], step)
-    kept = {}
+    kept: Dict[str, str] = {}
     for i, step in enumerate(planned):
         found = newest.get(step["Name"])
         if found is None or found["Status"]["State"] not in REUSABLE_STEP_STATES:

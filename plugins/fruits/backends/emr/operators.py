@@ -34,7 +34,7 @@ class CreateClusterOnce(EmrCreateJobFlowOperator):
     second one; so it can retry like any task."""
 
     def execute(self, context):
-        flow = self.job_flow_overrides
+        flow: dict = self.job_flow_overrides  # type: ignore[assignment]  # rendered from plan_jobs' XCom
         tags = {t["Key"]: t["Value"] for t in flow["Tags"] if t["Key"] in RUN_TAG_KEYS}
         found = live_cluster_of_run(self.hook.conn, flow["Name"], tags)
         if found:
@@ -62,8 +62,8 @@ class StepSensor(EmrStepSensor):
     def poke(self, context):
         try:
             done = super().poke(context)
-        except AirflowException:
-            self.log.error("%s", self.explain_failure())
+        except AirflowException:  # its message has the step's FailureDetails: add what it lacks
+            self.log.error("%s", self.explain_failure(with_details=False))
             raise
         if not done:
             self.log_progress()
@@ -86,11 +86,11 @@ class StepSensor(EmrStepSensor):
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:
             return super().execute_complete(context, event)
-        except AirflowException:
-            self.log.error("%s", self.explain_failure())
+        except AirflowException:  # the trigger's event has no FailureDetails: say them too
+            self.log.error("%s", self.explain_failure(with_details=True))
             raise
 
-    def explain_failure(self) -> str:
+    def explain_failure(self, with_details: bool) -> str:
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn
         cluster = emr.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
         status = cluster["Status"]
@@ -101,9 +101,9 @@ class StepSensor(EmrStepSensor):
                     f" This is the cluster's failure (bootstrap or provisioning), not the step's: the bootstrap "
                     f"logs are under {cluster.get('LogUri')}{self.job_flow_id}/node/")
         step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
-        details = step["Status"].get("FailureDetails") or {}
-        lines = [f"step {step.get('Name')} ({self.step_id}) on cluster {self.job_flow_id} is {step['Status']['State']}: "
-                 f"reason {details.get('Reason')}; message {details.get('Message')}; log file {details.get('LogFile')}"]
+        details = self.failure_message_from_response({"Step": step}) if with_details else None
+        lines = [f"step {step.get('Name')} ({self.step_id}) on cluster {self.job_flow_id} is {step['Status']['State']}"
+                 + (f": {details}" if details else "")]
         if cluster.get("LogUri"):
             lines.append(self._stderr_tail(cluster["LogUri"]))
         return "\n".join(lines)

@@ -5,12 +5,12 @@ setting or param to change. The task runs them all and fails with every problem 
 `create_cluster` (a cluster costs ~15 minutes of boot and bootstrap before a bad setting shows).
 The API calls are read-only and in the Airflow policy of infra/aws/fruits.yaml.
 """
-from typing import Callable, List, NamedTuple
+from typing import Any, Callable, List, NamedTuple
 
 from botocore.exceptions import ClientError
 
-from fruits.lake import layout
-from fruits.config.run import RunConfig
+from fruits_jobs import layout
+from fruits.config.run import RunConfig, emr_of
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from fruits.backends.emr.aws import aws_error_code
@@ -19,9 +19,10 @@ from fruits.backends.emr.builders import EMR_MANAGED_POLICY_TAG
 
 
 class Clients(NamedTuple):
-    s3: object
-    iam: object
-    ec2: object
+    """boto3 clients (untyped: botocore builds their methods from its service models)."""
+    s3: Any
+    iam: Any
+    ec2: Any
     region: str
 
 
@@ -63,38 +64,41 @@ def check_weights(cfg: RunConfig, c: Clients) -> List[str]:
 
 
 def check_roles(cfg: RunConfig, c: Clients) -> List[str]:
+    emr = emr_of(cfg)
     problems = []
     try:
-        c.iam.get_role(RoleName=cfg.emr.service_role)
+        c.iam.get_role(RoleName=emr.service_role)
     except ClientError as exc:
-        problems.append(f"fruits_emr_service_role: role {cfg.emr.service_role!r} not found ({aws_error_code(exc)}): "
+        problems.append(f"fruits_emr_service_role: role {emr.service_role!r} not found ({aws_error_code(exc)}): "
                         "set it to the stack output fruits_emr_service_role")
     try:
-        c.iam.get_instance_profile(InstanceProfileName=cfg.emr.instance_profile)
+        c.iam.get_instance_profile(InstanceProfileName=emr.instance_profile)
     except ClientError as exc:
-        problems.append(f"fruits_emr_instance_profile: instance profile {cfg.emr.instance_profile!r} not found "
+        problems.append(f"fruits_emr_instance_profile: instance profile {emr.instance_profile!r} not found "
                         f"({aws_error_code(exc)}): set it to the stack output fruits_emr_instance_profile")
     return problems
 
 
 def check_subnet(cfg: RunConfig, c: Clients) -> List[str]:
-    if not cfg.emr.subnet_id:
+    emr = emr_of(cfg)
+    if not emr.subnet_id:
         return []
     try:
-        (subnet,) = c.ec2.describe_subnets(SubnetIds=[cfg.emr.subnet_id])["Subnets"]
+        (subnet,) = c.ec2.describe_subnets(SubnetIds=[emr.subnet_id])["Subnets"]
     except ClientError as exc:
-        return [f"fruits_subnet_id: subnet {cfg.emr.subnet_id!r} not found in {c.region} ({aws_error_code(exc)})"]
+        return [f"fruits_subnet_id: subnet {emr.subnet_id!r} not found in {c.region} ({aws_error_code(exc)})"]
     tags = {t["Key"]: t["Value"] for t in subnet.get("Tags", [])}
     key, value = EMR_MANAGED_POLICY_TAG["Key"], EMR_MANAGED_POLICY_TAG["Value"]
     if tags.get(key) != value:
-        return [f"fruits_subnet_id: subnet {cfg.emr.subnet_id} lacks the tag {key}={value}, which the EMR service "
-                f"role's managed policy requires: aws ec2 create-tags --resources {cfg.emr.subnet_id} "
+        return [f"fruits_subnet_id: subnet {emr.subnet_id} lacks the tag {key}={value}, which the EMR service "
+                f"role's managed policy requires: aws ec2 create-tags --resources {emr.subnet_id} "
                 f"--tags Key={key},Value={value}"]
     return []
 
 
 def check_instance_types(cfg: RunConfig, c: Clients) -> List[str]:
-    wanted = {"instance_type": cfg.emr.instance_type, "fruits_primary_instance_type": cfg.emr.primary_instance_type}
+    emr = emr_of(cfg)
+    wanted = {"instance_type": emr.instance_type, "fruits_primary_instance_type": emr.primary_instance_type}
     offered = {o["InstanceType"] for o in c.ec2.describe_instance_type_offerings(
         LocationType="region", Filters=[{"Name": "instance-type", "Values": sorted(set(wanted.values()))}]
     )["InstanceTypeOfferings"]}

@@ -6,16 +6,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import task
-
 from fruits.backends import run_report
 from fruits.backends.base import Backend, BackendTasks
-from fruits.backends.jobs import SparkJob
-from fruits.backends.local import runner
 from fruits.config.params import InvalidParam
-from fruits.config.run import LocalConfig, RunConfig, from_xcom
+from fruits.config.run import LocalConfig, RunConfig
 from fruits.config.settings import DEFAULTS, shared_weights
-from fruits.lake import layout
+from fruits_jobs import layout
 from fruits.lake.folder import to_local
 
 STORAGES = ("lake", "s3")
@@ -30,7 +26,7 @@ class LocalBackend(Backend):
             raise InvalidParam("backend", f"FRUITS_LOCAL_STORAGE must be 'lake' or 's3', not {storage!r}")
         if storage == "s3":  # docker-compose: MinIO's bucket, reached like S3
             return settings["bucket"], layout.s3_uri(settings["bucket"])
-        return DEFAULTS["bucket"], f"{Path(settings['local_lake']).expanduser().resolve()}/"
+        return str(DEFAULTS["bucket"]), f"{Path(settings['local_lake']).expanduser().resolve()}/"
 
     def default_weights(self, bucket: str) -> str:
         return shared_weights() or "imagenet"  # as `make run`: the genuine weights beside the checkout
@@ -45,22 +41,9 @@ class LocalBackend(Backend):
         return LocalConfig(lake=lake, storage=settings["local_storage"], spark_master=settings["spark_master"]), weights
 
     def add_tasks(self, cfg, version, plan) -> BackendTasks:
-        local = run_locally(cfg, plan["jobs"])
-        return BackendTasks(entry=local.operator, result_task_id=local.operator.task_id, done=[local.operator])
+        from fruits.backends.local.tasks import local_tasks  # the operators: DAG parse time only
+
+        return local_tasks(cfg, plan)
 
     def run_report(self, cfg: RunConfig, result: Any, images: dict[str, int]) -> dict:
         return run_report.local_report(result, images)
-
-
-@from_xcom
-def run_jobs(cfg: RunConfig, job_dicts: list) -> list:
-    """The jobs, in order, with the local spark-submit; each one's wall time and JSON summary."""
-    assert cfg.local is not None
-    if not cfg.in_s3:
-        Path(cfg.root).mkdir(parents=True, exist_ok=True)
-    return runner.run_jobs([SparkJob.from_dict(d) for d in job_dicts], cfg.local.spark_master)
-
-
-@task(retries=0)  # re-running Spark is a person's decision
-def run_locally(cfg: dict, spark_jobs: list) -> list:
-    return run_jobs(cfg, spark_jobs)

@@ -105,8 +105,9 @@ def _stopped_on_signals(proc: subprocess.Popen):
 
     def handler(signum, frame):
         _stop(proc)
-        if callable(previous[signum]):  # e.g. Airflow's own SIGTERM handler (calls on_kill)
-            previous[signum](signum, frame)
+        chained = previous[signum]
+        if callable(chained):  # e.g. Airflow's own SIGTERM handler (calls on_kill)
+            chained(signum, frame)
         raise StepKilled(f"stopped by signal {signal.Signals(signum).name}; the Spark job was stopped too")
 
     for sig in previous:

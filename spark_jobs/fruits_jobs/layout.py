@@ -1,0 +1,154 @@
+"""The lake's path grammar: where everything lives in the bucket (and, for backend=local, in the lake
+folder standing for it), defined once for both sides. Standard library only: the Airflow side builds
+keys with it, the jobs build URIs with it (they ship this package), and readers parse it back.
+
+    raw/batch_id=<id>/<[Training|Test/]Class>/<file>   photos as landed; one prefix per batch so a job
+                                                       reads exactly one batch and the label stays the
+                                                       parent folder; Hive-style name like the outputs
+    manifests/batch_id=<id>.json                       what a batch holds (keys, sizes, sha256, skips);
+                                                       written last, so it also marks "ingest finished"
+    code/<version>/...                                 the jobs' bundle; version = content hash, so a run
+                                                       always executes the code it staged, never a newer one
+    wheels/<lock sha256>/                              the jobs' wheels for clusters without internet
+    models/<file>.weights.h5                           ImageNet weights for clusters without internet
+    models/mobilenet_v2_<sha256>_<size>px_<exporter>.onnx  their ONNX export, made once by the features job
+    features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run;
+    rejects/batch_id=<id>/run=<run>/                   features/batch_id=<id>/_commits/<run>.json, written
+                                                       last, makes a run's features + rejects + summary the
+                                                       batch's current version at once (commits.py)
+    features/_staging/<run>/, features/_progress/      the features job's one model pass, and its progress
+    pca/batch_id=<id>/run=<run>/                       PCA fitted on all current features, per batch run:
+                                                       metrics.json, reduced/, model/, plots; committed in
+                                                       pca/batch_id=<id>/_commits/<run>.json
+    logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
+
+A path here is a key ("features/") or a URI ("s3://bucket/features", "/lake/features"): the folder
+builders below append to either. Prefixes, not buckets, separate the kinds of data so one
+least-privilege policy can grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
+"""
+from typing import Iterable, List, Optional, Tuple
+
+# ---- Dataset prefixes and file names ---------------------------------------------------------
+
+RAW = "raw/"
+MANIFESTS = "manifests/"
+CODE = "code/"
+WHEELS = "wheels/"
+MODELS = "models/"
+FEATURES = "features/"
+REJECTS = "rejects/"
+PCA = "pca/"
+EMR_LOGS = "logs/emr/"
+PCA_METRICS_FILE = "metrics.json"
+PCA_REDUCED_DIR = "reduced"
+PCA_MODEL_DIR = "model"
+PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png",
+             "class_quality": "class_quality.png"}  # the last one only when the photos have labels
+DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+
+# ---- Batches, runs and commits ---------------------------------------------------------------
+
+PARTITION_COLUMN = "batch_id"
+# A batch folder holds one folder per run (run=<run id>/) and, written last, one commit per run
+# (_commits/<run id>.json): the newest commit names the batch's current outputs (commits.py).
+RUN_PARTITION = "run"
+COMMITS_DIR = "_commits"
+COMMIT_SUFFIX = ".json"
+STAGING_DIR = "_staging"  # <features>/_staging/<run id>/: the one model pass, before the split
+# The features job's progress while it runs (images done, rate, time left), one small JSON per batch
+# under the features root, rewritten every few seconds: what the EMR sensor shows in its log.
+PROGRESS_DIR = "_progress"
+
+
+def partition(batch_id: str) -> str:
+    """A batch's Hive-style folder name under any dataset: batch_id=<id>."""
+    return f"{PARTITION_COLUMN}={batch_id}"
+
+
+def batch_folder(dataset: str, batch_id: str) -> str:
+    """<dataset>/batch_id=<id> (no trailing slash), for a dataset key or URI."""
+    return f"{dataset.rstrip('/')}/{partition(batch_id)}"
+
+
+def run_folder(folder: str, run_id: str) -> str:
+    """Where one run writes: <folder>/run=<run id> (folder: a batch folder, or a PCA output)."""
+    return f"{folder.rstrip('/')}/{RUN_PARTITION}={run_id}"
+
+
+def commits_folder(folder: str) -> str:
+    return f"{folder.rstrip('/')}/{COMMITS_DIR}"
+
+
+def commit_path(folder: str, run_id: str) -> str:
+    return f"{commits_folder(folder)}/{run_id}{COMMIT_SUFFIX}"
+
+
+def committed_runs(names: Iterable[str]) -> List[str]:
+    """The run ids of a _commits folder's file names, oldest first: the last is the current run.
+    (Run ids start with the UTC time; a name starting with '.' is a commit still being written.)"""
+    return sorted(n[:-len(COMMIT_SUFFIX)] for n in names if n.endswith(COMMIT_SUFFIX) and not n.startswith("."))
+
+
+def parse_commit_key(key: str, dataset: str) -> Optional[Tuple[str, str]]:
+    """(batch id, run id) of <dataset>batch_id=<id>/_commits/<run>.json, else None."""
+    parts = key[len(dataset):].split("/") if key.startswith(dataset) else []
+    if len(parts) != 3 or not parts[0].startswith(partition("")) or parts[1] != COMMITS_DIR:
+        return None
+    runs = committed_runs([parts[2]])
+    return (parts[0][len(partition("")):], runs[0]) if runs else None
+
+
+def progress_name(batch_id: str) -> str:
+    """The progress file of a batch, under the features root."""
+    return f"{PROGRESS_DIR}/{partition(batch_id)}.json"
+
+
+# ---- Keys of the bucket ------------------------------------------------------------------------
+
+def batch_prefix(dataset: str, batch_id: str) -> str:
+    """A batch's Hive-style partition under one of the prefixes above (raw/, features/, ...)."""
+    return batch_folder(dataset, batch_id) + "/"
+
+
+def raw_prefix(batch_id: str) -> str:
+    return batch_prefix(RAW, batch_id)
+
+
+def manifest_key(batch_id: str) -> str:
+    return f"{MANIFESTS}{partition(batch_id)}.json"
+
+
+def batch_of_manifest(key: str) -> str:
+    return key[len(MANIFESTS) + len(partition("")):-len(".json")]
+
+
+def code_prefix(version: str) -> str:
+    return f"{CODE}{version}/"
+
+
+def pca_prefix(batch_id: str) -> str:
+    return batch_prefix(PCA, batch_id)
+
+
+def commits_prefix(dataset: str, batch_id: str) -> str:
+    """A batch's commits (features/ or pca/): the newest names the batch's current outputs."""
+    return commits_folder(batch_folder(dataset, batch_id)) + "/"
+
+
+def progress_key(batch_id: str) -> str:
+    """Where the features job keeps its progress while it runs (the EMR sensor logs it)."""
+    return FEATURES + progress_name(batch_id)
+
+
+def staged_weights_key(sha256: str, suffix: str) -> str:
+    """A weights file staged by content: a new file, a new key; the same file, staged once."""
+    return f"{MODELS}{sha256}{suffix}"
+
+
+def wheels_prefix(lock_sha256: str) -> str:
+    """The jobs' wheels for one lock file (make wheelhouse): staged once per closure, not per code."""
+    return f"{WHEELS}{lock_sha256}/"
+
+
+def s3_uri(bucket: str, key: str = "") -> str:
+    return f"s3://{bucket}/{key}"
