@@ -11,6 +11,7 @@ tree (driver JVM + Python workers), sampled every 0.1 s. Images/s is each approa
 its data work: (a) the job's summary `seconds` (listing to published Parquet; loading and exporting
 the model excluded), (b) the seed's timer (repartition + UDF + write), (c), (c2) and (d) the model loop alone.
 """
+
 import argparse
 import dataclasses
 import json
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from measure import peak_rss
 
 from fruits.backends.jobs import SparkJob
@@ -67,18 +67,28 @@ def run_measured(cmd, env) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}:\n{out[-3000:]}")
     result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-    result.update(peak_rss_mb=round(peak / 2 ** 20), wall_s=round(wall, 1))
+    result.update(peak_rss_mb=round(peak / 2**20), wall_s=round(wall, 1))
     return result
 
 
 def worker_startup(weights: str, work: Path, env: dict) -> list:
     script = str(REPO / "bench" / "worker_startup.py")
-    subprocess.run([sys.executable, script, "export", "--weights", weights, "--out", str(work / "models")],
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, script, "export", "--weights", weights, "--out", str(work / "models")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = []
     for engine in ("tensorflow", "onnxruntime"):
-        out = subprocess.run([sys.executable, script, "start", "--engine", engine, "--models", str(work / "models")],
-                             env=env, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, script, "start", "--engine", engine, "--models", str(work / "models")],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
 
@@ -99,43 +109,105 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fruits-bench-"))
     images = work / "images"
     n = prepare_images(args.images, images, args.min_images)
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
     spark_submit = str(Path(sys.executable).with_name("spark-submit"))
-    print(f"benchmark: {n} images from {args.images}, weights {args.weights}, master {args.master}, "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"benchmark: {n} images from {args.images}, weights {args.weights}, master {args.master}, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
 
     results = {}
     # (a) is launched the way the DAG's local backend launches its features step.
-    job = SparkJob(name="extract_features", entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT), py_files=(),
-                   args=("--images", str(images), "--features", str(work / "features"),
-                         "--rejects", str(work / "rejects"), "--batch-id", "bench", "--weights", args.weights),
-                   conf={"spark.ui.enabled": "false"}, timeout_s=3600)
+    job = SparkJob(
+        name="extract_features",
+        entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
+        py_files=(),
+        args=(
+            "--images",
+            str(images),
+            "--features",
+            str(work / "features"),
+            "--rejects",
+            str(work / "rejects"),
+            "--batch-id",
+            "bench",
+            "--weights",
+            args.weights,
+        ),
+        conf={"spark.ui.enabled": "false"},
+        timeout_s=3600,
+    )
     results["a"] = run_measured(command(job, spark_submit, args.master), env)
     assert results["a"]["featurized"] == n, results["a"]
     # (a0): the same job on the engine it had before ONNX Runtime, for the before/after in one run.
-    before = dataclasses.replace(job, args=(*job.args[:3], str(work / "features_tf"), job.args[4], str(work / "rejects_tf"),
-                                            *job.args[6:], "--engine", "tensorflow"))
+    before = dataclasses.replace(
+        job,
+        args=(
+            *job.args[:3],
+            str(work / "features_tf"),
+            job.args[4],
+            str(work / "rejects_tf"),
+            *job.args[6:],
+            "--engine",
+            "tensorflow",
+        ),
+    )
     results["a0"] = run_measured(command(before, spark_submit, args.master), env)
     results["b"] = run_measured(
-        [sys.executable, str(SEED), "--input", str(images), "--weights", args.weights,
-         "--master", args.master, "--output", str(work / "seed_out")], env)
+        [
+            sys.executable,
+            str(SEED),
+            "--input",
+            str(images),
+            "--weights",
+            args.weights,
+            "--master",
+            args.master,
+            "--output",
+            str(work / "seed_out"),
+        ],
+        env,
+    )
     for key, model in (("c", "keras"), ("c2", "frozen"), ("d", "onnx")):
         results[key] = run_measured(
-            [sys.executable, str(REPO / "bench" / "raw_loop.py"), "--images", str(images),
-             "--weights", args.weights, "--model", model], env)
+            [
+                sys.executable,
+                str(REPO / "bench" / "raw_loop.py"),
+                "--images",
+                str(images),
+                "--weights",
+                args.weights,
+                "--model",
+                model,
+            ],
+            env,
+        )
 
-    names = {"a": "(a) our features job", "a0": "(a0) same, --engine tensorflow", "b": "(b) seed notebook approach", "c": "(c) raw TensorFlow loop",
-             "c2": "(c2) raw loop, frozen TF graph", "d": "(d) raw ONNX Runtime loop"}
+    names = {
+        "a": "(a) our features job",
+        "a0": "(a0) same, --engine tensorflow",
+        "b": "(b) seed notebook approach",
+        "c": "(c) raw TensorFlow loop",
+        "c2": "(c2) raw loop, frozen TF graph",
+        "d": "(d) raw ONNX Runtime loop",
+    }
     print(f"\n{'approach':30} {'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12} {'wall s':>7}")
     for key, r in results.items():
-        print(f"{names[key]:30} {r.get('read', r.get('images')):>7} {r['seconds']:>8} "
-              f"{r['images_per_s']:>9} {r['peak_rss_mb']:>12} {r['wall_s']:>7}")
-    ratios = {f"a/{key}": results["a"]["images_per_s"] / results[key]["images_per_s"] for key in ("a0", "b", "c", "c2", "d")}
+        print(
+            f"{names[key]:30} {r.get('read', r.get('images')):>7} {r['seconds']:>8} "
+            f"{r['images_per_s']:>9} {r['peak_rss_mb']:>12} {r['wall_s']:>7}"
+        )
+    ratios = {
+        f"a/{key}": results["a"]["images_per_s"] / results[key]["images_per_s"] for key in ("a0", "b", "c", "c2", "d")
+    }
     print()
     for name, value in ratios.items():
-        verdict = ("meets" if value >= TARGETS[name] else "BELOW") + f" the target {TARGETS[name]}" \
-            if name in TARGETS else "for information"
+        verdict = (
+            ("meets" if value >= TARGETS[name] else "BELOW") + f" the target {TARGETS[name]}"
+            if name in TARGETS
+            else "for information"
+        )
         print(f"{name} = {value:.2f}  ({verdict})")
     for key, limit in MEMORY_TARGET_MB.items():
         peak = results[key]["peak_rss_mb"]
@@ -145,9 +217,16 @@ def main() -> None:
     for row in startup:
         print(f"  {row['engine']:<12} {row['first_batch_s']:>6} s  {row['rss_mb']:>6} MB")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"images": n, "weights": args.weights, "master": args.master, "cores": os.cpu_count(),
-              "results": results, "ratios": {k: round(v, 3) for k, v in ratios.items()}, "targets": TARGETS,
-              "worker_startup": startup}
+    report = {
+        "images": n,
+        "weights": args.weights,
+        "master": args.master,
+        "cores": os.cpu_count(),
+        "results": results,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "targets": TARGETS,
+        "worker_startup": startup,
+    }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {args.out / 'results.json'}")
     shutil.rmtree(work, ignore_errors=True)

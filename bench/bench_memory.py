@@ -20,6 +20,7 @@ Python driver, the Python workers; forked workers' shared pages count once per p
 bench_features.py), the JVM's own RSS, and the largest single Python worker's. Results go to
 artifacts/bench/memory.json (each part keeps its previous results when only the other one runs).
 """
+
 import argparse
 import hashlib
 import json
@@ -35,15 +36,15 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-# bench/ is on sys.path (this script's folder): one place for the shared paths
-from bench_features import REPO, SAMPLE, WEIGHTS
 from measure import peak_rss
+
 from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
 from fruits_jobs import commits, layout
 from fruits_jobs.contract import FEATURE_DIM, FEATURES_ENTRYPOINT, PCA_ENTRYPOINT
 
+# bench/ is on sys.path (this script's folder): one place for the shared paths
+from bench_features import REPO, SAMPLE, WEIGHTS
 
 OUT = REPO / "artifacts" / "bench"
 CHUNK_ROWS = 10_000  # rows generated at a time and per row group: ~50 MB of float32
@@ -53,8 +54,15 @@ ROWS_PER_FILE = 50_000  # as the features job's ROWS_PER_OUTPUT_FILE
 # MobileNetV2's pooled outputs on Fruits-360.
 RANK, DECAY, NOISE, LABELS = 256, 0.5, 0.05, 20
 FEATURES_TYPE = pa.list_(pa.field("element", pa.float32()))  # Spark's array<float> in Parquet
-SCHEMA = pa.schema([("path", pa.string()), ("label", pa.string()), ("split", pa.string()),
-                    ("sha256", pa.string()), ("features", FEATURES_TYPE)])
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("sha256", pa.string()),
+        ("features", FEATURES_TYPE),
+    ]
+)
 
 
 def chunk_table(first_row: int, labels: np.ndarray, x: np.ndarray) -> pa.Table:
@@ -62,8 +70,10 @@ def chunk_table(first_row: int, labels: np.ndarray, x: np.ndarray) -> pa.Table:
     paths = [f"file:/bench/synthetic/Training/{name}/img{first_row + i:07d}.jpg" for i, name in enumerate(names)]
     offsets = pa.array(np.arange(0, x.size + 1, FEATURE_DIM, dtype=np.int32))
     features = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()), type=FEATURES_TYPE)
-    return pa.table([paths, names, ["Training"] * len(x),
-                     [hashlib.sha256(p.encode()).hexdigest() for p in paths], features], schema=SCHEMA)
+    return pa.table(
+        [paths, names, ["Training"] * len(x), [hashlib.sha256(p.encode()).hexdigest() for p in paths], features],
+        schema=SCHEMA,
+    )
 
 
 def synthetic_features(rows: int) -> Path:
@@ -129,8 +139,11 @@ def run_measured(cmd, env, log: Path) -> dict:
         with peak_rss(proc) as peaks:
             out, _ = proc.communicate()
         wall = time.perf_counter() - started
-    result = {"exit_code": proc.returncode, "wall_s": round(wall, 1),
-              **{f"peak_{key}_rss_mb": round(value / 2 ** 20) for key, value in peaks.items()}}
+    result = {
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+        **{f"peak_{key}_rss_mb": round(value / 2**20) for key, value in peaks.items()},
+    }
     lines = [line for line in out.splitlines() if line.strip()]
     if proc.returncode == 0 and lines:
         result["summary"] = json.loads(lines[-1])
@@ -145,32 +158,62 @@ def run_measured(cmd, env, log: Path) -> dict:
 
 def bench_pca(rows: int, work: Path, env: dict, spark_submit: str, master: str) -> dict:
     data = synthetic_features(rows)
-    job = SparkJob(name="reduce_dimensions", entrypoint=str(REPO / "spark_jobs" / PCA_ENTRYPOINT), py_files=(),
-                   args=("--features", str(data), "--output", str(work / f"pca-{rows}"), "--variance", "0.95"),
-                   conf={"spark.ui.enabled": "false"}, timeout_s=7200)
+    job = SparkJob(
+        name="reduce_dimensions",
+        entrypoint=str(REPO / "spark_jobs" / PCA_ENTRYPOINT),
+        py_files=(),
+        args=("--features", str(data), "--output", str(work / f"pca-{rows}"), "--variance", "0.95"),
+        conf={"spark.ui.enabled": "false"},
+        timeout_s=7200,
+    )
     print(f"PCA: {rows} rows, driver heap: spark-submit's default (1 GB) ...", flush=True)
     result = run_measured(command(job, spark_submit, master), env, work / f"pca-{rows}.log")
     summary = result.pop("summary", {})
     shutil.rmtree(work / f"pca-{rows}", ignore_errors=True)
-    return {"rows": rows, "n_images": summary.get("n_images"), "k": summary.get("k"),
-            "explained_variance": summary.get("total_explained_variance"),
-            "seconds": summary.get("seconds"), **result}
+    return {
+        "rows": rows,
+        "n_images": summary.get("n_images"),
+        "k": summary.get("k"),
+        "explained_variance": summary.get("total_explained_variance"),
+        "seconds": summary.get("seconds"),
+        **result,
+    }
 
 
 def bench_features(n: int, work: Path, env: dict, spark_submit: str, master: str, weights: str) -> dict:
     images, features, rejects = work / f"images-{n}", work / f"features-{n}", work / f"rejects-{n}"
     link_images(SAMPLE, images, n)
-    job = SparkJob(name="extract_features", entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT), py_files=(),
-                   args=("--images", str(images), "--features", str(features), "--rejects", str(rejects),
-                         "--batch-id", "bench", "--weights", weights),
-                   conf={"spark.ui.enabled": "false"}, timeout_s=6 * 3600)
+    job = SparkJob(
+        name="extract_features",
+        entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
+        py_files=(),
+        args=(
+            "--images",
+            str(images),
+            "--features",
+            str(features),
+            "--rejects",
+            str(rejects),
+            "--batch-id",
+            "bench",
+            "--weights",
+            weights,
+        ),
+        conf={"spark.ui.enabled": "false"},
+        timeout_s=6 * 3600,
+    )
     print(f"features: {n} images, weights {weights} ...", flush=True)
     result = run_measured(command(job, spark_submit, master), env, work / f"features-{n}.log")
     summary = result.pop("summary", {})
     for folder in (images, features, rejects):
         shutil.rmtree(folder, ignore_errors=True)
-    return {"images": n, "featurized": summary.get("featurized"), "seconds": summary.get("seconds"),
-            "images_per_s": summary.get("images_per_s"), **result}
+    return {
+        "images": n,
+        "featurized": summary.get("featurized"),
+        "seconds": summary.get("seconds"),
+        "images_per_s": summary.get("images_per_s"),
+        **result,
+    }
 
 
 def print_table(title: str, runs: list, fields: list, size_key: str) -> None:
@@ -194,8 +237,11 @@ def sizes(text: str) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pca-rows", type=sizes, help="synthetic feature vectors, e.g. 250000 (the default "
-                    "when --features-images is not given either)")
+    ap.add_argument(
+        "--pca-rows",
+        type=sizes,
+        help="synthetic feature vectors, e.g. 250000 (the default when --features-images is not given either)",
+    )
     ap.add_argument("--features-images", type=sizes, help="images for the features job, e.g. 10000,50000")
     ap.add_argument("--weights", default=str(WEIGHTS) if WEIGHTS.is_file() else "random")
     ap.add_argument("--master", default="local[2]")
@@ -218,22 +264,43 @@ def main() -> None:
             runs = [bench_pca(n, work, env, spark_submit, args.master) for n in args.pca_rows]
             report["pca"] = {"driver_memory": "spark-submit default (1g)", "variance": 0.95, "runs": runs}
         if args.features_images:
-            runs_f = [bench_features(n, work, env, spark_submit, args.master, args.weights)
-                      for n in args.features_images]
+            runs_f = [
+                bench_features(n, work, env, spark_submit, args.master, args.weights) for n in args.features_images
+            ]
             report["features"] = {"weights": args.weights, "runs": runs_f}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     if args.pca_rows:
-        print_table(f"PCA, --variance 0.95, default 1 GB driver heap, {args.master}, {os.cpu_count()} cores",
-                    runs, [("k", "k"), ("explained_variance", "explained variance"), ("seconds", "job seconds"),
-                           ("wall_s", "wall s"), ("peak_tree_rss_mb", "peak tree RSS MB"),
-                           ("peak_jvm_rss_mb", "peak JVM RSS MB"), ("exit_code", "exit code")], "rows")
+        print_table(
+            f"PCA, --variance 0.95, default 1 GB driver heap, {args.master}, {os.cpu_count()} cores",
+            runs,
+            [
+                ("k", "k"),
+                ("explained_variance", "explained variance"),
+                ("seconds", "job seconds"),
+                ("wall_s", "wall s"),
+                ("peak_tree_rss_mb", "peak tree RSS MB"),
+                ("peak_jvm_rss_mb", "peak JVM RSS MB"),
+                ("exit_code", "exit code"),
+            ],
+            "rows",
+        )
     if args.features_images:
-        print_table(f"features job, weights {Path(args.weights).name}, {args.master}, {os.cpu_count()} cores",
-                    runs_f, [("seconds", "job seconds"), ("images_per_s", "images/s"), ("wall_s", "wall s"),
-                             ("peak_tree_rss_mb", "peak tree RSS MB"), ("peak_jvm_rss_mb", "peak JVM RSS MB"),
-                             ("peak_worker_rss_mb", "peak worker RSS MB"), ("exit_code", "exit code")], "images")
+        print_table(
+            f"features job, weights {Path(args.weights).name}, {args.master}, {os.cpu_count()} cores",
+            runs_f,
+            [
+                ("seconds", "job seconds"),
+                ("images_per_s", "images/s"),
+                ("wall_s", "wall s"),
+                ("peak_tree_rss_mb", "peak tree RSS MB"),
+                ("peak_jvm_rss_mb", "peak JVM RSS MB"),
+                ("peak_worker_rss_mb", "peak worker RSS MB"),
+                ("exit_code", "exit code"),
+            ],
+            "images",
+        )
     report_path.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {report_path}")
 

@@ -8,6 +8,7 @@ and the share of variance the first 50 principal components explain.
 
     python bench/image_sizes.py [--sizes 224,192,160,128] [--images DIR] [--weights FILE]
 """
+
 import argparse
 import glob
 import json
@@ -20,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_features import SAMPLE, WEIGHTS, run_measured
-
 from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
 from fruits_jobs.contract import FEATURES_ENTRYPOINT
+
+from bench_features import SAMPLE, WEIGHTS, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,13 +37,16 @@ def quality(df: pd.DataFrame, k: int = 50) -> dict:
     centroids = np.stack([x[train & (labels == c)].mean(axis=0) for c in classes])
     test = x[~train]
     nearest_centroid = np.array(classes)[((test[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]
-    d = (test ** 2).sum(1)[:, None] - 2 * test @ x[train].T + (x[train] ** 2).sum(1)[None]
+    d = (test**2).sum(1)[:, None] - 2 * test @ x[train].T + (x[train] ** 2).sum(1)[None]
     nearest_photo = labels[train][d.argmin(1)]
     centered = x - x.mean(axis=0)
     eig = np.linalg.eigvalsh(centered.T @ centered)[::-1]
-    return {"nearest_centroid_acc": round(float((nearest_centroid == labels[~train]).mean()), 3),
-            "one_nn_acc": round(float((nearest_photo == labels[~train]).mean()), 3),
-            f"variance_at_k{k}": round(float(eig[:k].sum() / eig.sum()), 3), "test_photos": int((~train).sum())}
+    return {
+        "nearest_centroid_acc": round(float((nearest_centroid == labels[~train]).mean()), 3),
+        "one_nn_acc": round(float((nearest_photo == labels[~train]).mean()), 3),
+        f"variance_at_k{k}": round(float(eig[:k].sum() / eig.sum()), 3),
+        "test_photos": int((~train).sum()),
+    }
 
 
 def main() -> None:
@@ -61,22 +65,62 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = work / str(size)
-        job = SparkJob(name="extract_features", entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT), py_files=(),
-                       args=("--images", str(args.images), "--features", str(out / "features"), "--rejects",
-                             str(out / "rejects"), "--batch-id", "sizes", "--weights", args.weights,
-                             "--image-size", str(size)), conf={"spark.ui.enabled": "false"}, timeout_s=3600)
+        job = SparkJob(
+            name="extract_features",
+            entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
+            py_files=(),
+            args=(
+                "--images",
+                str(args.images),
+                "--features",
+                str(out / "features"),
+                "--rejects",
+                str(out / "rejects"),
+                "--batch-id",
+                "sizes",
+                "--weights",
+                args.weights,
+                "--image-size",
+                str(size),
+            ),
+            conf={"spark.ui.enabled": "false"},
+            timeout_s=3600,
+        )
         result = run_measured(command(job, spark_submit, args.master), env)
         (folder,) = glob.glob(str(out / "features" / "batch_id=sizes" / "run=*"))
-        raw = run_measured([sys.executable, str(REPO / "bench" / "raw_loop.py"), "--images", str(args.images),
-                            "--weights", args.weights, "--model", "onnx", "--image-size", str(size)], env)
-        rows.append({"image_size": size, "images_per_s": result["images_per_s"], "raw_onnx_images_per_s": raw["images_per_s"],
-                     **quality(pd.read_parquet(folder, columns=["label", "split", "features"]))})
+        raw = run_measured(
+            [
+                sys.executable,
+                str(REPO / "bench" / "raw_loop.py"),
+                "--images",
+                str(args.images),
+                "--weights",
+                args.weights,
+                "--model",
+                "onnx",
+                "--image-size",
+                str(size),
+            ],
+            env,
+        )
+        rows.append(
+            {
+                "image_size": size,
+                "images_per_s": result["images_per_s"],
+                "raw_onnx_images_per_s": raw["images_per_s"],
+                **quality(pd.read_parquet(folder, columns=["label", "split", "features"])),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'image size':>10} {'job images/s':>13} {'raw ORT images/s':>17} {'nearest centroid':>17} {'1-NN':>6} "
-          f"{'variance k=50':>14}")
+    print(
+        f"\n{'image size':>10} {'job images/s':>13} {'raw ORT images/s':>17} {'nearest centroid':>17} {'1-NN':>6} "
+        f"{'variance k=50':>14}"
+    )
     for r in rows:
-        print(f"{r['image_size']:>10} {r['images_per_s']:>13} {r['raw_onnx_images_per_s']:>17} "
-              f"{r['nearest_centroid_acc']:>17} {r['one_nn_acc']:>6} {r['variance_at_k50']:>14}")
+        print(
+            f"{r['image_size']:>10} {r['images_per_s']:>13} {r['raw_onnx_images_per_s']:>17} "
+            f"{r['nearest_centroid_acc']:>17} {r['one_nn_acc']:>6} {r['variance_at_k50']:>14}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "image_sizes.json").write_text(json.dumps(rows, indent=2))
     shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,5 @@
 """Peak memory of a running process tree, sampled in a thread: what both benchmarks report."""
+
 import threading
 import time
 from contextlib import contextmanager

@@ -9,6 +9,7 @@ memory (decoding is not timed), in one process using every core.
 the same engine as (a) without Spark, so a/d is Spark's own overhead.
 Prints one JSON line.
 """
+
 import argparse
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
+
 from fruits_jobs.images import decode_many  # noqa: E402
 from fruits_jobs.model import DEFAULT_BATCH_SIZE, export_onnx, freeze_model, load_model, worker_infer_fn  # noqa: E402
 
@@ -45,10 +47,18 @@ def main() -> None:
     infer(images[: args.batch_size])  # trace and warm up outside the timed loop
     start = time.perf_counter()
     for i in range(0, len(images), args.batch_size):
-        np.asarray(infer(images[i:i + args.batch_size]))
+        np.asarray(infer(images[i : i + args.batch_size]))
     seconds = time.perf_counter() - start
-    print(json.dumps({"approach": f"raw-loop-{args.model}", "images": len(images),
-                      "seconds": round(seconds, 2), "images_per_s": round(len(images) / seconds, 2)}))
+    print(
+        json.dumps(
+            {
+                "approach": f"raw-loop-{args.model}",
+                "images": len(images),
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(images) / seconds, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ broadcast bytes (imports included) and running one batch of 32, in a fresh proce
 
 `start` prints one JSON line: seconds to the first batch's features, and the process's RSS.
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,15 @@ def start(engine: str, models: str) -> None:
         exported = EngineModel(*pickle.load(f))
     images = np.random.default_rng(0).integers(0, 256, size=(32, 224, 224, 3), dtype=np.uint8)
     featurize(worker_infer_fn("startup", lambda: exported, cores=1), images, 32)
-    print(json.dumps({"engine": engine, "first_batch_s": round(time.perf_counter() - STARTED, 2),
-                      "rss_mb": round(psutil.Process().memory_info().rss / 2 ** 20)}))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "first_batch_s": round(time.perf_counter() - STARTED, 2),
+                "rss_mb": round(psutil.Process().memory_info().rss / 2**20),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Daily (or triggered with the form's parameters), on EMR or on this machine:
 Logic lives in the `fruits` package (`plugins/fruits`); this file only tells the story. Each backend
 adds its own branch of tasks (`Backend.add_tasks`), so nothing here asks which backend runs.
 """
+
 from datetime import timedelta
 
 import pendulum
@@ -30,8 +31,10 @@ from fruits.config.params import build_params
 from fruits.config.settings import AWS_CONN_ID
 from fruits.lake import summary
 
-OUTPUTS = [Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
-           Asset(name="fruits_pca", uri=summary.PCA_ASSET_URI)]
+OUTPUTS = [
+    Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
+    Asset(name="fruits_pca", uri=summary.PCA_ASSET_URI),
+]
 
 
 @dag(
@@ -42,8 +45,12 @@ OUTPUTS = [Asset(name="fruits_features", uri=summary.FEATURES_ASSET_URI),
     max_active_runs=1,  # two runs would share the lake's features/ and race on PCA
     params=build_params(),
     # Region and credentials live in the connection, never here.
-    default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(minutes=2),
-                  "aws_conn_id": AWS_CONN_ID},
+    default_args={
+        "owner": "data-platform",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "aws_conn_id": AWS_CONN_ID,
+    },
     description="New fruit photos to MobileNetV2 features and PCA, on EMR or locally",
     doc_md=__doc__,
     tags=["fruits", "emr", "spark"],

@@ -3,6 +3,7 @@
 
 Entrypoint only: the work is in fruits_jobs/features.py (shipped with --py-files on EMR).
 """
+
 import sys
 
 # fruits_jobs comes from beside this file (a source tree: Python puts the script's folder first on

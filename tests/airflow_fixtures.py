@@ -3,6 +3,7 @@ dags/ and plugins/, no examples. conftest.py loads it as a pytest plugin, before
 import Airflow, because Airflow reads its configuration once, at import; its environment is the test
 session's (the process's) for the session's whole life.
 """
+
 import os
 import sys
 import tempfile
@@ -18,15 +19,17 @@ HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefi
 
 if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(HOME):
     raise RuntimeError("airflow was imported before tests/airflow_fixtures.py could isolate it")
-os.environ.update({
-    "FRUITS_TEST_AIRFLOW_HOME": str(HOME),
-    "AIRFLOW_HOME": str(HOME),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-})
+os.environ.update(
+    {
+        "FRUITS_TEST_AIRFLOW_HOME": str(HOME),
+        "AIRFLOW_HOME": str(HOME),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
 # Deployment settings of the developer's shell must not leak into the tests.
 for _name in [n for n in os.environ if n.startswith(("FRUITS_", "AIRFLOW_VAR_FRUITS_", "AIRFLOW_CONN_"))]:
     if _name not in ("FRUITS_TEST_AIRFLOW_HOME", "FRUITS_SHARED_DIR"):
@@ -70,8 +73,9 @@ def runnable_dag(airflow_db):
 def make_landing(root: Path, n_good: int = 10, bad: bool = True, seed: int = 0) -> dict:
     """Tiny real JPEGs in the class-folder layout, plus (bad=True) one broken and one non-image file
     for the features job to reject, and OS junk for ingest to skip. Returns the expected counts."""
-    from PIL import Image
     import random
+
+    from PIL import Image
 
     rng = random.Random(seed)
     classes = ["Apple Braeburn", "Banana", "Cherry 1"]
@@ -131,19 +135,33 @@ def aws(monkeypatch):
         # What infra/aws/fruits.yaml deploys and the pre-flight looks for: roles, profile, weights.
         iam = boto3.client("iam", region_name=REGION)
         for role in ("fruits-emr-service-role", "fruits-emr-ec2-role"):
-            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+            iam.create_role(
+                RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+            )
         iam.create_instance_profile(InstanceProfileName="fruits-emr-ec2-role")
         s3.put_object(Bucket=BUCKET, Key="models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", Body=b"weights")
         # Registered for clients created from now on (the hooks create theirs inside tasks).
-        monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS",
-                            botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)])
+        monkeypatch.setattr(
+            botocore.handlers,
+            "BUILTIN_HANDLERS",
+            botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)],
+        )
         yield calls
         backend = emr_backends[ACCOUNT][REGION]
         policy = template_policy("AirflowPolicy")
-        denied = [(req, op) for service, op, params in calls
-                  for req in iam_requests(service, op, params, lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags},
-                                          REGION, ACCOUNT)
-                  if not is_allowed(policy, *req)]
+        denied = [
+            (req, op)
+            for service, op, params in calls
+            for req in iam_requests(
+                service,
+                op,
+                params,
+                lambda cid: {t["Key"]: t["Value"] for t in backend.clusters[cid].tags},
+                REGION,
+                ACCOUNT,
+            )
+            if not is_allowed(policy, *req)
+        ]
         assert not denied, f"calls the Airflow role's policy does not allow: {denied}"
 
 
@@ -153,6 +171,7 @@ def xcom(dag_run, task_id: str, key: str = "return_value"):
     from airflow.settings import Session
 
     with Session() as session:
-        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id,
-                                                 task_ids=task_id, key=key)).first()
+        row = session.scalars(
+            XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key)
+        ).first()
         return None if row is None else XComModel.deserialize_value(row)

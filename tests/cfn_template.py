@@ -6,6 +6,7 @@ take the Airflow policy and the instance profile's policy from it. Scope: the YA
 parameter or pseudo parameter, Sub, GetAtt <Role>.Arn / <Bucket>.Arn, Ref of a role or bucket. An
 intrinsic outside that scope raises KeyError rather than resolving to something wrong.
 """
+
 import re
 from pathlib import Path
 
@@ -41,8 +42,15 @@ def load(path: Path = TEMPLATE) -> dict:
 class Stack:
     """The template with its parameters set: resolve(), policy(logical id)."""
 
-    def __init__(self, bucket: str, account: str = "123456789012", region: str = "eu-west-1",
-                 partition: str = "aws", template: dict = None, **parameters):
+    def __init__(
+        self,
+        bucket: str,
+        account: str = "123456789012",
+        region: str = "eu-west-1",
+        partition: str = "aws",
+        template: dict = None,
+        **parameters,
+    ):
         self.template = template or load()
         params = {name: spec.get("Default") for name, spec in self.template["Parameters"].items()}
         params.update(BucketName=bucket, **parameters)
@@ -54,16 +62,21 @@ class Stack:
             return self.refs[name]
         resource = self.resources[name]
         kind, props = resource["Type"], resource["Properties"]
-        names = {"AWS::IAM::Role": "RoleName", "AWS::S3::Bucket": "BucketName",
-                 "AWS::IAM::InstanceProfile": "InstanceProfileName"}
+        names = {
+            "AWS::IAM::Role": "RoleName",
+            "AWS::S3::Bucket": "BucketName",
+            "AWS::IAM::InstanceProfile": "InstanceProfileName",
+        }
         return self.resolve(props[names[kind]])
 
     def _get_att(self, name: str, attribute: str) -> str:
         kind = self.resources[name]["Type"]
         partition, account = self.refs["AWS::Partition"], self.refs["AWS::AccountId"]
-        arns = {"AWS::IAM::Role": f"arn:{partition}:iam::{account}:role/{{}}",
-                "AWS::IAM::InstanceProfile": f"arn:{partition}:iam::{account}:instance-profile/{{}}",
-                "AWS::S3::Bucket": f"arn:{partition}:s3:::{{}}"}
+        arns = {
+            "AWS::IAM::Role": f"arn:{partition}:iam::{account}:role/{{}}",
+            "AWS::IAM::InstanceProfile": f"arn:{partition}:iam::{account}:instance-profile/{{}}",
+            "AWS::S3::Bucket": f"arn:{partition}:s3:::{{}}",
+        }
         if attribute != "Arn":
             raise KeyError(f"{name}.{attribute}")
         return arns[kind].format(self._ref(name))
@@ -72,6 +85,7 @@ class Stack:
         def one(match):
             name = match.group(1)
             return self._get_att(*name.split(".", 1)) if "." in name else self._ref(name)
+
         return re.sub(r"\$\{([^}!]+)\}", one, text)
 
     def resolve(self, node):
@@ -80,7 +94,7 @@ class Stack:
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (key, value), = node.items()
+            ((key, value),) = node.items()
             if key == "Ref":
                 return self._ref(value)
             if key == "Fn::GetAtt":

@@ -3,6 +3,7 @@
 `../shared` (real Fruits-360 photos, genuine ImageNet weights) sits beside the checkout in CI;
 tests that need it skip with a reason when it is absent, the rest still run.
 """
+
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ import pytest
 # module: loaded here, before any test module can import Airflow.
 pytest_plugins = ("airflow_fixtures",)
 
-from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE
+from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE  # noqa: E402 (after Airflow's isolation, above)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,8 +58,11 @@ def weights_file() -> Path:
 def job_environment():
     """What `make` exports for the jobs (Makefile), for the session only: restored at its end."""
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-                            "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+        for name, value in {
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": sys.executable,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }.items():
             mp.setenv(name, os.environ.get(name, value))
         yield
 
@@ -68,12 +72,15 @@ def spark():
     """One local Spark for the whole suite, configured like the features job configures its own."""
     from fruits_jobs.common import spark_session
 
-    session = spark_session("fruits-tests", {
-        "spark.master": "local[2]",
-        "spark.ui.enabled": "false",
-        "spark.sql.shuffle.partitions": "4",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-    })
+    session = spark_session(
+        "fruits-tests",
+        {
+            "spark.master": "local[2]",
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+        },
+    )
     yield session
     session.stop()
 
@@ -92,8 +99,22 @@ def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
     from fruits_jobs import commits, features
 
     out = tmp_path_factory.mktemp("sample")
-    summary = features.run(spark, features.parse_args([
-        "--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
-        "--batch-id", "sample", "--weights", str(weights_file)]))
+    summary = features.run(
+        spark,
+        features.parse_args(
+            [
+                "--images",
+                str(sample_dir),
+                "--features",
+                str(out / "features"),
+                "--rejects",
+                str(out / "rejects"),
+                "--batch-id",
+                "sample",
+                "--weights",
+                str(weights_file),
+            ]
+        ),
+    )
     rows = commits.read_current(spark, str(out / "features"), "features", ["sample"]).collect()
     return summary, rows, out

@@ -17,15 +17,21 @@ policies), permission boundaries, SCPs, session policies, or any operator other 
 an unknown operator raises KeyError rather than passing silently. Real AWS may still refuse what
 this allows (see the AWS-side issue for what moto and this evaluator cannot tell).
 """
+
 from fnmatch import fnmatchcase
 
 # S3 API operation -> the IAM action that authorises it (AWS S3 User Guide, "Actions, resources, and
 # condition keys for Amazon S3"); operations not listed map to s3:<Operation>.
 S3_ACTIONS = {
-    "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
-    "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
-    "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
-    "CompleteMultipartUpload": "s3:PutObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "ListObjectsV2": "s3:ListBucket",
+    "ListObjects": "s3:ListBucket",
+    "GetObject": "s3:GetObject",
+    "HeadObject": "s3:GetObject",
+    "PutObject": "s3:PutObject",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
 }
 
 
@@ -41,8 +47,11 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
             return [(action, f"arn:aws:s3:::{params['Bucket']}", {})]
         return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
     if service == "iam" and operation in ("GetRole", "GetInstanceProfile"):
-        kind, name = ("role", params["RoleName"]) if operation == "GetRole" else (
-            "instance-profile", params["InstanceProfileName"])
+        kind, name = (
+            ("role", params["RoleName"])
+            if operation == "GetRole"
+            else ("instance-profile", params["InstanceProfileName"])
+        )
         return [(f"iam:{operation}", f"arn:aws:iam::{account}:{kind}/{name}", {})]
     if service == "emr":
         action = f"elasticmapreduce:{operation}"
@@ -51,17 +60,30 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
             ctx = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
             # RunJobFlow implies iam:PassRole on both roles and, with Tags, AddTags on the new cluster;
             # botocore makes no call for either.
-            implied = [("elasticmapreduce:AddTags", f"arn:aws:elasticmapreduce:{region}:{account}:cluster/*", ctx)] \
-                if tags else []
-            return [(action, "*", ctx), *implied,
-                    ("iam:PassRole", f"arn:aws:iam::{account}:role/{params['ServiceRole']}",
-                     {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}),
-                    ("iam:PassRole", f"arn:aws:iam::{account}:role/{params['JobFlowRole']}",
-                     {"iam:PassedToService": "ec2.amazonaws.com"})]
+            implied = (
+                [("elasticmapreduce:AddTags", f"arn:aws:elasticmapreduce:{region}:{account}:cluster/*", ctx)]
+                if tags
+                else []
+            )
+            return [
+                (action, "*", ctx),
+                *implied,
+                (
+                    "iam:PassRole",
+                    f"arn:aws:iam::{account}:role/{params['ServiceRole']}",
+                    {"iam:PassedToService": "elasticmapreduce.amazonaws.com"},
+                ),
+                (
+                    "iam:PassRole",
+                    f"arn:aws:iam::{account}:role/{params['JobFlowRole']}",
+                    {"iam:PassedToService": "ec2.amazonaws.com"},
+                ),
+            ]
         if operation == "ListClusters":  # no resource-level permissions
             return [(action, "*", {})]
-        cluster = (params.get("ClusterId") or params.get("JobFlowId") or params.get("ResourceId")
-                   or params["JobFlowIds"][0])
+        cluster = (
+            params.get("ClusterId") or params.get("JobFlowId") or params.get("ResourceId") or params["JobFlowIds"][0]
+        )
         ctx = {f"aws:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
         ctx.update({f"aws:RequestTag/{t['Key']}": t["Value"] for t in params.get("Tags", [])})
         return [(action, f"arn:aws:elasticmapreduce:{region}:{account}:cluster/{cluster}", ctx)]

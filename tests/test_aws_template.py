@@ -5,14 +5,16 @@ reason in the template) and parliament (nothing at MEDIUM or above in any IAM po
 The checkers live in .venv-iac (`make install`, from requirements-iac.txt: checkov pins versions of
 boto3/botocore that would break Airflow and moto in .venv); without it these tests skip and say so.
 """
+
 import json
 import os
 import subprocess
 
 import pytest
 
-from cfn_template import REPO, TEMPLATE, Stack, load
 from fruits.config import settings
+
+from cfn_template import REPO, TEMPLATE, Stack, load
 
 IAC_BIN = REPO / ".venv-iac" / "bin"
 TOOL_TIMEOUT_S = 300
@@ -26,8 +28,9 @@ def tool(name: str) -> str:
 
 
 def run(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT_S,
-                          cwd=REPO, **kwargs)
+    return subprocess.run(
+        args, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT_S, cwd=REPO, **kwargs
+    )
 
 
 TEMPLATE_DICT = load()
@@ -42,8 +45,20 @@ def test_cfn_lint_reports_nothing():
 def test_checkov_passes_and_every_skip_says_why():
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
     env.pop("BC_API_KEY", None)
-    result = run([tool("checkov"), "-f", str(TEMPLATE.relative_to(REPO)), "--skip-download", "--framework", "cloudformation", "--output", "json",
-                  "--quiet"], env=env)
+    result = run(
+        [
+            tool("checkov"),
+            "-f",
+            str(TEMPLATE.relative_to(REPO)),
+            "--skip-download",
+            "--framework",
+            "cloudformation",
+            "--output",
+            "json",
+            "--quiet",
+        ],
+        env=env,
+    )
     report = json.loads(result.stdout)
     failed = report["results"]["failed_checks"] if isinstance(report, dict) and "results" in report else []
     assert result.returncode == 0 and not failed, [(c["check_id"], c["resource"]) for c in failed] or result.stderr
@@ -55,14 +70,31 @@ def test_checkov_passes_and_every_skip_says_why():
 def test_parliament_finds_nothing_at_medium_or_above(tmp_path):
     # Trust policies (AssumeRolePolicyDocument) are left out: parliament audits identity and resource
     # policies, and reads a trust policy's lack of Resource (by design) as MALFORMED.
-    docs = {name: doc for name, doc in Stack("fruits-lake-example", account="123456789012").documents().items()
-            if not name.endswith("AssumeRolePolicyDocument")}
-    assert {"AirflowPolicy", "EmrInstancePolicy", "EmrServiceRole.pass-the-project-instance-role",
-            "LakeBucketPolicy"} <= set(docs)
+    docs = {
+        name: doc
+        for name, doc in Stack("fruits-lake-example", account="123456789012").documents().items()
+        if not name.endswith("AssumeRolePolicyDocument")
+    }
+    assert {
+        "AirflowPolicy",
+        "EmrInstancePolicy",
+        "EmrServiceRole.pass-the-project-instance-role",
+        "LakeBucketPolicy",
+    } <= set(docs)
     for name, doc in docs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(doc, indent=1))
-    result = run([tool("parliament"), "--directory", str(tmp_path), "--include_policy_extension", ".json",
-                  "--minimum_severity", "MEDIUM", "--json"])
+    result = run(
+        [
+            tool("parliament"),
+            "--directory",
+            str(tmp_path),
+            "--include_policy_extension",
+            ".json",
+            "--minimum_severity",
+            "MEDIUM",
+            "--json",
+        ]
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -92,8 +124,14 @@ def test_the_service_role_uses_the_v2_managed_policy_and_may_pass_our_instance_r
 def test_outputs_are_the_settings_the_dag_needs_and_match_their_defaults():
     outputs = TEMPLATE_DICT["Outputs"]
     variables = {o["Description"]: name for name, o in outputs.items() if o["Description"].startswith("fruits_")}
-    assert set(variables) == {"fruits_bucket", "fruits_emr_service_role", "fruits_emr_instance_profile",
-                              "fruits_project_tag", "fruits_subnet_id", "fruits_security_group_ids"}
+    assert set(variables) == {
+        "fruits_bucket",
+        "fruits_emr_service_role",
+        "fruits_emr_instance_profile",
+        "fruits_project_tag",
+        "fruits_subnet_id",
+        "fruits_security_group_ids",
+    }
     assert set(variables) <= {s.variable for s in settings.SETTINGS if not s.env_only}
     assert "AirflowPolicyArn" in outputs
     # Deployed with its defaults, the stack's names are the settings' defaults: nothing else to set.

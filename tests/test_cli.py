@@ -1,7 +1,8 @@
-"""`fruits` (python -m fruits.tools.cli): batches, a batch's rejects and the nearest stored photos, read from a real lake."""
-import pytest
+"""`fruits` (python -m fruits.tools.cli): batches, a batch's rejects and the nearest stored photos, read
+from a real lake."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fruits.tools.cli import main
@@ -26,9 +27,27 @@ def lake(spark, tmp_path_factory):
     for i, (color, seed) in enumerate([((200, 30, 40), 0), ((190, 40, 40), 1), ((230, 220, 60), 2)]):
         photo(raw / "Training" / ("Apple" if i < 2 else "Lemon") / f"{i}.jpg", color, seed)
     (raw / "Training" / "Apple" / "notes.txt").write_text("not a photo")
-    features.run(spark, features.parse_args([
-        "--images", str(raw), "--features", str(lake / "features"), "--rejects", str(lake / "rejects"),
-        "--batch-id", "b1", "--weights", "random", "--image-size", "96", "--model-cache", str(lake / "models")]))
+    features.run(
+        spark,
+        features.parse_args(
+            [
+                "--images",
+                str(raw),
+                "--features",
+                str(lake / "features"),
+                "--rejects",
+                str(lake / "rejects"),
+                "--batch-id",
+                "b1",
+                "--weights",
+                "random",
+                "--image-size",
+                "96",
+                "--model-cache",
+                str(lake / "models"),
+            ]
+        ),
+    )
     return lake
 
 
@@ -63,6 +82,10 @@ def test_the_console_script_is_installed(lake):
     import sys
     from pathlib import Path
 
-    out = subprocess.run([str(Path(sys.executable).with_name("fruits")), "--lake", str(lake), "batches"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("fruits")), "--lake", str(lake), "batches"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.splitlines()[1].split()[0] == "b1"

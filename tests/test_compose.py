@@ -5,6 +5,7 @@ Compose specification's JSON schema (check-jsonschema's built-in `vendor.compose
 content (services, health checks, dependencies, volumes, environment, pinned tags, versions that
 must agree with requirements.txt), and hadolint on the Dockerfiles when it is installed.
 """
+
 import json
 import re
 import shutil
@@ -66,12 +67,14 @@ def services(compose):
 
 # --- the Compose specification ---------------------------------------------------------------
 
+
 def test_compose_file_valid_against_compose_spec_schema():
     exe = _tool("check-jsonschema")
     if not exe:
         pytest.skip("check-jsonschema is not installed (requirements-dev.txt)")
-    proc = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -81,10 +84,13 @@ def test_compose_spec_schema_rejects_a_broken_file(tmp_path):
     if not exe:
         pytest.skip("check-jsonschema is not installed (requirements-dev.txt)")
     bad = tmp_path / "docker-compose.yaml"
-    bad.write_text("services:\n  x:\n    image: nginx:1.27\n    healthcheck:\n      tset: [CMD, 'true']\n"
-                   "    depends_on:\n      y:\n        condition: when_ready\n")
-    proc = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        "services:\n  x:\n    image: nginx:1.27\n    healthcheck:\n      tset: [CMD, 'true']\n"
+        "    depends_on:\n      y:\n        condition: when_ready\n"
+    )
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0, proc.stdout
 
 
@@ -105,6 +111,7 @@ def test_every_variable_is_documented_in_env_example():
 
 
 # --- services, health, dependencies ------------------------------------------------------------
+
 
 def test_services_mirror_production(services):
     expected = set(AIRFLOW_SERVICES + ONE_SHOT + ("postgres", "minio", "spark-master", "spark-worker"))
@@ -127,7 +134,7 @@ def test_dependencies_exist_and_wait_for_the_right_state(services):
             want = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
             assert spec.get("condition") == want, f"{name} -> {dep}: {spec}"
     # no cycle
-    graph = {n: set((s.get("depends_on") or {})) for n, s in services.items()}
+    graph = {n: set(s.get("depends_on") or {}) for n, s in services.items()}
     seen, done = set(), set()
 
     def visit(n):
@@ -144,8 +151,12 @@ def test_dependencies_exist_and_wait_for_the_right_state(services):
 
 
 def test_airflow_components_follow_the_official_layout(services):
-    commands = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
-                "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+    commands = {
+        "airflow-apiserver": "api-server",
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+    }
     for name, command in commands.items():
         svc = services[name]
         assert svc["command"] == command, name
@@ -200,8 +211,10 @@ def test_aws_default_points_at_the_s3_store(services):
     assert conn["conn_type"] == "aws"
     m = re.match(r"^http://([a-z0-9-]+):(\d+)$", conn["extra"]["endpoint_url"])
     assert m and m.group(1) == "minio" and m.group(2) == "9000", conn["extra"]["endpoint_url"]
-    assert (conn["login"], conn["password"]) == (_env_value(env["AWS_ACCESS_KEY_ID"]),
-                                                  _env_value(env["AWS_SECRET_ACCESS_KEY"]))
+    assert (conn["login"], conn["password"]) == (
+        _env_value(env["AWS_ACCESS_KEY_ID"]),
+        _env_value(env["AWS_SECRET_ACCESS_KEY"]),
+    )
     minio_env = services["minio"]["environment"]
     assert conn["login"] == _env_value(minio_env["MINIO_ROOT_USER"])
     assert conn["password"] == _env_value(minio_env["MINIO_ROOT_PASSWORD"])
@@ -247,6 +260,7 @@ def test_ports_are_documented(compose, services):
 
 # --- images: pinned, consistent with requirements ----------------------------------------------
 
+
 def test_every_image_is_pinned(services):
     for name, svc in services.items():
         image = svc.get("image")
@@ -275,7 +289,8 @@ def test_airflow_image_matches_requirements(services):
     assert re.search(r"^COPY\s+(?:--\S+\s+)*requirements\.lock /opt/fruits/requirements\.lock$", text, re.M)
     installs = re.findall(r"^RUN pip install[^\n]*", text, re.M)
     assert len(installs) == 1 and re.search(
-        r" \"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements\.lock$", installs[0]), installs
+        r" \"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements\.lock$", installs[0]
+    ), installs
     assert "openjdk-17-jre-headless" in text and "JAVA_HOME" in text
 
 
@@ -322,8 +337,11 @@ def test_s3a_jars_match_spark_hadoop_build():
 
 
 def test_spark_defaults_point_s3_at_minio():
-    conf = dict(line.split(None, 1) for line in SPARK_DEFAULTS.read_text().splitlines()
-                if line.strip() and not line.startswith("#"))
+    conf = dict(
+        line.split(None, 1)
+        for line in SPARK_DEFAULTS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     conf = {k: v.strip() for k, v in conf.items()}
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
@@ -356,6 +374,7 @@ def test_compose_is_an_option_not_a_requirement():
 
 
 # --- Dockerfile lint -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint(dockerfile):

@@ -1,6 +1,5 @@
 """fruits_jobs/contract.py is the one definition both sides follow: the DAG's params, ingest, the
 Spark jobs and the README agree with it (the rules where two copies used to disagree included)."""
-from airflow_fixtures import REPO
 
 import ast
 import re
@@ -8,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fruits.lake import ingest
-from fruits.config import params
-from fruits.config import settings
+from fruits.config import params, settings
 from fruits.config.params import InvalidParam
+from fruits.lake import ingest
 from fruits_jobs import contract
 from fruits_jobs.common import UsageError, check_batch_id
+
+from airflow_fixtures import REPO
 
 README = (REPO / "README.md").read_text()
 
@@ -25,12 +25,21 @@ def test_the_contract_imports_only_the_standard_library():
     assert imported <= {"re", "typing"}, imported
 
 
-@pytest.mark.parametrize("batch_id,ok", [
-    ("2026-01-01", True), ("a" * 64, True), ("v1.2_x-3", True),
-    ("2026-01-01\n", False),  # '$' lets a trailing newline through; the rule does not
-    ("a" * 65, False),  # the job allowed 128, the DAG 64: the stricter wins on both sides
-    ("_hidden", False), (".hidden", False), ("a/b", False), ("", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "batch_id,ok",
+    [
+        ("2026-01-01", True),
+        ("a" * 64, True),
+        ("v1.2_x-3", True),
+        ("2026-01-01\n", False),  # '$' lets a trailing newline through; the rule does not
+        ("a" * 65, False),  # the job allowed 128, the DAG 64: the stricter wins on both sides
+        ("_hidden", False),
+        (".hidden", False),
+        ("a/b", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_one_batch_id_rule_for_the_dag_and_the_job(batch_id, ok):
     assert contract.is_valid_batch_id(batch_id) is ok
     conf = {k: v.value for k, v in params.build_params().items()}
@@ -52,10 +61,19 @@ def test_the_form_uses_the_contract_pattern_and_it_agrees_with_python():
         assert bool(pattern.search(value)) == contract.is_valid_batch_id(value), value
 
 
-@pytest.mark.parametrize("rel", [
-    "Banana/1.jpg", "Training/Banana/1.jpg", "Test/Cherry 1/1.jpg", "1.jpg", "Training/1.jpg",
-    "Training/Banana/sub/1.jpg", "Training/Test/1.jpg", "Mixed/Training/Banana/1.jpg",
-])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "Banana/1.jpg",
+        "Training/Banana/1.jpg",
+        "Test/Cherry 1/1.jpg",
+        "1.jpg",
+        "Training/1.jpg",
+        "Training/Banana/sub/1.jpg",
+        "Training/Test/1.jpg",
+        "Mixed/Training/Banana/1.jpg",
+    ],
+)
 def test_ingest_and_the_features_job_read_labels_the_same_way(spark, rel):
     from fruits_jobs.features import path_columns
 
@@ -75,13 +93,13 @@ def test_ingest_never_uploads_a_name_the_job_would_count_as_hidden():
 
 
 def test_the_readme_lists_every_reject_reason_with_its_meaning():
-    section = README[README.index("<!-- reject-reasons -->"):README.index("<!-- /reject-reasons -->")]
+    section = README[README.index("<!-- reject-reasons -->") : README.index("<!-- /reject-reasons -->")]
     listed = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", section, re.M))
     assert listed == contract.REJECT_REASONS
 
 
 def test_the_readme_settings_table_is_the_settings_module():
-    section = README[README.index("<!-- settings -->"):README.index("<!-- /settings -->")]
+    section = README[README.index("<!-- settings -->") : README.index("<!-- /settings -->")]
     assert settings.describe() in section
 
 

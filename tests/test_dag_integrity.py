@@ -1,21 +1,41 @@
-"""DAG integrity: parses cleanly, its shape, teardown wiring, schedule, and the deployment switches read at parse time."""
-import pytest
+"""DAG integrity: parses cleanly, its shape, teardown wiring, schedule, and the deployment switches read
+at parse time."""
+
 from airflow.sdk import TriggerRule
 
 from fruits.backends import jobs
 
 EDGES = {
-    "validate_params": {"ingest_new_photos", "stage_code", "plan_jobs", "choose_backend", "any_new_photos",
-                        "emr.preflight", "emr.add_steps", "run_locally", "publish_summary"},
+    "validate_params": {
+        "ingest_new_photos",
+        "stage_code",
+        "plan_jobs",
+        "choose_backend",
+        "any_new_photos",
+        "emr.preflight",
+        "emr.add_steps",
+        "run_locally",
+        "publish_summary",
+    },
     "ingest_new_photos": {"any_new_photos"},
     "any_new_photos": {"stage_code"},
     "stage_code": {"plan_jobs", "emr.preflight"},
-    "plan_jobs": {"choose_backend", "emr.create_cluster", "emr.add_steps", "run_locally", "emr.watch_extract_features",
-                  "emr.watch_reduce_dimensions"},
+    "plan_jobs": {
+        "choose_backend",
+        "emr.create_cluster",
+        "emr.add_steps",
+        "run_locally",
+        "emr.watch_extract_features",
+        "emr.watch_reduce_dimensions",
+    },
     "choose_backend": {"emr.preflight", "run_locally"},
     "emr.preflight": {"emr.create_cluster"},
-    "emr.create_cluster": {"emr.add_steps", "emr.terminate_cluster", "emr.watch_extract_features",
-                           "emr.watch_reduce_dimensions"},
+    "emr.create_cluster": {
+        "emr.add_steps",
+        "emr.terminate_cluster",
+        "emr.watch_extract_features",
+        "emr.watch_reduce_dimensions",
+    },
     "emr.add_steps": {"emr.watch_extract_features", "emr.watch_reduce_dimensions", "emr.terminate_cluster"},
     "emr.watch_extract_features": {"emr.watch_reduce_dimensions"},
     "emr.watch_reduce_dimensions": {"emr.terminate_cluster", "publish_summary"},
@@ -23,6 +43,7 @@ EDGES = {
     "run_locally": {"publish_summary"},
     "publish_summary": set(),
 }
+
 
 def test_imports_without_errors_and_has_no_cycles(dagbag, pipeline_dag):
     assert dagbag.import_errors == {}
@@ -49,13 +70,17 @@ def test_cluster_is_torn_down_whatever_happens_after_it_exists(pipeline_dag):
     assert terminate.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS
     assert create.terminate_job_flow_on_failure is True
     # Clearing a sensor clears the cluster's setups and its teardown with it (Airflow's rule).
-    cleared = pipeline_dag.partial_subset(["emr.watch_extract_features"], include_upstream=False, include_downstream=False)
+    cleared = pipeline_dag.partial_subset(
+        ["emr.watch_extract_features"], include_upstream=False, include_downstream=False
+    )
     assert {"emr.create_cluster", "emr.add_steps", "emr.terminate_cluster"} <= set(cleared.task_ids)
 
 
 def test_operators_are_configured_for_emr(pipeline_dag):
     # they retry like any task: a retry reuses what the first try made (test_emr_dag)
-    assert pipeline_dag.get_task("emr.add_steps").retries >= 1 and pipeline_dag.get_task("emr.create_cluster").retries >= 1
+    assert (
+        pipeline_dag.get_task("emr.add_steps").retries >= 1 and pipeline_dag.get_task("emr.create_cluster").retries >= 1
+    )
     for job in jobs.JOBS:  # one sensor per job, with that job's timeout
         sensor = pipeline_dag.get_task(f"emr.watch_{job.name}")
         assert sensor.poke_interval >= 60
@@ -82,10 +107,16 @@ def test_the_dag_and_the_task_bodies_never_ask_which_backend_runs():
     a backend's name in the DAG file or the shared task bodies, so a new backend touches neither."""
     import ast
 
-    from airflow_fixtures import REPO
     from fruits.backends import BACKENDS
 
+    from airflow_fixtures import REPO
+
     for path in (REPO / "dags" / "fruits_pipeline.py", REPO / "plugins" / "fruits" / "pipeline.py"):
-        names = [node.value for cmp in ast.walk(ast.parse(path.read_text())) if isinstance(cmp, ast.Compare)
-                 for node in ast.walk(cmp) if isinstance(node, ast.Constant) and node.value in BACKENDS]
+        names = [
+            node.value
+            for cmp in ast.walk(ast.parse(path.read_text()))
+            if isinstance(cmp, ast.Compare)
+            for node in ast.walk(cmp)
+            if isinstance(node, ast.Constant) and node.value in BACKENDS
+        ]
         assert names == [], path

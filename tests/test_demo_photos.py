@@ -1,4 +1,5 @@
 """`fruits demo DIR`: the demo photos a fresh machine runs the pipeline on, in a Fruits-360 layout."""
+
 from PIL import Image
 
 from fruits.tools.cli import main

@@ -4,21 +4,29 @@ Tiny generated JPEGs plus a truncated JPEG and a text file go through ingest (co
 code staging, and the very step arguments EMR would run, executed by a local spark-submit with
 weights=random (both Spark jobs really run); each test below reads one aspect of that one run.
 """
-from airflow_fixtures import make_landing, xcom
 
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from airflow.utils.state import DagRunState, TaskInstanceState as S
+from airflow.utils.state import DagRunState
+from airflow.utils.state import TaskInstanceState as S
 
 from fruits.tools import cli
 
+from airflow_fixtures import make_landing, xcom
+
 pytestmark = pytest.mark.spark
 
-EMR_TASKS = {"emr.preflight", "emr.create_cluster", "emr.add_steps", "emr.watch_extract_features",
-             "emr.watch_reduce_dimensions", "emr.terminate_cluster"}
+EMR_TASKS = {
+    "emr.preflight",
+    "emr.create_cluster",
+    "emr.add_steps",
+    "emr.watch_extract_features",
+    "emr.watch_reduce_dimensions",
+    "emr.terminate_cluster",
+}
 CONF = {"backend": "local", "weights": "random", "batch_id": "e2e", "pca_k": 3}
 
 
@@ -74,7 +82,9 @@ def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(summar
     report = summary["run_report"]
     assert metrics["run_report"] == report and report["backend"] == "local"
     wall = report["wall_s"]
-    assert wall["total"] == round(wall["extract_features"] + wall["reduce_dimensions"], 1) and wall["extract_features"] > 1
+    assert (
+        wall["total"] == round(wall["extract_features"] + wall["reduce_dimensions"], 1) and wall["extract_features"] > 1
+    )
     assert report["images_per_s"]["extract_features"] == round(summary["images"]["read"] / wall["extract_features"], 1)
 
 
@@ -84,9 +94,14 @@ def test_both_outputs_are_published_as_assets_saying_which_batch_what_and_where(
     from sqlalchemy import select
 
     with Session() as session:
-        events = {uri: extra for uri, extra in session.execute(
-            select(AssetModel.uri, AssetEvent.extra).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetEvent.source_run_id == pipeline_run[0].run_id))}
+        events = {
+            uri: extra
+            for uri, extra in session.execute(
+                select(AssetModel.uri, AssetEvent.extra)
+                .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+                .where(AssetEvent.source_run_id == pipeline_run[0].run_id)
+            )
+        }
     where = summary["locations"]
     assert events["fruits://lake/features"]["batch_id"] == "e2e"
     assert events["fruits://lake/features"]["featurized"] == summary["images"]["featurized"]

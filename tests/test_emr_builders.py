@@ -1,5 +1,4 @@
 """The pure EMR builders: the job flow and steps pass botocore's request validation and moto."""
-from airflow_fixtures import REGION
 
 import dataclasses
 
@@ -7,19 +6,29 @@ import boto3
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
-from fruits.backends.emr import builders as emr
 from fruits.backends import jobs
+from fruits.backends.emr import builders as emr
 from fruits.config.run import EmrConfig, RunConfig
 
+from airflow_fixtures import REGION
+
 CFG = RunConfig(
-    batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5", bucket="fruits-test", root="s3://fruits-test/",
+    batch_id="2025-01-02",
+    landing_dir="/landing",
+    backend="emr",
+    pca_k=None,
+    pca_variance=0.9,
+    weights="s3://fruits-test/models/w.weights.h5",
+    bucket="fruits-test",
+    root="s3://fruits-test/",
     emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
 )
 
 
 def with_emr(cfg=CFG, **changes):
     return dataclasses.replace(cfg, emr=dataclasses.replace(cfg.emr, **changes))
+
+
 VERSION = "abc123def456"
 RUN_ID = "manual__2026-12-01T10:00:00.123456+00:00"
 
@@ -35,9 +44,20 @@ def validate(operation: str, params: dict) -> None:
 
 
 def test_job_flow_and_steps_pass_botocore_validation():
-    validate("RunJobFlow", emr.job_flow_overrides(with_emr(
-        CFG, task_spot_count=2, subnet_id="subnet-123", security_configuration="fruits-sec",
-        security_group_ids="sg-1,sg-2"), VERSION, RUN_ID))
+    validate(
+        "RunJobFlow",
+        emr.job_flow_overrides(
+            with_emr(
+                CFG,
+                task_spot_count=2,
+                subnet_id="subnet-123",
+                security_configuration="fruits-sec",
+                security_group_ids="sg-1,sg-2",
+            ),
+            VERSION,
+            RUN_ID,
+        ),
+    )
     validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": emr_steps()})
 
 
@@ -56,17 +76,24 @@ def test_job_flow_contents():
     assert [g["InstanceRole"] for g in flow["Instances"]["InstanceGroups"]] == ["MASTER", "CORE"]
     assert flow["Instances"]["InstanceGroups"][1]["InstanceCount"] == 3
     (bootstrap,) = flow["BootstrapActions"]
-    assert bootstrap["ScriptBootstrapAction"] == {"Path": code + "bootstrap/emr_bootstrap.sh",
-                                                  "Args": [code + "requirements.lock"]}  # from PyPI
+    assert bootstrap["ScriptBootstrapAction"] == {
+        "Path": code + "bootstrap/emr_bootstrap.sh",
+        "Args": [code + "requirements.lock"],
+    }  # from PyPI
     with_wheels = emr.job_flow_overrides(CFG, VERSION, RUN_ID, "s3://fruits-test/wheels/abc/")["BootstrapActions"][0]
     assert with_wheels["ScriptBootstrapAction"]["Args"] == [code + "requirements.lock", "s3://fruits-test/wheels/abc/"]
     (spark_env, defaults) = flow["Configurations"]
-    assert spark_env["Configurations"][0] == {"Classification": "export",
-                                              "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}}
+    assert spark_env["Configurations"][0] == {
+        "Classification": "export",
+        "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"},
+    }
     assert defaults["Properties"]["spark.pyspark.python"] == "/usr/bin/python3.11"
     assert {"Key": "project", "Value": "fruits"} in flow["Tags"]
     # what a retried create_cluster finds its run's cluster by
-    assert {"Key": "dag_run_id", "Value": RUN_ID} in flow["Tags"] and {"Key": "batch_id", "Value": "2025-01-02"} in flow["Tags"]
+    assert {"Key": "dag_run_id", "Value": RUN_ID} in flow["Tags"] and {
+        "Key": "batch_id",
+        "Value": "2025-01-02",
+    } in flow["Tags"]
     # Blocker 2: AmazonEMRServicePolicy_v2 only acts on resources with this tag (EMR propagates it)
     assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in flow["Tags"]
     assert "AdditionalMasterSecurityGroups" not in flow["Instances"]
@@ -88,8 +115,13 @@ def test_project_tag_and_security_groups_come_from_the_settings():
 
 def test_spot_task_group_only_when_asked():
     groups = emr.instance_groups(with_emr(task_spot_count=4))
-    assert groups[-1] == {"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
-                          "InstanceType": "m5.2xlarge", "InstanceCount": 4}
+    assert groups[-1] == {
+        "Name": "task-spot",
+        "InstanceRole": "TASK",
+        "Market": "SPOT",
+        "InstanceType": "m5.2xlarge",
+        "InstanceCount": 4,
+    }
 
 
 def test_steps_follow_the_jobs_contract():
@@ -106,22 +138,42 @@ def test_steps_follow_the_jobs_contract():
         # the driver is a YARN container in cluster mode: its Python (TensorFlow) needs the overhead
         assert "spark.driver.memory=2g" in args and "spark.driver.memoryOverhead=3g" in args
     f_args = features["HadoopJarStep"]["Args"]
-    job = f_args[f_args.index(code + "extract_features.py") + 1:]
-    assert job == ["--images", "s3://fruits-test/raw/batch_id=2025-01-02/", "--features", "s3://fruits-test/features/",
-                   "--rejects", "s3://fruits-test/rejects/", "--batch-id", "2025-01-02",
-                   "--weights", "s3://fruits-test/models/w.weights.h5",
-                   "--model-cache", "s3://fruits-test/models/", "--manifest", "s3://fruits-test/manifests/batch_id=2025-01-02.json"]
+    job = f_args[f_args.index(code + "extract_features.py") + 1 :]
+    assert job == [
+        "--images",
+        "s3://fruits-test/raw/batch_id=2025-01-02/",
+        "--features",
+        "s3://fruits-test/features/",
+        "--rejects",
+        "s3://fruits-test/rejects/",
+        "--batch-id",
+        "2025-01-02",
+        "--weights",
+        "s3://fruits-test/models/w.weights.h5",
+        "--model-cache",
+        "s3://fruits-test/models/",
+        "--manifest",
+        "s3://fruits-test/manifests/batch_id=2025-01-02.json",
+    ]
     p_args = pca["HadoopJarStep"]["Args"]
-    job = p_args[p_args.index(code + "reduce_dimensions.py") + 1:]
-    assert job == ["--features", "s3://fruits-test/features/", "--output", "s3://fruits-test/pca/batch_id=2025-01-02/",
-                   "--variance", "0.9"]
+    job = p_args[p_args.index(code + "reduce_dimensions.py") + 1 :]
+    assert job == [
+        "--features",
+        "s3://fruits-test/features/",
+        "--output",
+        "s3://fruits-test/pca/batch_id=2025-01-02/",
+        "--variance",
+        "0.9",
+    ]
     with_k = emr_steps(dataclasses.replace(CFG, pca_k=12))[1]["HadoopJarStep"]["Args"]
     assert with_k[-2:] == ["--k", "12"] and "--variance" not in with_k
 
 
 def test_moto_accepts_the_job_flow_and_the_steps(aws):
     client = boto3.client("emr", region_name=REGION)
-    cluster_id = client.run_job_flow(**emr.job_flow_overrides(with_emr(task_spot_count=1), VERSION, RUN_ID))["JobFlowId"]
+    cluster_id = client.run_job_flow(**emr.job_flow_overrides(with_emr(task_spot_count=1), VERSION, RUN_ID))[
+        "JobFlowId"
+    ]
     client.add_job_flow_steps(JobFlowId=cluster_id, Steps=emr_steps())
     cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["ReleaseLabel"] == CFG.emr.release_label

@@ -7,30 +7,38 @@ the success case the test also writes the two JSON summaries the Spark jobs woul
 the bucket. Everything else is real: the operators, sensors, teardown, S3Hook and botocore's
 request validation. Every AWS call made is checked against the Airflow role's IAM policy (`aws`).
 """
-from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
 import dataclasses
 import gzip
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
 
+from fruits.config.params import build_params
 from fruits_jobs import commits, features, layout, pca
 
-from fruits.config.params import build_params
+from airflow_fixtures import BUCKET, REGION, make_landing, xcom
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 RUN = "20260101T000000000Z-0000abcd"
 STEP_TIMES = (240, 4, 2)  # seconds: boot and bootstrap, features, PCA
-EMR_ACTIONS = {"ListClusters", "RunJobFlow", "DescribeCluster", "ListSteps", "AddJobFlowSteps", "DescribeStep",
-               "TerminateJobFlows", "ListInstanceGroups"}
+EMR_ACTIONS = {
+    "ListClusters",
+    "RunJobFlow",
+    "DescribeCluster",
+    "ListSteps",
+    "AddJobFlowSteps",
+    "DescribeStep",
+    "TerminateJobFlows",
+    "ListInstanceGroups",
+}
 
 
 def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_error=None):
@@ -45,10 +53,10 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
             return added
         # EMR's timeline of the run: asked for 10 min ago, ready (booted, bootstrapped) 4 min later,
         # then the steps one after the other (the figures the run report reads).
-        self.creation_datetime = datetime.now(timezone.utc) - timedelta(minutes=10)
+        self.creation_datetime = datetime.now(UTC) - timedelta(minutes=10)
         self.ready_datetime = self.creation_datetime + timedelta(seconds=STEP_TIMES[0])
         started = self.ready_datetime
-        for step, state, took in zip(added, states, STEP_TIMES[1:]):
+        for step, state, took in zip(added, states, STEP_TIMES[1:], strict=False):  # fewer states: not started
             step.state = state
             step.start_date_time, step.end_date_time = started, started + timedelta(seconds=took)
             started = step.end_date_time
@@ -56,7 +64,8 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
             write_outputs()
         if stderr is not None:
             boto3.client("s3", region_name=REGION).put_object(
-                Bucket=BUCKET, Key=f"logs/emr/{self.id}/steps/{added[0].id}/stderr.gz", Body=gzip.compress(stderr))
+                Bucket=BUCKET, Key=f"logs/emr/{self.id}/steps/{added[0].id}/stderr.gz", Body=gzip.compress(stderr)
+            )
         if cluster_error:
             self.state, self.last_state_change_reason = "TERMINATED_WITH_ERRORS", cluster_error
         return added
@@ -71,17 +80,32 @@ def write_job_outputs(batch_id):
     root = f"s3://{BUCKET}/"
 
     def put(uri: str, data: bytes) -> None:
-        s3.put_object(Bucket=BUCKET, Key=uri[len(root):], Body=data)
+        s3.put_object(Bucket=BUCKET, Key=uri[len(root) :], Body=data)
 
-    args = features.parse_args(["--images", root + layout.raw_prefix(batch_id), "--features", root + layout.FEATURES,
-                                "--rejects", root + layout.REJECTS, "--batch-id", batch_id, "--weights", "random"])
+    args = features.parse_args(
+        [
+            "--images",
+            root + layout.raw_prefix(batch_id),
+            "--features",
+            root + layout.FEATURES,
+            "--rejects",
+            root + layout.REJECTS,
+            "--batch-id",
+            batch_id,
+            "--weights",
+            "random",
+        ]
+    )
     batch = layout.batch_folder(root + layout.FEATURES, batch_id)
-    outputs = {"features": layout.run_folder(batch, RUN),
-               "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN)}
+    outputs = {
+        "features": layout.run_folder(batch, RUN),
+        "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN),
+    }
     summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0)
     put(*commits.commit_file(batch, RUN, summary))
-    pca_args = pca.parse_args(["--features", root + layout.FEATURES, "--output", root + layout.pca_prefix(batch_id),
-                               "--k", "3"])
+    pca_args = pca.parse_args(
+        ["--features", root + layout.FEATURES, "--output", root + layout.pca_prefix(batch_id), "--k", "3"]
+    )
     output = layout.run_folder(root + layout.pca_prefix(batch_id), RUN)
     metrics = pca.pca_metrics(pca_args, root + layout.FEATURES, output, 10, 1280, 3, [0.5, 0.3, 0.15, 0.05], {})
     put(f"{output}/{layout.PCA_METRICS_FILE}", json.dumps(metrics).encode())
@@ -111,11 +135,20 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     dr, states = run(runnable_dag, landing, "b-ok", pca_k=3)
     assert dr.state == DagRunState.SUCCESS, states
     assert states == {
-        "validate_params": S.SUCCESS, "ingest_new_photos": S.SUCCESS, "any_new_photos": S.SUCCESS,
-        "stage_code": S.SUCCESS, "plan_jobs": S.SUCCESS, "choose_backend": S.SUCCESS,
-        "emr.preflight": S.SUCCESS, "emr.create_cluster": S.SUCCESS, "emr.add_steps": S.SUCCESS, "emr.watch_extract_features": S.SUCCESS,
-        "emr.watch_reduce_dimensions": S.SUCCESS, "emr.terminate_cluster": S.SUCCESS,
-        "run_locally": S.SKIPPED, "publish_summary": S.SUCCESS,
+        "validate_params": S.SUCCESS,
+        "ingest_new_photos": S.SUCCESS,
+        "any_new_photos": S.SUCCESS,
+        "stage_code": S.SUCCESS,
+        "plan_jobs": S.SUCCESS,
+        "choose_backend": S.SUCCESS,
+        "emr.preflight": S.SUCCESS,
+        "emr.create_cluster": S.SUCCESS,
+        "emr.add_steps": S.SUCCESS,
+        "emr.watch_extract_features": S.SUCCESS,
+        "emr.watch_reduce_dimensions": S.SUCCESS,
+        "emr.terminate_cluster": S.SUCCESS,
+        "run_locally": S.SKIPPED,
+        "publish_summary": S.SUCCESS,
     }
     (cluster,) = clusters()
     assert cluster["Status"]["State"] == "TERMINATED"
@@ -124,16 +157,22 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert [s["Name"] for s in steps] == ["extract_features b-ok", "reduce_dimensions b-ok"]
     assert [s["ActionOnFailure"] for s in steps] == ["CANCEL_AND_WAIT", "CANCEL_AND_WAIT"]
     summary = xcom(dr, "publish_summary")
-    assert summary["images"] == {"read": 12, "featurized": 10, "rejected": 2,
-                                 "rejects_by_reason": {"not_an_image": 1, "truncated": 1}}
+    assert summary["images"] == {
+        "read": 12,
+        "featurized": 10,
+        "rejected": 2,
+        "rejects_by_reason": {"not_an_image": 1, "truncated": 1},
+    }
     assert (summary["pca"]["k"], summary["pca"]["total_explained_variance"]) == (3, 0.95)
     assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/run={RUN}/metrics.json"
     assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/batch_id=b-ok/_commits/{RUN}.json"
     # The run report (issue 11): the cluster, its timeline, images/s per step and the estimated cost.
     report = summary["run_report"]
     assert report["cluster_id"] == cluster["Id"] and report["release"] == "emr-7.12.0"
-    assert report["instances"] == [{"role": "MASTER", "type": "m5.xlarge", "count": 1, "market": "ON_DEMAND"},
-                                   {"role": "CORE", "type": "m5.2xlarge", "count": 2, "market": "ON_DEMAND"}]
+    assert report["instances"] == [
+        {"role": "MASTER", "type": "m5.xlarge", "count": 1, "market": "ON_DEMAND"},
+        {"role": "CORE", "type": "m5.2xlarge", "count": 2, "market": "ON_DEMAND"},
+    ]
     wall = report["wall_s"]
     assert (wall["boot_and_bootstrap"], wall["extract_features"], wall["reduce_dimensions"]) == STEP_TIMES
     assert report["images_per_s"] == {"extract_features": 12 / 4, "reduce_dimensions": 10 / 2}
@@ -170,10 +209,17 @@ def test_retried_cluster_and_step_tasks_ask_emr_for_nothing_twice(airflow_db, ru
             raise error
 
     original_persist = emr_operators.EmrClusterLink.persist
-    monkeypatch.setattr(emr_operators.EmrClusterLink, "persist", lambda *a, **kw: (
-        once("persist", ConnectionError("worker lost after RunJobFlow")), original_persist(*a, **kw)))
-    monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", botocore.handlers.BUILTIN_HANDLERS + [
-        ("after-call.emr.AddJobFlowSteps", lambda **_: once("add", ConnectionError("response lost")))])
+    monkeypatch.setattr(
+        emr_operators.EmrClusterLink,
+        "persist",
+        lambda *a, **kw: (once("persist", ConnectionError("worker lost after RunJobFlow")), original_persist(*a, **kw)),
+    )
+    monkeypatch.setattr(
+        botocore.handlers,
+        "BUILTIN_HANDLERS",
+        botocore.handlers.BUILTIN_HANDLERS
+        + [("after-call.emr.AddJobFlowSteps", lambda **_: once("add", ConnectionError("response lost")))],
+    )
     simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-retry"))
     dr, states = run(runnable_dag, landing, "b-retry")
     assert dr.state == DagRunState.SUCCESS, states
@@ -186,8 +232,9 @@ def test_retried_cluster_and_step_tasks_ask_emr_for_nothing_twice(airflow_db, ru
     assert sorted(s["Name"] for s in steps) == ["extract_features b-retry", "reduce_dimensions b-retry"]
 
 
-def test_failed_features_step_fails_the_run_and_leaves_nothing_running(airflow_db, runnable_dag, aws, landing,
-                                                                      monkeypatch, capfd):
+def test_failed_features_step_fails_the_run_and_leaves_nothing_running(
+    airflow_db, runnable_dag, aws, landing, monkeypatch, capfd
+):
     stderr = "\n".join(f"spark line {i}" for i in range(80)) + "\nOSError: weights file is not HDF5\n"
     simulate_emr(monkeypatch, ["FAILED", "CANCELLED"], stderr=stderr.encode())
     dr, states = run(runnable_dag, landing, "b-fail")
@@ -225,10 +272,16 @@ def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db,
 
     emr = boto3.client("emr", region_name=REGION)
     stub = Stubber(emr)
-    stub.add_response("list_steps", {"Steps": [{"Id": "s-2"}, {"Id": "s-1"}]},
-                      {"ClusterId": "j-1", "StepStates": ["PENDING", "RUNNING"]})
-    stub.add_response("cancel_steps", {"CancelStepsInfoList": []},
-                      {"ClusterId": "j-1", "StepIds": ["s-2", "s-1"], "StepCancellationOption": "TERMINATE_PROCESS"})
+    stub.add_response(
+        "list_steps",
+        {"Steps": [{"Id": "s-2"}, {"Id": "s-1"}]},
+        {"ClusterId": "j-1", "StepStates": ["PENDING", "RUNNING"]},
+    )
+    stub.add_response(
+        "cancel_steps",
+        {"CancelStepsInfoList": []},
+        {"ClusterId": "j-1", "StepIds": ["s-2", "s-1"], "StepCancellationOption": "TERMINATE_PROCESS"},
+    )
     monkeypatch.setattr(EmrHook, "conn", property(lambda self: emr))
     sensor = pipeline_dag.get_task("emr.watch_extract_features")
     sensor.job_flow_id, sensor.step_id = "j-1", "s-1"  # as rendered at run time
@@ -237,8 +290,9 @@ def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db,
     stub.assert_no_pending_responses()
 
 
-def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runnable_dag, aws, landing, tmp_path,
-                                                               monkeypatch):
+def test_a_local_weights_file_is_staged_once_before_any_cluster(
+    airflow_db, runnable_dag, aws, landing, tmp_path, monkeypatch
+):
     weights = tmp_path / "mine.weights.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\nweights of this machine")  # an HDF5 file's signature first
     key = f"models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
@@ -253,8 +307,9 @@ def test_a_local_weights_file_is_staged_once_before_any_cluster(airflow_db, runn
     assert args[args.index("--weights") + 1] == f"s3://{BUCKET}/{key}"
 
 
-def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(airflow_db, runnable_dag, aws, landing,
-                                                                       tmp_path, monkeypatch):
+def test_a_wheelhouse_is_staged_once_per_lock_and_given_to_the_bootstrap(
+    airflow_db, runnable_dag, aws, landing, tmp_path, monkeypatch
+):
     """Clusters in a subnet without internet install the jobs' closure from the bucket."""
     from fruits_jobs.bundle import LOCK, spark_jobs_dir
 
@@ -286,7 +341,9 @@ def test_an_incomplete_wheelhouse_is_refused_before_anything_runs(tmp_path):
 
 
 def no_weights(monkeypatch):
-    return {"weights": f"s3://{BUCKET}/models/none.weights.h5"}, "weights: s3://fruits-test/models/none.weights.h5 does not exist"
+    return {
+        "weights": f"s3://{BUCKET}/models/none.weights.h5"
+    }, "weights: s3://fruits-test/models/none.weights.h5 does not exist"
 
 
 def no_service_role(monkeypatch):
@@ -307,8 +364,9 @@ def type_not_offered(monkeypatch):
 
 
 @pytest.mark.parametrize("problem", [no_weights, no_service_role, untagged_subnet, type_not_offered])
-def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(airflow_db, runnable_dag, aws, landing,
-                                                                   monkeypatch, capfd, problem):
+def test_preflight_finds_what_would_fail_a_cluster_and_creates_none(
+    airflow_db, runnable_dag, aws, landing, monkeypatch, capfd, problem
+):
     conf, message = problem(monkeypatch)
     dr, states = run(runnable_dag, landing, f"b-pre-{problem.__name__}".replace("_", "-"), **conf)
     assert dr.state == DagRunState.FAILED and states["emr.preflight"] == S.FAILED, states
@@ -323,12 +381,22 @@ def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection
     from fruits.backends.emr import preflight
     from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = RunConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9, weights="random",
-                    bucket=BUCKET, root=f"s3://{BUCKET}/", emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0))
+    cfg = RunConfig(
+        batch_id="b",
+        landing_dir="/l",
+        backend="emr",
+        pca_k=None,
+        pca_variance=0.9,
+        weights="random",
+        bucket=BUCKET,
+        root=f"s3://{BUCKET}/",
+        emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0),
+    )
     far = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, "us-east-1")
     assert preflight.check_bucket(cfg, far) == [
         "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1: set "
-        "region_name=eu-west-1 in the connection's extra, or use a bucket in us-east-1"]
+        "region_name=eu-west-1 in the connection's extra, or use a bucket in us-east-1"
+    ]
     assert preflight.check_bucket(cfg, far._replace(region=REGION)) == []
     missing = preflight.check_bucket(dataclasses.replace(cfg, bucket="nope"), far)
     assert missing[0].startswith("fruits_bucket: bucket 'nope' cannot be read")
@@ -338,17 +406,30 @@ def test_preflight_says_when_the_code_was_not_staged(aws):
     from fruits.backends.emr import preflight
     from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = RunConfig(batch_id="b", landing_dir="/l", backend="emr", pca_k=None, pca_variance=0.9, weights="random",
-                    bucket=BUCKET, root=f"s3://{BUCKET}/", emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0))
+    cfg = RunConfig(
+        batch_id="b",
+        landing_dir="/l",
+        backend="emr",
+        pca_k=None,
+        pca_variance=0.9,
+        weights="random",
+        bucket=BUCKET,
+        root=f"s3://{BUCKET}/",
+        emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0),
+    )
     clients = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, REGION)
     (problem,) = preflight.check_code(cfg, clients, "v0")
     assert "extract_features.py" in problem and "stage_code did not finish" in problem
 
 
-def test_a_bootstrap_failure_is_reported_as_the_clusters_not_as_a_cancelled_step(airflow_db, runnable_dag, aws,
-                                                                               landing, monkeypatch, capfd):
-    simulate_emr(monkeypatch, ["CANCELLED", "CANCELLED"],
-                 cluster_error="On the master instance, bootstrap action 1 returned a non-zero return code")
+def test_a_bootstrap_failure_is_reported_as_the_clusters_not_as_a_cancelled_step(
+    airflow_db, runnable_dag, aws, landing, monkeypatch, capfd
+):
+    simulate_emr(
+        monkeypatch,
+        ["CANCELLED", "CANCELLED"],
+        cluster_error="On the master instance, bootstrap action 1 returned a non-zero return code",
+    )
     dr, states = run(runnable_dag, landing, "b-boot")
     assert dr.state == DagRunState.FAILED and states["emr.watch_extract_features"] == S.FAILED, states
     log = "".join(capfd.readouterr())
@@ -359,21 +440,28 @@ def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
     from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", LogUri=f"s3n://{BUCKET}/logs/emr/",
-                               Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True,
-                                          "MasterInstanceType": "m5.xlarge"},
-                               Tags=[{"Key": "project", "Value": "fruits"}], JobFlowRole="fruits-emr-ec2-role",
-                               ServiceRole="fruits-emr-service-role")["JobFlowId"]
-    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default",
-                        job_name="extract_features")
+    cluster = emr.run_job_flow(
+        Name="c",
+        ReleaseLabel="emr-7.12.0",
+        LogUri=f"s3n://{BUCKET}/logs/emr/",
+        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+        JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role",
+    )["JobFlowId"]
+    sensor = StepSensor(
+        task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default", job_name="extract_features"
+    )
     sensor.stderr_wait_s = 0
     assert sensor._stderr_tail(f"s3n://{BUCKET}/logs/emr/") == (
         f"the step's stderr is not in S3 yet; EMR copies it within minutes to "
-        f"s3://{BUCKET}/logs/emr/{cluster}/steps/s-1/stderr.gz")
+        f"s3://{BUCKET}/logs/emr/{cluster}/steps/s-1/stderr.gz"
+    )
 
 
 def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_the_cluster(
-        airflow_db, runnable_dag, aws, landing, monkeypatch):
+    airflow_db, runnable_dag, aws, landing, monkeypatch
+):
     """What the UI's "mark run as failed" does to this DAG (Airflow's own set_dag_run_state_to_failed,
     apache/airflow#45530): the running sensor is failed (its on_kill cancels the steps, tested above)
     and the teardown is neither skipped nor killed, so the run stays open until it has ended the cluster."""
@@ -386,8 +474,12 @@ def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_
     simulate_emr(monkeypatch, ["COMPLETED", "COMPLETED"], lambda: write_job_outputs("b-mark"))
     dr, _ = run(runnable_dag, landing, "b-mark")
     # Rewind the run to the moment a person marks it failed: features step being watched.
-    midway = {"emr.watch_extract_features": S.RUNNING, "emr.watch_reduce_dimensions": None,
-              "emr.terminate_cluster": None, "publish_summary": None}
+    midway = {
+        "emr.watch_extract_features": S.RUNNING,
+        "emr.watch_reduce_dimensions": None,
+        "emr.terminate_cluster": None,
+        "publish_summary": None,
+    }
     with Session() as session:
         for ti in session.scalars(select(TaskInstance).where(TaskInstance.run_id == dr.run_id)):
             if ti.task_id in midway:
@@ -396,8 +488,9 @@ def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_
         dag = SerializedDAG.deserialize_dag(SerializedDAG.serialize_dag(runnable_dag))
         set_dag_run_state_to_failed(dag=dag, run_id=dr.run_id, commit=True, session=session)
         session.commit()
-        states = {ti.task_id: ti.state for ti in session.scalars(
-            select(TaskInstance).where(TaskInstance.run_id == dr.run_id))}
+        states = {
+            ti.task_id: ti.state for ti in session.scalars(select(TaskInstance).where(TaskInstance.run_id == dr.run_id))
+        }
     assert states["emr.watch_extract_features"] == S.FAILED  # the task is killed: on_kill runs
     assert states["emr.watch_reduce_dimensions"] == S.SKIPPED and states["publish_summary"] == S.SKIPPED
     assert states["emr.terminate_cluster"] is None  # still to run: the cluster gets ended
@@ -408,18 +501,37 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(Name="c", ReleaseLabel="emr-7.12.0", Instances={
-        "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-        Tags=[{"Key": "project", "Value": "fruits"}], JobFlowRole="fruits-emr-ec2-role",
-        ServiceRole="fruits-emr-service-role")["JobFlowId"]
-    (step,) = emr.add_job_flow_steps(JobFlowId=cluster, Steps=[{"Name": "extract_features b", "HadoopJarStep": {
-        "Jar": "command-runner.jar", "Args": ["true"]}}])["StepIds"]
+    cluster = emr.run_job_flow(
+        Name="c",
+        ReleaseLabel="emr-7.12.0",
+        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+        JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role",
+    )["JobFlowId"]
+    (step,) = emr.add_job_flow_steps(
+        JobFlowId=cluster,
+        Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
+    )["StepIds"]
     uri = f"s3://{BUCKET}/features/_progress/batch_id=b.json"
-    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id=step, aws_conn_id="aws_default",
-                        job_name="extract_features", progress_uris={"extract_features": uri})
+    sensor = StepSensor(
+        task_id="watch",
+        job_flow_id=cluster,
+        step_id=step,
+        aws_conn_id="aws_default",
+        job_name="extract_features",
+        progress_uris={"extract_features": uri},
+    )
     assert sensor.poke({}) is False  # moto leaves the step PENDING: still running
     assert "extract_features: no progress yet" in "".join(capfd.readouterr())
-    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=json.dumps(
-        {"done": 5000, "total": 20000, "percent": 25.0, "images_per_s": 310.5, "seconds_left": 48, "elapsed_s": 16}))
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=BUCKET,
+        Key="features/_progress/batch_id=b.json",
+        Body=json.dumps(
+            {"done": 5000, "total": 20000, "percent": 25.0, "images_per_s": 310.5, "seconds_left": 48, "elapsed_s": 16}
+        ),
+    )
     assert sensor.poke({}) is False
-    assert "extract_features: progress: 5000/20000 images (25.0 %), 310.5 images/s, ~48 s left" in "".join(capfd.readouterr())
+    assert "extract_features: progress: 5000/20000 images (25.0 %), 310.5 images/s, ~48 s left" in "".join(
+        capfd.readouterr()
+    )

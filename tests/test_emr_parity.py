@@ -1,5 +1,6 @@
 """The parity rule: the jobs run on EMR 7.x exactly as here. Python 3.11 workers, Spark 3.5, and
 the same pinned packages, installed on EMR by the bootstrap from the same requirements file."""
+
 import ast
 import re
 import shutil
@@ -10,8 +11,9 @@ from importlib import metadata
 
 import pytest
 
-from conftest import REPO
 from fruits_jobs.bundle import BOOTSTRAP, ENTRYPOINTS, LOCK, REQUIREMENTS, ZIP_NAME, build_bundle
+
+from conftest import REPO
 
 JOB_REQUIREMENTS = REPO / "spark_jobs" / "requirements.txt"
 JOB_LOCK = REPO / "spark_jobs" / "requirements.lock"
@@ -55,8 +57,9 @@ def test_the_lock_is_the_closure_installed_here():
     with, and every top-level pin in it."""
     lock = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", JOB_LOCK.read_text(), re.M))
     assert {k.lower(): v for k, v in job_pins().items()}.items() <= {k.lower(): v for k, v in lock.items()}.items()
-    differ = {name: (version, metadata.version(name)) for name, version in lock.items()
-              if metadata.version(name) != version}
+    differ = {
+        name: (version, metadata.version(name)) for name, version in lock.items() if metadata.version(name) != version
+    }
     assert differ == {}, f"run `make lock`: locked vs installed {differ}"
 
 
@@ -80,7 +83,8 @@ def fake_node(tmp_path, with_pip: bool) -> dict:
         "python3.11": f'#!/bin/sh\nexec {venv}/bin/python "$@"\n',  # not a symlink: the venv must stay a venv
         "sudo": '#!/bin/sh\nexec "$@"\n',
         # what `dnf install python3.11-pip` gives this python: pip
-        "dnf": f'#!/bin/sh\necho "$@" >> {tmp_path}/dnf.log\nexec {venv}/bin/python -m ensurepip --default-pip > /dev/null\n',
+        "dnf": f'#!/bin/sh\necho "$@" >> {tmp_path}/dnf.log\n'
+        f"exec {venv}/bin/python -m ensurepip --default-pip > /dev/null\n",
         "aws": f"""#!/bin/sh
 # aws s3 cp [--only-show-errors] [--recursive] s3://bucket/KEY DEST
 for arg; do case "$arg" in s3://*) src="{tmp_path}/bucket/${{arg#s3://*/}}";; --*) ;; *) dest="$arg";; esac; done
@@ -98,11 +102,16 @@ def tiny_wheelhouse(tmp_path):
     src = tmp_path / "tinyfruit"
     (src / "tinyfruit").mkdir(parents=True)
     (src / "tinyfruit" / "__init__.py").write_text("")
-    (src / "pyproject.toml").write_text('[project]\nname = "tinyfruit"\nversion = "1.0"\n'
-                                        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (src / "pyproject.toml").write_text(
+        '[project]\nname = "tinyfruit"\nversion = "1.0"\n'
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
     wheels = tmp_path / "bucket" / "wheels" / "abc"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+    )
     (tmp_path / "bucket" / "code").mkdir(parents=True)
     (tmp_path / "bucket" / "code" / "requirements.lock").write_text("tinyfruit==1.0\n")
 
@@ -115,8 +124,13 @@ def test_bootstrap_installs_the_lock_from_the_staged_wheels_without_internet(tmp
     lint_bootstrap()
     env = fake_node(tmp_path, with_pip)
     tiny_wheelhouse(tmp_path)
-    result = subprocess.run(["bash", str(BOOTSTRAP_SH), "s3://b/code/requirements.lock", "s3://b/wheels/abc/"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(BOOTSTRAP_SH), "s3://b/code/requirements.lock", "s3://b/wheels/abc/"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fruits bootstrap ok" in result.stdout
     assert (tmp_path / "dnf.log").exists() != with_pip  # pip installed only when missing
@@ -126,8 +140,13 @@ def test_bootstrap_installs_the_lock_from_the_staged_wheels_without_internet(tmp
 def test_spark_jobs_import_nothing_from_airflow():
     for path in (REPO / "spark_jobs").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0] == "airflow" for n in names), f"{path} imports airflow"
 
 
@@ -142,15 +161,22 @@ def test_bundle_is_complete_deterministic_and_importable_as_py_files(tmp_path):
     assert {"fruits_jobs/__init__.py", "fruits_jobs/features.py", "fruits_jobs/pca.py"} <= names
     # what an EMR executor does with --py-files: import the package from the zip alone
     probe = subprocess.run(
-        [sys.executable, "-c", "import fruits_jobs.features, fruits_jobs.pca, sys; "
-                               "print(fruits_jobs.features.__file__)"],
+        [
+            sys.executable,
+            "-c",
+            "import fruits_jobs.features, fruits_jobs.pca, sys; print(fruits_jobs.features.__file__)",
+        ],
         env={"PYTHONPATH": str(first.files[ZIP_NAME]), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0, probe.stderr
     assert ZIP_NAME in probe.stdout
     # the version follows the content
     (tmp_path / "c").mkdir()
     shutil.copytree(REPO / "spark_jobs", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "src" / "fruits_jobs" / "images.py").write_text(
-        (tmp_path / "src" / "fruits_jobs" / "images.py").read_text() + "\n# changed\n")
+        (tmp_path / "src" / "fruits_jobs" / "images.py").read_text() + "\n# changed\n"
+    )
     assert build_bundle(tmp_path / "c", tmp_path / "src").version != first.version

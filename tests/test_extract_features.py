@@ -1,4 +1,5 @@
 """Step 1 on real local Spark: labels, splits, counts, vectors, idempotent re-runs, bad inputs."""
+
 import json
 import os
 import shutil
@@ -12,15 +13,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_jpeg
 from fruits_jobs import commits, features
+
+from conftest import REPO, make_jpeg
 
 pytestmark = pytest.mark.spark
 
 
 def run_job(spark, images, out, batch_id, weights="random", **extra):
-    argv = ["--images", str(images), "--features", str(out / "features"), "--rejects", str(out / "rejects"),
-            "--batch-id", batch_id, "--weights", str(weights), "--image-size", "96"]
+    argv = [
+        "--images",
+        str(images),
+        "--features",
+        str(out / "features"),
+        "--rejects",
+        str(out / "rejects"),
+        "--batch-id",
+        batch_id,
+        "--weights",
+        str(weights),
+        "--image-size",
+        "96",
+    ]
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return features.run(spark, features.parse_args(argv))
@@ -105,10 +119,12 @@ def test_rerun_replaces_only_its_batch(spark, tmp_path):
     run_job(spark, tmp_path / "a", out, "day1")  # the same batch again: no duplicates
     assert counts_by_batch(spark, out) == {"day1": 3, "day2": 2}
     assert counts_by_batch(spark, out, "rejects") == {"day1": 1}
+
     # the previous current run stays for readers mid-read: its features and its rejects alike (the
     # rejects' folder has no commits of its own: the features' commits decide for both)
     def runs(dataset):
         return sorted(p.name for p in (out / dataset / "batch_id=day1").glob("run=*"))
+
     assert runs("rejects") == runs("features") and len(runs("features")) == 2
     # the batch shrinks and loses its bad file: both partitions follow, day2 untouched
     (tmp_path / "a" / "Kiwi" / "bad.jpg").unlink()
@@ -128,12 +144,14 @@ def test_a_run_without_its_commit_is_never_read_and_the_next_run_removes_it(spar
     first = run_job(spark, tmp_path / "in", out, "b1")
     killed = commits.new_run_id()
     orphan = out / "features" / "batch_id=b1" / f"run={killed}"
-    spark.createDataFrame([("file:/x/Fig/9.jpg", "Fig", None, "h", [0.0])],
-                          "path string, label string, split string, sha256 string, features array<float>"
-                          ).write.parquet(str(orphan))
+    spark.createDataFrame(
+        [("file:/x/Fig/9.jpg", "Fig", None, "h", [0.0])],
+        "path string, label string, split string, sha256 string, features array<float>",
+    ).write.parquet(str(orphan))
     (out / "features" / "_staging" / killed).mkdir(parents=True)
     assert sorted(r["path"] for r in read_batch(spark, out, "features", "b1")) == sorted(
-        r["path"] for r in spark.read.parquet(first["features"]).collect())
+        r["path"] for r in spark.read.parquet(first["features"]).collect()
+    )
     second = run_job(spark, tmp_path / "in", out, "b1")
     assert second["run"] > killed > first["run"]
     assert not orphan.exists() and not (out / "features" / "_staging" / killed).exists()
@@ -156,12 +174,17 @@ def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_
     make_jpeg(root / "_private" / "x.jpg")  # a folder Spark would skip silently
     make_jpeg(root / "loose.jpg")  # no class folder
     summary = run_job(spark, root, tmp_path / "out", "odd", max_pixels=1_000_000, max_file_bytes=1_000_000)
-    rejects = {Path(r["path"]).name: r["reason"] for r in
-               read_batch(spark, tmp_path / "out", "rejects", "odd")}
+    rejects = {Path(r["path"]).name: r["reason"] for r in read_batch(spark, tmp_path / "out", "rejects", "odd")}
     assert rejects == {
-        "empty.jpg": "empty_file", "notes.txt": "not_an_image", "truncated.jpg": "truncated",
-        "bomb.png": "decompression_bomb", "huge.jpg": "file_too_large", "icon.ico": "unsupported_format",
-        ".DS_Store": "hidden_file", "._ok.jpg": "hidden_file", "x.jpg": "hidden_file",
+        "empty.jpg": "empty_file",
+        "notes.txt": "not_an_image",
+        "truncated.jpg": "truncated",
+        "bomb.png": "decompression_bomb",
+        "huge.jpg": "file_too_large",
+        "icon.ico": "unsupported_format",
+        ".DS_Store": "hidden_file",
+        "._ok.jpg": "hidden_file",
+        "x.jpg": "hidden_file",
         "loose.jpg": "no_class_folder",
     }
     all_files = [p for p in root.rglob("*") if p.is_file()]
@@ -170,19 +193,25 @@ def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_
     assert sum(summary["rejects_by_reason"].values()) == summary["rejected"] == len(rejects)
 
 
-@pytest.mark.parametrize("files, cores, expected", [
-    (42, 2, 2),          # a small batch still uses every core
-    (3_144, 2, 2),       # the benchmark: one long task per core, not Spark's ~100 small ones
-    (10_001, 2, 6),      # then ~2,000 images per task
-    (10_001, 64, 64),    # a big cluster: at least one task per core
-])
+@pytest.mark.parametrize(
+    "files, cores, expected",
+    [
+        (42, 2, 2),  # a small batch still uses every core
+        (3_144, 2, 2),  # the benchmark: one long task per core, not Spark's ~100 small ones
+        (10_001, 2, 6),  # then ~2,000 images per task
+        (10_001, 64, 64),  # a big cluster: at least one task per core
+    ],
+)
 def test_the_model_pass_runs_few_large_tasks_and_uses_every_core(files, cores, expected):
     assert features.task_count(files, cores) == expected
 
 
 def test_bad_arguments_are_refused_before_any_work():
-    for argv, needle in [(["--batch-id", "../etc"], "--batch-id"), (["--batch-id", "_x"], "--batch-id"),
-                         (["--batch-id", "ok", "--image-size", "5"], "--image-size")]:
+    for argv, needle in [
+        (["--batch-id", "../etc"], "--batch-id"),
+        (["--batch-id", "_x"], "--batch-id"),
+        (["--batch-id", "ok", "--image-size", "5"], "--image-size"),
+    ]:
         with pytest.raises(features.UsageError, match=needle):
             features.parse_args(["--images", "x", "--features", "y", "--rejects", "z", "--weights", "random"] + argv)
 
@@ -194,17 +223,35 @@ def spark_submit_cmd(*args):
 
 def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path):
     make_jpeg(tmp_path / "in" / "Fig" / "1.jpg")
-    common = ["--images", tmp_path / "in", "--features", tmp_path / "f", "--rejects", tmp_path / "r",
-              "--batch-id", "cli"]
-    ok = subprocess.run(spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", *common,
-                                         "--weights", "random", "--image-size", "64"),
-                        capture_output=True, text=True, timeout=300)
+    common = [
+        "--images",
+        tmp_path / "in",
+        "--features",
+        tmp_path / "f",
+        "--rejects",
+        tmp_path / "r",
+        "--batch-id",
+        "cli",
+    ]
+    ok = subprocess.run(
+        spark_submit_cmd(
+            REPO / "spark_jobs" / "extract_features.py", *common, "--weights", "random", "--image-size", "64"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     last = json.loads(ok.stdout.strip().splitlines()[-1])
     assert (last["read"], last["featurized"], last["batch_id"]) == (1, 1, "cli")
-    bad = subprocess.run(spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", *common,
-                                          "--weights", tmp_path / "missing.weights.h5"),
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        spark_submit_cmd(
+            REPO / "spark_jobs" / "extract_features.py", *common, "--weights", tmp_path / "missing.weights.h5"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # spark-submit's PythonRunner merges the driver's stderr into stdout when they are pipes
     assert bad.returncode == 3 and "error: weights file not found" in bad.stdout + bad.stderr
 
@@ -220,10 +267,25 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
     for i in range(2, 300):
         make_jpeg(src / "Fig" / f"{i}.jpg", (i % 255, 60, 90))
     proc = subprocess.Popen(
-        spark_submit_cmd(REPO / "spark_jobs" / "extract_features.py", "--images", src,
-                         "--features", out / "features", "--rejects", out / "rejects",
-                         "--batch-id", "b1", "--weights", "random", "--batch-size", "4"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        spark_submit_cmd(
+            REPO / "spark_jobs" / "extract_features.py",
+            "--images",
+            src,
+            "--features",
+            out / "features",
+            "--rejects",
+            out / "rejects",
+            "--batch-id",
+            "b1",
+            "--weights",
+            "random",
+            "--batch-size",
+            "4",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         staging = out / "features" / "_staging"
@@ -256,23 +318,42 @@ def test_with_a_manifest_the_job_reads_exactly_the_files_it_lists(spark, tmp_pat
     for name in ("a.jpg", "b.jpg", "stray.jpg"):
         make_jpeg(root / "Fig" / name, (40 * len(name), 90, 60))
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"files": [{"path": "Fig/a.jpg"}, {"path": "Fig/b.jpg"},
-                                              {"path": "Fig/gone.jpg"}]}))
+    manifest.write_text(json.dumps({"files": [{"path": "Fig/a.jpg"}, {"path": "Fig/b.jpg"}, {"path": "Fig/gone.jpg"}]}))
     summary = run_job(spark, root, tmp_path / "out", "m1", manifest=manifest)
     assert (summary["read"], summary["featurized"], summary["rejects_by_reason"]) == (3, 2, {"not_found": 1})
     assert summary["not_in_manifest"] == 1 and summary["not_in_manifest_examples"][0].endswith("Fig/stray.jpg")
-    assert sorted(Path(r["path"]).name for r in read_batch(spark, tmp_path / "out", "features", "m1")) == ["a.jpg", "b.jpg"]
+    assert sorted(Path(r["path"]).name for r in read_batch(spark, tmp_path / "out", "features", "m1")) == [
+        "a.jpg",
+        "b.jpg",
+    ]
 
 
-def test_the_job_on_onnx_runtime_gives_the_tensorflow_paths_features(spark, sample_features, sample_dir,
-                                                                      weights_file, tmp_path):
+def test_the_job_on_onnx_runtime_gives_the_tensorflow_paths_features(
+    spark, sample_features, sample_dir, weights_file, tmp_path
+):
     """End to end on the real sample: the default engine (ONNX Runtime) against the previous
     TensorFlow path (--engine tensorflow), per photo, cosine >= 0.9999."""
     summary, rows, _ = sample_features
     assert summary["engine"] == "onnxruntime"
-    tf_summary = features.run(spark, features.parse_args([
-        "--images", str(sample_dir), "--features", str(tmp_path / "features"), "--rejects", str(tmp_path / "rejects"),
-        "--batch-id", "sample", "--weights", str(weights_file), "--engine", "tensorflow"]))
+    tf_summary = features.run(
+        spark,
+        features.parse_args(
+            [
+                "--images",
+                str(sample_dir),
+                "--features",
+                str(tmp_path / "features"),
+                "--rejects",
+                str(tmp_path / "rejects"),
+                "--batch-id",
+                "sample",
+                "--weights",
+                str(weights_file),
+                "--engine",
+                "tensorflow",
+            ]
+        ),
+    )
     assert tf_summary["featurized"] == summary["featurized"]
     reference = {r["path"]: np.array(r["features"]) for r in read_batch(spark, tmp_path, "features", "sample")}
     got = np.array([r["features"] for r in rows])
@@ -281,8 +362,9 @@ def test_the_job_on_onnx_runtime_gives_the_tensorflow_paths_features(spark, samp
     assert cosine.min() >= 0.9999, cosine.min()
 
 
-def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_weights(spark, weights_file, tmp_path,
-                                                                                      capfd):
+def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_weights(
+    spark, weights_file, tmp_path, capfd
+):
     from fruits_jobs import model as mobilenet
     from fruits_jobs.digests import file_digests
 
@@ -302,8 +384,10 @@ def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_we
     run_job(spark, tmp_path / "in", tmp_path / "o2", "b1", weights=weights_file, model_cache=cache)
     assert f"from {cache}/{kept.name}" in capfd.readouterr().err and kept.stat().st_mtime_ns == mtime
     run_job(spark, tmp_path / "in", tmp_path / "o3", "b1", weights=kept)  # the export itself as --weights
-    vectors = [{r["path"]: r["features"] for r in read_batch(spark, tmp_path / o, "features", "b1")}
-               for o in ("o1", "o2", "o3")]
+    vectors = [
+        {r["path"]: r["features"] for r in read_batch(spark, tmp_path / o, "features", "b1")}
+        for o in ("o1", "o2", "o3")
+    ]
     assert vectors[0].keys() == vectors[1].keys() == vectors[2].keys() and len(vectors[0]) == 2
     for path in vectors[0]:
         np.testing.assert_allclose(vectors[1][path], vectors[0][path], rtol=1e-6, atol=1e-7)

@@ -1,11 +1,10 @@
 """The IAM policies of infra/aws/fruits.yaml (their one source): valid documents, least privilege,
 and the evaluator the `aws` fixture uses (every moto-driven test checks each AWS call it made against
 the Airflow policy)."""
-from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
-
 
 import pytest
 
+from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
 from cfn_template import Stack
 from iam_eval import iam_requests, is_allowed
 
@@ -33,13 +32,17 @@ def test_documents_are_valid_and_name_no_wildcard_actions():
 
 def test_the_job_flow_is_allowed_by_the_policy_as_built():
     """The real RunJobFlow request (fruits/emr.py), with what it implies: PassRole and AddTags."""
-    from test_emr_builders import CFG, RUN_ID, VERSION, with_emr
     from fruits.backends.emr import builders as emr
+
+    from test_emr_builders import CFG, RUN_ID, VERSION, with_emr
 
     flow = emr.job_flow_overrides(CFG, VERSION, RUN_ID)
     requests = iam_requests("emr", "RunJobFlow", flow, None, REGION, ACCOUNT)
-    assert {action for action, _, _ in requests} == {"elasticmapreduce:RunJobFlow", "elasticmapreduce:AddTags",
-                                                      "iam:PassRole"}
+    assert {action for action, _, _ in requests} == {
+        "elasticmapreduce:RunJobFlow",
+        "elasticmapreduce:AddTags",
+        "iam:PassRole",
+    }
     assert all(is_allowed(POLICY, *req) for req in requests)
     # another project tag, set on both sides (setting fruits_project_tag, parameter ProjectTag)
     other = Stack(BUCKET, account=ACCOUNT, region=REGION, ProjectTag="lab").policy("AirflowPolicy")
@@ -50,9 +53,12 @@ def test_the_job_flow_is_allowed_by_the_policy_as_built():
 
 def test_run_job_flow_with_tags_needs_add_tags():
     """Blocker 1: a policy granting RunJobFlow alone is refused (tag on create is AddTags too)."""
-    without_add_tags = {"Statement": [dict(st, Action="elasticmapreduce:RunJobFlow")
-                                      if st.get("Sid") == "CreateOnlyTaggedClusters" else st
-                                      for st in POLICY["Statement"]]}
+    without_add_tags = {
+        "Statement": [
+            dict(st, Action="elasticmapreduce:RunJobFlow") if st.get("Sid") == "CreateOnlyTaggedClusters" else st
+            for st in POLICY["Statement"]
+        ]
+    }
     assert not allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES}, policy=without_add_tags)
     assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
 
@@ -75,51 +81,86 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
 
 
-@pytest.mark.parametrize("service,op,params,tags", [
-    ("s3", "PutObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/x.parquet"}, TAGS),  # the jobs' output
-    ("s3", "GetObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"}, TAGS),  # never reads photos
-    ("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/run=r1/part-0.parquet"}, TAGS),  # nor features
-    ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/"}, TAGS),
-    ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
-    ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
-    ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
-    ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
-    ("emr", "RunJobFlow", {"Tags": [], **ROLES}, TAGS),  # untagged cluster
-    ("emr", "RunJobFlow", {"Tags": RUN_TAGS[:1], **ROLES}, TAGS),  # not for the EMR managed policies
-    ("emr", "RunJobFlow", {"Tags": RUN_TAGS, "ServiceRole": "AdminRole",
-                           "JobFlowRole": "fruits-emr-ec2-role"}, TAGS),  # PassRole on another role
-    ("emr", "AddTags", {"ResourceId": "j-other", "Tags": [{"Key": "owner", "Value": "x"}]},
-     {"project": "other"}),  # tagging someone else's cluster
-    ("emr", "SetTerminationProtection", {"JobFlowIds": ["j-1"], "TerminationProtected": True}, TAGS),
-    ("sts", "GetCallerIdentity", {}, TAGS),
-])
+@pytest.mark.parametrize(
+    "service,op,params,tags",
+    [
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/x.parquet"}, TAGS),  # the jobs' output
+        ("s3", "GetObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"}, TAGS),  # never reads photos
+        (
+            "s3",
+            "GetObject",
+            {"Bucket": BUCKET, "Key": "features/batch_id=1/run=r1/part-0.parquet"},
+            TAGS,
+        ),  # nor features
+        ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/"}, TAGS),
+        ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
+        ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
+        ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
+        ("emr", "RunJobFlow", {"Tags": [], **ROLES}, TAGS),  # untagged cluster
+        ("emr", "RunJobFlow", {"Tags": RUN_TAGS[:1], **ROLES}, TAGS),  # not for the EMR managed policies
+        (
+            "emr",
+            "RunJobFlow",
+            {"Tags": RUN_TAGS, "ServiceRole": "AdminRole", "JobFlowRole": "fruits-emr-ec2-role"},
+            TAGS,
+        ),  # PassRole on another role
+        (
+            "emr",
+            "AddTags",
+            {"ResourceId": "j-other", "Tags": [{"Key": "owner", "Value": "x"}]},
+            {"project": "other"},
+        ),  # tagging someone else's cluster
+        ("emr", "SetTerminationProtection", {"JobFlowIds": ["j-1"], "TerminationProtected": True}, TAGS),
+        ("sts", "GetCallerIdentity", {}, TAGS),
+    ],
+)
 def test_everything_else_is_denied(service, op, params, tags):
     assert not allowed(service, op, params, tags)
 
 
 def test_the_evaluator_refuses_what_it_does_not_model():
     with pytest.raises(KeyError):
-        is_allowed({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
-                                   "Condition": {"ArnLike": {"aws:SourceArn": "*"}}}]},
-                   "s3:GetObject", "arn:aws:s3:::b/k", {})
+        is_allowed(
+            {
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": "*",
+                        "Condition": {"ArnLike": {"aws:SourceArn": "*"}},
+                    }
+                ]
+            },
+            "s3:GetObject",
+            "arn:aws:s3:::b/k",
+            {},
+        )
 
 
 INSTANCE_POLICY = template_policy("EmrInstancePolicy")
 
 
-@pytest.mark.parametrize("operation,key,allowed_", [
-    ("GetObject", "manifests/batch_id=1.json", True),  # the features job reads exactly its manifest
-    ("GetObject", "raw/batch_id=1/Banana/1.jpg", True),
-    ("PutObject", "features/batch_id=1/_commits/r1.json", True),  # the jobs commit their runs
-    ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and delete old runs
-    ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
-    ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
-    ("PutObject", "logs/emr/j-1/node/i-1/bootstrap-actions/1/stdout.gz", True),
-    # the ONNX export of the weights, kept by content (and its hidden name before the rename)
-    ("PutObject", "models/mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx", True),
-    ("DeleteObject", "models/.0f3c.mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx", True),
-    ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
-])
+@pytest.mark.parametrize(
+    "operation,key,allowed_",
+    [
+        ("GetObject", "manifests/batch_id=1.json", True),  # the features job reads exactly its manifest
+        ("GetObject", "raw/batch_id=1/Banana/1.jpg", True),
+        ("PutObject", "features/batch_id=1/_commits/r1.json", True),  # the jobs commit their runs
+        ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and delete old runs
+        ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
+        ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
+        ("PutObject", "logs/emr/j-1/node/i-1/bootstrap-actions/1/stdout.gz", True),
+        # the ONNX export of the weights, kept by content (and its hidden name before the rename)
+        ("PutObject", "models/mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx", True),
+        (
+            "DeleteObject",
+            "models/.0f3c.mobilenet_v2_ab12_224px_tf2onnx-1.17.0_opset-17_tf-2.19.1_keras-3.10.0.onnx",
+            True,
+        ),
+        ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
+    ],
+)
 def test_the_cluster_reads_and_writes_what_the_jobs_need_and_no_more(operation, key, allowed_):
     (request,) = iam_requests("s3", operation, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
     assert is_allowed(INSTANCE_POLICY, *request) is allowed_
@@ -140,10 +181,12 @@ def test_s3a_probes_of_every_prefix_are_allowed(prefix):
             for op in ("PutObject", "DeleteObject"):
                 (request,) = iam_requests("s3", op, {"Bucket": BUCKET, "Key": key}, lambda _: {}, REGION, ACCOUNT)
                 assert is_allowed(INSTANCE_POLICY, *request), (op, key)
-    (listing,) = iam_requests("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": f"{prefix}/"}, lambda _: {},
-                              REGION, ACCOUNT)
+    (listing,) = iam_requests(
+        "s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": f"{prefix}/"}, lambda _: {}, REGION, ACCOUNT
+    )
     assert is_allowed(INSTANCE_POLICY, *listing)
     # ... and no neighbour: `features2` is not `features`
-    (request,) = iam_requests("s3", "GetObject", {"Bucket": BUCKET, "Key": f"{prefix}2/x"}, lambda _: {},
-                              REGION, ACCOUNT)
+    (request,) = iam_requests(
+        "s3", "GetObject", {"Bucket": BUCKET, "Key": f"{prefix}2/x"}, lambda _: {}, REGION, ACCOUNT
+    )
     assert not is_allowed(INSTANCE_POLICY, *request)

@@ -1,4 +1,5 @@
 """Decoding of every colour mode users send, and a reasoned rejection for every bad-input kind."""
+
 import io
 
 import numpy as np
@@ -17,11 +18,25 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 RED = Image.new("RGB", (100, 100), (200, 20, 30))
 
 
-@pytest.mark.parametrize("mode,fmt", [
-    ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"),
-    ("RGB", "PNG"), ("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("1", "PNG"),
-    ("I;16", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("P", "GIF"), ("RGB", "TIFF"),
-])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("1", "PNG"),
+        ("I;16", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("P", "GIF"),
+        ("RGB", "TIFF"),
+    ],
+)
 def test_every_colour_mode_becomes_rgb_of_the_model_size(mode, fmt):
     arr = decode_image(encode(RED.convert(mode), fmt), 224)
     assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
@@ -55,14 +70,17 @@ def test_exif_orientation_is_applied():
     assert arr[32, 56, 0] > 200 and arr[32, 8, 2] > 200
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"", "empty_file"),
-    (b"just some notes, not a photo\n", "not_an_image"),
-    (encode(RED, "JPEG")[:400], "truncated"),
-    (encode(RED, "PNG")[:60], "truncated"),
-    (encode(RED, "ICO"), "unsupported_format"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", "empty_file"),
+        (b"just some notes, not a photo\n", "not_an_image"),
+        (encode(RED, "JPEG")[:400], "truncated"),
+        (encode(RED, "PNG")[:60], "truncated"),
+        (encode(RED, "ICO"), "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not_an_image"),
+    ],
+)
 def test_bad_inputs_are_rejected_with_a_reason(data, code):
     with pytest.raises(RejectedImage) as exc:
         decode_image(data, 224)

@@ -3,7 +3,6 @@
 The interruption is a test double of the *storage* only: it forwards every call to the real one
 and raises after k uploads, like a worker killed mid-batch; ingest's own logic runs unchanged.
 """
-from airflow_fixtures import BUCKET, make_landing
 
 import hashlib
 import json
@@ -12,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from fruits_jobs import layout
 from fruits.lake.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
 from fruits.lake.storage import LocalStorage, S3Storage
+from fruits_jobs import layout
+
+from airflow_fixtures import BUCKET, make_landing
+
 
 @pytest.fixture(params=["s3", "local"])
 def storage(request, tmp_path):
@@ -105,8 +107,9 @@ def test_next_batch_takes_only_photos_no_published_batch_holds(storage, landing)
     assert (report["files"], report["uploaded"], report["already_held"]) == (0, 0, 12)
     assert report["already_held_by"] == {"2025-01-01": 12}  # the batch that holds them, by name
     assert raw_objects(storage, "2025-01-02") == {}
-    assert {"path": "Training/Banana/1_100.jpg", "reason": "already in batch 2025-01-01"} \
-        in manifest(storage, "2025-01-02")["skipped"]
+    assert {"path": "Training/Banana/1_100.jpg", "reason": "already in batch 2025-01-01"} in manifest(
+        storage, "2025-01-02"
+    )["skipped"]
 
     new = root / "Test" / "Kiwi" / "new_1.jpg"
     new.parent.mkdir(parents=True)
@@ -115,8 +118,9 @@ def test_next_batch_takes_only_photos_no_published_batch_holds(storage, landing)
     report = ingest(root, storage, "2025-01-03")
     assert (report["files"], report["uploaded"], report["skipped"]) == (1, 1, 3)
     assert list(raw_objects(storage, "2025-01-03")) == ["raw/batch_id=2025-01-03/Test/Kiwi/copy_of_new.jpg"]
-    assert {"path": "Test/Kiwi/new_1.jpg", "reason": "same content as Test/Kiwi/copy_of_new.jpg"} \
-        in manifest(storage, "2025-01-03")["skipped"]
+    assert {"path": "Test/Kiwi/new_1.jpg", "reason": "same content as Test/Kiwi/copy_of_new.jpg"} in manifest(
+        storage, "2025-01-03"
+    )["skipped"]
 
 
 def test_interrupted_run_resumes_without_duplicates_or_losses(storage, landing):
@@ -133,20 +137,23 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(storage, landing):
     assert len(objects) == 12
 
 
-@pytest.mark.parametrize("rel,reason", [
-    ("Banana/1.jpg", None),
-    ("Training/Banana/1.jpg", None),
-    ("Training/Banana/notes.txt", None),
-    ("1.jpg", "not inside a class folder"),
-    ("Training/1.jpg", "not inside a class folder"),
-    ("Banana/Thumbs.db", "OS metadata"),
-    ("Banana/desktop.ini", "OS metadata"),
-    ("Banana/_DSC0001.jpg", "Spark's reader skips it"),
-    (".ipynb_checkpoints/Banana/1.jpg", "Spark's reader skips it"),
-    ("Banana/1.jpg._COPYING_", "Spark's reader skips it"),
-    ("Banana/_metadata.jpg", None),  # Spark keeps Parquet's _metadata names: so do we
-    ("Training/_season=2024/1.jpg", None),  # '_' with '=' is a partition folder to Spark, not hidden
-])
+@pytest.mark.parametrize(
+    "rel,reason",
+    [
+        ("Banana/1.jpg", None),
+        ("Training/Banana/1.jpg", None),
+        ("Training/Banana/notes.txt", None),
+        ("1.jpg", "not inside a class folder"),
+        ("Training/1.jpg", "not inside a class folder"),
+        ("Banana/Thumbs.db", "OS metadata"),
+        ("Banana/desktop.ini", "OS metadata"),
+        ("Banana/_DSC0001.jpg", "Spark's reader skips it"),
+        (".ipynb_checkpoints/Banana/1.jpg", "Spark's reader skips it"),
+        ("Banana/1.jpg._COPYING_", "Spark's reader skips it"),
+        ("Banana/_metadata.jpg", None),  # Spark keeps Parquet's _metadata names: so do we
+        ("Training/_season=2024/1.jpg", None),  # '_' with '=' is a partition folder to Spark, not hidden
+    ],
+)
 def test_skip_rules(rel, reason):
     got = skip_reason(Path(rel))
     assert got == reason if reason is None else reason in got
@@ -182,14 +189,19 @@ def test_the_manifest_never_lists_fewer_files_than_the_batch_holds(storage, land
     other.mkdir(parents=True)
     (other / "p.jpg").write_bytes(b"\xff\xd8 another photo")
     report = ingest(tmp_path / "second-folder", storage, "2025-01-01")  # same batch, other folder
-    assert report["files"] == 13 == len(manifest(storage, "2025-01-01")["files"]) == len(raw_objects(storage, "2025-01-01"))
+    assert (
+        report["files"]
+        == 13
+        == len(manifest(storage, "2025-01-01")["files"])
+        == len(raw_objects(storage, "2025-01-01"))
+    )
 
 
 def test_a_file_changed_after_an_interrupted_upload_is_sent_again(storage, landing):
     root, _ = landing
     with pytest.raises(ConnectionError):
         ingest(root, CrashingStorage(storage, uploads=5), "2025-01-01")
-    sent = sorted(raw_objects(storage, "2025-01-01"))[0][len("raw/batch_id=2025-01-01/"):]
+    sent = sorted(raw_objects(storage, "2025-01-01"))[0][len("raw/batch_id=2025-01-01/") :]
     photo = root / sent
     data = bytearray(photo.read_bytes())
     data[-3] ^= 0xFF  # same size, other content

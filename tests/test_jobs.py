@@ -9,17 +9,27 @@ from fruits.config.run import EmrConfig, LocalConfig, RunConfig
 from fruits_jobs import bundle, features, pca
 
 CFG = RunConfig(
-    batch_id="2025-01-02", landing_dir="/landing", backend="emr", pca_k=None, pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5", bucket="fruits-test", root="s3://fruits-test/",
+    batch_id="2025-01-02",
+    landing_dir="/landing",
+    backend="emr",
+    pca_k=None,
+    pca_variance=0.9,
+    weights="s3://fruits-test/models/w.weights.h5",
+    bucket="fruits-test",
+    root="s3://fruits-test/",
     emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
 )
-LOCAL = dataclasses.replace(CFG, backend="local", root="/lake/", emr=None,
-                            local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"))
+LOCAL = dataclasses.replace(
+    CFG,
+    backend="local",
+    root="/lake/",
+    emr=None,
+    local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"),
+)
 PARSERS = {"extract_features": features.parse_args, "reduce_dimensions": pca.parse_args}
 
 
-@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pca_k=12),
-                                 LOCAL])
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, pca_k=12), LOCAL])
 def test_every_job_accepts_the_arguments_the_dag_gives_it(cfg):
     planned = jobs.plan_jobs(cfg, "v1")
     assert [j.name for j in planned] == [d.name for d in jobs.JOBS] == list(PARSERS)
@@ -38,6 +48,17 @@ def test_every_job_runs_a_bundled_entrypoint_with_the_bundled_package():
 
 
 def test_submit_args_put_the_entrypoint_after_the_options_and_before_the_job_args():
-    job = jobs.SparkJob("j", "/code/j.py", ("/code/a.zip", "/code/b.zip"), ("--x", "1"), {"spark.b": "2", "spark.a": "1"}, 60)
-    assert jobs.submit_args(job) == ["--py-files", "/code/a.zip,/code/b.zip", "--conf", "spark.a=1",
-                                     "--conf", "spark.b=2", "/code/j.py", "--x", "1"]
+    job = jobs.SparkJob(
+        "j", "/code/j.py", ("/code/a.zip", "/code/b.zip"), ("--x", "1"), {"spark.b": "2", "spark.a": "1"}, 60
+    )
+    assert jobs.submit_args(job) == [
+        "--py-files",
+        "/code/a.zip,/code/b.zip",
+        "--conf",
+        "spark.a=1",
+        "--conf",
+        "spark.b=2",
+        "/code/j.py",
+        "--x",
+        "1",
+    ]

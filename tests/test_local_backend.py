@@ -1,5 +1,4 @@
 """backend=local: the run's SparkJobs as local spark-submit commands, on the lake folder or on S3."""
-from airflow_fixtures import REPO
 
 import dataclasses
 import signal
@@ -12,14 +11,23 @@ import psutil
 import pytest
 
 from fruits.backends import jobs
-from fruits.lake import folder as lake
 from fruits.backends.local import runner as local_runner
 from fruits.backends.local.backend import LocalBackend
 from fruits.config.run import LocalConfig, RunConfig
+from fruits.lake import folder as lake
+
+from airflow_fixtures import REPO
 
 CFG = RunConfig(
-    batch_id="b1", landing_dir="/landing", backend="local", pca_k=5, pca_variance=0.95, weights="random",
-    bucket="fruits-local", root="/lake/", local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"),
+    batch_id="b1",
+    landing_dir="/landing",
+    backend="local",
+    pca_k=5,
+    pca_variance=0.95,
+    weights="random",
+    bucket="fruits-local",
+    root="/lake/",
+    local=LocalConfig(lake="/lake", storage="lake", spark_master="local[*]"),
 )
 
 
@@ -45,10 +53,23 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
     assert not [a for a in cmd if a.startswith("s3://")]
     assert [a for a in cmd if a == "--conf"] == []  # the executor shape is EMR's alone
     assert cmd[cmd.index("--py-files") + 1] == "/lake/code/v1/fruits_jobs.zip"
-    tail = cmd[cmd.index("/lake/code/v1/extract_features.py") + 1:]
-    assert tail == ["--images", "/lake/raw/batch_id=b1/", "--features", "/lake/features/",
-                    "--rejects", "/lake/rejects/", "--batch-id", "b1", "--weights", "random",
-                    "--model-cache", "/lake/models/", "--manifest", "/lake/manifests/batch_id=b1.json"]
+    tail = cmd[cmd.index("/lake/code/v1/extract_features.py") + 1 :]
+    assert tail == [
+        "--images",
+        "/lake/raw/batch_id=b1/",
+        "--features",
+        "/lake/features/",
+        "--rejects",
+        "/lake/rejects/",
+        "--batch-id",
+        "b1",
+        "--weights",
+        "random",
+        "--model-cache",
+        "/lake/models/",
+        "--manifest",
+        "/lake/manifests/batch_id=b1.json",
+    ]
     pca_cmd = local_runner.command(pca, "spark-submit")
     assert pca_cmd[-6:] == ["--features", "/lake/features/", "--output", "/lake/pca/batch_id=b1/", "--k", "5"]
 
@@ -74,7 +95,7 @@ def test_a_failed_job_stops_the_run(tmp_path, monkeypatch):
     """A failing first job raises and the second never starts (CANCEL_AND_WAIT, locally)."""
     fake = tmp_path / "spark-submit"
     marker = tmp_path / "ran"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 3\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 3\n')
     fake.chmod(0o755)
     monkeypatch.setattr(local_runner, "spark_submit_executable", lambda: str(fake))
     with pytest.raises(local_runner.StepFailed, match="extract_features failed with exit code 3"):
@@ -98,20 +119,24 @@ def test_the_steps_stderr_is_logged_at_each_lines_own_level(tmp_path, caplog):
     import logging
 
     script = tmp_path / "job.sh"
-    script.write_text("#!/bin/sh\n"
-                      "echo '26/12/01 10:00:00 INFO SparkContext: Running Spark version 3.5.7' >&2\n"
-                      "echo '26/12/01 10:00:01 WARN TaskSetManager: Lost task 0.0' >&2\n"
-                      "echo 'progress: 10/20 images (50 %)'\n"  # the Python driver's stderr arrives on stdout
-                      "echo 'WARNING: --weights random: features are NOT ImageNet features'\n"
-                      "echo '/x/y.py:3: UserWarning: careful' >&2\n"
-                      "echo 'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR'\n"
-                      "echo '26/12/01 10:00:02 ERROR Executor: Exception in task 1.0' >&2\n"
-                      "printf '\\tat org.apache.spark.Foo(Foo.java:1)\\n' >&2\n"
-                      "echo '{\"read\": 1}'\n")
+    script.write_text(
+        "#!/bin/sh\n"
+        "echo '26/12/01 10:00:00 INFO SparkContext: Running Spark version 3.5.7' >&2\n"
+        "echo '26/12/01 10:00:01 WARN TaskSetManager: Lost task 0.0' >&2\n"
+        "echo 'progress: 10/20 images (50 %)'\n"  # the Python driver's stderr arrives on stdout
+        "echo 'WARNING: --weights random: features are NOT ImageNet features'\n"
+        "echo '/x/y.py:3: UserWarning: careful' >&2\n"
+        "echo 'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR'\n"
+        "echo '26/12/01 10:00:02 ERROR Executor: Exception in task 1.0' >&2\n"
+        "printf '\\tat org.apache.spark.Foo(Foo.java:1)\\n' >&2\n"
+        "echo '{\"read\": 1}'\n"
+    )
     script.chmod(0o755)
     with caplog.at_level(logging.DEBUG, logger="fruits.backends.local.runner"):
         assert local_runner.run_step("s", [str(script)]) == {"read": 1}
-    levels = {r.getMessage().split("] ", 1)[1]: r.levelname for r in caplog.records if r.getMessage().startswith("[s] ")}
+    levels = {
+        r.getMessage().split("] ", 1)[1]: r.levelname for r in caplog.records if r.getMessage().startswith("[s] ")
+    }
     assert levels == {
         "26/12/01 10:00:00 INFO SparkContext: Running Spark version 3.5.7": "INFO",
         "26/12/01 10:00:01 WARN TaskSetManager: Lost task 0.0": "WARNING",
@@ -128,8 +153,9 @@ def test_the_steps_stderr_is_logged_at_each_lines_own_level(tmp_path, caplog):
 def test_the_jobs_python_workers_are_this_interpreter(tmp_path):
     """PySpark starts its workers with PYSPARK_PYTHON: it must be the venv that has the jobs' pins."""
     script = tmp_path / "job.sh"
-    script.write_text('#!/bin/sh\nprintf \'{"python": "%s", "driver": "%s"}\\n\' "$PYSPARK_PYTHON" '
-                      '"$PYSPARK_DRIVER_PYTHON"\n')
+    script.write_text(
+        '#!/bin/sh\nprintf \'{"python": "%s", "driver": "%s"}\\n\' "$PYSPARK_PYTHON" "$PYSPARK_DRIVER_PYTHON"\n'
+    )
     script.chmod(0o755)
     assert local_runner.run_step("env", [str(script)]) == {"python": sys.executable, "driver": sys.executable}
 
@@ -140,12 +166,22 @@ def test_stopping_the_task_stops_the_whole_job(tmp_path, sig):
     it, or an orphaned spark-submit publishes after its task is gone (it did: 7 s later)."""
     job = tmp_path / "spark-submit"
     # Like spark-submit: a long-lived child (the Python workers), then a publish at the end.
-    job.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child.pid\necho started\n"
-                   f"sleep 4\ntouch {tmp_path}/published\necho '{{}}'\n")
+    job.write_text(
+        f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child.pid\necho started\n"
+        f"sleep 4\ntouch {tmp_path}/published\necho '{{}}'\n"
+    )
     job.chmod(0o755)
-    task = subprocess.Popen([sys.executable, "-c", "import sys; from fruits.backends.local import runner as local_runner; "
-                             f"local_runner.run_step('features', [{str(job)!r}])"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    task = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from fruits.backends.local import runner as local_runner; "
+            f"local_runner.run_step('features', [{str(job)!r}])",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 30
     while not (tmp_path / "child.pid").exists():
         assert time.time() < deadline and task.poll() is None, task.communicate()

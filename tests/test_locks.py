@@ -3,6 +3,7 @@ requirements-dev.lock, the whole closure of requirements-dev.txt, is what `make 
 into the venv; requirements.lock, the closure of requirements.txt alone (no test tools), is what the
 Airflow image installs. Airflow's constraints file stands in for neither: these locks are ours.
 (The Spark jobs' own lock, spark_jobs/requirements.lock, is held by tests/test_emr_parity.py.)"""
+
 import re
 import sysconfig
 from importlib import metadata
@@ -149,7 +150,8 @@ def test_the_venv_is_requirements_dev_lock():
     extra = sorted(set(venv) - set(lock) - NOT_LOCKED)
     assert (differ, missing, extra) == ({}, [], []), (
         f"locked vs installed {differ}; locked, not installed {missing}; installed, not locked {extra}: "
-        "`make install` after a change of the lock, `make lock` after a change of requirements*.txt")
+        "`make install` after a change of the lock, `make lock` after a change of requirements*.txt"
+    )
     assert "fruits-pipeline" in venv
 
 
@@ -157,8 +159,11 @@ def test_the_image_installs_the_runtime_lock_at_the_image_airflow_version():
     text = AIRFLOW_DOCKERFILE.read_text()
     tag = re.search(r"^FROM apache/airflow:(\S+)-python3\.11\b", text, re.M).group(1)
     assert lock_pins(LOCK)["apache-airflow"] == tag, "requirements.lock's apache-airflow is not the image's"
-    assert re.search(r"^RUN pip install [^\n]*\"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements\.lock$",
-                     text, re.M)
+    assert re.search(
+        r"^RUN pip install [^\n]*\"apache-airflow==\$\{AIRFLOW_VERSION\}\" -r /opt/fruits/requirements\.lock$",
+        text,
+        re.M,
+    )
     assert "requirements.txt" not in re.sub(r"#.*", "", text)  # the lock only, not a fresh resolution
 
 

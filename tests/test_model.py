@@ -1,14 +1,22 @@
 """The feature extractor: the cheap model equals the seed's, and every weights source behaves."""
-import numpy as np
-import pytest
 
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from fruits_jobs import model as mobilenet
 from fruits_jobs.images import decode_many
-from fruits_jobs.model import (FEATURE_DIM, WeightsError, build_model, featurize, freeze_model,
-                               load_model, worker_infer_fn)
+from fruits_jobs.model import (
+    FEATURE_DIM,
+    WeightsError,
+    build_model,
+    featurize,
+    freeze_model,
+    load_model,
+    worker_infer_fn,
+)
 
 pytestmark = pytest.mark.model
 
@@ -34,7 +42,7 @@ def test_no_top_avg_pooling_equals_the_seeds_include_top_penultimate_layer():
 def test_random_weights_are_seeded_and_say_so(capsys):
     first = load_model("random", 96).get_weights()
     second = load_model("random", 96).get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert "NOT ImageNet" in capsys.readouterr().err
 
 
@@ -42,7 +50,7 @@ def test_genuine_weights_load_from_a_file(weights_file):
     weights = load_model(str(weights_file), 224).get_weights()
     also = load_model(f"file://{weights_file}", 224).get_weights()
     assert sum(w.size for w in weights) == 2_257_984  # the README's parameter count
-    assert all(np.array_equal(a, b) for a, b in zip(weights, also))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, also, strict=True))
 
 
 def test_imagenet_without_internet_fails_at_once_saying_what_to_pass(monkeypatch, tmp_path):
@@ -132,8 +140,9 @@ def test_the_onnx_engine_gives_the_keras_features_on_real_photos(genuine, sample
     photos = sorted(sample_dir.rglob("*.jpg"))[::40][:40]  # across classes and both splits
     images, errors = decode_many(__import__("pandas").Series([p.read_bytes() for p in photos]), 224)
     assert not any(errors) and len(images) == len(photos)
-    expected = keras_model(keras.applications.mobilenet_v2.preprocess_input(images.astype("float32")),
-                           training=False).numpy()
+    expected = keras_model(
+        keras.applications.mobilenet_v2.preprocess_input(images.astype("float32")), training=False
+    ).numpy()
     got = featurize(worker_infer_fn("onnx-vs-keras", lambda: exported, cores=2), images, batch_size=16)
     assert got.shape == expected.shape and got.dtype == np.float32
     assert mobilenet.cosines(got, expected).min() >= 0.9999
@@ -163,7 +172,8 @@ def test_workers_running_the_onnx_engine_never_import_tensorflow(genuine, tmp_pa
     code = f"""
 import sys, numpy as np
 from fruits_jobs.model import EngineModel, featurize, worker_infer_fn
-m = EngineModel("onnxruntime", open({str(tmp_path / "model.onnx")!r}, "rb").read(), {exported.input_name!r}, {exported.output_name!r})
+graph = open({str(tmp_path / "model.onnx")!r}, "rb").read()
+m = EngineModel("onnxruntime", graph, {exported.input_name!r}, {exported.output_name!r})
 out = featurize(worker_infer_fn("k", lambda: m, cores=1), np.zeros((2, 224, 224, 3), np.uint8), 2)
 assert out.shape == (2, 1280), out.shape
 print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx")))

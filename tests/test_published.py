@@ -1,4 +1,5 @@
 """The Airflow side reads the lake as the jobs publish it: through commits, never through files alone."""
+
 import json
 
 from fruits.lake import published
@@ -24,8 +25,11 @@ def test_a_run_is_processed_only_once_its_commit_exists(tmp_path):
 
 def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_path):
     storage = LocalStorage(tmp_path)
-    for batch_id, run, k in [("b1", "20260101T000000000Z-a", 3), ("b1", "20260301T000000000Z-c", 5),
-                             ("b2", "20260201T000000000Z-b", 4)]:
+    for batch_id, run, k in [
+        ("b1", "20260101T000000000Z-a", 3),
+        ("b1", "20260301T000000000Z-c", 5),
+        ("b2", "20260201T000000000Z-b", 4),
+    ]:
         put(tmp_path, f"pca/batch_id={batch_id}/_commits/{run}.json", json.dumps({"k": k}).encode())
     current = published.current_commit(storage, "pca/", "b1")
     assert current["k"] == 5 and current["commit"].endswith("pca/batch_id=b1/_commits/20260301T000000000Z-c.json")

@@ -1,4 +1,5 @@
 """Step 2 on real local Spark: Spark's PCA agrees with numpy, k by variance, outputs a person reads."""
+
 import json
 from pathlib import Path
 
@@ -16,20 +17,25 @@ def write_features(spark, root, batches):
     """A features dataset as the features job publishes it, from given matrices: per batch, one
     run's folder and its commit."""
     for batch_id, (x, labels) in batches.items():
-        rows = [(f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec])
-                for i, (vec, label) in enumerate(zip(x, labels))]
+        rows = [
+            (f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec])
+            for i, (vec, label) in enumerate(zip(x, labels, strict=True))
+        ]
         folder = layout.batch_folder(str(root), batch_id)
         run_id = commits.new_run_id()
         uri = layout.run_folder(folder, run_id)
-        spark.createDataFrame(rows, "path string, label string, split string, sha256 string, "
-                                    "features array<float>").write.parquet(uri)
+        spark.createDataFrame(
+            rows, "path string, label string, split string, sha256 string, features array<float>"
+        ).write.parquet(uri)
         commits.write_commit(spark, folder, run_id, {"features": uri})
 
 
 def correlated(n, d, seed):
     rng = np.random.default_rng(seed)
     # a few strong directions + noise: a spectrum that decays like real features
-    return (rng.normal(size=(n, 6)) * [9, 5, 3, 2, 1, 0.5]) @ rng.normal(size=(6, d)) + rng.normal(scale=0.3, size=(n, d))
+    return (rng.normal(size=(n, 6)) * [9, 5, 3, 2, 1, 0.5]) @ rng.normal(size=(6, d)) + rng.normal(
+        scale=0.3, size=(n, d)
+    )
 
 
 def run(spark, features, out, *extra):
@@ -45,7 +51,7 @@ def test_explained_variance_and_projection_match_numpy_svd(spark, tmp_path):
     xd = x.astype(np.float64)
     centred = xd - xd.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    ratios = s ** 2 / (s ** 2).sum()
+    ratios = s**2 / (s**2).sum()
     k = int(np.searchsorted(np.cumsum(ratios), 0.9) + 1)
     assert metrics["n_images"] == 60 and metrics["input_dim"] == 24  # both batches by default
     assert metrics["k"] == k
@@ -89,19 +95,23 @@ def test_metrics_and_plots_are_written(spark, tmp_path):
 
 
 def test_only_the_batches_asked_for(spark, tmp_path):
-    write_features(spark, tmp_path / "features", {"b1": (correlated(10, 8, 4), ["x"] * 10),
-                                                 "b2": (correlated(7, 8, 5), ["y"] * 7)})
+    write_features(
+        spark, tmp_path / "features", {"b1": (correlated(10, 8, 4), ["x"] * 10), "b2": (correlated(7, 8, 5), ["y"] * 7)}
+    )
     metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--k", "2", "--batch-id", "b2")
     assert metrics["n_images"] == 7
 
 
-@pytest.mark.parametrize("ratios,kwargs,expected", [
-    ([0.5, 0.3, 0.1, 0.1], {"variance": 0.8}, 2),
-    ([0.5, 0.3, 0.1, 0.1], {"variance": 0.81}, 3),
-    ([0.5, 0.3, 0.1, 0.1], {"variance": 1.0}, 4),
-    ([0.5, 0.3, 0.1, 0.0999999], {"variance": 1.0}, 4),  # float sums just under 1
-    ([0.5, 0.3, 0.1, 0.1], {"k": 1}, 1),
-])
+@pytest.mark.parametrize(
+    "ratios,kwargs,expected",
+    [
+        ([0.5, 0.3, 0.1, 0.1], {"variance": 0.8}, 2),
+        ([0.5, 0.3, 0.1, 0.1], {"variance": 0.81}, 3),
+        ([0.5, 0.3, 0.1, 0.1], {"variance": 1.0}, 4),
+        ([0.5, 0.3, 0.1, 0.0999999], {"variance": 1.0}, 4),  # float sums just under 1
+        ([0.5, 0.3, 0.1, 0.1], {"k": 1}, 1),
+    ],
+)
 def test_choose_k(ratios, kwargs, expected):
     assert pca.choose_k(ratios, **kwargs) == expected
 
@@ -138,15 +148,19 @@ def test_moments_merged_in_any_split_equal_numpy_covariance():
 def strict_json(text):
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("empty folder", "no committed features"),
-    ("identical", "identical"),
-    ("k above rank", "at most 4 principal components"),
-    ("non-finite row", "b1/x/2.jpg does not hold 8 finite numbers"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("empty folder", "no committed features"),
+        ("identical", "identical"),
+        ("k above rank", "at most 4 principal components"),
+        ("non-finite row", "b1/x/2.jpg does not hold 8 finite numbers"),
+    ],
+)
 def test_degenerate_inputs_end_with_a_clear_message(spark, tmp_path, case, needle):
     features = tmp_path / "features"
     args = ["--variance", "0.9"]

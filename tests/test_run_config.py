@@ -1,5 +1,6 @@
 """One RunConfig per run, resolved from the params and the deployment's settings in the first task:
 defaults, weights per backend, the EMR and local sections, and what each run looks up."""
+
 import hashlib
 
 import pytest
@@ -8,6 +9,7 @@ from fruits.config import params
 from fruits.config import run as config
 from fruits.config import settings as settings_module
 from fruits.config.params import InvalidParam
+
 from test_params import form_conf as _conf
 
 
@@ -17,12 +19,25 @@ def _settings(tmp_path, **overrides):
     return s
 
 
-@pytest.mark.parametrize("name,value", [
-    ("backend", "emr-ish"), ("pca_k", True), ("pca_k", -3), ("pca_k", 1281), ("pca_variance", float("nan")),
-    ("pca_variance", "0.9"), ("core_count", 2.5), ("task_spot_count", 99), ("instance_type", "M5 large"),
-    ("batch_id", "../etc"), ("landing_dir", "/no/such/folder"), ("weights", "model.bin"),
-    ("weights", "/no/such/file.weights.h5"), ("surprise", 1),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("backend", "emr-ish"),
+        ("pca_k", True),
+        ("pca_k", -3),
+        ("pca_k", 1281),
+        ("pca_variance", float("nan")),
+        ("pca_variance", "0.9"),
+        ("core_count", 2.5),
+        ("task_spot_count", 99),
+        ("instance_type", "M5 large"),
+        ("batch_id", "../etc"),
+        ("landing_dir", "/no/such/folder"),
+        ("weights", "model.bin"),
+        ("weights", "/no/such/file.weights.h5"),
+        ("surprise", 1),
+    ],
+)
 def test_first_task_names_the_bad_param(tmp_path, name, value):
     with pytest.raises(InvalidParam, match=f"'{name}'"):
         config.resolve(_conf(**{"landing_dir": str(tmp_path), name: value}), _settings(tmp_path), "2025-01-02")
@@ -32,8 +47,11 @@ def test_emr_needs_a_bucket_and_weights_it_can_reach(tmp_path):
     with pytest.raises(InvalidParam, match="fruits_bucket"):
         config.resolve(_conf(landing_dir=str(tmp_path), backend="emr"), _settings(tmp_path), "2025-01-02")
     with pytest.raises(InvalidParam, match="'weights'.*file not found"):
-        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(tmp_path / "w.weights.h5")),
-                       _settings(tmp_path, bucket="b"), "2025-01-02")
+        config.resolve(
+            _conf(landing_dir=str(tmp_path), backend="emr", weights=str(tmp_path / "w.weights.h5")),
+            _settings(tmp_path, bucket="b"),
+            "2025-01-02",
+        )
 
 
 @pytest.mark.parametrize("backend", ["local", "emr"])
@@ -42,8 +60,11 @@ def test_a_weights_file_that_is_not_keras_weights_fails_the_first_task(tmp_path,
     bogus = tmp_path / "w.weights.h5"
     bogus.write_bytes(b"<html>a download page</html>")
     with pytest.raises(InvalidParam, match="'weights'.*not an HDF5 file"):
-        config.resolve(_conf(landing_dir=str(tmp_path), backend=backend, weights=str(bogus)),
-                       _settings(tmp_path, bucket="b"), "2025-01-02")
+        config.resolve(
+            _conf(landing_dir=str(tmp_path), backend=backend, weights=str(bogus)),
+            _settings(tmp_path, bucket="b"),
+            "2025-01-02",
+        )
 
 
 def test_a_local_run_defaults_to_the_shared_weights_like_make_run(tmp_path, monkeypatch):
@@ -63,28 +84,50 @@ def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
     (stage_code uploads it), and the job reads it there."""
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\n and the rest")
-    cfg = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(weights)),
-                         _settings(tmp_path, bucket="b"), "2025-01-02")
+    cfg = config.resolve(
+        _conf(landing_dir=str(tmp_path), backend="emr", weights=str(weights)),
+        _settings(tmp_path, bucket="b"),
+        "2025-01-02",
+    )
     assert cfg.weights == f"s3://b/models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
     assert cfg.emr.weights_file == str(weights)
     local = config.resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
     assert (local.weights, local.emr) == (str(weights), None)  # a local run reads it where it is
     exported = tmp_path / "mobilenet.onnx"  # an ONNX export the job made keeps its kind when staged
     exported.write_bytes(b"onnx bytes")
-    cfg = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights=str(exported)),
-                         _settings(tmp_path, bucket="b"), "2025-01-02")
+    cfg = config.resolve(
+        _conf(landing_dir=str(tmp_path), backend="emr", weights=str(exported)),
+        _settings(tmp_path, bucket="b"),
+        "2025-01-02",
+    )
     assert cfg.weights == f"s3://b/models/{hashlib.sha256(b'onnx bytes').hexdigest()}.onnx"
 
 
-@pytest.mark.parametrize("itype", ["m7g.2xlarge", "c6gn.4xlarge", "r8g.xlarge", "t4g.large", "im4gn.xlarge",
-                                   "x2gd.xlarge", "m6gd.2xlarge", "is4gen.xlarge", "g5g.xlarge", "a1.xlarge"])
+@pytest.mark.parametrize(
+    "itype",
+    [
+        "m7g.2xlarge",
+        "c6gn.4xlarge",
+        "r8g.xlarge",
+        "t4g.large",
+        "im4gn.xlarge",
+        "x2gd.xlarge",
+        "m6gd.2xlarge",
+        "is4gen.xlarge",
+        "g5g.xlarge",
+        "a1.xlarge",
+    ],
+)
 def test_graviton_types_are_refused_with_an_x86_suggestion(tmp_path, itype):
     """Blocker 5: tensorflow-cpu has no aarch64 wheel, so an arm64 node would fail its bootstrap."""
     with pytest.raises(InvalidParam, match=r"'instance_type'.*Graviton.*x86_64.*m5\.2xlarge"):
         params.validate(_conf(instance_type=itype))
     with pytest.raises(InvalidParam, match=r"'fruits_primary_instance_type'.*Graviton.*x86_64"):
-        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
-                       _settings(tmp_path, bucket="b", primary_instance_type=itype), "2025-01-02")
+        config.resolve(
+            _conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
+            _settings(tmp_path, bucket="b", primary_instance_type=itype),
+            "2025-01-02",
+        )
 
 
 def test_defaults_resolve_from_settings_and_run_date(tmp_path):
@@ -92,9 +135,16 @@ def test_defaults_resolve_from_settings_and_run_date(tmp_path):
 
     cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
     assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == (
-        "2025-01-02", "local", shared_weights() or "imagenet", str(tmp_path))
-    emr = config.resolve(_conf(backend="emr", batch_id="b1", pca_k=7),
-                         _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
+        "2025-01-02",
+        "local",
+        shared_weights() or "imagenet",
+        str(tmp_path),
+    )
+    emr = config.resolve(
+        _conf(backend="emr", batch_id="b1", pca_k=7),
+        _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"),
+        "2025-01-02",
+    )
     assert emr.weights == "s3://fruits-prod/models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
     assert (emr.batch_id, emr.pca_k) == ("b1", 7)
     assert config.RunConfig.from_dict(emr.to_dict()) == emr
@@ -109,8 +159,10 @@ def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
     config.resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
     assert set(looked_up) == {"local_storage", "local_lake", "spark_master"} <= settings_module.ENV_ONLY
     looked_up.clear()
-    emr = config.resolve(_conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
-                         config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name]),
-                         "2025-01-02")
+    emr = config.resolve(
+        _conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
+        config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name]),
+        "2025-01-02",
+    )
     assert "bucket" in looked_up and "subnet_id" in looked_up and "landing_dir" not in looked_up
     assert emr.emr.service_role == config.DEFAULTS["emr_service_role"]

@@ -11,6 +11,7 @@ Screenshots of every step, the Airflow components' logs and the task logs land i
 
 Skips, with the reason, when chromium / chromium-driver / selenium are missing.
 """
+
 import json
 import os
 import re
@@ -63,13 +64,17 @@ def stack(tmp_path, artifacts):
 
     # Not `airflow standalone`: it misses a dead component (fail_fast checks each) and its stop may hang.
     lake = tmp_path / "lake"
-    stack = AirflowStack(tmp_path / "airflow_home", artifacts / "airflow", extra_env={
-        "FRUITS_LOCAL_LAKE": str(lake),
-        # The form's default backend is then emr: the test must pick `local` itself, as a person would.
-        "FRUITS_BACKEND": "emr",
-        # Where a run with an empty landing_dir would look: empty, never the developer's ./data.
-        "FRUITS_LANDING_DIR": str(tmp_path / "no-landing"),
-    })
+    stack = AirflowStack(
+        tmp_path / "airflow_home",
+        artifacts / "airflow",
+        extra_env={
+            "FRUITS_LOCAL_LAKE": str(lake),
+            # The form's default backend is then emr: the test must pick `local` itself, as a person would.
+            "FRUITS_BACKEND": "emr",
+            # Where a run with an empty landing_dir would look: empty, never the developer's ./data.
+            "FRUITS_LANDING_DIR": str(tmp_path / "no-landing"),
+        },
+    )
     (tmp_path / "no-landing").mkdir()
     try:
         stack.start()
@@ -107,8 +112,12 @@ def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
     ui.login(stack.username, stack.password)
     ui.open_dag(DAG_ID)
     run_id = ui.trigger_with_params(
-        text_params={"batch_id": batch_id, "landing_dir": str(landing),
-                     "pca_variance": str(PCA_VARIANCE), "weights": "random"},
+        text_params={
+            "batch_id": batch_id,
+            "landing_dir": str(landing),
+            "pca_variance": str(PCA_VARIANCE),
+            "weights": "random",
+        },
         select_params={"backend": "local"},
     )
 
@@ -122,22 +131,30 @@ def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
     token = stack.token()
     run = stack.api(f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}", token)
     assert run["run_type"] == "manual"
-    for key, value in {"batch_id": batch_id, "landing_dir": str(landing), "backend": "local",
-                       "weights": "random", "pca_variance": PCA_VARIANCE, "pca_k": None}.items():
+    for key, value in {
+        "batch_id": batch_id,
+        "landing_dir": str(landing),
+        "backend": "local",
+        "weights": "random",
+        "pca_variance": PCA_VARIANCE,
+        "pca_k": None,
+    }.items():
         assert run["conf"].get(key) == value, f"conf[{key!r}] = {run['conf'].get(key)!r}, expected {value!r}"
 
     def fail_fast():
         """The components are alive, and no task failed: the DAG retries after minutes, the test won't wait."""
         stack.check_alive()
-        bad = {t: s for t, s in stack.task_states(DAG_ID, run_id, token).items()
-               if s in ("failed", "up_for_retry", "upstream_failed")}
+        bad = {
+            t: s
+            for t, s in stack.task_states(DAG_ID, run_id, token).items()
+            if s in ("failed", "up_for_retry", "upstream_failed")
+        }
         if bad:
             browser.shot("task-failed")
             pytest.fail(f"run {run_id}: tasks {bad}; their logs:\n" + stack.task_log_tails(DAG_ID, run_id, set(bad)))
 
     state = ui.wait_run_finished(RUN_TIMEOUT_S, on_poll=fail_fast)
-    assert state == "Success", (f"run {run_id} ended {state}; task logs:\n"
-                                + stack.task_log_tails(DAG_ID, run_id))
+    assert state == "Success", f"run {run_id} ended {state}; task logs:\n" + stack.task_log_tails(DAG_ID, run_id)
 
     # The summary, where a person finds it: publish_summary's log, then its XCom.
     ui.open_task(run_id, "publish_summary")
@@ -153,14 +170,26 @@ def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
 
     ui.xcom_text(["images", "pca", "locations"])
     # The same numbers behind the UI's XCom view.
-    xcom_pca = stack.api(f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/publish_summary/xcomEntries/pca",
-                         token)["value"]
+    xcom_pca = stack.api(
+        f"dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/publish_summary/xcomEntries/pca", token
+    )["value"]
     xcom_pca = json.loads(xcom_pca) if isinstance(xcom_pca, str) else xcom_pca
     assert xcom_pca["k"] == k
     assert abs(xcom_pca["total_explained_variance"] - variance) < 1e-3
 
     elapsed = time.monotonic() - t0
-    (ARTIFACTS / "summary.json").write_text(json.dumps({
-        "run_id": run_id, "batch_id": batch_id, "read": read, "featurized": featurized,
-        "rejected": rejected, "k": k, "explained_variance": variance, "test_seconds": round(elapsed, 1),
-    }, indent=1))
+    (ARTIFACTS / "summary.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "batch_id": batch_id,
+                "read": read,
+                "featurized": featurized,
+                "rejected": rejected,
+                "k": k,
+                "explained_variance": variance,
+                "test_seconds": round(elapsed, 1),
+            },
+            indent=1,
+        )
+    )

@@ -1,5 +1,6 @@
 """The bodies of the DAG's tasks that every backend shares: each takes the run's config (a dict in
 XCom, a RunConfig here) and returns JSON. What differs by backend goes through its Backend object."""
+
 import dataclasses
 import json
 import logging
@@ -46,9 +47,14 @@ def has_work(cfg: RunConfig, report: dict) -> bool:
     """False (and the rest of the run is skipped, no cluster) when there is nothing to process."""
     if report["files"] == 0:
         held = ", ".join(f"{n} in {b}" for b, n in sorted(report["already_held_by"].items())) or "none"
-        log.warning("No new photos for batch %s in %s (already in published batches: %s; %d skipped, "
-                    "reasons in the manifest): nothing to process, no cluster started.", cfg.batch_id,
-                    cfg.landing_dir, held, report["skipped"])
+        log.warning(
+            "No new photos for batch %s in %s (already in published batches: %s; %d skipped, "
+            "reasons in the manifest): nothing to process, no cluster started.",
+            cfg.batch_id,
+            cfg.landing_dir,
+            held,
+            report["skipped"],
+        )
         return False
     if report["uploaded"] == 0 and published.is_processed(storage_for(cfg), cfg.batch_id):
         log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
@@ -73,8 +79,10 @@ def stage_code(cfg: RunConfig) -> str:
 def plan(cfg: RunConfig, version: str, run_id: str) -> dict:
     """The run's Spark jobs, once, and the backend's rendering of them (on EMR: the cluster and its steps)."""
     spark_jobs = jobs.plan_jobs(cfg, version)
-    return {"jobs": [job.to_dict() for job in spark_jobs],
-            **backend_named(cfg.backend).render(cfg, spark_jobs, version, run_id)}
+    return {
+        "jobs": [job.to_dict() for job in spark_jobs],
+        **backend_named(cfg.backend).render(cfg, spark_jobs, version, run_id),
+    }
 
 
 @from_xcom
@@ -89,10 +97,21 @@ def publish_summary(cfg: RunConfig, backend_result) -> dict:
     report = backend.run_report(cfg, backend_result, processed)
     summary.add_run_report(storage, result["locations"]["metrics"], report)
     result["run_report"] = report
-    log.info("batch %s: %s read, %s featurized, %s rejected %s", cfg.batch_id, images["read"],
-             images["featurized"], images["rejected"], images["rejects_by_reason"])
-    log.info("PCA on %s images: k=%s of %s dims, explained variance %.3f", pca["n_images"], pca["k"],
-             pca["input_dim"], pca["total_explained_variance"])
+    log.info(
+        "batch %s: %s read, %s featurized, %s rejected %s",
+        cfg.batch_id,
+        images["read"],
+        images["featurized"],
+        images["rejected"],
+        images["rejects_by_reason"],
+    )
+    log.info(
+        "PCA on %s images: k=%s of %s dims, explained variance %.3f",
+        pca["n_images"],
+        pca["k"],
+        pca["input_dim"],
+        pca["total_explained_variance"],
+    )
     log.info("run:\n%s", format_report(report, backend.report_lines(report)))
     log.info("outputs:\n%s", summary.format_locations(result["locations"]))
     return result

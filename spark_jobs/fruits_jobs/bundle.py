@@ -3,12 +3,13 @@
 Used by the entrypoints (to ship this package when run straight from the source tree) and by
 the DAG's "stage code" task (to upload a versioned copy). Standard library only.
 """
+
 import hashlib
 import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional
+from typing import NamedTuple
 
 from fruits_jobs.contract import FEATURES_ENTRYPOINT, PCA_ENTRYPOINT, PY_FILES_ZIP
 
@@ -38,14 +39,16 @@ def spark_jobs_dir() -> Path:
     """spark_jobs/ of repo_dir(): what a bundle copies besides this package (bootstrap, requirements, lock)."""
     folder = repo_dir() / "spark_jobs"
     if not (folder / BOOTSTRAP).is_file():
-        raise FileNotFoundError(f"no spark_jobs/{BOOTSTRAP} under {folder.parent}: set FRUITS_REPO to the checkout "
-                                "(or deployment folder) that holds spark_jobs/")
+        raise FileNotFoundError(
+            f"no spark_jobs/{BOOTSTRAP} under {folder.parent}: set FRUITS_REPO to the checkout "
+            "(or deployment folder) that holds spark_jobs/"
+        )
     return folder
 
 
 class Bundle(NamedTuple):
     version: str  # content hash of everything shipped: a new prefix only when the code changes
-    files: Dict[str, Path]  # name relative to the code prefix -> local file
+    files: dict[str, Path]  # name relative to the code prefix -> local file
 
 
 def _package_sources(package_dir: Path = PACKAGE_DIR):
@@ -65,7 +68,7 @@ def build_zip(dest: Path, package_dir: Path = PACKAGE_DIR) -> Path:
     return dest
 
 
-def build_bundle(out_dir: Path, jobs_dir: Optional[Path] = None) -> Bundle:
+def build_bundle(out_dir: Path, jobs_dir: Path | None = None) -> Bundle:
     """Copy entrypoints, bootstrap and requirements to out_dir, build the zip, hash it all."""
     jobs_dir = jobs_dir or spark_jobs_dir()
     out_dir = Path(out_dir)

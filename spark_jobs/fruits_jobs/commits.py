@@ -15,21 +15,22 @@ committed runs before the previous one (kept, so a reader that resolved it just 
 Readers go through `current_uris` / `read_current` (or the commit JSON), never through a bare
 listing of the dataset folder, which also holds runs that are not (or no longer) current.
 """
+
 import json
 import uuid
-from datetime import datetime, timezone
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from fruits_jobs import hadoop_fs, layout
 
 
-def new_run_id(now: Optional[datetime] = None) -> str:
+def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time (to the millisecond), unique by its random tail."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
 
 
-def commit_file(folder_uri: str, run_id: str, record: dict) -> Tuple[str, bytes]:
+def commit_file(folder_uri: str, run_id: str, record: dict) -> tuple[str, bytes]:
     """The commit of a run: where it goes and what it holds (the record, and the run id). Pure: the
     one definition of a commit's bytes, for write_commit and for anything that must write one."""
     text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
@@ -43,21 +44,21 @@ def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
     return final
 
 
-def committed_runs(spark, folder_uri: str) -> List[str]:
+def committed_runs(spark, folder_uri: str) -> list[str]:
     """The run ids with a commit in this folder, oldest first."""
     return layout.committed_runs(hadoop_fs.list_names(spark, layout.commits_folder(folder_uri)))
 
 
-def current(spark, folder_uri: str) -> Optional[dict]:
+def current(spark, folder_uri: str) -> dict | None:
     """The newest commit of this folder, or None when no run of it ever committed."""
     runs = committed_runs(spark, folder_uri)
     return json.loads(hadoop_fs.read_text(spark, layout.commit_path(folder_uri, runs[-1]))) if runs else None
 
 
-def current_by_batch(spark, dataset_uri: str, batch_ids: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
     """{batch id: its current commit} for the batches of a dataset that have one."""
     prefix = layout.partition("")
-    batches = [n[len(prefix):] for n in hadoop_fs.list_names(spark, dataset_uri) if n.startswith(prefix)]
+    batches = [n[len(prefix) :] for n in hadoop_fs.list_names(spark, dataset_uri) if n.startswith(prefix)]
     wanted = set(batch_ids) if batch_ids else None
     found = {}
     for batch_id in sorted(batches):
@@ -68,18 +69,17 @@ def current_by_batch(spark, dataset_uri: str, batch_ids: Optional[Iterable[str]]
     return found
 
 
-def read_current(spark, dataset_uri: str, output: str, batch_ids: Optional[Iterable[str]] = None):
+def read_current(spark, dataset_uri: str, output: str, batch_ids: Iterable[str] | None = None):
     """The current rows of `output` ("features" or "rejects", as named in the features job's
     commits under dataset_uri) for every batch, or those asked for; None when there are none."""
-    uris = [record[output] for record in current_by_batch(spark, dataset_uri, batch_ids).values()
-            if record.get(output)]
+    uris = [record[output] for record in current_by_batch(spark, dataset_uri, batch_ids).values() if record.get(output)]
     if not uris:
         return None
     base = uris[0].rsplit("/", 2)[0]  # <dataset>: batch_id and run come back as columns
     return spark.read.option("basePath", base).parquet(*uris)
 
 
-def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run_id: str) -> List[str]:
+def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run_id: str) -> list[str]:
     """After run_id committed in commit_folder: delete, in each data folder (the commit folder's
     own outputs and any others the commit names, e.g. the rejects' batch folder), the runs older
     than it that are neither current nor the previous current (killed runs, old versions), and
@@ -93,13 +93,13 @@ def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run
     prefix = f"{layout.RUN_PARTITION}="
     for folder in data_folders:
         for name in hadoop_fs.list_names(spark, folder):
-            if name.startswith(prefix) and name[len(prefix):] < run_id and name[len(prefix):] not in keep:
+            if name.startswith(prefix) and name[len(prefix) :] < run_id and name[len(prefix) :] not in keep:
                 hadoop_fs.delete(spark, f"{folder.rstrip('/')}/{name}")
                 deleted.append(f"{folder.rstrip('/')}/{name}")
     return deleted
 
 
-def clean_older_children(spark, parent_uri: str, run_id: str) -> List[str]:
+def clean_older_children(spark, parent_uri: str, run_id: str) -> list[str]:
     """Delete the children of parent_uri named by a run id older than run_id (e.g. staging folders
     of killed runs)."""
     gone = [f"{parent_uri.rstrip('/')}/{name}" for name in hadoop_fs.list_names(spark, parent_uri) if name < run_id]

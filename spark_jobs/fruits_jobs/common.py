@@ -1,4 +1,5 @@
 """What both jobs share: the Spark session, shipping this package, the closing JSON line."""
+
 import json
 import os
 import sys

@@ -5,8 +5,9 @@ Standard library only: the DAG imports this when it is parsed, and the jobs carr
 names, the batch-id rule, the names nobody reads (hidden/OS junk) and why, the label rule, every
 reject reason, the weights' kinds and the entrypoints. The lake's path grammar is layout.py.
 """
+
 import re
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 # ---- Photos: folders and labels ---------------------------------------------------------------
 
@@ -15,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 SPLITS = ("Training", "Test")
 
 
-def label_and_split(parts: Sequence[str]) -> Optional[Tuple[str, Optional[str]]]:
+def label_and_split(parts: Sequence[str]) -> tuple[str, str | None] | None:
     """(label, split) of a photo from its path parts relative to the batch root, or None.
 
     The label is the parent folder, which must be a class folder (not the root, not a split
@@ -46,12 +47,11 @@ def spark_skips_name(name: str) -> bool:
     '_' unless they contain '=' (partition folders), half-copied '*._COPYING_' files; Parquet's
     '_metadata'/'_common_metadata' are kept.
     """
-    exclude = ((name.startswith("_") and "=" not in name) or name.startswith(".")
-               or name.endswith("._COPYING_"))
+    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
     return exclude and not name.startswith(("_common_metadata", "_metadata"))
 
 
-def unreadable_name_reason(name: str) -> Optional[str]:
+def unreadable_name_reason(name: str) -> str | None:
     """Why a file or folder name is never read as a photo (OS junk, or hidden from Spark); else None."""
     if name.lower() in OS_JUNK:
         return OS_JUNK[name.lower()]
@@ -66,12 +66,13 @@ def unreadable_name_reason(name: str) -> Optional[str]:
 
 # Used verbatim as an S3 key part and a partition value: no '/', and no leading '.'/'_' (hidden).
 BATCH_ID_MAX_LEN = 64
-_BATCH_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (BATCH_ID_MAX_LEN - 1)
+_BATCH_ID_BODY = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{BATCH_ID_MAX_LEN - 1}}}"
 # For the trigger form's JSON schema (ECMA-262, where '$' is the end of input). Python's '$' also
 # matches before a trailing newline, so Python checks with is_valid_batch_id (fullmatch).
 BATCH_ID_SCHEMA_PATTERN = f"^{_BATCH_ID_BODY}$"
-BATCH_ID_RULE = (f"letters, digits, '.', '_' or '-', starting with a letter or digit, "
-                 f"at most {BATCH_ID_MAX_LEN} characters")
+BATCH_ID_RULE = (
+    f"letters, digits, '.', '_' or '-', starting with a letter or digit, at most {BATCH_ID_MAX_LEN} characters"
+)
 _BATCH_ID_RE = re.compile(_BATCH_ID_BODY)
 
 
@@ -102,6 +103,7 @@ def reject_reason(code: str) -> str:
     if code not in REJECT_REASONS:
         raise KeyError(f"unknown reject reason {code!r}; known: {sorted(REJECT_REASONS)}")
     return code
+
 
 # ---- Features --------------------------------------------------------------------------------
 

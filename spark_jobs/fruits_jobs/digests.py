@@ -1,10 +1,10 @@
 """Content digests of local files (standard library only): the one helper the jobs and the Airflow
 side both use to name things by content."""
+
 import hashlib
-from typing import Tuple
 
 
-def file_digests(path, *algorithms: str) -> Tuple[str, ...]:
+def file_digests(path, *algorithms: str) -> tuple[str, ...]:
     """Hex digests of a file's content, one per hashlib algorithm, in one read of the file."""
     digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
     with open(path, "rb") as f:

@@ -7,6 +7,7 @@ this run's outputs as one unit. The staging write is the only pass that runs the
 killed before its commit leaves the batch's current version as it was, and the next run deletes
 its leftovers.
 """
+
 import argparse
 import importlib
 import json
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -43,19 +44,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="features dataset root (Parquet, partitioned by batch_id)")
     p.add_argument("--rejects", required=True, help="rejects dataset root (Parquet, partitioned by batch_id)")
     p.add_argument("--batch-id", required=True, help="the batch's id: its partition in both datasets")
-    p.add_argument("--weights", required=True, help="imagenet | a .weights.h5 file | an .onnx model exported by "
-                   "this job (local path or s3:// URI) | random (tests only)")
-    p.add_argument("--engine", choices=mobilenet.ENGINES, default="onnxruntime",
-                   help="what runs the model in the workers (default onnxruntime; tensorflow: the frozen graph)")
-    p.add_argument("--model-cache", help="folder (e.g. s3://bucket/models/) keeping the ONNX export of a weights "
-                   "file, by content: later runs with the same weights skip the export")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="imagenet | a .weights.h5 file | an .onnx model exported by "
+        "this job (local path or s3:// URI) | random (tests only)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=mobilenet.ENGINES,
+        default="onnxruntime",
+        help="what runs the model in the workers (default onnxruntime; tensorflow: the frozen graph)",
+    )
+    p.add_argument(
+        "--model-cache",
+        help="folder (e.g. s3://bucket/models/) keeping the ONNX export of a weights "
+        "file, by content: later runs with the same weights skip the export",
+    )
     p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
-    p.add_argument("--batch-size", type=int, help="images per model call (default: the engine's, "
-                   f"{mobilenet.DEFAULT_BATCH_SIZE})")
+    p.add_argument(
+        "--batch-size", type=int, help=f"images per model call (default: the engine's, {mobilenet.DEFAULT_BATCH_SIZE})"
+    )
     p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    p.add_argument("--manifest", help="the batch's ingest manifest (JSON): read exactly the files it lists, "
-                   "relative to --images; without it, every file under --images")
+    p.add_argument(
+        "--manifest",
+        help="the batch's ingest manifest (JSON): read exactly the files it lists, "
+        "relative to --images; without it, every file under --images",
+    )
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or mobilenet.DEFAULT_BATCH_SIZE[args.engine]
     check_batch_id(args.batch_id)
@@ -112,8 +128,9 @@ def path_columns(root_uri: str):
     parts = F.split(rel, "/")
     depth = F.size(parts)
     label = F.when((depth >= 2) & ~F.element_at(parts, -2).isin(*contract.SPLITS), F.element_at(parts, -2))
-    split = F.when(label.isNotNull() & (depth >= 3) & F.element_at(parts, -3).isin(*contract.SPLITS),
-                   F.element_at(parts, -3))
+    split = F.when(
+        label.isNotNull() & (depth >= 3) & F.element_at(parts, -3).isin(*contract.SPLITS), F.element_at(parts, -3)
+    )
     return label.alias("label"), split.cast("string").alias("split")
 
 
@@ -122,7 +139,7 @@ def task_count(files: int, cores: int) -> int:
     return max(cores, math.ceil(files / IMAGES_PER_TASK))
 
 
-def manifest_paths(spark, manifest_uri: str, root_uri: str) -> List[str]:
+def manifest_paths(spark, manifest_uri: str, root_uri: str) -> list[str]:
     """The batch's files as binaryFile's `path` values: <root>/<path relative to the landing folder>."""
     manifest = json.loads(hadoop_fs.read_text(spark, manifest_uri))
     return [f"{root_uri.rstrip('/')}/{entry['path']}" for entry in manifest["files"]]
@@ -133,7 +150,6 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
     progress to progress_uri while it runs. Returns what was found under the root but is not the
     batch's (not in its manifest)."""
     from pyspark.sql import functions as F
-
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
@@ -148,9 +164,12 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
         found = set(listed) | set(skipped)
         listed = [p for p in listed if p in wanted]
         skipped = [p for p in skipped if p in wanted]
-        files = files.join(F.broadcast(spark.createDataFrame([(p,) for p in expected], "path string")),
-                           "path", "left_semi")
-    reporter = progress.Reporter(spark, len(listed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text))
+        files = files.join(
+            F.broadcast(spark.createDataFrame([(p,) for p in expected], "path string")), "path", "left_semi"
+        )
+    reporter = progress.Reporter(
+        spark, len(listed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
+    )
     featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder)
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
@@ -159,45 +178,75 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
     # into the reader, so oversized files are never loaded.
     unlabeled = F.col("label").isNull()
     no_class = contract.reject_reason("no_class_folder")
-    decoded = (files.where(F.col("length") <= args.max_file_bytes)
-               .select("path", label, split, F.sha2("content", 256).alias("sha256"),
-                       featurize_udf("content").alias("r"))
-               .select("path", "label", "split", "sha256",
-                       F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
-                       F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
-                       F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class]))
-                       .otherwise(F.col("r.detail")).alias("detail")))
+    decoded = (
+        files.where(F.col("length") <= args.max_file_bytes)
+        .select("path", label, split, F.sha2("content", 256).alias("sha256"), featurize_udf("content").alias("r"))
+        .select(
+            "path",
+            "label",
+            "split",
+            "sha256",
+            F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
+            F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
+            F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class])).otherwise(F.col("r.detail")).alias("detail"),
+        )
+    )
 
     def rejected(df, code: str, detail):
         """Files rejected before decoding, in the same columns as `decoded`."""
-        return df.select("path", label, split, F.lit(None).cast("string").alias("sha256"),
-                         F.lit(None).cast("array<float>").alias("features"),
-                         F.lit(contract.reject_reason(code)).alias("reason"), detail.alias("detail"))
+        return df.select(
+            "path",
+            label,
+            split,
+            F.lit(None).cast("string").alias("sha256"),
+            F.lit(None).cast("array<float>").alias("features"),
+            F.lit(contract.reject_reason(code)).alias("reason"),
+            detail.alias("detail"),
+        )
 
-    too_large = rejected(files.where(F.col("length") > args.max_file_bytes), "file_too_large",
-                         F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")))
-    hidden = rejected(spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file",
-                      F.lit(contract.HIDDEN_REASON))
+    too_large = rejected(
+        files.where(F.col("length") > args.max_file_bytes),
+        "file_too_large",
+        F.concat(F.col("length").cast("string"), F.lit(f" bytes > {args.max_file_bytes}")),
+    )
+    hidden = rejected(
+        spark.createDataFrame([(p,) for p in skipped], "path string"), "hidden_file", F.lit(contract.HIDDEN_REASON)
+    )
     # The cheap branches first: their tasks then run while the Python workers start, not after.
     spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
     with reporter:
-        (hidden.unionByName(too_large).unionByName(decoded)
-         .withColumn("batch_id", F.lit(args.batch_id))
-         .write.mode("overwrite").parquet(staging_uri))
+        (
+            hidden.unionByName(too_large)
+            .unionByName(decoded)
+            .withColumn("batch_id", F.lit(args.batch_id))
+            .write.mode("overwrite")
+            .parquet(staging_uri)
+        )
     spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     # Spark's scan drops the 0-byte files its index listed: they are the listed files with no
     # outcome yet. Found from the staged paths, not by another scan of the images (on S3 every
     # scanned file costs a request, even unread).
-    empty = rejected(spark.createDataFrame([(p,) for p in listed], "path string")
-                     .join(spark.read.parquet(staging_uri).select("path"), "path", "left_anti"),
-                     "empty_file", F.lit("0 bytes"))
+    empty = rejected(
+        spark.createDataFrame([(p,) for p in listed], "path string").join(
+            spark.read.parquet(staging_uri).select("path"), "path", "left_anti"
+        ),
+        "empty_file",
+        F.lit("0 bytes"),
+    )
     empty.withColumn("batch_id", F.lit(args.batch_id)).write.mode("append").parquet(staging_uri)
     if expected is not None:
         missing = [p for p in expected if p not in found]
         if missing:
-            (rejected(spark.createDataFrame([(p,) for p in missing], "path string"), "not_found",
-                      F.lit("listed in the batch manifest, not in storage"))
-             .withColumn("batch_id", F.lit(args.batch_id)).write.mode("append").parquet(staging_uri))
+            (
+                rejected(
+                    spark.createDataFrame([(p,) for p in missing], "path string"),
+                    "not_found",
+                    F.lit("listed in the batch manifest, not in storage"),
+                )
+                .withColumn("batch_id", F.lit(args.batch_id))
+                .write.mode("append")
+                .parquet(staging_uri)
+            )
         return {"not_in_manifest": len(outside), "not_in_manifest_examples": outside[:5]}
     return {}
 
@@ -211,13 +260,13 @@ def uri_to_spark_path(uri: str) -> str:
     return f"file:{path}" if parts.scheme == "file" else f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def listed_files(files_df) -> List[str]:
+def listed_files(files_df) -> list[str]:
     """Every file Spark's index listed (its scan later drops the empty ones), as `path` values."""
     # inputFiles() crosses py4j once per file: ~1 s per 10k files, fine for a daily batch.
     return [uri_to_spark_path(u) for u in files_df.inputFiles()]
 
 
-def write_run(df, uri: str, rows: int) -> Optional[str]:
+def write_run(df, uri: str, rows: int) -> str | None:
     """One output of this run, in its own folder; None when there is nothing to write."""
     if rows == 0:
         return None
@@ -227,6 +276,7 @@ def write_run(df, uri: str, rows: int) -> Optional[str]:
 
 def _importer(modules):
     """A mapInPandas function that imports modules in the Python worker running it."""
+
     def import_modules(batches):
         for name in modules:
             importlib.import_module(name)
@@ -259,6 +309,7 @@ def driver_model(spark, args) -> mobilenet.EngineModel:
     weights file's ONNX export from --model-cache when one was made with the same weights, size
     and exporter (no TensorFlow on this side then); else loaded in Keras and exported (ONNX:
     checked against Keras on a probe batch, then kept in --model-cache) or frozen (tensorflow)."""
+
     def fetch(uri, local):
         hadoop_fs.copy_to_local(spark, uri, local)
 
@@ -303,20 +354,25 @@ def run(spark, args) -> dict:
     warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
-    ignored = stage_outcomes(spark, args, root_uri, staging_uri, model_bc,
-                             f"{features_uri}/{layout.progress_name(args.batch_id)}")
+    ignored = stage_outcomes(
+        spark, args, root_uri, staging_uri, model_bc, f"{features_uri}/{layout.progress_name(args.batch_id)}"
+    )
     staged = spark.read.parquet(staging_uri)
     by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
     featurized = by_reason.pop(None, 0)
     rejected = sum(by_reason.values())
     # This run's folders: nobody reads them until the commit below names them.
     outputs = {
-        "features": write_run(staged.where(F.col("reason").isNull())
-                              .select("path", "label", "split", "sha256", "features"),
-                              layout.run_folder(batch_folders[0], run_id), featurized),
-        "rejects": write_run(staged.where(F.col("reason").isNotNull())
-                             .select("path", "reason", "detail", "label", "split"),
-                             layout.run_folder(batch_folders[1], run_id), rejected),
+        "features": write_run(
+            staged.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
+            layout.run_folder(batch_folders[0], run_id),
+            featurized,
+        ),
+        "rejects": write_run(
+            staged.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
+            layout.run_folder(batch_folders[1], run_id),
+            rejected,
+        ),
     }
     seconds = time.perf_counter() - started
     warming.join()
@@ -329,19 +385,31 @@ def run(spark, args) -> dict:
     return summary
 
 
-def batch_summary(args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict,
-                  seconds: float) -> dict:
+def batch_summary(
+    args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict, seconds: float
+) -> dict:
     """What the batch's commit holds besides its run id: the inputs, the outputs (features and
     rejects folders), the counts and the rate. Readers (publish_summary, the CLI) rely on these keys."""
     rejected = sum(by_reason.values())
     read = featurized + rejected
     return {
-        "job": "extract_features", "batch_id": args.batch_id, "run": run_id,
-        "images": args.images, "features": outputs["features"], "rejects": outputs["rejects"],
-        "weights": args.weights, "engine": args.engine, "image_size": args.image_size, "feature_dim": FEATURE_DIM,
-        "read": read, "featurized": featurized, "rejected": rejected,
-        "rejects_by_reason": dict(sorted(by_reason.items())), **ignored,
-        "seconds": round(seconds, 2), "images_per_s": round(read / seconds, 2) if seconds else None,
+        "job": "extract_features",
+        "batch_id": args.batch_id,
+        "run": run_id,
+        "images": args.images,
+        "features": outputs["features"],
+        "rejects": outputs["rejects"],
+        "weights": args.weights,
+        "engine": args.engine,
+        "image_size": args.image_size,
+        "feature_dim": FEATURE_DIM,
+        "read": read,
+        "featurized": featurized,
+        "rejected": rejected,
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        **ignored,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(read / seconds, 2) if seconds else None,
     }
 
 

@@ -3,8 +3,8 @@
 Through Hadoop's FileSystem in the driver JVM, so the jobs need no boto3 and use the same
 credentials and S3 client (EMRFS on EMR) as Spark itself.
 """
+
 import uuid
-from typing import List
 
 from fruits_jobs.contract import spark_skips_name
 
@@ -38,7 +38,7 @@ def delete(spark, uri: str) -> None:
         fs.delete(path, True)
 
 
-def list_names(spark, uri: str) -> List[str]:
+def list_names(spark, uri: str) -> list[str]:
     """Names of the entries directly under uri; [] when it does not exist."""
     fs, path = _fs(spark, uri), _path(spark, uri)
     if not fs.exists(path):
@@ -102,7 +102,7 @@ def copy_to_local(spark, uri: str, local_file: str) -> None:
     _fs(spark, uri).copyToLocalFile(False, _path(spark, uri), _path(spark, "file://" + local_file), True)
 
 
-def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
+def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> list[str]:
     """Every file under root that Spark's reader would skip without a word.
 
     Globbing only for names that start with '.' or '_' (one JVM call per depth) keeps this cheap
@@ -136,6 +136,5 @@ def list_skipped_by_spark(spark, root: str, max_depth: int = 5) -> List[str]:
 
 def _has_skipped_parent(path: str, base: str) -> bool:
     # A file inside a hidden folder is reported once, from that folder's recursive listing.
-    rel_parts = path[len(base):].strip("/").split("/")[:-1]
+    rel_parts = path[len(base) :].strip("/").split("/")[:-1]
     return any(spark_skips_name(part) for part in rel_parts)
-

@@ -4,9 +4,9 @@ Pure (no Spark, no TensorFlow) so every bad-input kind is unit-testable. Real us
 phone photos (EXIF rotation, CMYK, 16-bit PNG, transparency), screenshots, text files,
 half-copied files and, sometimes, decompression bombs into the landing folder.
 """
+
 import io
 import warnings
-from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,10 +93,10 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return arr
 
 
-def decode_many(contents, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[np.ndarray, list]:
+def decode_many(contents, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list]:
     """Decode a batch: (stacked arrays of the good ones, per-input (code, detail) or None)."""
-    good: List[np.ndarray] = []
-    errors: List[Optional[Tuple[str, str]]] = []
+    good: list[np.ndarray] = []
+    errors: list[tuple[str, str] | None] = []
     for data in contents:
         try:
             good.append(decode_image(data, size, max_pixels))

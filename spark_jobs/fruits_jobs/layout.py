@@ -26,7 +26,8 @@ A path here is a key ("features/") or a URI ("s3://bucket/features", "/lake/feat
 builders below append to either. Prefixes, not buckets, separate the kinds of data so one
 least-privilege policy can grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
 """
-from typing import Iterable, List, Optional, Tuple
+
+from collections.abc import Iterable
 
 # ---- Dataset prefixes and file names ---------------------------------------------------------
 
@@ -42,8 +43,11 @@ EMR_LOGS = "logs/emr/"
 PCA_METRICS_FILE = "metrics.json"
 PCA_REDUCED_DIR = "reduced"
 PCA_MODEL_DIR = "model"
-PCA_PLOTS = {"explained_variance": "explained_variance.png", "scatter": "pca_scatter.png",
-             "class_quality": "class_quality.png"}  # the last one only when the photos have labels
+PCA_PLOTS = {
+    "explained_variance": "explained_variance.png",
+    "scatter": "pca_scatter.png",
+    "class_quality": "class_quality.png",
+}  # the last one only when the photos have labels
 DEFAULT_WEIGHTS_FILE = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
 # ---- Batches, runs and commits ---------------------------------------------------------------
@@ -83,19 +87,19 @@ def commit_path(folder: str, run_id: str) -> str:
     return f"{commits_folder(folder)}/{run_id}{COMMIT_SUFFIX}"
 
 
-def committed_runs(names: Iterable[str]) -> List[str]:
+def committed_runs(names: Iterable[str]) -> list[str]:
     """The run ids of a _commits folder's file names, oldest first: the last is the current run.
     (Run ids start with the UTC time; a name starting with '.' is a commit still being written.)"""
-    return sorted(n[:-len(COMMIT_SUFFIX)] for n in names if n.endswith(COMMIT_SUFFIX) and not n.startswith("."))
+    return sorted(n[: -len(COMMIT_SUFFIX)] for n in names if n.endswith(COMMIT_SUFFIX) and not n.startswith("."))
 
 
-def parse_commit_key(key: str, dataset: str) -> Optional[Tuple[str, str]]:
+def parse_commit_key(key: str, dataset: str) -> tuple[str, str] | None:
     """(batch id, run id) of <dataset>batch_id=<id>/_commits/<run>.json, else None."""
-    parts = key[len(dataset):].split("/") if key.startswith(dataset) else []
+    parts = key[len(dataset) :].split("/") if key.startswith(dataset) else []
     if len(parts) != 3 or not parts[0].startswith(partition("")) or parts[1] != COMMITS_DIR:
         return None
     runs = committed_runs([parts[2]])
-    return (parts[0][len(partition("")):], runs[0]) if runs else None
+    return (parts[0][len(partition("")) :], runs[0]) if runs else None
 
 
 def progress_name(batch_id: str) -> str:
@@ -104,6 +108,7 @@ def progress_name(batch_id: str) -> str:
 
 
 # ---- Keys of the bucket ------------------------------------------------------------------------
+
 
 def batch_prefix(dataset: str, batch_id: str) -> str:
     """A batch's Hive-style partition under one of the prefixes above (raw/, features/, ...)."""
@@ -119,7 +124,7 @@ def manifest_key(batch_id: str) -> str:
 
 
 def batch_of_manifest(key: str) -> str:
-    return key[len(MANIFESTS) + len(partition("")):-len(".json")]
+    return key[len(MANIFESTS) + len(partition("")) : -len(".json")]
 
 
 def code_prefix(version: str) -> str:

@@ -10,10 +10,12 @@ tasks: no TensorFlow in the workers, and about twice the images per core of Tens
 (README, Benchmark). `--engine tensorflow` keeps the previous path: the same model frozen into one
 TensorFlow graph (weights as constants), run by TensorFlow in the workers.
 """
+
 import os
 import sys
 import tempfile
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,15 +41,18 @@ def build_model(image_size: int, weights=None):
     import keras
 
     return keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3), alpha=1.0, include_top=False,
-        weights=weights, pooling="avg",
+        input_shape=(image_size, image_size, 3),
+        alpha=1.0,
+        include_top=False,
+        weights=weights,
+        pooling="avg",
     )
 
 
-def local_copy(source: str, fetch: Optional[Callable[[str, str], None]] = None) -> str:
+def local_copy(source: str, fetch: Callable[[str, str], None] | None = None) -> str:
     """The local path of a file source: itself, or a copy that `fetch(uri, local_path)` made of a
     remote URI (s3://...), under the file's own name (Keras picks its loader by suffix)."""
-    local = source[len("file://"):] if source.startswith("file://") else source
+    local = source[len("file://") :] if source.startswith("file://") else source
     if "://" in source and not source.startswith("file://"):
         if fetch is None:
             raise WeightsError(f"no way to fetch {source}; " + WEIGHTS_HELP)
@@ -55,8 +60,9 @@ def local_copy(source: str, fetch: Optional[Callable[[str, str], None]] = None) 
         try:
             fetch(source, local)
         except Exception as exc:
-            raise WeightsError(f"could not read weights from {source} ({type(exc).__name__}: {exc}); "
-                               + WEIGHTS_HELP) from None
+            raise WeightsError(
+                f"could not read weights from {source} ({type(exc).__name__}: {exc}); " + WEIGHTS_HELP
+            ) from None
     if not os.path.isfile(local):
         raise WeightsError(f"weights file not found: {source}; " + WEIGHTS_HELP)
     return local
@@ -74,8 +80,10 @@ def exporter_versions() -> str:
                 continue
         return "none"
 
-    return (f"tf2onnx-{version('tf2onnx')}_opset-{ONNX_OPSET}_tf-{version('tensorflow-cpu', 'tensorflow')}"
-            f"_keras-{version('keras')}")
+    return (
+        f"tf2onnx-{version('tf2onnx')}_opset-{ONNX_OPSET}_tf-{version('tensorflow-cpu', 'tensorflow')}"
+        f"_keras-{version('keras')}"
+    )
 
 
 def onnx_cache_name(weights_sha256: str, image_size: int) -> str:
@@ -84,7 +92,7 @@ def onnx_cache_name(weights_sha256: str, image_size: int) -> str:
     return f"mobilenet_v2_{weights_sha256}_{image_size}px_{exporter_versions()}.onnx"
 
 
-def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str], None]] = None):
+def load_model(source: str, image_size: int, fetch: Callable[[str, str], None] | None = None):
     """The feature extractor with the weights of `source` loaded (a Keras model, on the driver).
 
     source: "imagenet" (Keras download; needs internet), "random" (fixed seed; tests and
@@ -93,23 +101,28 @@ def load_model(source: str, image_size: int, fetch: Optional[Callable[[str, str]
     import keras
 
     if source == "random":
-        print("WARNING: --weights random: features are NOT ImageNet features; use only for tests "
-              "and benchmarks", file=sys.stderr)
+        print(
+            "WARNING: --weights random: features are NOT ImageNet features; use only for tests and benchmarks",
+            file=sys.stderr,
+        )
         keras.utils.set_random_seed(RANDOM_SEED)
         return build_model(image_size)
     if source == "imagenet":
         try:
             return build_model(image_size, "imagenet")
         except Exception as exc:  # no internet, proxy, TLS...: all end the same way
-            raise WeightsError(f"could not download the ImageNet weights ({type(exc).__name__}: {exc}); "
-                               + WEIGHTS_HELP) from None
+            raise WeightsError(
+                f"could not download the ImageNet weights ({type(exc).__name__}: {exc}); " + WEIGHTS_HELP
+            ) from None
     local = local_copy(source, fetch)
     model = build_model(image_size)
     try:
         model.load_weights(local)
     except Exception as exc:
-        raise WeightsError(f"{source} is not a MobileNetV2 (alpha 1.0, no top) weights file "
-                           f"({type(exc).__name__}: {exc}); " + WEIGHTS_HELP) from None
+        raise WeightsError(
+            f"{source} is not a MobileNetV2 (alpha 1.0, no top) weights file "
+            f"({type(exc).__name__}: {exc}); " + WEIGHTS_HELP
+        ) from None
     return model
 
 
@@ -127,6 +140,7 @@ PROBE_IMAGES = 4
 class EngineModel(NamedTuple):
     """What the driver broadcasts: a serialized graph (ONNX model, or TensorFlow GraphDef) taking
     uint8 images (n, size, size, 3) and giving float32 (n, 1280)."""
+
     engine: str
     graph: bytes
     input_name: str
@@ -168,14 +182,17 @@ def onnx_model(graph: bytes, image_size: int, source: str = "the exported model"
     try:
         session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise WeightsError(f"{source} is not an ONNX model ONNX Runtime can load ({type(exc).__name__}: {exc}); "
-                           + WEIGHTS_HELP) from None
+        raise WeightsError(
+            f"{source} is not an ONNX model ONNX Runtime can load ({type(exc).__name__}: {exc}); " + WEIGHTS_HELP
+        ) from None
     (inp,), out = session.get_inputs(), session.get_outputs()[0]
     expected = [image_size, image_size, 3]
     if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != expected or out.shape[-1] != FEATURE_DIM:
-        raise WeightsError(f"{source} takes {inp.type} {inp.shape} and gives {out.shape}; a feature extractor for "
-                           f"--image-size {image_size} takes tensor(uint8) [n, {image_size}, {image_size}, 3] and "
-                           f"gives [n, {FEATURE_DIM}] (export one with this job, from a .weights.h5 file)")
+        raise WeightsError(
+            f"{source} takes {inp.type} {inp.shape} and gives {out.shape}; a feature extractor for "
+            f"--image-size {image_size} takes tensor(uint8) [n, {image_size}, {image_size}, 3] and "
+            f"gives [n, {FEATURE_DIM}] (export one with this job, from a .weights.h5 file)"
+        )
     return EngineModel("onnxruntime", graph, inp.name, out.name)
 
 
@@ -196,8 +213,10 @@ def check_export(model, exported: EngineModel) -> float:
     got = onnx_session_fn(exported, cores=1)(images)  # a throw-away session: not a worker's cached one
     worst = float(cosines(got, expected).min())
     if not worst >= MIN_EXPORT_COSINE:
-        raise RuntimeError(f"the ONNX export differs from the Keras model (cosine {worst:.7f} < {MIN_EXPORT_COSINE}): "
-                           "rerun with --engine tensorflow, and report the tf2onnx/TensorFlow versions")
+        raise RuntimeError(
+            f"the ONNX export differs from the Keras model (cosine {worst:.7f} < {MIN_EXPORT_COSINE}): "
+            "rerun with --engine tensorflow, and report the tf2onnx/TensorFlow versions"
+        )
     return worst
 
 
@@ -206,8 +225,9 @@ def freeze_model(model) -> EngineModel:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     frozen = convert_variables_to_constants_v2(scaled_model_fn(model).get_concrete_function())
-    return EngineModel("tensorflow", frozen.graph.as_graph_def().SerializeToString(),
-                       frozen.inputs[0].name, frozen.outputs[0].name)
+    return EngineModel(
+        "tensorflow", frozen.graph.as_graph_def().SerializeToString(), frozen.inputs[0].name, frozen.outputs[0].name
+    )
 
 
 # One model per Python worker process, reused by every task and batch that worker runs
@@ -245,8 +265,9 @@ def tensorflow_graph_fn(exported: EngineModel, cores: int):
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(exported.graph)
     graph = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-    run = graph.prune(graph.graph.get_tensor_by_name(exported.input_name),
-                      graph.graph.get_tensor_by_name(exported.output_name))
+    run = graph.prune(
+        graph.graph.get_tensor_by_name(exported.input_name), graph.graph.get_tensor_by_name(exported.output_name)
+    )
     return lambda images: run(tf.constant(images)).numpy()
 
 
@@ -264,5 +285,5 @@ def featurize(infer, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Run the model over uint8 images in chunks of batch_size."""
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    out = [infer(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    out = [infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)

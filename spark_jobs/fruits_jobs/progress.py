@@ -8,6 +8,7 @@ every batch); elsewhere (a cluster) it is the share of the model pass's finished
 status tracker), which a batch's many tasks make fine-grained. (Spark's own input metrics do not
 move while a task reads this source, and accumulators arrive only when a task ends.)
 """
+
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 PROGRESS_EVERY_S = 10
 JOB_GROUP = "fruits-model-pass"
@@ -58,8 +59,12 @@ def counted_by_workers(folder: str) -> int:
 
 def finished_task_share(spark) -> float:
     tracker = spark.sparkContext.statusTracker()
-    infos = [tracker.getStageInfo(s) for j in tracker.getJobIdsForGroup(JOB_GROUP) if tracker.getJobInfo(j)
-             for s in tracker.getJobInfo(j).stageIds]
+    infos = [
+        tracker.getStageInfo(s)
+        for j in tracker.getJobIdsForGroup(JOB_GROUP)
+        if tracker.getJobInfo(j)
+        for s in tracker.getJobInfo(j).stageIds
+    ]
     tasks = sum(i.numTasks for i in infos if i)
     return sum(i.numCompletedTasks for i in infos if i) / tasks if tasks else 0.0
 
@@ -67,9 +72,14 @@ def finished_task_share(spark) -> float:
 def describe(done: int, total: int, elapsed_s: float) -> dict:
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     left = (total - done) / rate if rate > 0 else None
-    return {"done": done, "total": total, "percent": round(100 * done / total, 1) if total else 100.0,
-            "images_per_s": round(rate, 1), "seconds_left": round(left) if left is not None else None,
-            "elapsed_s": round(elapsed_s)}
+    return {
+        "done": done,
+        "total": total,
+        "percent": round(100 * done / total, 1) if total else 100.0,
+        "images_per_s": round(rate, 1),
+        "seconds_left": round(left) if left is not None else None,
+        "elapsed_s": round(elapsed_s),
+    }
 
 
 def format_line(p: dict) -> str:
@@ -81,8 +91,9 @@ class Reporter:
     """While the model pass runs: every `every_s`, a progress line on stderr and `publish(json)`.
     `folder` is where the workers count (WorkerCounter)."""
 
-    def __init__(self, spark, total: int, publish: Optional[Callable[[str], None]] = None,
-                 every_s: float = PROGRESS_EVERY_S):
+    def __init__(
+        self, spark, total: int, publish: Callable[[str], None] | None = None, every_s: float = PROGRESS_EVERY_S
+    ):
         self.spark, self.total, self.publish, self.every_s = spark, total, publish, every_s
         self.folder = tempfile.mkdtemp(prefix="fruits-progress-")
         self._stop = threading.Event()
@@ -110,7 +121,7 @@ class Reporter:
             return min(self.total, counted_by_workers(self.folder))
         return min(self.total, int(self.total * finished_task_share(self.spark)))
 
-    def report(self, done: Optional[int] = None) -> None:
+    def report(self, done: int | None = None) -> None:
         line = describe(self.done() if done is None else done, self.total, time.monotonic() - self._started)
         print(format_line(line), file=sys.stderr, flush=True)
         if self.publish:

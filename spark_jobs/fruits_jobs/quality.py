@@ -6,7 +6,6 @@ given the class of the nearest centroid; without a Training/Test split, every la
 from one aggregation (classes x k), the predictions from a pass with the centroids broadcast, and
 only the (class, predicted) counts reach the driver.
 """
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -14,17 +13,21 @@ TRAIN, TEST = "Training", "Test"
 MOST_CONFUSED = 10
 
 
-def centroids(df) -> Dict[str, np.ndarray]:
+def centroids(df) -> dict[str, np.ndarray]:
     from pyspark.ml.functions import array_to_vector
     from pyspark.ml.stat import Summarizer
     from pyspark.sql import functions as F
 
-    rows = (df.withColumn("v", array_to_vector(F.col("pca"))).groupBy("label")
-            .agg(Summarizer.mean(F.col("v")).alias("mean")).collect())
+    rows = (
+        df.withColumn("v", array_to_vector(F.col("pca")))
+        .groupBy("label")
+        .agg(Summarizer.mean(F.col("v")).alias("mean"))
+        .collect()
+    )
     return {r["label"]: r["mean"].toArray() for r in rows}
 
 
-def confusion(df, means: Dict[str, np.ndarray]) -> Dict[tuple, int]:
+def confusion(df, means: dict[str, np.ndarray]) -> dict[tuple, int]:
     """(class, predicted class) -> photos, for the photos of df."""
     import pandas as pd
     from pyspark.sql import functions as F
@@ -36,42 +39,55 @@ def confusion(df, means: Dict[str, np.ndarray]) -> Dict[tuple, int]:
         for batch in batches:
             x = np.stack(batch["pca"].to_numpy()).astype(np.float64)
             centres = matrix.value
-            d = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+            d = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None]
             yield pd.DataFrame({"label": batch["label"], "predicted": [labels[i] for i in d.argmin(1)]})
 
-    counts = (df.select("label", "pca").mapInPandas(predict, "label string, predicted string")
-              .groupBy("label", "predicted").agg(F.count("*").alias("n")).collect())
+    counts = (
+        df.select("label", "pca")
+        .mapInPandas(predict, "label string, predicted string")
+        .groupBy("label", "predicted")
+        .agg(F.count("*").alias("n"))
+        .collect()
+    )
     return {(r["label"], r["predicted"]): r["n"] for r in counts}
 
 
-def summarize(counts: Dict[tuple, int], fitted_on: str, evaluated_on: str) -> dict:
+def summarize(counts: dict[tuple, int], fitted_on: str, evaluated_on: str) -> dict:
     """Per-class and overall accuracy, and the most confused pairs, from the confusion counts."""
-    totals: Dict[str, int] = {}
-    correct: Dict[str, int] = {}
+    totals: dict[str, int] = {}
+    correct: dict[str, int] = {}
     for (label, predicted), n in counts.items():
         totals[label] = totals.get(label, 0) + n
         correct[label] = correct.get(label, 0) + (n if label == predicted else 0)
-    confused = sorted(((n, label, predicted) for (label, predicted), n in counts.items() if label != predicted),
-                      key=lambda t: (-t[0], t[1], t[2]))[:MOST_CONFUSED]
+    confused = sorted(
+        ((n, label, predicted) for (label, predicted), n in counts.items() if label != predicted),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )[:MOST_CONFUSED]
     return {
         "method": "nearest centroid on the PCA vectors",
-        "centroids_from": fitted_on, "evaluated_on": evaluated_on,
-        "n_classes": len(totals), "n_evaluated": sum(totals.values()),
+        "centroids_from": fitted_on,
+        "evaluated_on": evaluated_on,
+        "n_classes": len(totals),
+        "n_evaluated": sum(totals.values()),
         "overall_accuracy": round(sum(correct.values()) / max(1, sum(totals.values())), 4),
         "per_class_accuracy": {label: round(correct[label] / totals[label], 4) for label in sorted(totals)},
         "most_confused": [{"class": label, "taken_for": predicted, "photos": n} for n, label, predicted in confused],
     }
 
 
-def class_quality(reduced) -> Optional[dict]:
+def class_quality(reduced) -> dict | None:
     """The per-class quality of reduced (columns label, split, pca), or None without 2 labelled classes."""
     from pyspark.sql import functions as F
 
     labelled = reduced.where(F.col("label").isNotNull())
     splits = {r["split"] for r in labelled.select("split").distinct().collect()}
     if {TRAIN, TEST} <= splits:
-        fit, test, fitted_on, evaluated_on = (labelled.where(F.col("split") == TRAIN), labelled.where(F.col("split") == TEST),
-                                              "Training photos", "Test photos")
+        fit, test, fitted_on, evaluated_on = (
+            labelled.where(F.col("split") == TRAIN),
+            labelled.where(F.col("split") == TEST),
+            "Training photos",
+            "Test photos",
+        )
     else:
         fit = test = labelled
         fitted_on, evaluated_on = "all labelled photos", "the same photos (no Training/Test split: optimistic)"
@@ -81,5 +97,5 @@ def class_quality(reduced) -> Optional[dict]:
     return summarize(confusion(test.where(F.col("label").isin(list(means))), means), fitted_on, evaluated_on)
 
 
-def worst_classes(quality: dict, n: int = 30) -> List[tuple]:
+def worst_classes(quality: dict, n: int = 30) -> list[tuple]:
     return sorted(quality["per_class_accuracy"].items(), key=lambda kv: (kv[1], kv[0]))[:n]

@@ -6,9 +6,9 @@ form's fields `element_<param>` (a Chakra select for enums: `select:element_<par
 a role=option), the run page's `header-card` state badge, the task page's Logs / XCom tabs. When
 the UI changes, this file is the one to update.
 """
+
 import re
 import time
-from typing import Dict, Optional
 from urllib.parse import unquote
 
 from selenium.webdriver.common.by import By
@@ -30,7 +30,7 @@ class AirflowUI:
     def _body_text(self) -> str:
         return self.d.find_element(By.TAG_NAME, "body").text
 
-    def _click_text(self, selector: str, text: str, timeout_s: Optional[float] = None):
+    def _click_text(self, selector: str, text: str, timeout_s: float | None = None):
         def find(d):
             for el in d.find_elements(By.CSS_SELECTOR, selector):
                 if el.text.strip() == text and el.is_displayed():
@@ -73,8 +73,11 @@ class AirflowUI:
         user.send_keys(username)
         self.d.find_element(By.NAME, "password").send_keys(password)
         self.d.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        self.b.wait(lambda d: "/auth/login" not in d.current_url and d.find_elements(By.LINK_TEXT, "Dags"),
-                    60, "the home page after login")
+        self.b.wait(
+            lambda d: "/auth/login" not in d.current_url and d.find_elements(By.LINK_TEXT, "Dags"),
+            60,
+            "the home page after login",
+        )
         self.b.shot("logged-in")
 
     def open_dag(self, dag_id: str) -> None:
@@ -82,32 +85,46 @@ class AirflowUI:
         self.b.wait(lambda d: "/dags" in d.current_url, message="the Dags list")
         self._click_text("a", dag_id, 60)
         # The DAG's own page (not the list, which has a Trigger button too): its tabs are there.
-        self.b.wait(lambda d: d.current_url.rstrip("/").endswith(f"/dags/{dag_id}")
-                    and any(a.text.strip() == "Overview" for a in d.find_elements(By.CSS_SELECTOR, "a"))
-                    and d.find_element(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']").is_displayed(),
-                    60, f"the page of {dag_id}")
+        self.b.wait(
+            lambda d: (
+                d.current_url.rstrip("/").endswith(f"/dags/{dag_id}")
+                and any(a.text.strip() == "Overview" for a in d.find_elements(By.CSS_SELECTOR, "a"))
+                and d.find_element(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']").is_displayed()
+            ),
+            60,
+            f"the page of {dag_id}",
+        )
         time.sleep(1)  # let the React page settle before clicking
         self.b.shot("dag-page")
 
-    def trigger_with_params(self, text_params: Dict[str, str], select_params: Dict[str, str]) -> str:
+    def trigger_with_params(self, text_params: dict[str, str], select_params: dict[str, str]) -> str:
         """Fill the trigger form (text/number fields, then selects), submit; returns the run id."""
-        self.b.wait(lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"),
-                    message="the Trigger button").click()
+        self.b.wait(
+            lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"), message="the Trigger button"
+        ).click()
         first = next(iter(text_params))
         self.b.wait(lambda d: d.find_element(By.NAME, f"element_{first}"), message="the trigger form")
         self.b.shot("trigger-form")
         # What a person sees as the form opens, before typing anything (the test asserts on it).
-        dialog = self.d.execute_script(f"return document.getElementsByName('element_{first}')[0].closest('[role=dialog]')")
+        dialog = self.d.execute_script(
+            f"return document.getElementsByName('element_{first}')[0].closest('[role=dialog]')"
+        )
         self.form_text = dialog.get_attribute("textContent")
-        self.form_invalid = [el.get_attribute("name") or el.get_attribute("id") for el in dialog.find_elements(
-            By.CSS_SELECTOR, "[aria-invalid=true], [data-invalid]")]
+        self.form_invalid = [
+            el.get_attribute("name") or el.get_attribute("id")
+            for el in dialog.find_elements(By.CSS_SELECTOR, "[aria-invalid=true], [data-invalid]")
+        ]
         for name, value in select_params.items():
             trigger = self.d.find_element(By.ID, f"select:element_{name}:trigger")
             self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", trigger)
             trigger.click()
             self._click_text("[role=option]", value)
-            self.b.wait(lambda d: d.find_element(By.ID, f"select:element_{name}:trigger").text.strip() == value,
-                        message=f"{name} = {value}")
+            self.b.wait(
+                lambda d, name=name, value=value: (
+                    d.find_element(By.ID, f"select:element_{name}:trigger").text.strip() == value
+                ),
+                message=f"{name} = {value}",
+            )
         for name, value in text_params.items():
             self._type(f"element_{name}", value)
         self.b.shot("trigger-form-filled")
@@ -121,8 +138,9 @@ class AirflowUI:
         button = self.b.wait(submit, message="an enabled Trigger button in the form")
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
         button.click()
-        run_url = self.b.wait(lambda d: re.search(r"/runs/([^/?#]+)", d.current_url), 60,
-                              "the new run's page after submitting the form")
+        run_url = self.b.wait(
+            lambda d: re.search(r"/runs/([^/?#]+)", d.current_url), 60, "the new run's page after submitting the form"
+        )
         self.b.shot("run-triggered")
         return unquote(run_url.group(1))
 
@@ -168,21 +186,32 @@ class AirflowUI:
         link = self.b.wait(find, 60, f"a link to {task_id} of run {run_id}")
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
         link.click()
-        self.b.wait(lambda d: "/runs/" in d.current_url and unquote(d.current_url).rstrip("/").endswith(suffix),
-                    message=f"the task instance page of {task_id}")
+        self.b.wait(
+            lambda d: "/runs/" in d.current_url and unquote(d.current_url).rstrip("/").endswith(suffix),
+            message=f"the task instance page of {task_id}",
+        )
 
     def task_log_text(self, must_contain: str, timeout_s: float = 60) -> str:
         """The Logs tab (default tab of a task instance), once its text contains must_contain."""
         self._click_text("a", "Logs")
-        text = self.b.wait(lambda d: must_contain in self._body_text() and self._body_text(), timeout_s,
-                           f"{must_contain!r} in the task log")
+        text = self.b.wait(
+            lambda d: must_contain in self._body_text() and self._body_text(),
+            timeout_s,
+            f"{must_contain!r} in the task log",
+        )
         self.b.shot("task-log")
         return text
 
     def xcom_text(self, keys, timeout_s: float = 60) -> str:
         self._click_text("a", "XCom")
-        text = self.b.wait(lambda d: "/xcom" in d.current_url
-                           and all(re.search(rf"^{re.escape(k)}$", self._body_text(), re.M) for k in keys)
-                           and self._body_text(), timeout_s, f"XCom keys {keys}")
+        text = self.b.wait(
+            lambda d: (
+                "/xcom" in d.current_url
+                and all(re.search(rf"^{re.escape(k)}$", self._body_text(), re.M) for k in keys)
+                and self._body_text()
+            ),
+            timeout_s,
+            f"XCom keys {keys}",
+        )
         self.b.shot("task-xcom")
         return text

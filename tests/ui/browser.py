@@ -4,32 +4,44 @@ Selenium's own driver/browser download (Selenium Manager) and Playwright's brows
 work on a closed network; the distribution packages do (`.ci/install_browser.sh`). The flags keep
 Chromium from phoning home (updates, sync, QUIC...), which on a closed network stalls page loads.
 """
+
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER_CANDIDATES = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--disable-extensions", "--disable-default-apps",
-    "--no-default-browser-check", "--metrics-recording-only", "--password-store=basic",
-    "--window-size=1440,1000", "--lang=en-US",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+    "--password-store=basic",
+    "--window-size=1440,1000",
+    "--lang=en-US",
 )
 
 
-def find(candidates, name: str) -> Optional[str]:
+def find(candidates, name: str) -> str | None:
     for path in candidates:
         if Path(path).is_file():
             return path
     return shutil.which(name)
 
 
-def missing_reason() -> Optional[str]:
+def missing_reason() -> str | None:
     """Why a browser test cannot run here, or None."""
     try:
         import selenium  # noqa: F401
@@ -59,8 +71,10 @@ class Browser:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={self._profile}")  # fresh profile every time
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        service = Service(executable_path=find(CHROMEDRIVER_CANDIDATES, "chromedriver"),
-                          log_output=str(self.shots_dir / "chromedriver.log"))
+        service = Service(
+            executable_path=find(CHROMEDRIVER_CANDIDATES, "chromedriver"),
+            log_output=str(self.shots_dir / "chromedriver.log"),
+        )
         self.driver = webdriver.Chrome(options=options, service=service)
         self.driver.set_page_load_timeout(60)
         self.driver.set_script_timeout(30)
@@ -72,8 +86,7 @@ class Browser:
         self.driver.save_screenshot(str(path))
         return path
 
-    def wait(self, condition: Callable, timeout_s: Optional[float] = None, message: str = "",
-             poll_s: float = 0.5):
+    def wait(self, condition: Callable, timeout_s: float | None = None, message: str = "", poll_s: float = 0.5):
         """Poll condition(driver) until truthy (exceptions count as 'not yet'); returns its value."""
         deadline = time.monotonic() + (timeout_s or self.timeout)
         last_exc = None
@@ -86,8 +99,10 @@ class Browser:
                 last_exc = exc
             if time.monotonic() > deadline:
                 self.shot("timeout")
-                raise TimeoutError(f"timed out after {timeout_s or self.timeout}s: {message}"
-                                   + (f" (last error: {last_exc!r})" if last_exc else ""))
+                raise TimeoutError(
+                    f"timed out after {timeout_s or self.timeout}s: {message}"
+                    + (f" (last error: {last_exc!r})" if last_exc else "")
+                )
             time.sleep(poll_s)
 
     def console_log(self) -> str:

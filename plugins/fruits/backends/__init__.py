@@ -1,5 +1,6 @@
 """Where the Spark jobs run: the Backend interface (base.py), the job specs they share (jobs.py), and
 one subpackage per backend (emr/, local/), registered below by the `backend` param's value."""
+
 from __future__ import annotations
 
 import importlib

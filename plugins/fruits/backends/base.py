@@ -1,6 +1,7 @@
 """What differs from one backend to another, and nothing else: where the bucket is, how the jobs are
 staged, run and watched, and what the run report holds. The DAG and the task bodies (pipeline.py)
 call these and never ask which backend runs."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 class BackendTasks(NamedTuple):
     """The DAG tasks a backend adds: where its branch starts, whose XCom holds the result that
     `run_report` reads, and the tasks publish_summary waits for."""
+
     entry: BaseOperator
     result_task_id: str
     done: list[BaseOperator]
@@ -42,13 +44,14 @@ class Backend(ABC):
         return weights
 
     @abstractmethod
-    def section(self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str,
-                weights: str) -> tuple[EmrConfig | LocalConfig, str]:
+    def section(
+        self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str, weights: str
+    ) -> tuple[EmrConfig | LocalConfig, str]:
         """This backend's config section, and the weights again (it may stage a file elsewhere)."""
 
     # ---- run: called by the task bodies (pipeline.py) and the DAG ----
 
-    def stage(self, cfg: RunConfig, storage: Storage) -> None:
+    def stage(self, cfg: RunConfig, storage: Storage) -> None:  # noqa: B027 (optional: most need nothing more)
         """What the backend needs in the bucket besides the code bundle (none by default)."""
 
     def render(self, cfg: RunConfig, jobs: list[SparkJob], version: str, run_id: str) -> dict:

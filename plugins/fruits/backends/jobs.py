@@ -7,14 +7,15 @@ list: `emr.spark_steps` into EMR steps, `local_runner.command` into a local spar
     a new step:    one more `JobDef` in JOBS (the DAG adds its sensor from that tuple)
     a new engine:  one more renderer of SparkJob, beside emr.py and local_runner.py
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING
 
-from fruits_jobs import layout
-from fruits_jobs import contract
+from fruits_jobs import contract, layout
 
 if TYPE_CHECKING:  # the renderers and the benchmark import this module without Airflow
     from fruits.config.run import RunConfig
@@ -24,9 +25,9 @@ if TYPE_CHECKING:  # the renderers and the benchmark import this module without 
 class SparkJob:
     name: str
     entrypoint: str  # URI of the staged entrypoint file
-    py_files: Tuple[str, ...]  # URIs shipped with --py-files (none: run from a source tree)
-    args: Tuple[str, ...]  # the job's own command line (its argparse contract)
-    conf: Dict[str, str]  # Spark settings the job needs on every backend
+    py_files: tuple[str, ...]  # URIs shipped with --py-files (none: run from a source tree)
+    args: tuple[str, ...]  # the job's own command line (its argparse contract)
+    conf: dict[str, str]  # Spark settings the job needs on every backend
     timeout_s: int  # longest a healthy run takes, with margin
 
     def to_dict(self) -> dict:
@@ -37,24 +38,33 @@ class SparkJob:
         return cls(**{**data, "py_files": tuple(data["py_files"]), "args": tuple(data["args"])})
 
 
-def submit_args(job: SparkJob) -> List[str]:
+def submit_args(job: SparkJob) -> list[str]:
     """spark-submit's arguments after the backend's own (master, deploy mode, cluster shape)."""
     py_files = ["--py-files", ",".join(job.py_files)] if job.py_files else []
     conf = [item for key, value in sorted(job.conf.items()) for item in ("--conf", f"{key}={value}")]
     return [*py_files, *conf, job.entrypoint, *job.args]
 
 
-def features_args(cfg: RunConfig) -> List[str]:
-    return ["--images", cfg.uri(layout.raw_prefix(cfg.batch_id)),
-            "--features", cfg.uri(layout.FEATURES),
-            "--rejects", cfg.uri(layout.REJECTS),
-            "--batch-id", cfg.batch_id,
-            "--weights", cfg.weights,
-            "--model-cache", cfg.uri(layout.MODELS),
-            "--manifest", cfg.uri(layout.manifest_key(cfg.batch_id))]
+def features_args(cfg: RunConfig) -> list[str]:
+    return [
+        "--images",
+        cfg.uri(layout.raw_prefix(cfg.batch_id)),
+        "--features",
+        cfg.uri(layout.FEATURES),
+        "--rejects",
+        cfg.uri(layout.REJECTS),
+        "--batch-id",
+        cfg.batch_id,
+        "--weights",
+        cfg.weights,
+        "--model-cache",
+        cfg.uri(layout.MODELS),
+        "--manifest",
+        cfg.uri(layout.manifest_key(cfg.batch_id)),
+    ]
 
 
-def pca_args(cfg: RunConfig) -> List[str]:
+def pca_args(cfg: RunConfig) -> list[str]:
     # PCA is fitted on all features so far (the dataset, not one day's photos); each batch run
     # keeps its own model and metrics under pca/batch_id=<id>/.
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
@@ -64,10 +74,11 @@ def pca_args(cfg: RunConfig) -> List[str]:
 @dataclass(frozen=True)
 class JobDef:
     """What is known of a job when the DAG is parsed; its arguments come from the run's config."""
+
     name: str
     entrypoint: str  # file name in the code bundle
     timeout_s: int
-    args: Callable[[RunConfig], List[str]]
+    args: Callable[[RunConfig], list[str]]
 
 
 # In order: each job reads what the one before it wrote. Timeouts are sized for a real batch (tens of
@@ -78,8 +89,17 @@ JOBS = (
 )
 
 
-def plan_jobs(cfg: RunConfig, code_version: str) -> List[SparkJob]:
+def plan_jobs(cfg: RunConfig, code_version: str) -> list[SparkJob]:
     """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket."""
     code = cfg.uri(layout.code_prefix(code_version))
-    return [SparkJob(name=d.name, entrypoint=code + d.entrypoint, py_files=(code + contract.PY_FILES_ZIP,),
-                     args=tuple(d.args(cfg)), conf={}, timeout_s=d.timeout_s) for d in JOBS]
+    return [
+        SparkJob(
+            name=d.name,
+            entrypoint=code + d.entrypoint,
+            py_files=(code + contract.PY_FILES_ZIP,),
+            args=tuple(d.args(cfg)),
+            conf={},
+            timeout_s=d.timeout_s,
+        )
+        for d in JOBS
+    ]

@@ -6,10 +6,12 @@ schema cannot say (a trailing newline, NaN, Graviton types; paths and weights in
 bad run fails before it uploads or starts anything, with a message that names the parameter.
 Names are a contract: the UI test and the docs use them.
 """
+
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from airflow.exceptions import ParamValidationError
 from airflow.sdk import Param
@@ -31,8 +33,11 @@ GRAVITON_RE = re.compile(r"^(a1|[a-z]+[0-9]+g[a-z-]*)\.")
 def check_x86_64(name: str, itype: str) -> None:
     """EMR nodes must be x86_64: refuse a Graviton type, naming the param or setting."""
     if GRAVITON_RE.match(itype):
-        raise InvalidParam(name, f"{itype} is a Graviton (arm64) type, and tensorflow-cpu has no aarch64 "
-                                 "wheel: use an x86_64 type such as m5.2xlarge, m6i.2xlarge or c6i.2xlarge")
+        raise InvalidParam(
+            name,
+            f"{itype} is a Graviton (arm64) type, and tensorflow-cpu has no aarch64 "
+            "wheel: use an x86_64 type such as m5.2xlarge, m6i.2xlarge or c6i.2xlarge",
+        )
 
 
 class InvalidParam(ValueError):
@@ -45,40 +50,87 @@ def build_params() -> dict:
     # backend's default is read from the environment when the DAG is parsed (cheap, no DB), so a
     # deployment with AWS sets FRUITS_BACKEND=emr and a fresh checkout runs locally with no cloud.
     return {
-        "batch_id": Param(None, type=["null", "string"], pattern=contract.BATCH_ID_SCHEMA_PATTERN, title="Batch id",
-                          description=f"Names the batch in the bucket (raw/batch_id=…): {contract.BATCH_ID_RULE}, "
-                                      "e.g. 2026-12-01 or orchard-7.b. Empty: the run's date as YYYY-MM-DD (then "
-                                      "YYYY-MM-DD.2, .3… when that day's batch is already published)."),
-        "landing_dir": Param(None, type=["null", "string"], title="Landing folder",
-                             description="Folder with the new photos, <Class>/<file> or Training|Test/<Class>/<file>. "
-                                         "Empty: Airflow Variable fruits_landing_dir, else env FRUITS_LANDING_DIR, "
-                                         "else ./data/landing of the repository."),
-        "backend": Param(setting_from_env("backend"), type="string", enum=list(BACKENDS),
-                         title="Backend",
-                         description="emr: transient EMR cluster. local: the same spark-submit steps on this "
-                                     "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE)."),
+        "batch_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=contract.BATCH_ID_SCHEMA_PATTERN,
+            title="Batch id",
+            description=f"Names the batch in the bucket (raw/batch_id=…): {contract.BATCH_ID_RULE}, "
+            "e.g. 2026-12-01 or orchard-7.b. Empty: the run's date as YYYY-MM-DD (then "
+            "YYYY-MM-DD.2, .3… when that day's batch is already published).",
+        ),
+        "landing_dir": Param(
+            None,
+            type=["null", "string"],
+            title="Landing folder",
+            description="Folder with the new photos, <Class>/<file> or Training|Test/<Class>/<file>. "
+            "Empty: Airflow Variable fruits_landing_dir, else env FRUITS_LANDING_DIR, "
+            "else ./data/landing of the repository.",
+        ),
+        "backend": Param(
+            setting_from_env("backend"),
+            type="string",
+            enum=list(BACKENDS),
+            title="Backend",
+            description="emr: transient EMR cluster. local: the same spark-submit steps on this "
+            "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE).",
+        ),
         # exclusiveMinimum, not minimum: the form marks an empty number field below its minimum as invalid.
-        "pca_k": Param(None, type=["null", "integer"], exclusiveMinimum=0, maximum=contract.FEATURE_DIM,
-                       title="PCA components",
-                       description=f"Number of principal components, at most {contract.FEATURE_DIM} (the features' "
-                                   "size). Empty: use pca_variance."),
-        "pca_variance": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, title="PCA variance",
-                              description="Smallest k explaining this share of variance, used when pca_k is empty."),
-        "weights": Param(None, type=["null", "string"], title="Model weights",
-                         description="imagenet | random (tests) | a .weights.h5 file, or an .onnx model the job "
-                                     "exported (models/*.onnx): s3://, or a path on this machine (for emr it is "
-                                     "staged to s3://<bucket>/models/<sha256>.weights.h5 or .onnx). "
-                                     "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
-                                     f"s3://<bucket>/{layout.MODELS}{layout.DEFAULT_WEIGHTS_FILE} "
-                                     "on emr (clusters need no internet); locally the genuine weights in "
-                                     f"../shared/{layout.MODELS} when present (as make run), else imagenet."),
-        "instance_type": Param("m5.2xlarge", type="string", pattern=INSTANCE_TYPE_RE.pattern,
-                               title="Worker instance type", section=EMR_SECTION,
-                               description="EC2 type of core and task nodes, x86_64 (no Graviton)."),
-        "core_count": Param(2, type="integer", minimum=1, maximum=MAX_NODES, title="Core nodes", section=EMR_SECTION,
-                            description="On-demand core nodes."),
-        "task_spot_count": Param(0, type="integer", minimum=0, maximum=MAX_NODES, title="Spot task nodes",
-                                 section=EMR_SECTION, description="Extra SPOT task nodes, 0 for none."),
+        "pca_k": Param(
+            None,
+            type=["null", "integer"],
+            exclusiveMinimum=0,
+            maximum=contract.FEATURE_DIM,
+            title="PCA components",
+            description=f"Number of principal components, at most {contract.FEATURE_DIM} (the features' "
+            "size). Empty: use pca_variance.",
+        ),
+        "pca_variance": Param(
+            0.95,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            title="PCA variance",
+            description="Smallest k explaining this share of variance, used when pca_k is empty.",
+        ),
+        "weights": Param(
+            None,
+            type=["null", "string"],
+            title="Model weights",
+            description="imagenet | random (tests) | a .weights.h5 file, or an .onnx model the job "
+            "exported (models/*.onnx): s3://, or a path on this machine (for emr it is "
+            "staged to s3://<bucket>/models/<sha256>.weights.h5 or .onnx). "
+            "Empty: Variable fruits_weights / env FRUITS_WEIGHTS, else "
+            f"s3://<bucket>/{layout.MODELS}{layout.DEFAULT_WEIGHTS_FILE} "
+            "on emr (clusters need no internet); locally the genuine weights in "
+            f"../shared/{layout.MODELS} when present (as make run), else imagenet.",
+        ),
+        "instance_type": Param(
+            "m5.2xlarge",
+            type="string",
+            pattern=INSTANCE_TYPE_RE.pattern,
+            title="Worker instance type",
+            section=EMR_SECTION,
+            description="EC2 type of core and task nodes, x86_64 (no Graviton).",
+        ),
+        "core_count": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=MAX_NODES,
+            title="Core nodes",
+            section=EMR_SECTION,
+            description="On-demand core nodes.",
+        ),
+        "task_spot_count": Param(
+            0,
+            type="integer",
+            minimum=0,
+            maximum=MAX_NODES,
+            title="Spot task nodes",
+            section=EMR_SECTION,
+            description="Extra SPOT task nodes, 0 for none.",
+        ),
     }
 
 
@@ -101,8 +153,9 @@ def validate(conf: Mapping[str, Any]) -> dict:
             out[name] = param.resolve(value)
         except ParamValidationError as exc:
             problem = getattr(exc.args[0], "message", str(exc)) if exc.args else str(exc)
-            raise InvalidParam(name, f"{problem}" + (f" (expected {EXPECTED[name]})" if name in EXPECTED else "")) \
-                from None
+            raise InvalidParam(
+                name, f"{problem}" + (f" (expected {EXPECTED[name]})" if name in EXPECTED else "")
+            ) from None
     # JSON Schema's `pattern` is a search, whose '$' also matches before a trailing newline.
     if out["batch_id"] is not None and not contract.is_valid_batch_id(out["batch_id"]):
         raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {out['batch_id']!r}")
@@ -130,5 +183,8 @@ def check_weights(weights: str, backend: str) -> None:
     with open(weights, "rb") as f:
         head = f.read(len(HDF5_SIGNATURE))
     if contract.weights_suffix(weights) == contract.KERAS_WEIGHTS_SUFFIX and head != HDF5_SIGNATURE:
-        raise InvalidParam("weights", f"{weights} is not an HDF5 file, so not Keras weights: pass the .weights.h5 "
-                                      "that keras' model.save_weights() wrote")
+        raise InvalidParam(
+            "weights",
+            f"{weights} is not an HDF5 file, so not Keras weights: pass the .weights.h5 "
+            "that keras' model.save_weights() wrote",
+        )

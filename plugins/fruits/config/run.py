@@ -5,6 +5,7 @@ Nested as it is read: what every run has (`RunConfig`), and the section of the b
 (`EmrConfig` or `LocalConfig`; the other is None). The backend itself decides what is its own: where
 the bucket is, the default weights, and its section (fruits/backends/).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from
 @dataclass(frozen=True)
 class EmrConfig:
     """backend=emr: the cluster's shape (params) and the account's names (settings)."""
+
     instance_type: str
     core_count: int
     task_spot_count: int
@@ -40,6 +42,7 @@ class EmrConfig:
 @dataclass(frozen=True)
 class LocalConfig:
     """backend=local: where the bucket is on this machine, and which Spark runs the jobs."""
+
     lake: str  # the folder standing for the bucket (storage 'lake')
     storage: str  # 'lake' (that folder) or 's3' (the bucket of aws_default, e.g. MinIO)
     spark_master: str
@@ -85,8 +88,10 @@ def emr_of(cfg: RunConfig) -> EmrConfig:
 
 def from_xcom(body: Callable) -> Callable:
     """A task body takes the run's config as XCom carries it (a dict) and works on a RunConfig."""
+
     def wrapped(cfg: Mapping[str, Any], *args, **kwargs):
         return body(RunConfig.from_dict(cfg), *args, **kwargs)
+
     wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = body.__name__, body.__doc__, body  # type: ignore[attr-defined]
     return wrapped
 
@@ -141,9 +146,17 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         weights = str(Path(weights).expanduser().resolve())  # the job's cwd is not ours
     check_weights(weights, backend.name)
     section, weights = backend.section(p, settings, bucket, weights)
-    return RunConfig(batch_id=p.get("batch_id") or run_date, landing_dir=str(landing), backend=backend.name,
-                     pca_k=p["pca_k"], pca_variance=p["pca_variance"], weights=weights, bucket=bucket, root=root,
-                     **{backend.name: section})  # type: ignore[arg-type]  # the section its backend names
+    return RunConfig(
+        batch_id=p.get("batch_id") or run_date,
+        landing_dir=str(landing),
+        backend=backend.name,
+        pca_k=p["pca_k"],
+        pca_variance=p["pca_variance"],
+        weights=weights,
+        bucket=bucket,
+        root=root,
+        **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
+    )
 
 
 def emr_deferrable() -> bool:

@@ -2,6 +2,7 @@
 
 `s3://<bucket>/<key>` is `<lake>/<key>` (the setting local_lake, env FRUITS_LOCAL_LAKE).
 """
+
 from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook

@@ -24,24 +24,23 @@ The name and label rules, and their reasons, are fruits_jobs/contract.py's (the 
 Everything else, including files that look broken or are not images at all, is uploaded, so the
 features job rejects it with a reason row in rejects/ and the counts add up.
 """
+
 import json
 import logging
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
-from fruits_jobs import layout
 from fruits.lake import published
 from fruits.lake.storage import Storage
+from fruits_jobs import contract, layout
 from fruits_jobs.digests import file_digests
-from fruits_jobs import contract
 
 log = logging.getLogger(__name__)
 
 
-def skip_reason(rel: Path) -> Optional[str]:
+def skip_reason(rel: Path) -> str | None:
     """Why a landing file (path relative to the landing folder) is not uploaded; None to upload it."""
     for part in rel.parts:
         reason = contract.unreadable_name_reason(part)
@@ -56,7 +55,7 @@ class IngestRefused(ValueError):
     """The batch cannot take this landing folder as it is; the message says what to do."""
 
 
-def _link_reason(path: Path, landing: Path) -> Optional[str]:
+def _link_reason(path: Path, landing: Path) -> str | None:
     """Why a symbolic link is not read (None: a link to a regular file inside the landing folder)."""
     try:
         target = path.resolve(strict=True)
@@ -69,18 +68,20 @@ def _link_reason(path: Path, landing: Path) -> Optional[str]:
     return None
 
 
-def walk_landing(landing: Path) -> Tuple[List[Path], List[dict]]:
+def walk_landing(landing: Path) -> tuple[list[Path], list[dict]]:
     """The regular files under the landing folder, and what is not read, with the reason why.
 
     Links are never followed out of the folder (nor into folders: no loops, no second listing);
     unreadable folders, devices, sockets and pipes are reported, never fatal."""
-    files: List[Path] = []
-    skipped: List[dict] = []
+    files: list[Path] = []
+    skipped: list[dict] = []
 
     def skip(path: str, reason: str) -> None:
         skipped.append({"path": Path(path).relative_to(landing).as_posix(), "reason": reason})
 
-    for folder, subfolders, names in os.walk(landing, onerror=lambda e: skip(e.filename, f"unreadable folder: {e.strerror}")):
+    for folder, subfolders, names in os.walk(
+        landing, onerror=lambda e: skip(e.filename, f"unreadable folder: {e.strerror}")
+    ):
         for name in list(subfolders):
             if os.path.islink(os.path.join(folder, name)):
                 subfolders.remove(name)  # os.walk would not descend; say so
@@ -99,10 +100,10 @@ def walk_landing(landing: Path) -> Tuple[List[Path], List[dict]]:
     return sorted(files), skipped
 
 
-def held_hashes(storage: Storage, batch_id: str) -> Dict[str, str]:
+def held_hashes(storage: Storage, batch_id: str) -> dict[str, str]:
     """sha256 -> batch id, for every file of the other *published* batches: a batch that never
     published (its run failed) holds nothing, so a new batch can take its photos."""
-    held: Dict[str, str] = {}
+    held: dict[str, str] = {}
     for key in sorted(storage.sizes(layout.MANIFESTS)):
         other = layout.batch_of_manifest(key)
         if other != batch_id and published.is_published(storage, other):
@@ -121,7 +122,7 @@ def next_free_batch_id(storage: Storage, base: str) -> str:
     return candidate
 
 
-def read_manifest(storage: Storage, batch_id: str) -> Optional[dict]:
+def read_manifest(storage: Storage, batch_id: str) -> dict | None:
     key = layout.manifest_key(batch_id)
     return json.loads(storage.read_text(key)) if key in storage.sizes(key) else None
 
@@ -135,11 +136,11 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     previous = read_manifest(storage, batch_id)
     listed, skipped = walk_landing(landing_dir)
 
-    files: List[dict] = []
-    md5s: Dict[str, str] = {}
-    seen: Dict[str, str] = {}
-    held_by: Dict[str, int] = {}
-    already_held: List[dict] = []  # skipped too, but normal on daily runs: counted and logged apart
+    files: list[dict] = []
+    md5s: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    held_by: dict[str, int] = {}
+    already_held: list[dict] = []  # skipped too, but normal on daily runs: counted and logged apart
     for path in listed:
         rel = path.relative_to(landing_dir)
         reason = skip_reason(rel)
@@ -160,8 +161,9 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
             skipped.append({"path": rel.as_posix(), "reason": reason})
             continue
         seen[sha] = rel.as_posix()
-        files.append({"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": path.stat().st_size,
-                      "sha256": sha})
+        files.append(
+            {"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": path.stat().st_size, "sha256": sha}
+        )
     for entry in skipped:
         log.warning("ingest skips %s: %s", entry["path"], entry["reason"])
     for other, count in sorted(held_by.items()):
@@ -180,20 +182,35 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
         storage.upload_file(landing_dir / entry["path"], entry["key"])
         uploaded += 1
 
-    counts = {"files": len(files), "bytes": sum(f["size"] for f in files),
-              "skipped": len(skipped), "already_held": len(already_held)}
-    manifest = {"batch_id": batch_id, "landing_dir": str(landing_dir),
-                "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "counts": counts, "already_held_by": held_by, "files": files,
-                "skipped": sorted(skipped + already_held, key=lambda e: e["path"])}
+    counts = {
+        "files": len(files),
+        "bytes": sum(f["size"] for f in files),
+        "skipped": len(skipped),
+        "already_held": len(already_held),
+    }
+    manifest = {
+        "batch_id": batch_id,
+        "landing_dir": str(landing_dir),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "counts": counts,
+        "already_held_by": held_by,
+        "files": files,
+        "skipped": sorted(skipped + already_held, key=lambda e: e["path"]),
+    }
     storage.put_bytes(json.dumps(manifest, indent=1).encode(), layout.manifest_key(batch_id))
-    report = {"batch_id": batch_id, **counts, "already_held_by": held_by, "uploaded": uploaded,
-              "already_uploaded": resumed, "manifest": storage.name + layout.manifest_key(batch_id)}
+    report = {
+        "batch_id": batch_id,
+        **counts,
+        "already_held_by": held_by,
+        "uploaded": uploaded,
+        "already_uploaded": resumed,
+        "manifest": storage.name + layout.manifest_key(batch_id),
+    }
     log.info("ingest %s", json.dumps(report))
     return report
 
 
-def merge_with_previous(files: List[dict], previous: Optional[dict], present: Dict[str, tuple]) -> List[dict]:
+def merge_with_previous(files: list[dict], previous: dict | None, present: dict[str, tuple]) -> list[dict]:
     """This run's files plus those an earlier run of the batch listed and uploaded that the landing
     folder no longer holds: a photo once in a batch stays in it (the manifest never shrinks)."""
     if previous is None:
@@ -203,7 +220,7 @@ def merge_with_previous(files: List[dict], previous: Optional[dict], present: Di
     return sorted(files + kept, key=lambda e: e["key"])
 
 
-def refuse_if_published(storage: Storage, batch_id: str, files: List[dict], previous: Optional[dict]) -> None:
+def refuse_if_published(storage: Storage, batch_id: str, files: list[dict], previous: dict | None) -> None:
     """A published batch never changes: new photos belong to a new batch."""
     if previous is None or not published.is_published(storage, batch_id):
         return
@@ -213,10 +230,11 @@ def refuse_if_published(storage: Storage, batch_id: str, files: List[dict], prev
         raise IngestRefused(
             f"batch {batch_id} is already published with {len(before)} photo(s); {len(new)} new or changed "
             f"photo(s) in the landing folder (e.g. {new[0]}) would change it. Leave batch_id empty to get "
-            f"a new batch ({batch_id}.2, ...) or pass a batch_id that is not published yet.")
+            f"a new batch ({batch_id}.2, ...) or pass a batch_id that is not published yet."
+        )
 
 
-def refuse_orphans(batch_id: str, files: List[dict], present: Dict[str, tuple]) -> None:
+def refuse_orphans(batch_id: str, files: list[dict], present: dict[str, tuple]) -> None:
     """raw/ objects that no manifest lists (an interrupted run whose photos then left the landing
     folder) would be neither featurized nor rejected: say so instead of hiding them."""
     orphans = sorted(set(present) - {f["key"] for f in files})
@@ -224,4 +242,5 @@ def refuse_orphans(batch_id: str, files: List[dict], present: Dict[str, tuple]) 
         raise IngestRefused(
             f"{len(orphans)} object(s) under {layout.raw_prefix(batch_id)} (e.g. {orphans[0]}) were uploaded by an "
             "interrupted run of this batch but are no longer in the landing folder: put those photos back, "
-            "or use a new batch_id.")
+            "or use a new batch_id."
+        )

@@ -5,16 +5,16 @@ together), and *processed* once a PCA run for it committed too. The newest commi
 folder is its current version (fruits_jobs/commits.py writes them); a folder's files without a
 commit are a run in progress or a killed one, never something to read or count.
 """
+
 import json
-from typing import Dict, Optional
 
 from fruits.lake.storage import Storage
 from fruits_jobs import layout
 
 
-def current_commit(storage: Storage, dataset: str, batch_id: str) -> Optional[dict]:
+def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
     prefix = layout.commits_prefix(dataset, batch_id)
-    runs = layout.committed_runs(key[len(prefix):] for key in storage.sizes(prefix))
+    runs = layout.committed_runs(key[len(prefix) :] for key in storage.sizes(prefix))
     if not runs:
         return None
     key = layout.commit_path(layout.batch_folder(dataset, batch_id), runs[-1])
@@ -29,9 +29,9 @@ def is_processed(storage: Storage, batch_id: str) -> bool:
     return current_commit(storage, layout.PCA, batch_id) is not None
 
 
-def committed_batches(storage: Storage, dataset: str) -> Dict[str, str]:
+def committed_batches(storage: Storage, dataset: str) -> dict[str, str]:
     """batch id -> its newest committed run id, for every batch of dataset with a commit."""
-    newest: Dict[str, str] = {}
+    newest: dict[str, str] = {}
     for key in storage.sizes(dataset):
         parsed = layout.parse_commit_key(key, dataset)
         if parsed:
@@ -40,7 +40,7 @@ def committed_batches(storage: Storage, dataset: str) -> Dict[str, str]:
     return newest
 
 
-def latest_processed_batch(storage: Storage) -> Optional[str]:
+def latest_processed_batch(storage: Storage) -> str | None:
     """The batch whose PCA committed last (run ids sort by time), or None."""
     newest = committed_batches(storage, layout.PCA)
     return max(newest, key=lambda batch: newest[batch]) if newest else None

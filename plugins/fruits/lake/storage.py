@@ -3,12 +3,13 @@
 Two implementations, one code path above them: S3 through the amazon provider's S3Hook (the
 `aws_default` connection carries region and credentials), and a local folder for backend=local.
 """
+
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Dict, Optional, Protocol, Tuple
+from typing import Protocol
 
 from fruits_jobs.digests import file_digests
 
@@ -20,10 +21,10 @@ _MD5_ETAG = re.compile(r'"?([0-9a-f]{32})"?')
 class Storage(Protocol):
     name: str  # where it points, for logs: s3://bucket/ or a folder
 
-    def sizes(self, prefix: str) -> Dict[str, int]: ...  # key -> size of every object under prefix
+    def sizes(self, prefix: str) -> dict[str, int]: ...  # key -> size of every object under prefix
 
     # key -> (size, MD5 hex or None when the store cannot say) of every object under prefix
-    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]: ...
+    def fingerprints(self, prefix: str) -> dict[str, tuple[int, str | None]]: ...
 
     def upload_file(self, path: Path, key: str) -> None: ...
 
@@ -40,10 +41,10 @@ class S3Storage:
         self.name = f"s3://{bucket}/"
         self.hook = S3Hook(aws_conn_id=aws_conn_id)
 
-    def sizes(self, prefix: str) -> Dict[str, int]:
+    def sizes(self, prefix: str) -> dict[str, int]:
         return {o["Key"]: o["Size"] for o in self.hook.iter_file_metadata(prefix=prefix, bucket_name=self.bucket)}
 
-    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+    def fingerprints(self, prefix: str) -> dict[str, tuple[int, str | None]]:
         found = {}
         for o in self.hook.iter_file_metadata(prefix=prefix, bucket_name=self.bucket):
             md5 = _MD5_ETAG.fullmatch(o.get("ETag", ""))
@@ -68,7 +69,7 @@ class LocalStorage:
         self.root = Path(root)
         self.name = f"{self.root}/"
 
-    def sizes(self, prefix: str) -> Dict[str, int]:
+    def sizes(self, prefix: str) -> dict[str, int]:
         # Walk only the deepest folder the prefix names, then filter like S3's prefix match.
         base = self.root / prefix.rpartition("/")[0]
         if not base.is_dir():
@@ -80,7 +81,7 @@ class LocalStorage:
                 found[key] = path.stat().st_size
         return found
 
-    def fingerprints(self, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+    def fingerprints(self, prefix: str) -> dict[str, tuple[int, str | None]]:
         return {key: (size, file_digests(self.root / key, "md5")[0]) for key, size in self.sizes(prefix).items()}
 
     def _write(self, key: str, write) -> None:
@@ -108,7 +109,7 @@ def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:
     return S3Storage(bucket, aws_conn_id) if root.startswith("s3://") else LocalStorage(Path(root))
 
 
-def upload_missing(storage: Storage, prefix: str, files: Dict[str, Path]) -> None:
+def upload_missing(storage: Storage, prefix: str, files: dict[str, Path]) -> None:
     """Upload {name: local path} under prefix, but what is there already with the same size."""
     present = storage.sizes(prefix)
     for name, path in sorted(files.items()):

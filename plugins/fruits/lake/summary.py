@@ -1,19 +1,19 @@
 """What a person wants after a run: counts, k, explained variance, and where every output is."""
+
 import json
 import logging
-from typing import Optional
 
-from fruits_jobs import layout
 from fruits.lake.published import current_commit
 from fruits.lake.storage import Storage
+from fruits_jobs import layout
 
 log = logging.getLogger(__name__)
 
 
-def readable(uri: Optional[str]) -> Optional[str]:
+def readable(uri: str | None) -> str | None:
     """A job's URI as a person types it: file:/a/b is the path /a/b; s3:// stays."""
     if uri and uri.startswith("file:"):
-        return "/" + uri[len("file:"):].lstrip("/")
+        return "/" + uri[len("file:") :].lstrip("/")
     return uri
 
 
@@ -32,8 +32,10 @@ def locations(root: str, batch_id: str, features: dict, pca: dict) -> dict:
         "plots": list(pca["plots"].values()),
         "pca_commit": pca["commit"],
     }
-    return {name: [readable(u) for u in value] if isinstance(value, list) else readable(value)
-            for name, value in where.items()}
+    return {
+        name: [readable(u) for u in value] if isinstance(value, list) else readable(value)
+        for name, value in where.items()
+    }
 
 
 def read_summary(storage: Storage, batch_id: str) -> dict:
@@ -41,8 +43,10 @@ def read_summary(storage: Storage, batch_id: str) -> dict:
     features = current_commit(storage, layout.FEATURES, batch_id)
     metrics = current_commit(storage, layout.PCA, batch_id)
     if features is None or metrics is None:
-        raise RuntimeError(f"batch {batch_id} has no committed {'features' if features is None else 'PCA'}: "
-                           "its job did not finish; see that task's log")
+        raise RuntimeError(
+            f"batch {batch_id} has no committed {'features' if features is None else 'PCA'}: "
+            "its job did not finish; see that task's log"
+        )
     return {
         "batch_id": batch_id,
         "images": {k: features.get(k) for k in ("read", "featurized", "rejected", "rejects_by_reason")},
@@ -62,7 +66,7 @@ def add_run_report(storage: Storage, metrics_uri: str, report: dict) -> None:
     S3 replaces an object whole, the lake folder by a rename)."""
     if not metrics_uri.startswith(storage.name):
         raise RuntimeError(f"{metrics_uri} is not in {storage.name}: the PCA wrote outside the lake")
-    key = metrics_uri[len(storage.name):]
+    key = metrics_uri[len(storage.name) :]
     metrics = json.loads(storage.read_text(key))
     storage.put_bytes(json.dumps({**metrics, "run_report": report}, indent=2, allow_nan=False).encode(), key)
 
@@ -77,11 +81,23 @@ def asset_extras(result: dict) -> dict:
     """What each asset event carries (JSON): the batch, its counts or its PCA, and its locations."""
     images, pca, where = result["images"], result["pca"], result["locations"]
     return {
-        FEATURES_ASSET_URI: {"batch_id": result["batch_id"], **images, "features": where["features"],
-                             "rejects": where["rejects"], "commit": where["features_commit"]},
-        PCA_ASSET_URI: {"batch_id": result["batch_id"], "k": pca["k"], "n_images": pca["n_images"],
-                        "explained_variance": pca["total_explained_variance"], "reduced": where["pca_reduced"],
-                        "model": where["pca_model"], "metrics": where["metrics"], "commit": where["pca_commit"]},
+        FEATURES_ASSET_URI: {
+            "batch_id": result["batch_id"],
+            **images,
+            "features": where["features"],
+            "rejects": where["rejects"],
+            "commit": where["features_commit"],
+        },
+        PCA_ASSET_URI: {
+            "batch_id": result["batch_id"],
+            "k": pca["k"],
+            "n_images": pca["n_images"],
+            "explained_variance": pca["total_explained_variance"],
+            "reduced": where["pca_reduced"],
+            "model": where["pca_model"],
+            "metrics": where["metrics"],
+            "commit": where["pca_commit"],
+        },
     }
 
 

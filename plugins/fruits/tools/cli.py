@@ -9,40 +9,42 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
 """
+
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 
-from fruits_jobs import layout
 from fruits.lake.folder import default_lake
 from fruits.lake.published import committed_batches, current_commit, latest_processed_batch
 from fruits.lake.storage import LocalStorage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
+from fruits_jobs import layout
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 
 
-def batch_ids(storage: Storage) -> List[str]:
+def batch_ids(storage: Storage) -> list[str]:
     """Batches with a features commit, oldest first (by their newest commit's run id)."""
     newest = committed_batches(storage, layout.FEATURES)
     return sorted(newest, key=lambda batch: newest[batch])
 
 
-def batches_table(storage: Storage) -> List[str]:
+def batches_table(storage: Storage) -> list[str]:
     rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}"]
     for batch in batch_ids(storage):
         features = current_commit(storage, layout.FEATURES, batch) or {}
         pca = current_commit(storage, layout.PCA, batch) or {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
-        rows.append(f"{batch:<24} {features['read']:>7} {features['featurized']:>10} {features['rejected']:>8} "
-                    f"{pca.get('k', '-'):>5} {variance:>8}")
+        rows.append(
+            f"{batch:<24} {features['read']:>7} {features['featurized']:>10} {features['rejected']:>8} "
+            f"{pca.get('k', '-'):>5} {variance:>8}"
+        )
     return rows
 
 
-def _read(uri: str, columns: List[str]) -> List[dict]:
+def _read(uri: str, columns: list[str]) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(readable(uri), columns=columns).to_pylist()
@@ -54,14 +56,16 @@ def landing_path(path: str, batch: str) -> str:
     return path.split(marker, 1)[1] if marker in path else path
 
 
-def rejects_rows(storage: Storage, batch: str) -> List[str]:
+def rejects_rows(storage: Storage, batch: str) -> list[str]:
     features = current_commit(storage, layout.FEATURES, batch)
     if features is None:
         raise SystemExit(f"no published batch {batch!r} in {storage.name}: see `python -m fruits batches`")
     if not features.get("rejects"):
         return [f"batch {batch}: no rejected file"]
     rows = _read(features["rejects"], ["path", "reason", "detail"])
-    return [f"{landing_path(r['path'], batch)}\t{r['reason']}\t{r['detail']}" for r in sorted(rows, key=lambda r: r["path"])]
+    return [
+        f"{landing_path(r['path'], batch)}\t{r['reason']}\t{r['detail']}" for r in sorted(rows, key=lambda r: r["path"])
+    ]
 
 
 def photo_features(photo: Path, weights: str, image_size: int, storage: Storage) -> np.ndarray:
@@ -77,8 +81,11 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
         if weights_suffix(weights) == ONNX_SUFFIX:
             exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
         else:
-            kept = Path(storage.name) / layout.MODELS / mobilenet.onnx_cache_name(file_digests(weights, "sha256")[0],
-                                                                                   image_size)
+            kept = (
+                Path(storage.name)
+                / layout.MODELS
+                / mobilenet.onnx_cache_name(file_digests(weights, "sha256")[0], image_size)
+            )
             if kept.is_file():
                 exported = mobilenet.onnx_model(kept.read_bytes(), image_size, str(kept))
     if exported is None:
@@ -86,35 +93,42 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
     return mobilenet.featurize(mobilenet.worker_infer_fn(("cli", weights), lambda: exported, cores=1), image, 1)[0]
 
 
-def similar_rows(storage: Storage, photo: Path, k: int, batch: Optional[str] = None) -> List[str]:
+def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None) -> list[str]:
     batches = [batch] if batch else batch_ids(storage)
     commits = [c for c in (current_commit(storage, layout.FEATURES, b) for b in batches) if c and c.get("features")]
     if not commits:
         raise SystemExit(f"no featurized batch in {storage.name}")
     settings = {(c["weights"], c["image_size"]) for c in commits}
     if len(settings) > 1:
-        raise SystemExit(f"the batches were featurized with different weights or sizes {sorted(settings)}: "
-                         "pass --batch to compare within one")
-    (weights, image_size), = settings
+        raise SystemExit(
+            f"the batches were featurized with different weights or sizes {sorted(settings)}: "
+            "pass --batch to compare within one"
+        )
+    ((weights, image_size),) = settings
     rows = [r for c in commits for r in _read(c["features"], ["path", "label", "features"])]
     stored = np.asarray([r["features"] for r in rows], dtype=np.float64)
     query = photo_features(photo, weights, image_size, storage).astype(np.float64)
     similarity = stored @ query / np.maximum(np.linalg.norm(stored, axis=1) * np.linalg.norm(query), 1e-300)
     best = np.argsort(-similarity)[:k]
-    return [f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(rows[i]['path'])}"
-            for rank, i in enumerate(best, 1)]
+    return [
+        f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(rows[i]['path'])}"
+        for rank, i in enumerate(best, 1)
+    ]
 
 
-def where_lines(storage: Storage, batch_id: Optional[str]) -> List[str]:
+def where_lines(storage: Storage, batch_id: str | None) -> list[str]:
     """Where a batch's outputs are (default: the batch whose PCA committed last), with its k."""
     batch_id = batch_id or latest_processed_batch(storage)
     if batch_id is None:
         raise LookupError(f"no processed batch in {storage.name}")
     pca_and_locations = read_summary(storage, batch_id)
     pca = pca_and_locations["pca"]
-    return [f"batch {batch_id} in {storage.name}:", format_locations(pca_and_locations["locations"]),
-            f"  k={pca['k']} of {pca['input_dim']} dims, explained variance {pca['total_explained_variance']:.3f}"
-            f" on {pca['n_images']} images"]
+    return [
+        f"batch {batch_id} in {storage.name}:",
+        format_locations(pca_and_locations["locations"]),
+        f"  k={pca['k']} of {pca['input_dim']} dims, explained variance {pca['total_explained_variance']:.3f}"
+        f" on {pca['n_images']} images",
+    ]
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ offline; point `landing_dir` at a real Fruits-360 folder for real results (see R
 
     fruits demo data/landing [--per-class 6] [--no-odd-files]
 """
+
 import io
 import random
 from pathlib import Path
@@ -55,12 +56,12 @@ def odd_files(class_dir: Path) -> dict:
     rgba = sample.convert("RGBA")
     rgba.putalpha(200)
     files = {
-        class_dir / "photo_rgba.png": rgba,                     # accepted: transparency on white
-        class_dir / "photo_cmyk.jpg": sample.convert("CMYK"),   # accepted: print-shop JPEG
-        class_dir / "photo_16bit.png": png16,                   # accepted: 16-bit greyscale
-        class_dir / "notes.txt": b"bought at the market on Tuesday\n",     # rejected: not an image
-        class_dir / "half_copied.jpg": _jpeg_bytes(sample)[:700],          # rejected: truncated
-        class_dir / "empty.jpg": b"",                                      # rejected: empty file
+        class_dir / "photo_rgba.png": rgba,  # accepted: transparency on white
+        class_dir / "photo_cmyk.jpg": sample.convert("CMYK"),  # accepted: print-shop JPEG
+        class_dir / "photo_16bit.png": png16,  # accepted: 16-bit greyscale
+        class_dir / "notes.txt": b"bought at the market on Tuesday\n",  # rejected: not an image
+        class_dir / "half_copied.jpg": _jpeg_bytes(sample)[:700],  # rejected: truncated
+        class_dir / "empty.jpg": b"",  # rejected: empty file
     }
     return files
 

@@ -1,4 +1,5 @@
 """How our EMR tasks read AWS's errors. botocore gives the code only inside ClientError.response."""
+
 from botocore.exceptions import ClientError
 
 S3_NOT_FOUND = ("NoSuchKey", "404")  # GetObject's and HeadObject's codes for a missing key

@@ -3,12 +3,12 @@
 The steps are one rendering of the backend-neutral job specs (fruits/jobs.py): EMR runs them with
 spark-submit in cluster mode on YARN, with the executor shape below.
 """
-import re
-from typing import Dict, List, Optional
 
-from fruits_jobs import layout
-from fruits.config.run import RunConfig, emr_of
+import re
+
 from fruits.backends.jobs import SparkJob, submit_args
+from fruits.config.run import RunConfig, emr_of
+from fruits_jobs import layout
 from fruits_jobs.bundle import BOOTSTRAP, LOCK
 
 PYTHON = "/usr/bin/python3.11"  # installed by the bootstrap; the jobs' pins are for 3.11
@@ -48,11 +48,14 @@ def spark_step(job: SparkJob, batch_id: str) -> dict:
     # A failed step cancels the steps after it (they would read its missing output) and leaves the
     # cluster to the teardown task, the one owner of the cluster's life (the IdleTimeout if Airflow
     # is gone).
-    return {"Name": step_name(job.name, batch_id), "ActionOnFailure": "CANCEL_AND_WAIT",
-            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}}
+    return {
+        "Name": step_name(job.name, batch_id),
+        "ActionOnFailure": "CANCEL_AND_WAIT",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args},
+    }
 
 
-def spark_steps(jobs: List[SparkJob], batch_id: str) -> List[dict]:
+def spark_steps(jobs: list[SparkJob], batch_id: str) -> list[dict]:
     """Every step, for one AddJobFlowSteps call (adding them one by one could run PCA on old data)."""
     return [spark_step(job, batch_id) for job in jobs]
 
@@ -76,48 +79,74 @@ def tag_value(text: str) -> str:
 RUN_TAG_KEYS = ("project", "dag_run_id", "batch_id")
 
 
-def run_tags(cfg: RunConfig, run_id: str) -> Dict[str, str]:
+def run_tags(cfg: RunConfig, run_id: str) -> dict[str, str]:
     """The tags that tell this run's cluster from any other: a retried create_cluster looks for them.
     project=<project_tag> is also what the Airflow role's policy requires on every cluster it touches."""
     emr = emr_of(cfg)
     return dict(zip(RUN_TAG_KEYS, (emr.project_tag, tag_value(run_id), cfg.batch_id), strict=True))
 
 
-def _tags(cfg: RunConfig, run_id: str) -> List[dict]:
-    return [*({"Key": k, "Value": v} for k, v in run_tags(cfg, run_id).items()), EMR_MANAGED_POLICY_TAG,
-            {"Key": "managed-by", "Value": "airflow"}]
+def _tags(cfg: RunConfig, run_id: str) -> list[dict]:
+    return [
+        *({"Key": k, "Value": v} for k, v in run_tags(cfg, run_id).items()),
+        EMR_MANAGED_POLICY_TAG,
+        {"Key": "managed-by", "Value": "airflow"},
+    ]
 
 
-def instance_groups(cfg: RunConfig) -> List[dict]:
+def instance_groups(cfg: RunConfig) -> list[dict]:
     emr = emr_of(cfg)
     groups = [
-        {"Name": "primary", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
-         "InstanceType": emr.primary_instance_type, "InstanceCount": 1},
-        {"Name": "core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
-         "InstanceType": emr.instance_type, "InstanceCount": emr.core_count},
+        {
+            "Name": "primary",
+            "InstanceRole": "MASTER",
+            "Market": "ON_DEMAND",
+            "InstanceType": emr.primary_instance_type,
+            "InstanceCount": 1,
+        },
+        {
+            "Name": "core",
+            "InstanceRole": "CORE",
+            "Market": "ON_DEMAND",
+            "InstanceType": emr.instance_type,
+            "InstanceCount": emr.core_count,
+        },
     ]
     if emr.task_spot_count > 0:
         # Task nodes hold no HDFS data, so losing a spot node only reruns its Spark tasks.
-        groups.append({"Name": "task-spot", "InstanceRole": "TASK", "Market": "SPOT",
-                       "InstanceType": emr.instance_type, "InstanceCount": emr.task_spot_count})
+        groups.append(
+            {
+                "Name": "task-spot",
+                "InstanceRole": "TASK",
+                "Market": "SPOT",
+                "InstanceType": emr.instance_type,
+                "InstanceCount": emr.task_spot_count,
+            }
+        )
     return groups
 
 
-def configurations() -> List[dict]:
+def configurations() -> list[dict]:
     """The jobs need Python 3.11 (their pins); EMR 7's default python3 is 3.9."""
     return [
-        {"Classification": "spark-env", "Properties": {}, "Configurations": [
-            {"Classification": "export", "Properties": {"PYSPARK_PYTHON": PYTHON}}]},
-        {"Classification": "spark-defaults", "Properties": {
-            "spark.pyspark.python": PYTHON,
-            "spark.pyspark.driver.python": PYTHON,
-            "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
-            "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
-        }},
+        {
+            "Classification": "spark-env",
+            "Properties": {},
+            "Configurations": [{"Classification": "export", "Properties": {"PYSPARK_PYTHON": PYTHON}}],
+        },
+        {
+            "Classification": "spark-defaults",
+            "Properties": {
+                "spark.pyspark.python": PYTHON,
+                "spark.pyspark.driver.python": PYTHON,
+                "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
+                "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
+            },
+        },
     ]
 
 
-def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: Optional[str] = None) -> dict:
+def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: str | None = None) -> dict:
     """RunJobFlow request for a transient cluster of the DAG run run_id; the steps are added after it
     is created. wheels_uri: the staged wheelhouse the bootstrap installs from (None: from PyPI)."""
     emr = emr_of(cfg)
@@ -138,11 +167,15 @@ def job_flow_overrides(cfg: RunConfig, version: str, run_id: str, wheels_uri: Op
         "Applications": [{"Name": "Spark"}],  # TensorFlow comes from the bootstrap, pinned with the jobs
         "LogUri": cfg.uri(layout.EMR_LOGS),
         "Instances": instances,
-        "BootstrapActions": [{
-            "Name": "python3.11 and the jobs' requirements",
-            "ScriptBootstrapAction": {"Path": code_uri(cfg, version, BOOTSTRAP),
-                                      "Args": [code_uri(cfg, version, LOCK), *([wheels_uri] if wheels_uri else [])]},
-        }],
+        "BootstrapActions": [
+            {
+                "Name": "python3.11 and the jobs' requirements",
+                "ScriptBootstrapAction": {
+                    "Path": code_uri(cfg, version, BOOTSTRAP),
+                    "Args": [code_uri(cfg, version, LOCK), *([wheels_uri] if wheels_uri else [])],
+                },
+            }
+        ],
         "Configurations": configurations(),
         # Safety net: a cluster idle this long ends itself even if Airflow never runs the teardown.
         "AutoTerminationPolicy": {"IdleTimeout": emr.idle_timeout_s},

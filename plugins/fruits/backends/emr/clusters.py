@@ -2,7 +2,6 @@
 
 Pure boto3 (an EMR client is passed in): the operators and tasks decide when to ask.
 """
-from typing import Dict, List, Optional, Tuple
 
 from botocore.exceptions import ClientError
 
@@ -14,7 +13,7 @@ LIVE_CLUSTER_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 REUSABLE_STEP_STATES = frozenset({"PENDING", "RUNNING", "COMPLETED"})
 
 
-def live_cluster_of_run(emr, name: str, tags: Dict[str, str]) -> Optional[str]:
+def live_cluster_of_run(emr, name: str, tags: dict[str, str]) -> str | None:
     """The id of a live cluster called name that carries every tag in tags, or None.
 
     ListClusters returns no tags, so candidates are narrowed by name first, then described (which
@@ -36,17 +35,17 @@ def live_cluster_of_run(emr, name: str, tags: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def steps_to_add(existing: List[dict], planned: List[dict]) -> Tuple[Dict[str, str], List[dict]]:
+def steps_to_add(existing: list[dict], planned: list[dict]) -> tuple[dict[str, str], list[dict]]:
     """(name -> id of the existing steps to keep, the planned steps still to add).
 
     existing: the cluster's ListSteps summaries, newest first (the API's order); planned: the run's
     steps in order. The newest step of each name is kept while it is pending, running or completed;
     from the first planned step without such a step on, all are added (a later step reads the output
     of the ones before it)."""
-    newest: Dict[str, dict] = {}
+    newest: dict[str, dict] = {}
     for step in existing:
         newest.setdefault(step["Name"], step)
-    kept: Dict[str, str] = {}
+    kept: dict[str, str] = {}
     for i, step in enumerate(planned):
         found = newest.get(step["Name"])
         if found is None or found["Status"]["State"] not in REUSABLE_STEP_STATES:
@@ -55,12 +54,12 @@ def steps_to_add(existing: List[dict], planned: List[dict]) -> Tuple[Dict[str, s
     return kept, []
 
 
-def list_steps(emr, cluster_id: str) -> List[dict]:
+def list_steps(emr, cluster_id: str) -> list[dict]:
     """Every step of the cluster, newest first (ListSteps' order), all pages."""
     return [s for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id) for s in page["Steps"]]
 
 
-def add_steps_once(emr, cluster_id: str, planned: List[dict]) -> List[str]:
+def add_steps_once(emr, cluster_id: str, planned: list[dict]) -> list[str]:
     """Add the planned steps the cluster does not already run or ran, in one AddJobFlowSteps call;
     returns the step id of each planned step, in order."""
     kept, to_add = steps_to_add(list_steps(emr, cluster_id), planned)

@@ -1,5 +1,6 @@
 """The DAG's operators of its own: a cluster creator that a retry cannot make create twice, and the
 EMR step sensor that explains a failure in the task's log and stops what it watches when killed."""
+
 import gzip
 import json
 import time
@@ -11,9 +12,9 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from botocore.exceptions import ClientError
 
-from fruits.backends.emr.clusters import live_cluster_of_run
-from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.aws import S3_NOT_FOUND, aws_error_code
+from fruits.backends.emr.builders import RUN_TAG_KEYS
+from fruits.backends.emr.clusters import live_cluster_of_run
 from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
@@ -81,7 +82,9 @@ class StepSensor(EmrStepSensor):
         except ClientError as exc:
             if aws_error_code(exc) not in S3_NOT_FOUND:
                 raise
-            self.log.info("%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name)
+            self.log.info(
+                "%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name
+            )
 
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:
@@ -94,16 +97,21 @@ class StepSensor(EmrStepSensor):
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn
         cluster = emr.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
         status = cluster["Status"]
-        if status["State"] in ("TERMINATING", "TERMINATED_WITH_ERRORS") and \
-                status.get("StateChangeReason", {}).get("Code") not in ("USER_REQUEST", "ALL_STEPS_COMPLETED"):
+        if status["State"] in ("TERMINATING", "TERMINATED_WITH_ERRORS") and status.get("StateChangeReason", {}).get(
+            "Code"
+        ) not in ("USER_REQUEST", "ALL_STEPS_COMPLETED"):
             reason = status.get("StateChangeReason", {})
-            return (f"cluster {self.job_flow_id} ended {status['State']}: {reason.get('Code')}: {reason.get('Message')}."
-                    f" This is the cluster's failure (bootstrap or provisioning), not the step's: the bootstrap "
-                    f"logs are under {cluster.get('LogUri')}{self.job_flow_id}/node/")
+            return (
+                f"cluster {self.job_flow_id} ended {status['State']}: {reason.get('Code')}: {reason.get('Message')}."
+                f" This is the cluster's failure (bootstrap or provisioning), not the step's: the bootstrap "
+                f"logs are under {cluster.get('LogUri')}{self.job_flow_id}/node/"
+            )
         step = emr.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)["Step"]
         details = self.failure_message_from_response({"Step": step}) if with_details else None
-        lines = [f"step {step.get('Name')} ({self.step_id}) on cluster {self.job_flow_id} is {step['Status']['State']}"
-                 + (f": {details}" if details else "")]
+        lines = [
+            f"step {step.get('Name')} ({self.step_id}) on cluster {self.job_flow_id} is {step['Status']['State']}"
+            + (f": {details}" if details else "")
+        ]
         if cluster.get("LogUri"):
             lines.append(self._stderr_tail(cluster["LogUri"]))
         return "\n".join(lines)

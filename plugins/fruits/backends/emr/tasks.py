@@ -1,16 +1,18 @@
 """The EMR branch of the DAG: pre-flight, a cluster, both steps in one call, a sensor per step, and
 the teardown that always ends the cluster."""
+
 from __future__ import annotations
 
 import logging
 
-from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.sdk import TaskGroup, chain, task
 
 from fruits.backends.base import BackendTasks
-from fruits.backends.emr import builders, clusters, preflight as checks
+from fruits.backends.emr import builders, clusters
+from fruits.backends.emr import preflight as checks
 from fruits.backends.emr.operators import CreateClusterOnce, StepSensor
 from fruits.backends.jobs import JOBS, JobDef
 from fruits.config.run import RunConfig, emr_deferrable, from_xcom
@@ -26,7 +28,8 @@ def run_preflight(cfg: RunConfig, version: str) -> None:
     problems = checks.run_checks(cfg, clients, version)
     if problems:
         raise checks.PreflightFailed(
-            "no cluster was started; change these first:\n" + "\n".join(f"  - {p}" for p in problems))
+            "no cluster was started; change these first:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     log.info("pre-flight: bucket, weights, roles, subnet, instance types and code are ready")
 
 
@@ -78,9 +81,11 @@ def emr_tasks(cfg, version, plan) -> BackendTasks:
         # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
         # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
         terminate_cluster = EmrTerminateJobFlowOperator(
-            task_id="terminate_cluster", job_flow_id=create_cluster.output,
+            task_id="terminate_cluster",
+            job_flow_id=create_cluster.output,
         ).as_teardown(setups=[create_cluster, step_ids.operator])
         chain(checked, create_cluster, step_ids, *watchers, terminate_cluster)
     # publish_summary comes after the teardown too: the run report's cost counts the cluster's whole life.
-    return BackendTasks(entry=checked.operator, result_task_id=create_cluster.task_id,
-                        done=[watchers[-1], terminate_cluster])
+    return BackendTasks(
+        entry=checked.operator, result_task_id=create_cluster.task_id, done=[watchers[-1], terminate_cluster]
+    )

@@ -1,5 +1,6 @@
 """backend=local: the jobs run by a local spark-submit, one after the other, in the run_locally task;
 the bucket is a folder (the lake) or, in docker-compose, MinIO's bucket through S3A."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,8 +12,8 @@ from fruits.backends.base import Backend, BackendTasks
 from fruits.config.params import InvalidParam
 from fruits.config.run import LocalConfig, RunConfig
 from fruits.config.settings import DEFAULTS, shared_weights
-from fruits_jobs import layout
 from fruits.lake.folder import to_local
+from fruits_jobs import layout
 
 STORAGES = ("lake", "s3")
 
@@ -35,8 +36,9 @@ class LocalBackend(Backend):
         # With the lake folder as the bucket, s3://<bucket>/models/… is <lake>/models/….
         return weights if root.startswith("s3://") else to_local(weights, Path(root))
 
-    def section(self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str,
-                weights: str) -> tuple[LocalConfig, str]:
+    def section(
+        self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str, weights: str
+    ) -> tuple[LocalConfig, str]:
         lake = str(Path(settings["local_lake"]).expanduser().resolve())
         return LocalConfig(lake=lake, storage=settings["local_storage"], spark_master=settings["spark_master"]), weights
 

@@ -5,10 +5,11 @@ The local rendering of the backend-neutral job specs (fruits/jobs.py): the maste
 interpreter, which has the jobs' requirements installed, and the URIs are the run's own (the lake
 folder for backend=local, see RunConfig.uri).
 """
+
 import json
 import logging
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,6 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List
 
 from fruits.backends.jobs import SparkJob, submit_args
 
@@ -36,8 +36,16 @@ LOCAL_DRIVER_JAVA_OPTIONS = f"-XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile
 _LOG4J = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ")
 _PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)[: ]")
 _PY_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ")
-LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
-          "WARNING": logging.WARNING, "ERROR": logging.ERROR, "FATAL": logging.CRITICAL, "CRITICAL": logging.CRITICAL}
+LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+    "CRITICAL": logging.CRITICAL,
+}
 # Lines that are harmless but printed where we cannot silence them: logged at DEBUG. TensorFlow's
 # C++ logging says this once at import, before TF_CPP_MIN_LOG_LEVEL applies to it.
 HARMLESS = (re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),)
@@ -70,10 +78,9 @@ def spark_submit_executable() -> str:
     return found
 
 
-def command(job: SparkJob, spark_submit: str, master: str = "local[*]") -> List[str]:
+def command(job: SparkJob, spark_submit: str, master: str = "local[*]") -> list[str]:
     """The local spark-submit command line of one job."""
-    return [spark_submit, "--master", master, "--driver-java-options", LOCAL_DRIVER_JAVA_OPTIONS,
-            *submit_args(job)]
+    return [spark_submit, "--master", master, "--driver-java-options", LOCAL_DRIVER_JAVA_OPTIONS, *submit_args(job)]
 
 
 class StepKilled(RuntimeError):
@@ -133,7 +140,7 @@ def relog(name: str, stream) -> str:
     return last
 
 
-def run_step(name: str, command: List[str]) -> dict:
+def run_step(name: str, command: list[str]) -> dict:
     """Run one step, streaming stdout to the task log; returns the JSON of stdout's last line.
 
     Both streams (Spark's log on stderr; the job's messages and progress on stdout, where Spark's
@@ -143,8 +150,9 @@ def run_step(name: str, command: List[str]) -> dict:
     its task is gone."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     log.info("step %s: %s", name, " ".join(command))
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    ) as proc:
         relay = threading.Thread(target=relog, args=(name, proc.stderr), daemon=True)
         relay.start()
         with _stopped_on_signals(proc):
@@ -159,7 +167,7 @@ def run_step(name: str, command: List[str]) -> dict:
         raise StepFailed(f"step {name} did not end with its JSON summary: {last!r}") from exc
 
 
-def run_jobs(jobs: List[SparkJob], master: str = "local[*]") -> List[dict]:
+def run_jobs(jobs: list[SparkJob], master: str = "local[*]") -> list[dict]:
     """Run the jobs in order; a failed one stops the rest, as CANCEL_AND_WAIT does on EMR.
     Returns each job's {"job", "wall_s", "summary"} (its JSON summary)."""
     spark_submit = spark_submit_executable()

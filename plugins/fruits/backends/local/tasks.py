@@ -1,4 +1,5 @@
 """The local branch of the DAG: one task that runs the jobs, in order, with a local spark-submit."""
+
 from __future__ import annotations
 
 from pathlib import Path
