@@ -13,7 +13,6 @@ the model excluded), (b) the seed's timer (repartition + UDF + write), (c), (c2)
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -24,12 +23,11 @@ import time
 from pathlib import Path
 
 import psutil
-from measure import peak_rss
 
-from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
-from fruits_jobs.contract import FEATURES_ENTRYPOINT
 from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE
+
+from measure import features_job, peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
@@ -119,40 +117,11 @@ def main() -> None:
 
     results = {}
     # (a) is launched the way the DAG's local backend launches its features step.
-    job = SparkJob(
-        name="extract_features",
-        entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
-        py_files=(),
-        args=(
-            "--images",
-            str(images),
-            "--features",
-            str(work / "features"),
-            "--rejects",
-            str(work / "rejects"),
-            "--batch-id",
-            "bench",
-            "--weights",
-            args.weights,
-        ),
-        conf={"spark.ui.enabled": "false"},
-        timeout_s=3600,
-    )
+    job = features_job(images, work, "bench", args.weights)
     results["a"] = run_measured(command(job, spark_submit, args.master), env)
     assert results["a"]["featurized"] == n, results["a"]
     # (a0): the same job on the engine it had before ONNX Runtime, for the before/after in one run.
-    before = dataclasses.replace(
-        job,
-        args=(
-            *job.args[:3],
-            str(work / "features_tf"),
-            job.args[4],
-            str(work / "rejects_tf"),
-            *job.args[6:],
-            "--engine",
-            "tensorflow",
-        ),
-    )
+    before = features_job(images, work / "tf", "bench", args.weights, "--engine", "tensorflow")
     results["a0"] = run_measured(command(before, spark_submit, args.master), env)
     results["b"] = run_measured(
         [

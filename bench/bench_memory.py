@@ -36,15 +36,15 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from measure import peak_rss
 
 from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
 from fruits_jobs import commits, layout
-from fruits_jobs.contract import FEATURE_DIM, FEATURES_ENTRYPOINT, PCA_ENTRYPOINT
+from fruits_jobs.contract import FEATURE_DIM, PCA_ENTRYPOINT
 
 # bench/ is on sys.path (this script's folder): one place for the shared paths
 from bench_features import REPO, SAMPLE, WEIGHTS
+from measure import features_job, peak_rss
 
 OUT = REPO / "artifacts" / "bench"
 CHUNK_ROWS = 10_000  # rows generated at a time and per row group: ~50 MB of float32
@@ -181,31 +181,13 @@ def bench_pca(rows: int, work: Path, env: dict, spark_submit: str, master: str) 
 
 
 def bench_features(n: int, work: Path, env: dict, spark_submit: str, master: str, weights: str) -> dict:
-    images, features, rejects = work / f"images-{n}", work / f"features-{n}", work / f"rejects-{n}"
+    images, out = work / f"images-{n}", work / f"out-{n}"
     link_images(SAMPLE, images, n)
-    job = SparkJob(
-        name="extract_features",
-        entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
-        py_files=(),
-        args=(
-            "--images",
-            str(images),
-            "--features",
-            str(features),
-            "--rejects",
-            str(rejects),
-            "--batch-id",
-            "bench",
-            "--weights",
-            weights,
-        ),
-        conf={"spark.ui.enabled": "false"},
-        timeout_s=6 * 3600,
-    )
+    job = features_job(images, out, "bench", weights, timeout_s=6 * 3600)
     print(f"features: {n} images, weights {weights} ...", flush=True)
     result = run_measured(command(job, spark_submit, master), env, work / f"features-{n}.log")
     summary = result.pop("summary", {})
-    for folder in (images, features, rejects):
+    for folder in (images, out):
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "images": n,

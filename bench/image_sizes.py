@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fruits.backends.jobs import SparkJob
 from fruits.backends.local.runner import command
-from fruits_jobs.contract import FEATURES_ENTRYPOINT
 
 from bench_features import SAMPLE, WEIGHTS, run_measured
+from measure import features_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,27 +64,7 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = work / str(size)
-        job = SparkJob(
-            name="extract_features",
-            entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
-            py_files=(),
-            args=(
-                "--images",
-                str(args.images),
-                "--features",
-                str(out / "features"),
-                "--rejects",
-                str(out / "rejects"),
-                "--batch-id",
-                "sizes",
-                "--weights",
-                args.weights,
-                "--image-size",
-                str(size),
-            ),
-            conf={"spark.ui.enabled": "false"},
-            timeout_s=3600,
-        )
+        job = features_job(args.images, out, "sizes", args.weights, "--image-size", str(size))
         result = run_measured(command(job, spark_submit, args.master), env)
         (folder,) = glob.glob(str(out / "features" / "batch_id=sizes" / "run=*"))
         raw = run_measured(

@@ -1,10 +1,41 @@
-"""Peak memory of a running process tree, sampled in a thread: what both benchmarks report."""
+"""What the benchmarks share: the features job as the DAG's local backend launches it, and the peak
+memory of a running process tree, sampled in a thread."""
 
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
+
+from fruits.backends.jobs import SparkJob
+from fruits.config.settings import REPO
+from fruits_jobs.contract import FEATURES_ENTRYPOINT
+
+
+def features_job(images: Path, out: Path, batch_id: str, weights: str, *extra: str, timeout_s: int = 3600) -> SparkJob:
+    """The features job from the source tree, writing out/features and out/rejects (no Spark UI)."""
+    args = (
+        "--images",
+        str(images),
+        "--features",
+        str(out / "features"),
+        "--rejects",
+        str(out / "rejects"),
+        "--batch-id",
+        batch_id,
+        "--weights",
+        weights,
+        *extra,
+    )
+    return SparkJob(
+        name="extract_features",
+        entrypoint=str(REPO / "spark_jobs" / FEATURES_ENTRYPOINT),
+        py_files=(),
+        args=args,
+        conf={"spark.ui.enabled": "false"},
+        timeout_s=timeout_s,
+    )
 
 
 def tree_rss(proc: psutil.Process) -> dict:

@@ -165,6 +165,25 @@ def aws(monkeypatch):
         assert not denied, f"calls the Airflow role's policy does not allow: {denied}"
 
 
+def emr_run_config(batch_id: str = "2025-01-02", **emr):
+    """A run on EMR as the first task resolves it (bucket BUCKET), for the pure builders and checks;
+    emr: changes to its EMR section (3 m5.2xlarge core nodes, no spot)."""
+    from fruits.config.run import EmrConfig, RunConfig
+
+    section = EmrConfig(**{"instance_type": "m5.2xlarge", "core_count": 3, "task_spot_count": 0, **emr})
+    return RunConfig(
+        batch_id=batch_id,
+        landing_dir="/landing",
+        backend="emr",
+        pca_k=None,
+        pca_variance=0.9,
+        weights=f"s3://{BUCKET}/models/w.weights.h5",
+        bucket=BUCKET,
+        root=f"s3://{BUCKET}/",
+        emr=section,
+    )
+
+
 def xcom(dag_run, task_id: str, key: str = "return_value"):
     """A task's XCom from the metadata DB, as the UI shows it."""
     from airflow.models.xcom import XComModel

@@ -8,21 +8,10 @@ from botocore.validate import ParamValidator
 
 from fruits.backends import jobs
 from fruits.backends.emr import builders as emr
-from fruits.config.run import EmrConfig, RunConfig
 
-from airflow_fixtures import REGION
+from airflow_fixtures import REGION, emr_run_config
 
-CFG = RunConfig(
-    batch_id="2025-01-02",
-    landing_dir="/landing",
-    backend="emr",
-    pca_k=None,
-    pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5",
-    bucket="fruits-test",
-    root="s3://fruits-test/",
-    emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
-)
+CFG = emr_run_config()
 
 
 def with_emr(cfg=CFG, **changes):

@@ -23,7 +23,7 @@ from moto.emr.models import Cluster
 from fruits.config.params import build_params
 from fruits_jobs import commits, features, layout, pca
 
-from airflow_fixtures import BUCKET, REGION, make_landing, xcom
+from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, xcom
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
@@ -379,19 +379,8 @@ def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection
     """(Not through a DAG run: Airflow caches the connection, so changing its region mid-session
     would leak into the next tests.)"""
     from fruits.backends.emr import preflight
-    from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = RunConfig(
-        batch_id="b",
-        landing_dir="/l",
-        backend="emr",
-        pca_k=None,
-        pca_variance=0.9,
-        weights="random",
-        bucket=BUCKET,
-        root=f"s3://{BUCKET}/",
-        emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0),
-    )
+    cfg = emr_run_config("b")
     far = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, "us-east-1")
     assert preflight.check_bucket(cfg, far) == [
         "fruits_bucket: bucket 'fruits-test' is in eu-west-1, the aws_default connection in us-east-1: set "
@@ -404,19 +393,8 @@ def test_preflight_says_when_the_bucket_is_in_another_region_than_the_connection
 
 def test_preflight_says_when_the_code_was_not_staged(aws):
     from fruits.backends.emr import preflight
-    from fruits.config.run import EmrConfig, RunConfig
 
-    cfg = RunConfig(
-        batch_id="b",
-        landing_dir="/l",
-        backend="emr",
-        pca_k=None,
-        pca_variance=0.9,
-        weights="random",
-        bucket=BUCKET,
-        root=f"s3://{BUCKET}/",
-        emr=EmrConfig("m5.2xlarge", core_count=2, task_spot_count=0),
-    )
+    cfg = emr_run_config("b")
     clients = preflight.Clients(boto3.client("s3", region_name=REGION), None, None, REGION)
     (problem,) = preflight.check_code(cfg, clients, "v0")
     assert "extract_features.py" in problem and "stage_code did not finish" in problem

@@ -5,20 +5,12 @@ import dataclasses
 import pytest
 
 from fruits.backends import jobs
-from fruits.config.run import EmrConfig, LocalConfig, RunConfig
+from fruits.config.run import LocalConfig
 from fruits_jobs import bundle, features, pca
 
-CFG = RunConfig(
-    batch_id="2025-01-02",
-    landing_dir="/landing",
-    backend="emr",
-    pca_k=None,
-    pca_variance=0.9,
-    weights="s3://fruits-test/models/w.weights.h5",
-    bucket="fruits-test",
-    root="s3://fruits-test/",
-    emr=EmrConfig(instance_type="m5.2xlarge", core_count=3, task_spot_count=0),
-)
+from airflow_fixtures import emr_run_config
+
+CFG = emr_run_config()
 LOCAL = dataclasses.replace(
     CFG,
     backend="local",
