@@ -142,8 +142,10 @@ def pca_model(spark, components: np.ndarray, explained_variance: np.ndarray, inp
 
     sc = spark.sparkContext
     d, k = components.shape
-    # Spark ML has no public constructor for a fitted model; its JVM class is built directly,
-    # with the matrices pickled across (not copied element by element through py4j).
+    # Still the best way: Spark ML has no public constructor for a fitted model, PCA.fit would re-read
+    # every vector (it ran out of the 1 GB driver heap at 250k rows), and writing the model's files by
+    # hand would copy Spark's private format. So its JVM class is built directly, with the matrices
+    # pickled across (not copied element by element through py4j).
     jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(
         PCA().uid,
         _py2java(sc, DenseMatrix(d, k, np.asarray(components, dtype=np.float64).ravel(order="F"))),
