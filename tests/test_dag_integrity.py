@@ -22,6 +22,7 @@ EDGES = {
     "stage_code": {"plan_jobs", "emr.preflight"},
     "plan_jobs": {
         "choose_backend",
+        "emr.terminate_cluster",
         "emr.create_cluster",
         "emr.add_steps",
         "run_locally",

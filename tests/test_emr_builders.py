@@ -143,6 +143,8 @@ def test_steps_follow_the_jobs_contract():
         "s3://fruits-test/models/",
         "--manifest",
         "s3://fruits-test/manifests/batch_id=2025-01-02.json",
+        "--lease",
+        "s3://fruits-test/manifests/batch_id=2025-01-02.lease",
     ]
     p_args = pca["HadoopJarStep"]["Args"]
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1 :]

@@ -73,11 +73,19 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
     monkeypatch.setattr(Cluster, "add_steps", add_steps)
 
 
-def write_job_outputs(batch_id):
+def lease_token(batch_id):
+    """The token the batch's lease holds now: what its features job reads when it starts."""
+    body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=layout.lease_key(batch_id))["Body"]
+    return json.loads(body.read())["token"]
+
+
+def write_job_outputs(batch_id, token=None):
     """What the two jobs publish for a batch of 12 photos (10 featurized, 2 rejected), written with the
-    jobs' own record builders and commit writer: a change of the commits' schema fails these tests."""
+    jobs' own record builders and commit writer: a change of the commits' schema fails these tests.
+    token: what the features job read from the lease at its start (default: the lease's now)."""
     s3 = boto3.client("s3", region_name=REGION)
     root = f"s3://{BUCKET}/"
+    token = token or lease_token(batch_id)
 
     def put(uri: str, data: bytes) -> None:
         s3.put_object(Bucket=BUCKET, Key=uri[len(root) :], Body=data)
@@ -101,7 +109,7 @@ def write_job_outputs(batch_id):
         "features": layout.run_folder(batch, RUN),
         "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN),
     }
-    summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0)
+    summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, token)
     put(*commits.commit_file(batch, RUN, summary))
     pca_args = pca.parse_args(
         ["--features", root + layout.FEATURES, "--output", root + layout.pca_prefix(batch_id), "--k", "3"]
@@ -284,10 +292,13 @@ def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db,
     )
     monkeypatch.setattr(EmrHook, "conn", property(lambda self: emr))
     sensor = pipeline_dag.get_task("emr.watch_extract_features")
-    sensor.job_flow_id, sensor.step_id = "j-1", "s-1"  # as rendered at run time
+    # as rendered at run time
+    sensor.job_flow_id, sensor.step_id = "j-1", "s-1"
+    sensor.lease_uri = f"s3://{BUCKET}/{layout.lease_key('b-cancel')}"
     with stub:
         sensor.on_kill()
     stub.assert_no_pending_responses()
+    assert lease_token("b-cancel") is None  # and its step, if it still finishes, publishes nothing
 
 
 def test_a_local_weights_file_is_staged_once_before_any_cluster(
@@ -472,6 +483,56 @@ def test_marking_the_run_failed_stops_the_sensor_but_leaves_the_teardown_to_end_
     assert states["emr.watch_extract_features"] == S.FAILED  # the task is killed: on_kill runs
     assert states["emr.watch_reduce_dimensions"] == S.SKIPPED and states["publish_summary"] == S.SKIPPED
     assert states["emr.terminate_cluster"] is None  # still to run: the cluster gets ended
+
+
+def test_a_features_step_that_completes_after_its_run_gave_up_publishes_nothing(
+    airflow_db, runnable_dag, aws, landing, monkeypatch
+):
+    """The run gives up on the features step (here its sensor fails; a killed one, or one whose worker
+    died hard, ends the same way): the teardown revokes the batch's lease before it ends the cluster,
+    so the step's commit, landing late with the token the job read at its start, publishes nothing."""
+    from fruits.lake import published
+    from fruits.lake.storage import S3Storage
+
+    started_with = {}
+    simulate_emr(monkeypatch, ["FAILED", "CANCELLED"], lambda: started_with.update(token=lease_token("b-late")))
+    dr, states = run(runnable_dag, landing, "b-late")
+    assert states["emr.watch_extract_features"] == S.FAILED and states["emr.terminate_cluster"] == S.SUCCESS
+    write_job_outputs("b-late", token=started_with["token"])  # the late commit
+    storage = S3Storage(BUCKET, "aws_default")
+    assert lease_token("b-late") is None and not published.is_published(storage, "b-late")
+    assert "emr.watch_extract_features ended failed" in storage.read_text(layout.lease_key("b-late"))
+
+
+def test_a_killed_features_sensor_revokes_the_lease_its_step_would_publish_under(aws):
+    """Marking the run failed kills the running sensor (on_kill): its step may still finish before the
+    teardown ends the cluster, and must publish nothing."""
+    from fruits.backends.emr.operators import StepSensor
+    from fruits.lake import leases, published
+    from fruits.lake.storage import S3Storage
+
+    storage = S3Storage(BUCKET, "aws_default")
+    token = leases.issue(storage, "b-kill")
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = emr.run_job_flow(
+        Name="c",
+        ReleaseLabel="emr-7.12.0",
+        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+        JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role",
+    )["JobFlowId"]
+    lease_uri = f"s3://{BUCKET}/{layout.lease_key('b-kill')}"
+    StepSensor(
+        task_id="watch",
+        job_flow_id=cluster,
+        step_id="s-1",
+        job_name="extract_features",
+        lease_uri=lease_uri,
+        aws_conn_id="aws_default",
+    ).on_kill()
+    write_job_outputs("b-kill", token=token)
+    assert lease_token("b-kill") is None and not published.is_published(storage, "b-kill")
 
 
 def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):

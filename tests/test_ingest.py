@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fruits.lake import leases, published
 from fruits.lake.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
 from fruits.lake.storage import LocalStorage, S3Storage
-from fruits_jobs import layout
+from fruits_jobs import commits, layout
 
 from airflow_fixtures import BUCKET, make_landing
 
@@ -33,6 +34,9 @@ def landing(tmp_path):
     return root, expected
 
 
+RUN = "20260101T000000000Z-0000abcd"
+
+
 class CrashingStorage:
     """Forwards to the real storage; raises after `uploads` successful uploads."""
 
@@ -49,17 +53,21 @@ class CrashingStorage:
         return getattr(self.inner, name)
 
 
-def publish(storage, batch_id):
-    """What the features job does when its run of the batch succeeds: commit (as the cluster, not
-    as Airflow, whose role may not write there: hence not through `storage`)."""
-    key = f"features/batch_id={batch_id}/_commits/20260101T000000000Z-0000abcd.json"
+def publish(storage, batch_id, token=None):
+    """What the features job does when its run of the batch succeeds: commit, with the jobs' own
+    writer, under the token the batch's lease holds (or the one given: a run's, read at its start).
+    As the cluster, not as Airflow, whose role may not write there: hence not through `storage`."""
+    lease = leases.read_lease(storage, batch_id)
+    token = token or (lease["token"] if lease else None)
+    folder = layout.batch_folder(layout.FEATURES, batch_id)
+    key, data = commits.commit_file(folder, RUN, {"features": None, "token": token})
     if isinstance(storage, LocalStorage):
         (storage.root / key).parent.mkdir(parents=True, exist_ok=True)
-        (storage.root / key).write_text("{}")
+        (storage.root / key).write_bytes(data)
     else:
         import boto3
 
-        boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+        boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)
 
 
 def raw_objects(storage, batch_id):
@@ -166,6 +174,34 @@ def test_a_failed_batch_holds_nothing(storage, landing):
     ingest(root, storage, "2025-01-01")  # ... and then its features job failed: no commit
     report = ingest(root, storage, "2025-01-02")
     assert (report["files"], report["uploaded"], report["already_held"]) == (12, 12, 0)
+
+
+def test_a_batch_whose_photos_a_new_batch_took_can_never_publish_them_too(storage, landing):
+    """Its run was killed before it committed (SIGKILL: nothing of it could act); the next batch takes
+    the photos and revokes its lease, so its job's late commit publishes nothing: each photo in one
+    published batch."""
+    root, _ = landing
+    ingest(root, storage, "bx-1")
+    token_of_killed_run = leases.read_lease(storage, "bx-1")["token"]  # what its job read at its start
+    report = ingest(root, storage, "bx-2")
+    assert report["uploaded"] == 12 and leases.read_lease(storage, "bx-1")["token"] is None
+    publish(storage, "bx-2")
+    publish(storage, "bx-1", token_of_killed_run)  # the late commit, after bx-2's ingest
+    assert published.is_published(storage, "bx-2") and not published.is_published(storage, "bx-1")
+    assert ingest(root, storage, "bx-3")["already_held_by"] == {"bx-2": 12}
+
+
+def test_a_new_run_of_a_batch_fences_the_earlier_runs_commit_and_a_published_batch_keeps_its_lease(storage, landing):
+    root, _ = landing
+    ingest(root, storage, "b")
+    first_token = leases.read_lease(storage, "b")["token"]
+    ingest(root, storage, "b")  # a new run of the same, unpublished batch: a new token
+    publish(storage, "b", first_token)  # the first run's job, finishing late
+    assert not published.is_published(storage, "b")
+    publish(storage, "b")  # the new run's job
+    assert published.is_published(storage, "b")
+    ingest(root, storage, "b")  # the same batch again once published: its lease stays
+    assert published.is_published(storage, "b")
 
 
 def test_new_photos_never_merge_into_a_published_batch(storage, landing):

@@ -1,6 +1,7 @@
 """backend=local: the run's SparkJobs as local spark-submit commands, on the lake folder or on S3."""
 
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
         "/lake/models/",
         "--manifest",
         "/lake/manifests/batch_id=b1.json",
+        "--lease",
+        "/lake/manifests/batch_id=b1.lease",
     ]
     pca_cmd = local_runner.command(pca, "spark-submit")
     assert pca_cmd[-6:] == ["--features", "/lake/features/", "--output", "/lake/pca/batch_id=b1/", "--k", "5"]
@@ -160,10 +163,12 @@ def test_the_jobs_python_workers_are_this_interpreter(tmp_path):
     assert local_runner.run_step("env", [str(script)]) == {"python": sys.executable, "driver": sys.executable}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_stopping_the_task_stops_the_whole_job(tmp_path, sig):
-    """Airflow stops a task with SIGTERM (Ctrl-C is SIGINT): the job and its children must end with
-    it, or an orphaned spark-submit publishes after its task is gone (it did: 7 s later)."""
+    """Airflow stops a task with SIGTERM (Ctrl-C is SIGINT); the OOM killer, `kill -9` or a torn-down
+    worker with SIGKILL to the task's whole process group, which gives it no chance to act: the job
+    and its children must end with it, or an orphaned spark-submit publishes after its task is gone
+    (it did: 7 s later, then 45 s later under SIGKILL)."""
     job = tmp_path / "spark-submit"
     # Like spark-submit: a long-lived child (the Python workers), then a publish at the end.
     job.write_text(
@@ -181,16 +186,22 @@ def test_stopping_the_task_stops_the_whole_job(tmp_path, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # the task's own process group, as a worker runs it
     )
     deadline = time.time() + 30
     while not (tmp_path / "child.pid").exists():
         assert time.time() < deadline and task.poll() is None, task.communicate()
         time.sleep(0.05)
     time.sleep(0.3)
-    task.send_signal(sig)
-    _, err = task.communicate(timeout=30)
-    # SIGTERM ends the task with StepKilled; SIGINT with Python's own KeyboardInterrupt (chained)
-    assert task.returncode != 0 and ("StepKilled" in err or "KeyboardInterrupt" in err), err[-2000:]
+    if sig == signal.SIGKILL:
+        os.killpg(task.pid, signal.SIGKILL)
+        task.communicate(timeout=30)
+        assert task.returncode == -signal.SIGKILL
+    else:
+        task.send_signal(sig)
+        _, err = task.communicate(timeout=30)
+        # SIGTERM ends the task with StepKilled; SIGINT with Python's own KeyboardInterrupt (chained)
+        assert task.returncode != 0 and ("StepKilled" in err or "KeyboardInterrupt" in err), err[-2000:]
     time.sleep(5)  # past the moment the job would have published
     assert not (tmp_path / "published").exists()
     child = int((tmp_path / "child.pid").read_text())

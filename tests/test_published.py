@@ -15,12 +15,23 @@ def put(root, key, data=b"x"):
 def test_a_run_is_processed_only_once_its_commit_exists(tmp_path):
     """A PCA re-run killed mid-write leaves metrics/reduced/model files: that is not 'processed'."""
     storage = LocalStorage(tmp_path)
+    put(tmp_path, "features/batch_id=b1/_commits/20260101T000000000Z-f.json", b"{}")  # published (no lease: legacy)
     put(tmp_path, "pca/batch_id=b1/run=20260101T000000000Z-a/metrics.json", b'{"k": 3}')
     put(tmp_path, "pca/batch_id=b1/_commits/.20260101T000000000Z-a.json.tmp", b'{"k": 3')  # being written
     assert not published.is_processed(storage, "b1")
     put(tmp_path, "pca/batch_id=b1/_commits/20260101T000000000Z-a.json", json.dumps({"k": 3}).encode())
     assert published.is_processed(storage, "b1")
-    assert not published.is_published(storage, "b1")  # features have commits of their own
+    assert not published.is_processed(storage, "b2")  # no features commit of its own: never processed
+
+
+def test_a_commit_publishes_only_under_the_token_its_lease_holds(tmp_path):
+    storage = LocalStorage(tmp_path)
+    put(tmp_path, "features/batch_id=b1/_commits/20260101T000000000Z-f.json", b'{"token": "t1"}')
+    assert not published.is_published(storage, "b1")  # a token, but no lease issued it
+    put(tmp_path, "manifests/batch_id=b1.lease", b'{"token": "t1"}')
+    assert published.is_published(storage, "b1")
+    put(tmp_path, "manifests/batch_id=b1.lease", b'{"token": null, "revoked": "given up"}')
+    assert not published.is_published(storage, "b1") and published.published_commit(storage, "b1") is None
 
 
 def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_path):
@@ -30,6 +41,7 @@ def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_p
         ("b1", "20260301T000000000Z-c", 5),
         ("b2", "20260201T000000000Z-b", 4),
     ]:
+        put(tmp_path, f"features/batch_id={batch_id}/_commits/{run}.json", b"{}")
         put(tmp_path, f"pca/batch_id={batch_id}/_commits/{run}.json", json.dumps({"k": k}).encode())
     current = published.current_commit(storage, "pca/", "b1")
     assert current["k"] == 5 and current["commit"].endswith("pca/batch_id=b1/_commits/20260301T000000000Z-c.json")

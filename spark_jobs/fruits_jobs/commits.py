@@ -14,6 +14,11 @@ committed runs before the previous one (kept, so a reader that resolved it just 
 
 Readers go through `current_uris` / `read_current` (or the commit JSON), never through a bare
 listing of the dataset folder, which also holds runs that are not (or no longer) current.
+
+Fencing: a features commit carries the token of its batch's lease (layout.lease_key), which each
+run's ingest issues; it is the batch's published version only while that token is still the
+lease's (`is_live`). The Airflow side revokes the lease when it gives up on a run (README,
+"Publishing"), so a job that outlives its run can still write its commit, never make it live.
 """
 
 import json
@@ -28,6 +33,18 @@ def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time (to the millisecond), unique by its random tail."""
     now = now or datetime.now(UTC)
     return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
+
+
+def is_live(commit: dict, lease: dict | None) -> bool:
+    """A commit publishes its batch while its token is the lease's. No lease: a lake written before
+    leases, whose commits carry no token either."""
+    if lease is None:
+        return commit.get("token") is None
+    return lease.get("token") is not None and commit.get("token") == lease["token"]
+
+
+def read_lease(spark, lease_uri: str) -> dict | None:
+    return json.loads(hadoop_fs.read_text(spark, lease_uri)) if hadoop_fs.exists(spark, lease_uri) else None
 
 
 def commit_file(folder_uri: str, run_id: str, record: dict) -> tuple[str, bytes]:
@@ -71,8 +88,15 @@ def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = 
 
 def read_current(spark, dataset_uri: str, output: str, batch_ids: Iterable[str] | None = None):
     """The current rows of `output` ("features" or "rejects", as named in the features job's
-    commits under dataset_uri) for every batch, or those asked for; None when there are none."""
-    uris = [record[output] for record in current_by_batch(spark, dataset_uri, batch_ids).values() if record.get(output)]
+    commits under dataset_uri) for every published batch (its commit is live), or those asked for;
+    None when there are none."""
+    root = layout.root_of(dataset_uri, layout.FEATURES)
+    live = {
+        batch: record
+        for batch, record in current_by_batch(spark, dataset_uri, batch_ids).items()
+        if is_live(record, read_lease(spark, root + layout.lease_key(batch)))
+    }
+    uris = [record[output] for record in live.values() if record.get(output)]
     if not uris:
         return None
     base = uris[0].rsplit("/", 2)[0]  # <dataset>: batch_id and run come back as columns

@@ -72,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the batch's ingest manifest (JSON): read exactly the files it lists, "
         "relative to --images; without it, every file under --images",
     )
+    p.add_argument(
+        "--lease",
+        help="the batch's lease (JSON, written by ingest): its token goes into the commit, which publishes "
+        "the batch only while the lease still holds that token (commits.is_live)",
+    )
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or mobilenet.DEFAULT_BATCH_SIZE[args.engine]
     check_batch_id(args.batch_id)
@@ -350,6 +355,7 @@ def run(spark, args) -> dict:
     # Hidden from readers by its leading '_'; named by the run, so a later run can tell it is older.
     staging_uri = f"{features_uri}/{layout.STAGING_DIR}/{run_id}"
     batch_folders = [layout.batch_folder(features_uri, args.batch_id), layout.batch_folder(rejects_uri, args.batch_id)]
+    token = lease_token(spark, args.lease)
 
     warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
@@ -376,7 +382,7 @@ def run(spark, args) -> dict:
     }
     seconds = time.perf_counter() - started
     warming.join()
-    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds)
+    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
     # The switch: features, rejects and summary become the batch's current version together.
     summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
     hadoop_fs.delete(spark, staging_uri)
@@ -385,17 +391,29 @@ def run(spark, args) -> dict:
     return summary
 
 
+def lease_token(spark, lease_uri: str | None) -> str | None:
+    """The token this run publishes under; a revoked lease means the run was given up: stop here."""
+    lease = commits.read_lease(spark, hadoop_fs.qualify(spark, lease_uri)) if lease_uri else None
+    if lease is not None and lease.get("token") is None:
+        raise UsageError(
+            f"--lease {lease_uri}: revoked ({lease.get('revoked')}); this run was given up, start a new one"
+        )
+    return lease["token"] if lease else None
+
+
 def batch_summary(
-    args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict, seconds: float
+    args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict, seconds: float, token: str | None
 ) -> dict:
     """What the batch's commit holds besides its run id: the inputs, the outputs (features and
-    rejects folders), the counts and the rate. Readers (publish_summary, the CLI) rely on these keys."""
+    rejects folders), the counts and the rate, and the lease's token. Readers (publish_summary, the
+    CLI) rely on these keys."""
     rejected = sum(by_reason.values())
     read = featurized + rejected
     return {
         "job": "extract_features",
         "batch_id": args.batch_id,
         "run": run_id,
+        "token": token,
         "images": args.images,
         "features": outputs["features"],
         "rejects": outputs["rejects"],

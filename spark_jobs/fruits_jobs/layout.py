@@ -7,6 +7,8 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
                                                        parent folder; Hive-style name like the outputs
     manifests/batch_id=<id>.json                       what a batch holds (keys, sizes, sha256, skips);
                                                        written last, so it also marks "ingest finished"
+    manifests/batch_id=<id>.lease                      who may publish the batch: the token its run's ingest
+                                                       issued, or none once revoked (commits.is_live)
     code/<version>/...                                 the jobs' bundle; version = content hash, so a run
                                                        always executes the code it staged, never a newer one
     wheels/<lock sha256>/                              the jobs' wheels for clusters without internet
@@ -123,8 +125,25 @@ def manifest_key(batch_id: str) -> str:
     return f"{MANIFESTS}{partition(batch_id)}.json"
 
 
-def batch_of_manifest(key: str) -> str:
-    return key[len(MANIFESTS) + len(partition("")) : -len(".json")]
+def batch_of_manifest(key: str) -> str | None:
+    """The batch of a manifest's key; None for the other objects under manifests/ (leases)."""
+    name = key[len(MANIFESTS) :]
+    if not (key.startswith(MANIFESTS) and name.startswith(partition("")) and name.endswith(".json")):
+        return None
+    return name[len(partition("")) : -len(".json")]
+
+
+def lease_key(batch_id: str) -> str:
+    """The batch's lease, beside its manifest (the same grants: Airflow writes, the jobs read)."""
+    return f"{MANIFESTS}{partition(batch_id)}.lease"
+
+
+def root_of(dataset_uri: str, dataset: str) -> str:
+    """The bucket's root URI (with its slash) of a dataset's URI: s3://b/features -> s3://b/."""
+    uri, name = dataset_uri.rstrip("/"), dataset.rstrip("/")
+    if not uri.endswith("/" + name):
+        raise ValueError(f"{dataset_uri} is not a {dataset} folder of the lake's layout")
+    return uri[: -len(name)]
 
 
 def code_prefix(version: str) -> str:

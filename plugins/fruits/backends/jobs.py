@@ -61,6 +61,8 @@ def features_args(cfg: RunConfig) -> list[str]:
         cfg.uri(layout.MODELS),
         "--manifest",
         cfg.uri(layout.manifest_key(cfg.batch_id)),
+        "--lease",
+        cfg.uri(layout.lease_key(cfg.batch_id)),
     ]
 
 

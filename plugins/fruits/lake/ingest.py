@@ -32,7 +32,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fruits.lake import published
+from fruits.lake import leases, published
 from fruits.lake.storage import Storage
 from fruits_jobs import contract, layout
 from fruits_jobs.digests import file_digests
@@ -100,16 +100,23 @@ def walk_landing(landing: Path) -> tuple[list[Path], list[dict]]:
     return sorted(files), skipped
 
 
-def held_hashes(storage: Storage, batch_id: str) -> dict[str, str]:
-    """sha256 -> batch id, for every file of the other *published* batches: a batch that never
-    published (its run failed) holds nothing, so a new batch can take its photos."""
+def other_batches(storage: Storage, batch_id: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Over the other batches' manifests: (sha256 -> the published batch holding it, sha256 -> the
+    unpublished batches listing it). A batch that never published (its run failed or was killed)
+    holds nothing: a new batch can take its photos, and then fences it (leases.revoke)."""
     held: dict[str, str] = {}
+    listed: dict[str, set[str]] = {}
     for key in sorted(storage.sizes(layout.MANIFESTS)):
         other = layout.batch_of_manifest(key)
-        if other != batch_id and published.is_published(storage, other):
-            for entry in json.loads(storage.read_text(key))["files"]:
+        if other is None or other == batch_id:
+            continue
+        is_held = published.is_published(storage, other)
+        for entry in json.loads(storage.read_text(key))["files"]:
+            if is_held:
                 held.setdefault(entry["sha256"], other)
-    return held
+            else:
+                listed.setdefault(entry["sha256"], set()).add(other)
+    return held, listed
 
 
 def next_free_batch_id(storage: Storage, base: str) -> str:
@@ -130,7 +137,7 @@ def read_manifest(storage: Storage, batch_id: str) -> dict | None:
 def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     """Upload the batch; returns this run's report (the manifest's counts plus what was sent now)."""
     landing_dir = Path(landing_dir).resolve()
-    held = held_hashes(storage, batch_id)
+    held, listed_elsewhere = other_batches(storage, batch_id)
     prefix = layout.raw_prefix(batch_id)
     present = storage.fingerprints(prefix)
     previous = read_manifest(storage, batch_id)
@@ -172,6 +179,14 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     files = merge_with_previous(files, previous, present)
     refuse_if_published(storage, batch_id, files, previous)
     refuse_orphans(batch_id, files, present)
+
+    # Ingest decides what is new: the unpublished batches that listed these photos lose their lease,
+    # so a job of theirs that is still running (or a late commit) can never publish them too.
+    for other in sorted({b for entry in files for b in listed_elsewhere.get(entry["sha256"], ())}):
+        leases.revoke(storage, other, f"its photos went to batch {batch_id}")
+        log.warning("ingest: batch %s never published; its photos go to %s and its lease is revoked", other, batch_id)
+    if not published.is_published(storage, batch_id):  # this run's token: an earlier run of the batch is fenced
+        leases.issue(storage, batch_id)
 
     uploaded = resumed = 0
     for entry in files:

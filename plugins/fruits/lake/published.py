@@ -1,15 +1,17 @@
 """What the lake holds as published, read the way the jobs publish it: through commits.
 
 A batch is *published* once the features job committed it (features, rejects and summary switch
-together), and *processed* once a PCA run for it committed too. The newest commit of a batch
-folder is its current version (fruits_jobs/commits.py writes them); a folder's files without a
-commit are a run in progress or a killed one, never something to read or count.
+together) under the batch's lease (leases.py), and *processed* once a PCA run for it committed too.
+The newest commit of a batch folder is its current version (fruits_jobs/commits.py writes them); a
+folder's files without a commit are a run in progress or a killed one, and a commit whose lease was
+revoked is a run given up: never something to read or count.
 """
 
 import json
 
+from fruits.lake.leases import read_lease
 from fruits.lake.storage import Storage
-from fruits_jobs import layout
+from fruits_jobs import commits, layout
 
 
 def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
@@ -21,23 +23,29 @@ def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None
     return {**json.loads(storage.read_text(key)), "commit": storage.name + key}
 
 
+def published_commit(storage: Storage, batch_id: str) -> dict | None:
+    """The batch's current features commit while it is live (its lease holds its token), else None."""
+    commit = current_commit(storage, layout.FEATURES, batch_id)
+    return commit if commit is not None and commits.is_live(commit, read_lease(storage, batch_id)) else None
+
+
 def is_published(storage: Storage, batch_id: str) -> bool:
-    return current_commit(storage, layout.FEATURES, batch_id) is not None
+    return published_commit(storage, batch_id) is not None
 
 
 def is_processed(storage: Storage, batch_id: str) -> bool:
-    return current_commit(storage, layout.PCA, batch_id) is not None
+    return is_published(storage, batch_id) and current_commit(storage, layout.PCA, batch_id) is not None
 
 
 def committed_batches(storage: Storage, dataset: str) -> dict[str, str]:
-    """batch id -> its newest committed run id, for every batch of dataset with a commit."""
+    """batch id -> its newest committed run id, for every *published* batch with a commit in dataset."""
     newest: dict[str, str] = {}
     for key in storage.sizes(dataset):
         parsed = layout.parse_commit_key(key, dataset)
         if parsed:
             batch, run = parsed
             newest[batch] = max(newest.get(batch, ""), run)
-    return newest
+    return {batch: run for batch, run in newest.items() if is_published(storage, batch)}
 
 
 def latest_processed_batch(storage: Storage) -> str | None:

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from fruits.lake.published import current_commit
+from fruits.lake.published import current_commit, published_commit
 from fruits.lake.storage import Storage
 from fruits_jobs import layout
 
@@ -40,12 +40,12 @@ def locations(root: str, batch_id: str, features: dict, pca: dict) -> dict:
 
 def read_summary(storage: Storage, batch_id: str) -> dict:
     """The batch's figures and outputs, from its current commits (so never from a half-run)."""
-    features = current_commit(storage, layout.FEATURES, batch_id)
+    features = published_commit(storage, batch_id)
     metrics = current_commit(storage, layout.PCA, batch_id)
     if features is None or metrics is None:
         raise RuntimeError(
-            f"batch {batch_id} has no committed {'features' if features is None else 'PCA'}: "
-            "its job did not finish; see that task's log"
+            f"batch {batch_id} has no published {'features' if features is None else 'PCA'}: its job did not "
+            "finish, or its run was given up (its lease revoked: manifests/batch_id=<id>.lease); see that task's log"
         )
     return {
         "batch_id": batch_id,

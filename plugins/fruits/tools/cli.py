@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fruits.lake.folder import default_lake
-from fruits.lake.published import committed_batches, current_commit, latest_processed_batch
+from fruits.lake.published import committed_batches, current_commit, latest_processed_batch, published_commit
 from fruits.lake.storage import LocalStorage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
@@ -26,7 +26,7 @@ from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 
 
 def batch_ids(storage: Storage) -> list[str]:
-    """Batches with a features commit, oldest first (by their newest commit's run id)."""
+    """Published batches, oldest first (by their newest commit's run id)."""
     newest = committed_batches(storage, layout.FEATURES)
     return sorted(newest, key=lambda batch: newest[batch])
 
@@ -34,7 +34,7 @@ def batch_ids(storage: Storage) -> list[str]:
 def batches_table(storage: Storage) -> list[str]:
     rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}"]
     for batch in batch_ids(storage):
-        features = current_commit(storage, layout.FEATURES, batch) or {}
+        features = published_commit(storage, batch) or {}
         pca = current_commit(storage, layout.PCA, batch) or {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
         rows.append(
@@ -57,7 +57,7 @@ def landing_path(path: str, batch: str) -> str:
 
 
 def rejects_rows(storage: Storage, batch: str) -> list[str]:
-    features = current_commit(storage, layout.FEATURES, batch)
+    features = published_commit(storage, batch)
     if features is None:
         raise SystemExit(f"no published batch {batch!r} in {storage.name}: see `python -m fruits batches`")
     if not features.get("rejects"):
@@ -95,7 +95,7 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
 
 def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None) -> list[str]:
     batches = [batch] if batch else batch_ids(storage)
-    commits = [c for c in (current_commit(storage, layout.FEATURES, b) for b in batches) if c and c.get("features")]
+    commits = [c for c in (published_commit(storage, b) for b in batches) if c and c.get("features")]
     if not commits:
         raise SystemExit(f"no featurized batch in {storage.name}")
     settings = {(c["weights"], c["image_size"]) for c in commits}

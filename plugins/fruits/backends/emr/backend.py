@@ -90,6 +90,8 @@ class EmrBackend(Backend):
             "job_flow": builders.job_flow_overrides(cfg, version, run_id, wheels),
             "steps": builders.spark_steps(jobs, cfg.batch_id),
             "progress": {JOBS[0].name: cfg.uri(layout.progress_key(cfg.batch_id))},
+            # The lease the first job's commit publishes the batch under (lake/leases.py).
+            "lease": cfg.uri(layout.lease_key(cfg.batch_id)),
         }
 
     def add_tasks(self, cfg, version, plan) -> BackendTasks:

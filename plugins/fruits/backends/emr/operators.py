@@ -1,5 +1,6 @@
-"""The DAG's operators of its own: a cluster creator that a retry cannot make create twice, and the
-EMR step sensor that explains a failure in the task's log and stops what it watches when killed."""
+"""The DAG's operators of its own: a cluster creator that a retry cannot make create twice, the EMR
+step sensor that explains a failure in the task's log and stops what it watches when killed, and
+the teardown that fences a batch whose publishing step the run gave up on (lake/leases.py)."""
 
 import gzip
 import json
@@ -8,13 +9,14 @@ import time
 from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from botocore.exceptions import ClientError
 
 from fruits.backends.emr.aws import S3_NOT_FOUND, aws_error_code
 from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.clusters import live_cluster_of_run
+from fruits.lake.leases import revoked
 from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
@@ -23,6 +25,12 @@ STDERR_LINES = 50
 # archived to Amazon S3"): wait a little for stderr.gz, then say where it will be.
 STDERR_WAIT_S = 300
 STDERR_POLL_S = 20
+
+
+def revoke_lease(lease_uri: str, aws_conn_id: str | None, reason: str) -> None:
+    """The batch's lease without a token: the step's commit, whenever it lands, publishes nothing."""
+    bucket, key = S3Hook.parse_s3_url(lease_uri)
+    S3Hook(aws_conn_id=aws_conn_id).load_bytes(revoked(reason), key, bucket, replace=True)
 
 
 def tail(data: bytes, lines: int = STDERR_LINES) -> str:
@@ -53,12 +61,13 @@ class StepSensor(EmrStepSensor):
     missing output. The teardown still terminates the cluster."""
 
     stderr_wait_s = STDERR_WAIT_S
-    template_fields = (*EmrStepSensor.template_fields, "progress_uris")
+    template_fields = (*EmrStepSensor.template_fields, "progress_uris", "lease_uri")
 
-    def __init__(self, *, job_name: str, progress_uris=None, **kwargs):
+    def __init__(self, *, job_name: str, progress_uris=None, lease_uri=None, **kwargs):
         super().__init__(**kwargs)
         self.job_name = job_name
         self.progress_uris = progress_uris  # {job: s3 URI of the progress its job writes}
+        self.lease_uri = lease_uri  # the lease its job's commit publishes under (the publishing job only)
 
     def poke(self, context):
         try:
@@ -137,3 +146,29 @@ class StepSensor(EmrStepSensor):
             # TERMINATE_PROCESS: a RUNNING step's process is killed, not only interrupted (EMR >= 5.28).
             emr.cancel_steps(ClusterId=self.job_flow_id, StepIds=live, StepCancellationOption="TERMINATE_PROCESS")
             self.log.warning("cancelled the live steps %s of cluster %s", live, self.job_flow_id)
+        if self.lease_uri:  # a step may still finish before the teardown ends the cluster: it must not publish
+            revoke_lease(self.lease_uri, self.aws_conn_id, f"{self.task_id} was stopped")
+            self.log.warning("revoked %s: this run publishes nothing", self.lease_uri)
+
+
+class TerminateAndFence(EmrTerminateJobFlowOperator):
+    """The teardown: when the sensor of the publishing step did not succeed (failed, killed, or its
+    worker died hard and never ran on_kill), revoke the batch's lease first, then end the cluster."""
+
+    template_fields = (*EmrTerminateJobFlowOperator.template_fields, "lease_uri")
+
+    def __init__(self, *, lease_uri, watcher_task_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.lease_uri = lease_uri
+        self.watcher_task_id = watcher_task_id
+
+    def execute(self, context):
+        ti, run_id = context["ti"], context["run_id"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[self.watcher_task_id], run_ids=[run_id])
+        state = states.get(run_id, {}).get(self.watcher_task_id)
+        if state != "success":
+            revoke_lease(self.lease_uri, self.aws_conn_id, f"{self.watcher_task_id} ended {state}")
+            self.log.warning(
+                "%s ended %s: revoked %s, this run publishes nothing", self.watcher_task_id, state, self.lease_uri
+            )
+        return super().execute(context)

@@ -7,13 +7,12 @@ import logging
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
-from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.sdk import TaskGroup, chain, task
 
 from fruits.backends.base import BackendTasks
 from fruits.backends.emr import builders, clusters
 from fruits.backends.emr import preflight as checks
-from fruits.backends.emr.operators import CreateClusterOnce, StepSensor
+from fruits.backends.emr.operators import CreateClusterOnce, StepSensor, TerminateAndFence
 from fruits.backends.jobs import JOBS, JobDef
 from fruits.config.run import RunConfig, emr_deferrable, from_xcom
 
@@ -52,11 +51,12 @@ def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
     return add_missing_steps(cfg, cluster_id, steps)
 
 
-def watch(job: JobDef, cluster_id, step_id, progress_uris) -> StepSensor:
+def watch(job: JobDef, cluster_id, step_id, plan) -> StepSensor:
     return StepSensor(
         task_id=f"watch_{job.name}",
         job_name=job.name,
-        progress_uris=progress_uris,  # its log shows the job's progress on each poke
+        progress_uris=plan["progress"],  # its log shows the job's progress on each poke
+        lease_uri=plan["lease"] if job == JOBS[0] else None,  # killed, it revokes the lease its job publishes under
         job_flow_id=cluster_id,
         step_id=step_id,
         poke_interval=builders.POKE_INTERVAL_S,
@@ -77,12 +77,14 @@ def emr_tasks(cfg, version, plan) -> BackendTasks:
             emr_conn_id=None,  # the whole request is built in builders.py
         )
         step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
-        watchers = [watch(job, create_cluster.output, step_ids[job.name], plan["progress"]) for job in JOBS]
+        watchers = [watch(job, create_cluster.output, step_ids[job.name], plan) for job in JOBS]
         # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
         # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
-        terminate_cluster = EmrTerminateJobFlowOperator(
+        terminate_cluster = TerminateAndFence(
             task_id="terminate_cluster",
             job_flow_id=create_cluster.output,
+            lease_uri=plan["lease"],
+            watcher_task_id=watchers[0].task_id,
         ).as_teardown(setups=[create_cluster, step_ids.operator])
         chain(checked, create_cluster, step_ids, *watchers, terminate_cluster)
     # publish_summary comes after the teardown too: the run report's cost counts the cluster's whole life.

@@ -146,12 +146,13 @@ def run_step(name: str, command: list[str]) -> dict:
     Both streams (Spark's log on stderr; the job's messages and progress on stdout, where Spark's
     PythonRunner merges the Python driver's stderr) are re-logged line by line at each line's own
     level (line_level), so the task log's levels mean what they say. The job runs in its own
-    process group, so stopping the task stops all of it: no orphaned spark-submit publishes after
-    its task is gone."""
+    process group under a guard (guard.py), so stopping the task stops all of it, and so does the
+    task's own death, SIGKILL included: no orphaned spark-submit publishes after its task is gone."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     log.info("step %s: %s", name, " ".join(command))
+    guarded = [sys.executable, "-m", "fruits.backends.local.guard", str(os.getpid()), *command]
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        guarded, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     ) as proc:
         relay = threading.Thread(target=relog, args=(name, proc.stderr), daemon=True)
         relay.start()

@@ -1,0 +1,88 @@
+"""A run killed with SIGKILL never publishes (issue 18), reproduced as an operator meets it: the OOM
+killer (or `kill -9`, or a worker torn down) hits `airflow dags test` four seconds into the features
+step; a new batch then lands the same photos; the killed run's job, had it survived, commits late.
+Every photo must end in exactly one published batch, and nothing of the killed run keep running."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from airflow.utils.state import DagRunState
+
+from fruits.lake import leases, published
+from fruits.lake.storage import LocalStorage
+from fruits_jobs import commits, layout
+
+from airflow_fixtures import make_landing
+
+pytestmark = [pytest.mark.spark, pytest.mark.dag]
+PHOTOS = 30
+
+
+def job_processes(root: psutil.Process) -> list[psutil.Process]:
+    """The features job's processes under root (the guard, spark-submit's JVM, its Python)."""
+    found = []
+    for proc in root.children(recursive=True):
+        try:
+            if any("extract_features" in arg or "local.guard" in arg for arg in proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_run_killed_with_sigkill_never_publishes_and_leaves_nothing_running(
+    airflow_db, runnable_dag, spark, tmp_path, monkeypatch
+):
+    lake, landing = tmp_path / "lake", tmp_path / "landing"
+    assert make_landing(landing, n_good=PHOTOS, bad=False)["uploaded"] == PHOTOS
+    monkeypatch.setenv("FRUITS_LOCAL_LAKE", str(lake))
+    conf = {"backend": "local", "landing_dir": str(landing), "weights": "random", "pca_k": 2}
+
+    # 1. bx-1 under `airflow dags test`, in a process group of its own as a worker runs it.
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    run = subprocess.Popen(
+        [airflow, "dags", "test", "fruits_pipeline", "-c", json.dumps({**conf, "batch_id": "bx-1"})],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not job_processes(psutil.Process(run.pid)):
+        assert run.poll() is None and time.monotonic() < deadline, "the features step never started"
+        time.sleep(0.2)
+    time.sleep(4)  # four seconds into the features step
+    doomed = job_processes(psutil.Process(run.pid))
+    token = leases.read_lease(LocalStorage(lake), "bx-1")["token"]  # what the job read at its start
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(30)
+
+    # 2. Nothing of the killed run keeps running: no spark-submit left to publish later.
+    gone, alive = psutil.wait_procs(doomed, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]
+
+    # 3. A new batch on the same folder takes the 30 photos (bx-1 never published).
+    dr = runnable_dag.test(run_conf={**conf, "batch_id": "bx-2"})
+    assert dr.state == DagRunState.SUCCESS
+
+    # 4. bx-1's job, had it survived, commits late: under the token it started with.
+    storage = LocalStorage(lake)
+    features_of_bx2 = published.published_commit(storage, "bx-2")["features"]
+    path, data = commits.commit_file(
+        str(lake / layout.batch_folder(layout.FEATURES, "bx-1")),
+        commits.new_run_id(),
+        {"features": features_of_bx2, "token": token},
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+
+    # Every photo in exactly one published batch, whoever reads the lake.
+    assert published.is_published(storage, "bx-2") and not published.is_published(storage, "bx-1")
+    current = commits.read_current(spark, str(lake / "features"), "features").collect()
+    assert len(current) == PHOTOS == len({row["sha256"] for row in current})
