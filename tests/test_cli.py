@@ -77,6 +77,23 @@ def test_similar_finds_the_photo_itself_first_then_its_class(lake, capsys, tmp_p
     assert ranks[1][2] == "Apple"  # the other red photo, before the lemon
 
 
+@pytest.mark.parametrize("content", [b"", b"just some notes\n"])
+def test_similar_answers_a_bad_photo_in_one_line(lake, capsys, tmp_path, content):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    assert main(["--lake", str(lake), "similar", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read as a photo" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("k", ["0", "-3", "two"])
+def test_similar_refuses_k_below_one(lake, capsys, tmp_path, k):
+    query = photo(tmp_path / "query.png", (200, 30, 40), 0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--lake", str(lake), "similar", str(query), "--k", k])
+    assert exit_.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
 def test_the_console_script_is_installed(lake):
     import subprocess
     import sys

@@ -50,7 +50,7 @@ def test_one_batch_id_rule_for_the_dag_and_the_job(batch_id, ok):
         assert params.validate({**conf, "batch_id": batch_id})["batch_id"] == batch_id
         assert check_batch_id(batch_id) == batch_id
     else:
-        if batch_id is not None:  # None is the param's "use the run's date"
+        if batch_id not in (None, ""):  # None and "" are the param's "use the run's date"
             with pytest.raises(InvalidParam, match="'batch_id'"):
                 params.validate({**conf, "batch_id": batch_id})
         with pytest.raises(UsageError, match="--batch-id"):

@@ -1,6 +1,7 @@
 """Decoding of every colour mode users send, and a reasoned rejection for every bad-input kind."""
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -96,6 +97,29 @@ def test_decompression_bomb_is_rejected_before_decoding():
     with pytest.raises(RejectedImage) as exc:  # the limit is a parameter: also below PIL's own
         decode_image(encode(Image.new("L", (300, 300)), "PNG"), 224, max_pixels=50_000)
     assert exc.value.code == "decompression_bomb"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds one row of pixels: what PIL reads to know the size,
+    without the megabytes a real one of that size takes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    row = zlib.compress(bytes(width + 1))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+
+
+def test_the_pixel_limit_is_the_documented_one_not_pils_own():
+    """--max-pixels (100 Mpx) is the one limit: PIL's default (89.5 Mpx) used to reject a 95 Mpx photo."""
+    try:
+        decode_image(png_header(10_000, 9_500), 224)  # 95 Mpx: past the limit check (its one row decodes)
+    except RejectedImage as exc:
+        assert exc.code != "decompression_bomb", exc
+    with pytest.raises(RejectedImage) as exc:
+        decode_image(png_header(10_001, 10_000), 224)
+    assert exc.value.code == "decompression_bomb" and "100000000" in exc.value.detail
 
 
 def test_a_batch_keeps_going_past_bad_files():

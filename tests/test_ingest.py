@@ -296,3 +296,20 @@ def test_a_date_named_run_after_a_published_batch_gets_the_next_free_id(tmp_path
     assert next_free_batch_id(storage, "2026-01-01") == "2026-01-01.2"
     publish(storage, "2026-01-01.2")
     assert next_free_batch_id(storage, "2026-01-01") == "2026-01-01.3"
+
+
+def test_an_entry_whose_link_cannot_even_be_read_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """As in /proc (landing_dir "/" walked it): os.readlink raised PermissionError and ingest died."""
+    from fruits.lake.ingest import walk_landing
+
+    (tmp_path / "Apple").mkdir()
+    (tmp_path / "Apple" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "readlink", refused)  # what the kernel answers there
+    files, skipped = walk_landing(tmp_path)
+    assert files == [] and skipped == [
+        {"path": "Apple/gone.jpg", "reason": "dangling or looping symbolic link (unreadable: Permission denied)"}
+    ]

@@ -101,6 +101,13 @@ def test_the_first_task_refuses_what_the_schema_lets_through_or_the_form_never_s
         params.validate(form_conf(**{name: value}))
 
 
+def test_an_empty_batch_id_means_the_runs_date_as_the_form_says(pipeline_dag):
+    form = copy.deepcopy(pipeline_dag.params)
+    form["batch_id"] = ""  # what the form sends for a field left empty: accepted
+    assert params.validate(form_conf(batch_id=""))["batch_id"] is None
+    assert "Empty: the run's date" in pipeline_dag.params.get_param("batch_id").description
+
+
 def test_the_first_task_says_the_rule_in_words_and_normalises_numbers():
     with pytest.raises(InvalidParam, match="letters, digits"):
         params.validate(form_conf(batch_id="a/b"))

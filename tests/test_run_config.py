@@ -2,6 +2,7 @@
 defaults, weights per backend, the EMR and local sections, and what each run looks up."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from test_params import form_conf as _conf
 
 
 def _settings(tmp_path, **overrides):
-    s = {**config.DEFAULTS, "local_lake": str(tmp_path / "lake")}
+    s = {**config.DEFAULTS, "local_lake": str(tmp_path.with_name(tmp_path.name + "-lake"))}  # beside, not under
     s.update(overrides)
     return s
 
@@ -166,3 +167,12 @@ def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
     )
     assert "bucket" in looked_up and "subnet_id" in looked_up and "landing_dir" not in looked_up
     assert emr.emr.service_role == config.DEFAULTS["emr_service_role"]
+
+
+@pytest.mark.parametrize("where", ["root", "inside the lake", "holding the lake"])
+def test_a_landing_folder_that_overlaps_the_lake_or_is_a_root_is_refused(tmp_path, where):
+    lake = tmp_path / "lake"
+    (lake / "raw").mkdir(parents=True)
+    landing = {"root": Path("/"), "inside the lake": lake / "raw", "holding the lake": tmp_path}[where]
+    with pytest.raises(InvalidParam, match="'landing_dir'.*(filesystem root|overlap)"):
+        config.resolve(_conf(landing_dir=str(landing)), _settings(tmp_path, local_lake=str(lake)), "2025-01-02")

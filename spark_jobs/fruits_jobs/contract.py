@@ -69,7 +69,8 @@ BATCH_ID_MAX_LEN = 64
 _BATCH_ID_BODY = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{BATCH_ID_MAX_LEN - 1}}}"
 # For the trigger form's JSON schema (ECMA-262, where '$' is the end of input). Python's '$' also
 # matches before a trailing newline, so Python checks with is_valid_batch_id (fullmatch).
-BATCH_ID_SCHEMA_PATTERN = f"^{_BATCH_ID_BODY}$"
+# Empty is allowed there: the form's "leave it empty" (the run's date), like null.
+BATCH_ID_SCHEMA_PATTERN = f"^({_BATCH_ID_BODY})?$"
 BATCH_ID_RULE = (
     f"letters, digits, '.', '_' or '-', starting with a letter or digit, at most {BATCH_ID_MAX_LEN} characters"
 )

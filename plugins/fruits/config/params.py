@@ -156,6 +156,8 @@ def validate(conf: Mapping[str, Any]) -> dict:
             raise InvalidParam(
                 name, f"{problem}" + (f" (expected {EXPECTED[name]})" if name in EXPECTED else "")
             ) from None
+    if out["batch_id"] == "":  # left empty in the form: the run's date, as null
+        out["batch_id"] = None
     # JSON Schema's `pattern` is a search, whose '$' also matches before a trailing newline.
     if out["batch_id"] is not None and not contract.is_valid_batch_id(out["batch_id"]):
         raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {out['batch_id']!r}")

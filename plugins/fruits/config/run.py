@@ -138,8 +138,7 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     backend = backend_named(p["backend"])
     bucket, root = backend.bucket_and_root(settings)
     landing = Path(p.get("landing_dir") or settings["landing_dir"]).expanduser().resolve()
-    if not landing.is_dir():
-        raise InvalidParam("landing_dir", f"not a folder: {landing}")
+    check_landing(landing, root)
     weights = p.get("weights") or settings["weights"] or backend.default_weights(bucket)
     weights = backend.weights_for_jobs(weights, root)
     if not weights.startswith(("s3://", "imagenet", "random")):
@@ -157,6 +156,21 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         root=root,
         **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
     )
+
+
+def check_landing(landing: Path, root: str) -> None:
+    """The landing folder is a folder of new photos: not a filesystem root, and neither inside the lake
+    folder nor holding it (ingest would walk the lake itself, and photos would feed on outputs)."""
+    if not landing.is_dir():
+        raise InvalidParam("landing_dir", f"not a folder: {landing}")
+    if landing == Path(landing.anchor):
+        raise InvalidParam("landing_dir", f"{landing} is a filesystem root: point it at the folder of new photos")
+    if not root.startswith("s3://"):
+        lake = Path(root).resolve()
+        if landing.is_relative_to(lake) or lake.is_relative_to(landing):
+            raise InvalidParam(
+                "landing_dir", f"{landing} and the lake {lake} overlap: keep new photos in a folder outside the lake"
+            )
 
 
 def emr_deferrable() -> bool:

@@ -59,8 +59,12 @@ def _link_reason(path: Path, landing: Path) -> str | None:
     """Why a symbolic link is not read (None: a link to a regular file inside the landing folder)."""
     try:
         target = path.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError, OSError):
-        return f"dangling or looping symbolic link ({os.readlink(path)})"
+    except (RuntimeError, OSError):
+        try:
+            pointed = os.readlink(path)
+        except OSError as exc:  # /proc and friends: even the link's text may be unreadable
+            pointed = f"unreadable: {exc.strerror or exc}"
+        return f"dangling or looping symbolic link ({pointed})"
     if not target.is_relative_to(landing):
         return f"symbolic link to {target}, outside the landing folder: not followed"
     if not target.is_file():
@@ -88,13 +92,17 @@ def walk_landing(landing: Path) -> tuple[list[Path], list[dict]]:
                 skip(os.path.join(folder, name), _link_reason(Path(folder, name), landing) or "symbolic link")
         for name in names:
             path = Path(folder, name)
-            if path.is_symlink():
-                reason = _link_reason(path, landing)
-                if reason:
-                    skip(str(path), reason)
+            try:
+                if path.is_symlink():
+                    reason = _link_reason(path, landing)
+                    if reason:
+                        skip(str(path), reason)
+                        continue
+                elif not stat.S_ISREG(path.lstat().st_mode):
+                    skip(str(path), "not a regular file (device, socket or pipe)")
                     continue
-            elif not stat.S_ISREG(path.lstat().st_mode):
-                skip(str(path), "not a regular file (device, socket or pipe)")
+            except OSError as exc:  # never fatal: said, and the walk goes on
+                skip(str(path), f"unreadable entry: {exc.strerror or exc}")
                 continue
             files.append(path)
     return sorted(files), skipped

@@ -23,6 +23,7 @@ from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
 from fruits_jobs import layout
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
+from fruits_jobs.images import RejectedImage
 
 
 def batch_ids(storage: Storage) -> list[str]:
@@ -131,6 +132,13 @@ def where_lines(storage: Storage, batch_id: str | None) -> list[str]:
     ]
 
 
+def positive(text: str) -> int:
+    """--k: a whole number of at least 1 (argparse says which argument was wrong)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, default=default_lake(), help="the lake folder (default: the local lake)")
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     rejects.add_argument("batch")
     similar = sub.add_parser("similar", help="the stored photos nearest to a photo")
     similar.add_argument("photo", type=Path)
-    similar.add_argument("--k", type=int, default=5)
+    similar.add_argument("--k", type=positive, default=5, help="how many photos (at least 1; default 5)")
     similar.add_argument("--batch", help="only this batch (default: every batch)")
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
@@ -166,7 +174,11 @@ def main(argv=None) -> int:
     else:
         if not args.photo.is_file():
             parser.error(f"no such photo: {args.photo}")
-        lines = similar_rows(storage, args.photo, args.k, args.batch)
+        try:
+            lines = similar_rows(storage, args.photo, args.k, args.batch)
+        except RejectedImage as exc:  # the job's own reasons: one line, no traceback
+            print(f"fruits similar: {args.photo} cannot be read as a photo: {exc.code} ({exc.detail})", file=sys.stderr)
+            return 2
     print("\n".join(lines))
     return 0
 
