@@ -535,6 +535,35 @@ def test_a_killed_features_sensor_revokes_the_lease_its_step_would_publish_under
     assert lease_token("b-kill") is None and not published.is_published(storage, "b-kill")
 
 
+def test_a_failed_steps_sensor_fails_with_the_line_that_says_why(aws, monkeypatch):
+    """The task's own failure message ends with the cause from the step's stderr, not only 'FAILED'."""
+    from airflow.exceptions import AirflowException
+
+    from fruits.backends.emr.operators import StepSensor
+
+    stderr = b"spark line\nTraceback (most recent call last):\n  File x\nOSError: weights file is not HDF5\nbye\n"
+    simulate_emr(monkeypatch, ["FAILED"], stderr=stderr)
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = emr.run_job_flow(
+        Name="c",
+        ReleaseLabel="emr-7.12.0",
+        LogUri=f"s3n://{BUCKET}/logs/emr/",
+        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+        JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role",
+    )["JobFlowId"]
+    step = {
+        "Name": "s",
+        "ActionOnFailure": "CANCEL_AND_WAIT",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["x"]},
+    }
+    (step_id,) = emr.add_job_flow_steps(JobFlowId=cluster, Steps=[step])["StepIds"]
+    sensor = StepSensor(task_id="watch", job_flow_id=cluster, step_id=step_id, job_name="extract_features")
+    with pytest.raises(AirflowException, match="OSError: weights file is not HDF5$"):
+        sensor.poke({})
+
+
 def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     """On EMR the features job writes its progress beside the features; each poke of its sensor logs it."""
     from fruits.backends.emr.operators import StepSensor

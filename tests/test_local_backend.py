@@ -153,6 +153,31 @@ def test_the_steps_stderr_is_logged_at_each_lines_own_level(tmp_path, caplog):
     }
 
 
+def test_the_line_that_ends_a_failed_step_is_an_error_and_the_tasks_failure_repeats_it(tmp_path, caplog):
+    """PATH_NOT_FOUND used to reach the log at INFO (only the traceback's frames at ERROR): the UI's
+    error filter hid the cause."""
+    import logging
+
+    cause = "pyspark.errors.exceptions.captured.AnalysisException: [PATH_NOT_FOUND] Path does not exist: file:/l/x."
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "echo 'Traceback (most recent call last):'\n"
+        "echo '  File \"/x/pca.py\", line 3, in run'\n"
+        f"echo '{cause}'\n"
+        "echo 'error: --k 9: at most 3 components' >&2\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    with caplog.at_level(logging.DEBUG, logger="fruits.backends.local.runner"):
+        with pytest.raises(local_runner.StepFailed, match="exit code 1: (error: --k 9|pyspark.errors)"):
+            local_runner.run_step("s", [str(script)])
+    levels = {
+        r.getMessage().split("] ", 1)[1]: r.levelname for r in caplog.records if r.getMessage().startswith("[s] ")
+    }
+    assert levels[cause] == "ERROR" and levels["error: --k 9: at most 3 components"] == "ERROR"
+
+
 def test_the_jobs_python_workers_are_this_interpreter(tmp_path):
     """PySpark starts its workers with PYSPARK_PYTHON: it must be the venv that has the jobs' pins."""
     script = tmp_path / "job.sh"

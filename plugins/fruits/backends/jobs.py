@@ -11,6 +11,7 @@ list: `emr.spark_steps` into EMR steps, `local_runner.command` into a local spar
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,16 @@ class SparkJob:
     @classmethod
     def from_dict(cls, data: dict) -> SparkJob:
         return cls(**{**data, "py_files": tuple(data["py_files"]), "args": tuple(data["args"])})
+
+
+# What ends a failed job's output: its own `error: ...` (fruits_jobs.common.run_main), and a
+# traceback's last line, `pyspark.errors...AnalysisException: ...` or `UsageError: ...`.
+_CAUSE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): )")
+
+
+def is_cause(line: str) -> bool:
+    """A line that says why a job failed: logged at ERROR, and repeated by the task's failure."""
+    return bool(_CAUSE.match(line))
 
 
 def submit_args(job: SparkJob) -> list[str]:

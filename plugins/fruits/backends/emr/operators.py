@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from fruits.backends.emr.aws import S3_NOT_FOUND, aws_error_code
 from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.clusters import live_cluster_of_run
+from fruits.backends.jobs import is_cause
 from fruits.lake.leases import revoked
 from fruits_jobs.progress import format_line
 
@@ -72,9 +73,8 @@ class StepSensor(EmrStepSensor):
     def poke(self, context):
         try:
             done = super().poke(context)
-        except AirflowException:  # its message has the step's FailureDetails: add what it lacks
-            self.log.error("%s", self.explain_failure(with_details=False))
-            raise
+        except AirflowException as exc:  # its message has the step's FailureDetails: add what it lacks
+            self.fail_with_cause(exc, self.explain_failure(with_details=False))
         if not done:
             self.log_progress()
         return done
@@ -98,9 +98,16 @@ class StepSensor(EmrStepSensor):
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:
             return super().execute_complete(context, event)
-        except AirflowException:  # the trigger's event has no FailureDetails: say them too
-            self.log.error("%s", self.explain_failure(with_details=True))
-            raise
+        except AirflowException as exc:  # the trigger's event has no FailureDetails: say them too
+            self.fail_with_cause(exc, self.explain_failure(with_details=True))
+
+    def fail_with_cause(self, exc: AirflowException, explanation: str):
+        """Log why, and fail with the line of the step's stderr that says it (the task's failure message)."""
+        self.log.error("%s", explanation)
+        cause = next((line for line in reversed(explanation.splitlines()) if is_cause(line)), None)
+        if cause:
+            raise AirflowException(f"{exc}; {cause}") from exc
+        raise exc
 
     def explain_failure(self, with_details: bool) -> str:
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn

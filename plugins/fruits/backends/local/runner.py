@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fruits.backends.jobs import SparkJob, submit_args
+from fruits.backends.jobs import SparkJob, is_cause, submit_args
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def line_level(line: str, previous: int) -> int:
     if _PY_WARNING.match(line):
         return logging.WARNING
     if line.startswith("Traceback (most recent call last)"):
+        return logging.ERROR
+    if is_cause(line):
         return logging.ERROR
     return previous if line[:1].isspace() or line.startswith(("Caused by", "\tat ")) else logging.INFO
 
@@ -128,8 +130,9 @@ def _stopped_on_signals(proc: subprocess.Popen):
             _stop(proc)
 
 
-def relog(name: str, stream) -> str:
-    """Log each line of a job's output stream at its own level; returns the last non-empty line."""
+def relog(name: str, stream, causes: list[str] | None = None) -> str:
+    """Log each line of a job's output stream at its own level; returns the last non-empty line.
+    causes: collects the lines that say why the step failed (is_cause)."""
     level, last = logging.INFO, ""
     for line in stream:
         line = line.rstrip()
@@ -137,6 +140,8 @@ def relog(name: str, stream) -> str:
             level = line_level(line, level)
             log.log(level, "[%s] %s", name, line)
             last = line
+            if causes is not None and is_cause(line):
+                causes.append(line)
     return last
 
 
@@ -154,14 +159,17 @@ def run_step(name: str, command: list[str]) -> dict:
     with subprocess.Popen(
         guarded, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     ) as proc:
-        relay = threading.Thread(target=relog, args=(name, proc.stderr), daemon=True)
+        causes: list[str] = []
+        relay = threading.Thread(target=relog, args=(name, proc.stderr, causes), daemon=True)
         relay.start()
         with _stopped_on_signals(proc):
-            last = relog(name, proc.stdout)  # the job's driver writes its stderr here too (Spark's PythonRunner)
+            # The job's driver writes its stderr here too (Spark's PythonRunner).
+            last = relog(name, proc.stdout, causes)
             proc.wait()
         relay.join(timeout=10)
     if proc.returncode != 0:
-        raise StepFailed(f"step {name} failed with exit code {proc.returncode}")
+        why = f": {causes[-1]}" if causes else " (its log above says why)"
+        raise StepFailed(f"step {name} failed with exit code {proc.returncode}{why}")
     try:
         return json.loads(last)
     except json.JSONDecodeError as exc:
