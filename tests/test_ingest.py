@@ -313,3 +313,30 @@ def test_an_entry_whose_link_cannot_even_be_read_is_skipped_not_fatal(tmp_path, 
     assert files == [] and skipped == [
         {"path": "Apple/gone.jpg", "reason": "dangling or looping symbolic link (unreadable: Permission denied)"}
     ]
+
+
+def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path, landing):
+    """A truncated manifest made ingest fail with a bare JSONDecodeError, twice (retries=1)."""
+    from airflow.exceptions import AirflowFailException
+
+    from fruits import pipeline
+    from fruits.config.run import LocalConfig, RunConfig
+
+    root, _ = landing
+    storage = LocalStorage(tmp_path / "lake")
+    ingest(root, storage, "b1")
+    key = storage.root / layout.manifest_key("b1")
+    key.write_text(key.read_text()[:40])  # cut short, as a full disk leaves it
+    cfg = RunConfig(
+        batch_id="b2",
+        landing_dir=str(root),
+        backend="local",
+        pca_k=None,
+        pca_variance=0.9,
+        weights="random",
+        bucket="fruits-local",
+        root=f"{storage.root}/",
+        local=LocalConfig(lake=str(storage.root), storage="lake", spark_master="local[1]"),
+    )
+    with pytest.raises(AirflowFailException, match=r"manifests/batch_id=b1.json is damaged \(not JSON.*restore it"):
+        pipeline.ingest_batch(cfg.to_dict())

@@ -22,11 +22,41 @@ lease's (`is_live`). The Airflow side revokes the lease when it gives up on a ru
 """
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from fruits_jobs import hadoop_fs, layout
+
+log = logging.getLogger(__name__)
+
+# What a reader needs of a commit, by dataset: a commit without them is damaged, never skipped.
+REQUIRED_KEYS = {layout.FEATURES: ("features",), layout.PCA: ("output", "k", "n_images")}
+
+
+class DamagedLake(ValueError):
+    """A lake file is not what its name says; the message names the file and what to do."""
+
+
+def parse_record(text: str, where: str, required: Iterable[str], fix: str) -> dict:
+    """A commit's or a manifest's JSON, or DamagedLake naming the file, what is wrong and `fix`."""
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise DamagedLake(f"{where} is damaged (not JSON: {exc}); {fix}") from None
+    missing = [key for key in required if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise DamagedLake(f"{where} is damaged (no {', '.join(missing)}); {fix}")
+    return record
+
+
+def parse_commit(text: str, where: str, dataset: str) -> dict:
+    fix = (
+        "move it out of its _commits/ folder (the previous commit, if any, becomes current) "
+        "or re-run the batch (README, 'Repair')"
+    )
+    return parse_record(text, where, REQUIRED_KEYS.get(dataset, ()), fix)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -62,14 +92,23 @@ def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
 
 
 def committed_runs(spark, folder_uri: str) -> list[str]:
-    """The run ids with a commit in this folder, oldest first."""
-    return layout.committed_runs(hadoop_fs.list_names(spark, layout.commits_folder(folder_uri)))
+    """The run ids with a commit in this folder, oldest first (anything else there: a warning)."""
+    names = hadoop_fs.list_names(spark, layout.commits_folder(folder_uri))
+    for stray in layout.stray_names(names):
+        log.warning(
+            "ignoring %s/%s: not a commit (commits are named <run id>.json)", layout.commits_folder(folder_uri), stray
+        )
+    return layout.committed_runs(names)
 
 
-def current(spark, folder_uri: str) -> dict | None:
-    """The newest commit of this folder, or None when no run of it ever committed."""
+def current(spark, folder_uri: str, dataset: str = layout.FEATURES) -> dict | None:
+    """The newest commit of this folder, or None when no run of it ever committed (DamagedLake when
+    it cannot be read: never silently left out of a lake-wide figure)."""
     runs = committed_runs(spark, folder_uri)
-    return json.loads(hadoop_fs.read_text(spark, layout.commit_path(folder_uri, runs[-1]))) if runs else None
+    if not runs:
+        return None
+    path = layout.commit_path(folder_uri, runs[-1])
+    return parse_commit(hadoop_fs.read_text(spark, path), path, dataset)
 
 
 def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:

@@ -29,6 +29,7 @@ builders below append to either. Prefixes, not buckets, separate the kinds of da
 least-privilege policy can grant each its own verbs (AirflowPolicy in infra/aws/fruits.yaml).
 """
 
+import re
 from collections.abc import Iterable
 
 # ---- Dataset prefixes and file names ---------------------------------------------------------
@@ -89,10 +90,24 @@ def commit_path(folder: str, run_id: str) -> str:
     return f"{commits_folder(folder)}/{run_id}{COMMIT_SUFFIX}"
 
 
+# A run id (commits.new_run_id): the UTC time to the millisecond, then a random tail. Only a file
+# named <run id>.json in _commits/ is a commit: a note saved there is not one, whatever it holds.
+RUN_ID = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{1,32}")
+
+
 def committed_runs(names: Iterable[str]) -> list[str]:
     """The run ids of a _commits folder's file names, oldest first: the last is the current run.
     (Run ids start with the UTC time; a name starting with '.' is a commit still being written.)"""
-    return sorted(n[: -len(COMMIT_SUFFIX)] for n in names if n.endswith(COMMIT_SUFFIX) and not n.startswith("."))
+    return sorted(n[: -len(COMMIT_SUFFIX)] for n in names if is_commit_name(n))
+
+
+def is_commit_name(name: str) -> bool:
+    return name.endswith(COMMIT_SUFFIX) and RUN_ID.fullmatch(name[: -len(COMMIT_SUFFIX)]) is not None
+
+
+def stray_names(names: Iterable[str]) -> list[str]:
+    """What a _commits folder holds that is neither a commit nor one being written: ignored, and said."""
+    return sorted(n for n in names if not is_commit_name(n) and not n.startswith("."))
 
 
 def parse_commit_key(key: str, dataset: str) -> tuple[str, str] | None:

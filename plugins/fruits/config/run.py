@@ -17,6 +17,7 @@ from typing import Any
 from fruits.backends import backend_named
 from fruits.config.params import InvalidParam, check_weights, validate
 from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
+from fruits_jobs.commits import DamagedLake
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,15 @@ def emr_of(cfg: RunConfig) -> EmrConfig:
 
 
 def from_xcom(body: Callable) -> Callable:
-    """A task body takes the run's config as XCom carries it (a dict) and works on a RunConfig."""
+    """A task body takes the run's config as XCom carries it (a dict) and works on a RunConfig. A
+    damaged lake file fails the task without a retry: retrying will not mend it (the message says what will)."""
+    from airflow.exceptions import AirflowFailException
 
     def wrapped(cfg: Mapping[str, Any], *args, **kwargs):
-        return body(RunConfig.from_dict(cfg), *args, **kwargs)
+        try:
+            return body(RunConfig.from_dict(cfg), *args, **kwargs)
+        except DamagedLake as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = body.__name__, body.__doc__, body  # type: ignore[attr-defined]
     return wrapped

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from fruits.lake import leases, published
 from fruits.lake.storage import Storage
-from fruits_jobs import contract, layout
+from fruits_jobs import commits, contract, layout
 from fruits_jobs.digests import file_digests
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def other_batches(storage: Storage, batch_id: str) -> tuple[dict[str, str], dict
         if other is None or other == batch_id:
             continue
         is_held = published.is_published(storage, other)
-        for entry in json.loads(storage.read_text(key))["files"]:
+        for entry in parse_manifest(storage, key)["files"]:
             if is_held:
                 held.setdefault(entry["sha256"], other)
             else:
@@ -139,7 +139,16 @@ def next_free_batch_id(storage: Storage, base: str) -> str:
 
 def read_manifest(storage: Storage, batch_id: str) -> dict | None:
     key = layout.manifest_key(batch_id)
-    return json.loads(storage.read_text(key)) if key in storage.sizes(key) else None
+    return parse_manifest(storage, key) if key in storage.sizes(key) else None
+
+
+def parse_manifest(storage: Storage, key: str) -> dict:
+    """A manifest, or DamagedLake naming it and saying what to do."""
+    fix = (
+        "restore it from a backup, or move it and its batch's raw/ folder away and land the photos "
+        "again (they then form a new batch)"
+    )
+    return commits.parse_record(storage.read_text(key), storage.name + key, ("files",), fix)
 
 
 def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:

@@ -13,12 +13,15 @@ import uuid
 from datetime import UTC, datetime
 
 from fruits.lake.storage import Storage
-from fruits_jobs import layout
+from fruits_jobs import commits, layout
 
 
 def read_lease(storage: Storage, batch_id: str) -> dict | None:
     key = layout.lease_key(batch_id)
-    return json.loads(storage.read_text(key)) if key in storage.sizes(key) else None
+    if key not in storage.sizes(key):
+        return None
+    fix = 'revoke it by hand ({"token": null}) and re-run the batch: its run\'s ingest issues a new one'
+    return commits.parse_record(storage.read_text(key), storage.name + key, ("token",), fix)
 
 
 def _now() -> str:

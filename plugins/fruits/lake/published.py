@@ -7,20 +7,26 @@ folder's files without a commit are a run in progress or a killed one, and a com
 revoked is a run given up: never something to read or count.
 """
 
-import json
+import logging
 
 from fruits.lake.leases import read_lease
 from fruits.lake.storage import Storage
 from fruits_jobs import commits, layout
 
+log = logging.getLogger(__name__)
+
 
 def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
+    """The batch's newest commit in dataset, or None; DamagedLake naming the file when it cannot be read."""
     prefix = layout.commits_prefix(dataset, batch_id)
-    runs = layout.committed_runs(key[len(prefix) :] for key in storage.sizes(prefix))
+    names = [key[len(prefix) :] for key in storage.sizes(prefix)]
+    for stray in layout.stray_names(names):
+        log.warning("ignoring %s%s%s: not a commit (commits are named <run id>.json)", storage.name, prefix, stray)
+    runs = layout.committed_runs(names)
     if not runs:
         return None
     key = layout.commit_path(layout.batch_folder(dataset, batch_id), runs[-1])
-    return {**json.loads(storage.read_text(key)), "commit": storage.name + key}
+    return {**commits.parse_commit(storage.read_text(key), storage.name + key, dataset), "commit": storage.name + key}
 
 
 def published_commit(storage: Storage, batch_id: str) -> dict | None:

@@ -39,7 +39,8 @@ def batches_table(storage: Storage) -> list[str]:
         pca = current_commit(storage, layout.PCA, batch) or {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
         rows.append(
-            f"{batch:<24} {features['read']:>7} {features['featurized']:>10} {features['rejected']:>8} "
+            f"{batch:<24} {features.get('read', '-'):>7} {features.get('featurized', '-'):>10} "
+            f"{features.get('rejected', '-'):>8} "
             f"{pca.get('k', '-'):>5} {variance:>8}"
         )
     return rows
