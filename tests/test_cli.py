@@ -106,3 +106,36 @@ def test_the_console_script_is_installed(lake):
         check=True,
     ).stdout
     assert out.splitlines()[1].split()[0] == "b1"
+
+
+def test_a_copied_lake_reads_and_runs_on_its_own_and_never_touches_the_original(lake, spark, capsys, tmp_path):
+    """`cp -a lake1 lakeM`: the copy's commits used to send `fruits similar` and the PCA into lake1
+    (and an operator following them deleted lake1's run folder). With lake1 present or moved away,
+    the copy answers, takes a new run, and lake1 stays byte for byte as it was."""
+    import shutil
+
+    from fruits_jobs import pca
+
+    def snapshot(root):
+        return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+    copy = tmp_path / "lakeM"
+    shutil.copytree(lake, copy)
+    before = snapshot(lake)
+    away = lake.with_name(lake.name + "-away")
+    query = photo(tmp_path / "query.png", (200, 30, 40), 0)
+    try:
+        lake.rename(away)  # the original moved away: the copy must not need it
+        assert run(capsys, copy, "batches")[1].split()[:2] == ["b1", "4"]  # 3 photos and a note
+        assert run(capsys, copy, "similar", str(query), "--k", "1")[0].split("\t")[3].startswith(str(copy))
+        metrics = pca.run(
+            spark,
+            pca.parse_args(
+                ["--features", str(copy / "features"), "--output", str(copy / "pca" / "batch_id=b1"), "--k", "2"]
+            ),
+        )
+        assert metrics["n_images"] == 3 and metrics["output"].startswith(f"file:{copy}")
+    finally:
+        away.rename(lake)
+    run(capsys, copy, "batches")  # and with the original back in place
+    assert snapshot(lake) == before

@@ -105,8 +105,10 @@ def test_both_outputs_are_published_as_assets_saying_which_batch_what_and_where(
     where = summary["locations"]
     assert events["fruits://lake/features"]["batch_id"] == "e2e"
     assert events["fruits://lake/features"]["featurized"] == summary["images"]["featurized"]
-    assert events["fruits://lake/features"]["features"] == where["features"]
-    assert events["fruits://lake/pca"]["k"] == 3 and events["fruits://lake/pca"]["reduced"] == where["pca_reduced"]
+    features, pca = events["fruits://lake/features"], events["fruits://lake/pca"]
+    assert not features["features"].startswith("/")  # relative to the lake, which the event names
+    assert features["lake"] + features["features"] == where["features"]
+    assert pca["k"] == 3 and pca["lake"] + pca["reduced"] == where["pca_reduced"]
 
 
 def test_fruits_where_prints_the_same_places(pipeline_run, summary, capsys):

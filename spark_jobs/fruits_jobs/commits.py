@@ -78,8 +78,10 @@ def read_lease(spark, lease_uri: str) -> dict | None:
 
 
 def commit_file(folder_uri: str, run_id: str, record: dict) -> tuple[str, bytes]:
-    """The commit of a run: where it goes and what it holds (the record, and the run id). Pure: the
-    one definition of a commit's bytes, for write_commit and for anything that must write one."""
+    """The commit of a run: where it goes and what it holds (the record, its references relative to
+    the lake, and the run id). Pure: the one definition of a commit's bytes, for write_commit and
+    for anything that must write one."""
+    record = layout.refer_record(record, layout.root_of_batch_folder(folder_uri))
     text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
     return layout.commit_path(folder_uri, run_id), text.encode("utf-8")
 
@@ -108,7 +110,9 @@ def current(spark, folder_uri: str, dataset: str = layout.FEATURES) -> dict | No
     if not runs:
         return None
     path = layout.commit_path(folder_uri, runs[-1])
-    return parse_commit(hadoop_fs.read_text(spark, path), path, dataset)
+    record = parse_commit(hadoop_fs.read_text(spark, path), path, dataset)
+    root = layout.root_of_batch_folder(folder_uri)
+    return layout.resolve_record(record, root) if root else record
 
 
 def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
@@ -147,6 +151,10 @@ def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run
     own outputs and any others the commit names, e.g. the rejects' batch folder), the runs older
     than it that are neither current nor the previous current (killed runs, old versions), and
     the older commits. Returns what went."""
+    root = layout.root_of_batch_folder(commit_folder)
+    outside = [folder for folder in data_folders if root and not folder.startswith(root)]
+    if outside:  # a copied lake's commit once sent an operator into the original: never delete there
+        raise ValueError(f"refusing to clean {outside}: outside the lake {root}")
     runs = committed_runs(spark, commit_folder)
     keep = set(runs[-2:]) | {run_id}
     for old in runs[:-2]:

@@ -153,14 +153,6 @@ def lease_key(batch_id: str) -> str:
     return f"{MANIFESTS}{partition(batch_id)}.lease"
 
 
-def root_of(dataset_uri: str, dataset: str) -> str:
-    """The bucket's root URI (with its slash) of a dataset's URI: s3://b/features -> s3://b/."""
-    uri, name = dataset_uri.rstrip("/"), dataset.rstrip("/")
-    if not uri.endswith("/" + name):
-        raise ValueError(f"{dataset_uri} is not a {dataset} folder of the lake's layout")
-    return uri[: -len(name)]
-
-
 def code_prefix(version: str) -> str:
     return f"{CODE}{version}/"
 
@@ -187,6 +179,74 @@ def staged_weights_key(sha256: str, suffix: str) -> str:
 def wheels_prefix(lock_sha256: str) -> str:
     """The jobs' wheels for one lock file (make wheelhouse): staged once per closure, not per code."""
     return f"{WHEELS}{lock_sha256}/"
+
+
+# ---- References: what a commit names, relative to its lake ---------------------------------------
+# A commit names its outputs by their path under the lake's root ("features/batch_id=b/run=r"), and a
+# reader resolves them against the lake it was given: a copied, moved or restored lake reads (and
+# cleans) itself, never the one it was copied from.
+_IN_A_BATCH = re.compile(r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?)$")
+
+
+def lake_root(dataset_uri: str, dataset: str) -> str | None:
+    """The root URI (with its slash) of a dataset folder named as this layout names it, else None."""
+    uri, name = dataset_uri.rstrip("/"), dataset.rstrip("/")
+    return uri[: -len(name)] if uri.endswith("/" + name) else None
+
+
+def root_of(dataset_uri: str, dataset: str) -> str:
+    """lake_root, or ValueError: a reader of a lake needs its root (leases, references)."""
+    root = lake_root(dataset_uri, dataset)
+    if root is None:
+        raise ValueError(f"{dataset_uri} is not a {dataset} folder of the lake's layout")
+    return root
+
+
+def refer(uri: str, root: str | None) -> str:
+    """What a commit stores for uri: its path under the lake's root (as is outside any lake)."""
+    return uri[len(root) :] if root and uri.startswith(root) else uri
+
+
+def resolve(ref: str, root: str) -> str:
+    """A commit's reference as a URI of the lake at root. A relative one is joined to it; an absolute
+    one (written before references were relative, or copied from another lake) is rebased on the
+    path the layout gives it, so it never reaches another lake."""
+    if "://" not in ref and not ref.startswith(("/", "file:")):
+        return root + ref
+    found = _IN_A_BATCH.search(ref.rstrip("/"))
+    return root + found.group(1) if found else ref
+
+
+# The keys of a commit (and of metrics.json) that name a place: references, relative to the lake.
+REFERENCE_KEYS = ("images", "features", "rejects", "output", "reduced", "model", "plots")
+_BATCH_FOLDER = re.compile(r"^(.*/)(?:features|rejects|pca)/batch_id=[^/]+/?$")
+
+
+def root_of_batch_folder(folder_uri: str) -> str | None:
+    """The lake's root of <root>/<dataset>/batch_id=<id>, else None (a folder outside any lake)."""
+    found = _BATCH_FOLDER.match(folder_uri)
+    return found.group(1) if found else None
+
+
+def _map_references(record: dict, change) -> dict:
+    def one(value):
+        if isinstance(value, str):
+            return change(value)
+        if isinstance(value, dict):
+            return {k: one(v) for k, v in value.items()}
+        return value
+
+    return {k: one(v) if k in REFERENCE_KEYS else v for k, v in record.items()}
+
+
+def refer_record(record: dict, root: str | None) -> dict:
+    """A record as a commit stores it: its references relative to the lake's root."""
+    return _map_references(record, lambda uri: refer(uri, root))
+
+
+def resolve_record(record: dict, root: str) -> dict:
+    """A commit as a reader of the lake at root uses it: its references resolved in that lake."""
+    return _map_references(record, lambda ref: resolve(ref, root))
 
 
 def s3_uri(bucket: str, key: str = "") -> str:

@@ -26,7 +26,8 @@ def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None
     if not runs:
         return None
     key = layout.commit_path(layout.batch_folder(dataset, batch_id), runs[-1])
-    return {**commits.parse_commit(storage.read_text(key), storage.name + key, dataset), "commit": storage.name + key}
+    record = commits.parse_commit(storage.read_text(key), storage.name + key, dataset)
+    return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
 
 
 def published_commit(storage: Storage, batch_id: str) -> dict | None:

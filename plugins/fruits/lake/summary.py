@@ -49,6 +49,7 @@ def read_summary(storage: Storage, batch_id: str) -> dict:
         )
     return {
         "batch_id": batch_id,
+        "lake": storage.name,
         "images": {k: features.get(k) for k in ("read", "featurized", "rejected", "rejects_by_reason")},
         "pca": {
             "n_images": metrics["n_images"],
@@ -78,11 +79,17 @@ PCA_ASSET_URI = "fruits://lake/pca"
 
 
 def asset_extras(result: dict) -> dict:
-    """What each asset event carries (JSON): the batch, its counts or its PCA, and its locations."""
-    images, pca, where = result["images"], result["pca"], result["locations"]
+    """What each asset event carries (JSON): the batch, its counts or its PCA, and its locations,
+    relative to the lake (`lake`: where it was when the event was sent)."""
+    images, pca = result["images"], result["pca"]
+    where = {
+        name: layout.refer(value, readable(result["lake"])) if isinstance(value, str) else value
+        for name, value in result["locations"].items()
+    }
     return {
         FEATURES_ASSET_URI: {
             "batch_id": result["batch_id"],
+            "lake": result["lake"],
             **images,
             "features": where["features"],
             "rejects": where["rejects"],
@@ -90,6 +97,7 @@ def asset_extras(result: dict) -> dict:
         },
         PCA_ASSET_URI: {
             "batch_id": result["batch_id"],
+            "lake": result["lake"],
             "k": pca["k"],
             "n_images": pca["n_images"],
             "explained_variance": pca["total_explained_variance"],

@@ -113,7 +113,7 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None
     similarity = stored @ query / np.maximum(np.linalg.norm(stored, axis=1) * np.linalg.norm(query), 1e-300)
     best = np.argsort(-similarity)[:k]
     return [
-        f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(rows[i]['path'])}"
+        f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(layout.resolve(rows[i]['path'], storage.name))}"
         for rank, i in enumerate(best, 1)
     ]
 
