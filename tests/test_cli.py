@@ -58,8 +58,8 @@ def run(capsys, *argv):
 
 def test_batches_lists_each_published_batch_with_its_counts(lake, capsys):
     header, row = run(capsys, lake, "batches")
-    assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance"]
-    assert row.split() == ["b1", "4", "3", "1", "-", "-"]  # no PCA yet
+    assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance", "health"]
+    assert row.split() == ["b1", "4", "3", "1", "-", "-", "ok"]  # no PCA yet
 
 
 def test_rejects_shows_the_path_in_the_landing_folder_with_reason_and_detail(lake, capsys):
@@ -139,3 +139,22 @@ def test_a_copied_lake_reads_and_runs_on_its_own_and_never_touches_the_original(
         away.rename(lake)
     run(capsys, copy, "batches")  # and with the original back in place
     assert snapshot(lake) == before
+
+
+def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_commit_is_named(lake, capsys, tmp_path):
+    """Deleting the run folder a commit names left `fruits batches` reporting the batch as fine."""
+    import shutil
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    (run_folder,) = (copy / "features" / "batch_id=b1").glob("run=*")
+    shutil.rmtree(run_folder)
+    assert main(["--lake", str(copy), "check"]) == 1
+    out = capsys.readouterr().out
+    assert f"b1: DAMAGED: features: {run_folder} is missing" in out and "re-run the batch" in out
+    assert run(capsys, copy, "batches")[1].endswith("DAMAGED (fruits check)")
+    (commit,) = (copy / "features" / "batch_id=b1" / "_commits").glob("*.json")
+    commit.write_text(commit.read_text()[:30])  # truncated
+    assert main(["--lake", str(copy), "batches"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{commit.name} is damaged" in err and "Traceback" not in err

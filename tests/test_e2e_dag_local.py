@@ -127,3 +127,21 @@ def test_the_same_batch_again_finds_nothing_new_and_runs_no_spark(runnable_dag, 
     assert again.state == DagRunState.SUCCESS
     assert states["any_new_photos"] == S.SUCCESS and states["run_locally"] == S.SKIPPED
     assert xcom(again, "ingest_new_photos")["uploaded"] == 0
+
+
+def test_a_damaged_batch_is_mended_by_a_rerun_of_the_same_batch(runnable_dag, pipeline_run, summary, capsys):
+    """Last: it damages the module's lake. A deleted run folder made the next run fail in PCA with
+    PATH_NOT_FOUND, and re-running the batch answered "already processed, nothing to do"."""
+    import shutil
+
+    _, lake, _, _ = pipeline_run
+    shutil.rmtree(summary["locations"]["features"])
+    assert cli.main(["--lake", str(lake), "check"]) == 1
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRUITS_LOCAL_LAKE", str(lake))
+        repair = runnable_dag.test(run_conf={**CONF, "landing_dir": str(lake.parent / "landing"), "rerun": True})
+    assert repair.state == DagRunState.SUCCESS
+    assert xcom(repair, "ingest_new_photos")["uploaded"] == 0  # from its stored photos
+    assert cli.main(["--lake", str(lake), "check"]) == 0
+    assert xcom(repair, "publish_summary")["images"] == summary["images"]  # the same batch, again

@@ -26,6 +26,7 @@ def test_params_form(pipeline_dag):
         "pca_k",
         "pca_variance",
         "weights",
+        "rerun",
         "instance_type",
         "core_count",
         "task_spot_count",

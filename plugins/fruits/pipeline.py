@@ -10,6 +10,7 @@ from pathlib import Path
 from fruits.backends import backend_named, jobs
 from fruits.backends.run_report import format_report
 from fruits.config import run as config
+from fruits.config.params import InvalidParam
 from fruits.config.run import RunConfig, from_xcom
 from fruits.lake import ingest, published, summary
 from fruits.lake.storage import Storage, storage_at, upload_missing
@@ -33,12 +34,16 @@ def validate_params(context) -> dict:
     cfg = config.resolve(context["params"], config.read_settings(), run_date(context))
     if not context["params"].get("batch_id"):  # named by the date: never reopen a published batch
         cfg = dataclasses.replace(cfg, batch_id=ingest.next_free_batch_id(storage_for(cfg), cfg.batch_id))
+    if cfg.rerun and not published.is_published(storage_for(cfg), cfg.batch_id):
+        raise InvalidParam("rerun", f"batch {cfg.batch_id} is not published: run it without rerun")
     log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
     return cfg.to_dict()
 
 
 @from_xcom
 def ingest_batch(cfg: RunConfig) -> dict:
+    if cfg.rerun:  # a repair: the batch's own stored photos, nothing from the landing folder
+        return ingest.stored_batch(storage_for(cfg), cfg.batch_id)
     return ingest.ingest(Path(cfg.landing_dir), storage_for(cfg), cfg.batch_id)
 
 
@@ -56,6 +61,9 @@ def has_work(cfg: RunConfig, report: dict) -> bool:
             report["skipped"],
         )
         return False
+    if cfg.rerun:
+        log.warning("Re-running published batch %s from its %d stored photos (rerun).", cfg.batch_id, report["files"])
+        return True
     if report["uploaded"] == 0 and published.is_processed(storage_for(cfg), cfg.batch_id):
         log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
         return False

@@ -105,6 +105,14 @@ def build_params() -> dict:
             "on emr (clusters need no internet); locally the genuine weights in "
             f"../shared/{layout.MODELS} when present (as make run), else imagenet.",
         ),
+        "rerun": Param(
+            False,
+            type="boolean",
+            title="Re-run a published batch",
+            description="Run both jobs again on the stored photos of batch_id (raw/; the landing folder is "
+            "not read) and publish the result as a new run of the same batch, which replaces the old one at "
+            "once: how a damaged batch (`fruits check`) is mended. Needs batch_id.",
+        ),
         "instance_type": Param(
             "m5.2xlarge",
             type="string",
@@ -158,6 +166,8 @@ def validate(conf: Mapping[str, Any]) -> dict:
             ) from None
     if out["batch_id"] == "":  # left empty in the form: the run's date, as null
         out["batch_id"] = None
+    if out["rerun"] and out["batch_id"] is None:
+        raise InvalidParam("rerun", "re-runs one published batch: set batch_id to it (`fruits batches` lists them)")
     # JSON Schema's `pattern` is a search, whose '$' also matches before a trailing newline.
     if out["batch_id"] is not None and not contract.is_valid_batch_id(out["batch_id"]):
         raise InvalidParam("batch_id", f"expected {contract.BATCH_ID_RULE}, got {out['batch_id']!r}")

@@ -60,6 +60,7 @@ class RunConfig:
     bucket: str
     root: str  # where the jobs find the bucket's keys: s3://<bucket>/, or the lake folder standing for it
     aws_conn_id: str = AWS_CONN_ID
+    rerun: bool = False  # the jobs again on a published batch's stored photos (params.py)
     emr: EmrConfig | None = None
     local: LocalConfig | None = None
 
@@ -160,6 +161,7 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         weights=weights,
         bucket=bucket,
         root=root,
+        rerun=p["rerun"],
         **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
     )
 

@@ -242,6 +242,32 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     return report
 
 
+def stored_batch(storage: Storage, batch_id: str) -> dict:
+    """A re-run's ingest: the batch as its manifest lists it, every photo still in raw/ (the only
+    source a re-run has), nothing uploaded; the batch's lease stays, so its old commit is current
+    until the new one replaces it."""
+    manifest = read_manifest(storage, batch_id)
+    if manifest is None:
+        raise IngestRefused(f"batch {batch_id} has no manifest ({layout.manifest_key(batch_id)}): nothing to re-run")
+    present = storage.sizes(layout.raw_prefix(batch_id))
+    missing = [entry["key"] for entry in manifest["files"] if entry["key"] not in present]
+    if missing:
+        raise IngestRefused(
+            f"batch {batch_id}: {len(missing)} of its photos are gone from raw/ (e.g. {missing[0]}); a re-run "
+            "reads only them: restore them, or land the photos again as a new batch"
+        )
+    report = {
+        "batch_id": batch_id,
+        **manifest["counts"],
+        "already_held_by": {},
+        "uploaded": 0,
+        "already_uploaded": len(manifest["files"]),
+        "manifest": storage.name + layout.manifest_key(batch_id),
+    }
+    log.info("re-run of batch %s: %s", batch_id, json.dumps(report))
+    return report
+
+
 def merge_with_previous(files: list[dict], previous: dict | None, present: dict[str, tuple]) -> list[dict]:
     """This run's files plus those an earlier run of the batch listed and uploaded that the landing
     folder no longer holds: a photo once in a batch stays in it (the manifest never shrinks)."""

@@ -5,6 +5,7 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
     fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
     fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
     fruits where [--batch-id ID]    where a batch's outputs are (default: the batch processed last)
+    fruits check                    every batch's commits readable and the outputs they name present
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
@@ -17,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from fruits.lake.folder import default_lake
+from fruits.lake.health import batch_problems, known_batches
 from fruits.lake.published import committed_batches, current_commit, latest_processed_batch, published_commit
 from fruits.lake.storage import LocalStorage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
 from fruits_jobs import layout
+from fruits_jobs.commits import DamagedLake
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 from fruits_jobs.images import RejectedImage
 
@@ -33,15 +36,16 @@ def batch_ids(storage: Storage) -> list[str]:
 
 
 def batches_table(storage: Storage) -> list[str]:
-    rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}"]
+    rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}  health"]
     for batch in batch_ids(storage):
         features = published_commit(storage, batch) or {}
         pca = current_commit(storage, layout.PCA, batch) or {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
+        health = "DAMAGED (fruits check)" if batch_problems(storage, batch) else "ok"
         rows.append(
             f"{batch:<24} {features.get('read', '-'):>7} {features.get('featurized', '-'):>10} "
             f"{features.get('rejected', '-'):>8} "
-            f"{pca.get('k', '-'):>5} {variance:>8}"
+            f"{pca.get('k', '-'):>5} {variance:>8}  {health}"
         )
     return rows
 
@@ -118,6 +122,16 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None
     ]
 
 
+def check_lines(storage: Storage) -> tuple[list[str], bool]:
+    """One line per batch, ok or what is wrong; and whether all are ok."""
+    lines, healthy = [], True
+    for batch in known_batches(storage):
+        problems = batch_problems(storage, batch)
+        healthy &= not problems
+        lines += [f"{batch}: ok"] if not problems else [f"{batch}: DAMAGED: {p}" for p in problems]
+    return lines or [f"no batch in {storage.name}"], healthy
+
+
 def where_lines(storage: Storage, batch_id: str | None) -> list[str]:
     """Where a batch's outputs are (default: the batch whose PCA committed last), with its k."""
     batch_id = batch_id or latest_processed_batch(storage)
@@ -153,12 +167,23 @@ def main(argv=None) -> int:
     similar.add_argument("--batch", help="only this batch (default: every batch)")
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
+    sub.add_parser("check", help="every batch's commits readable and the outputs they name present")
     demo = sub.add_parser("demo", help="generate demo photos in a Fruits-360 layout")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--per-class", type=int, default=6)
     demo.add_argument("--no-odd-files", action="store_true", help="only photos (no empty, hidden or broken files)")
     args = parser.parse_args(argv)
-    storage = LocalStorage(args.lake.resolve())
+    if args.command == "similar" and not args.photo.is_file():
+        parser.error(f"no such photo: {args.photo}")
+    try:
+        return answer(args, LocalStorage(args.lake.resolve()))
+    except DamagedLake as exc:  # one line that names the file and what to do, never a traceback
+        print(f"fruits {args.command}: {exc}; `fruits check` lists every damaged batch", file=sys.stderr)
+        return 1
+
+
+def answer(args, storage: Storage) -> int:
+    """Run one command; its lines on stdout, its refusals on stderr (rc 1, or 2 for a bad photo)."""
     if args.command == "demo":
         counts = demo_images.generate(args.out_dir, args.per_class, not args.no_odd_files)
         lines = [f"wrote {counts['images']} demo images and {counts['odd_files']} odd files to {args.out_dir}"]
@@ -168,13 +193,15 @@ def main(argv=None) -> int:
         except (LookupError, RuntimeError) as exc:
             print(exc, file=sys.stderr)
             return 1
+    elif args.command == "check":
+        lines, healthy = check_lines(storage)
+        print("\n".join(lines))
+        return 0 if healthy else 1
     elif args.command == "batches":
         lines = batches_table(storage)
     elif args.command == "rejects":
         lines = rejects_rows(storage, args.batch)
     else:
-        if not args.photo.is_file():
-            parser.error(f"no such photo: {args.photo}")
         try:
             lines = similar_rows(storage, args.photo, args.k, args.batch)
         except RejectedImage as exc:  # the job's own reasons: one line, no traceback

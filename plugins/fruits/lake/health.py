@@ -1,0 +1,38 @@
+"""Is what the lake publishes still there? For each batch, its commits can be read and the folders
+they name hold files: `fruits check` (all batches) and `fruits batches` (a column) say so. A damaged
+batch is mended by a re-run (the `rerun` param: README, "Repair")."""
+
+from fruits.lake.published import current_commit, published_commit
+from fruits.lake.storage import Storage
+from fruits_jobs import layout
+from fruits_jobs.commits import DamagedLake
+
+
+def holds_files(storage: Storage, uri: str) -> bool:
+    """Whether a folder a commit names (resolved in this lake) holds anything."""
+    if not uri.startswith(storage.name):
+        return False
+    return bool(storage.sizes(uri[len(storage.name) :].rstrip("/") + "/"))
+
+
+def batch_problems(storage: Storage, batch_id: str) -> list[str]:
+    """What is wrong with a batch's published outputs (nothing: an empty list)."""
+    try:
+        features = published_commit(storage, batch_id)
+        pca = current_commit(storage, layout.PCA, batch_id)
+    except DamagedLake as exc:
+        return [str(exc)]
+    named = {name: (features or {}).get(name) for name in ("features", "rejects")}
+    named.update({f"pca {name}": (pca or {}).get(name) for name in ("reduced", "model")})
+    return [
+        f"{name}: {uri} is missing (its commit names it): re-run the batch (README, 'Repair')"
+        for name, uri in named.items()
+        if uri and not holds_files(storage, uri)
+    ]
+
+
+def known_batches(storage: Storage) -> list[str]:
+    """Every batch the lake knows of: it finished ingest (a manifest) or has a features commit."""
+    ingested = {layout.batch_of_manifest(key) for key in storage.sizes(layout.MANIFESTS)}
+    committed = {layout.parse_commit_key(key, layout.FEATURES) for key in storage.sizes(layout.FEATURES)}
+    return sorted({b for b in ingested if b} | {found[0] for found in committed if found})
