@@ -73,6 +73,19 @@ def simulate_emr(monkeypatch, states, write_outputs=None, stderr=None, cluster_e
     monkeypatch.setattr(Cluster, "add_steps", add_steps)
 
 
+def a_cluster(emr) -> str:
+    """A bare cluster of this project on moto (logs under the bucket), for the sensors' own tests."""
+    return emr.run_job_flow(
+        Name="c",
+        ReleaseLabel="emr-7.12.0",
+        LogUri=f"s3n://{BUCKET}/logs/emr/",
+        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+        JobFlowRole="fruits-emr-ec2-role",
+        ServiceRole="fruits-emr-service-role",
+    )["JobFlowId"]
+
+
 def lease_token(batch_id):
     """The token the batch's lease holds now: what its features job reads when it starts."""
     body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=layout.lease_key(batch_id))["Body"]
@@ -429,15 +442,7 @@ def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
     from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(
-        Name="c",
-        ReleaseLabel="emr-7.12.0",
-        LogUri=f"s3n://{BUCKET}/logs/emr/",
-        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-        Tags=[{"Key": "project", "Value": "fruits"}],
-        JobFlowRole="fruits-emr-ec2-role",
-        ServiceRole="fruits-emr-service-role",
-    )["JobFlowId"]
+    cluster = a_cluster(emr)
     sensor = StepSensor(
         task_id="watch", job_flow_id=cluster, step_id="s-1", aws_conn_id="aws_default", job_name="extract_features"
     )
@@ -514,14 +519,7 @@ def test_a_killed_features_sensor_revokes_the_lease_its_step_would_publish_under
     storage = S3Storage(BUCKET, "aws_default")
     token = leases.issue(storage, "b-kill")
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(
-        Name="c",
-        ReleaseLabel="emr-7.12.0",
-        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-        Tags=[{"Key": "project", "Value": "fruits"}],
-        JobFlowRole="fruits-emr-ec2-role",
-        ServiceRole="fruits-emr-service-role",
-    )["JobFlowId"]
+    cluster = a_cluster(emr)
     lease_uri = f"s3://{BUCKET}/{layout.lease_key('b-kill')}"
     StepSensor(
         task_id="watch",
@@ -544,15 +542,7 @@ def test_a_failed_steps_sensor_fails_with_the_line_that_says_why(aws, monkeypatc
     stderr = b"spark line\nTraceback (most recent call last):\n  File x\nOSError: weights file is not HDF5\nbye\n"
     simulate_emr(monkeypatch, ["FAILED"], stderr=stderr)
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(
-        Name="c",
-        ReleaseLabel="emr-7.12.0",
-        LogUri=f"s3n://{BUCKET}/logs/emr/",
-        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-        Tags=[{"Key": "project", "Value": "fruits"}],
-        JobFlowRole="fruits-emr-ec2-role",
-        ServiceRole="fruits-emr-service-role",
-    )["JobFlowId"]
+    cluster = a_cluster(emr)
     step = {
         "Name": "s",
         "ActionOnFailure": "CANCEL_AND_WAIT",
@@ -569,14 +559,7 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     from fruits.backends.emr.operators import StepSensor
 
     emr = boto3.client("emr", region_name=REGION)
-    cluster = emr.run_job_flow(
-        Name="c",
-        ReleaseLabel="emr-7.12.0",
-        Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-        Tags=[{"Key": "project", "Value": "fruits"}],
-        JobFlowRole="fruits-emr-ec2-role",
-        ServiceRole="fruits-emr-service-role",
-    )["JobFlowId"]
+    cluster = a_cluster(emr)
     (step,) = emr.add_job_flow_steps(
         JobFlowId=cluster,
         Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
