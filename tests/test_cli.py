@@ -147,6 +147,10 @@ def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_commit_is
 
     copy = tmp_path / "lake"
     shutil.copytree(lake, copy)
+    (rejects,) = (copy / "rejects" / "batch_id=b1").glob("run=*/*.parquet")
+    rejects.write_bytes(rejects.read_bytes()[:-20])  # cut short: its footer is gone
+    assert main(["--lake", str(copy), "check"]) == 1
+    assert "b1: DAMAGED: rejects:" in capsys.readouterr().out
     (run_folder,) = (copy / "features" / "batch_id=b1").glob("run=*")
     shutil.rmtree(run_folder)
     assert main(["--lake", str(copy), "check"]) == 1

@@ -2,8 +2,10 @@
 they name hold files: `fruits check` (all batches) and `fruits batches` (a column) say so. A damaged
 batch is mended by a re-run (the `rerun` param: README, "Repair")."""
 
+from pathlib import Path
+
 from fruits.lake.published import current_commit, published_commit
-from fruits.lake.storage import Storage
+from fruits.lake.storage import LocalStorage, Storage
 from fruits_jobs import layout
 from fruits_jobs.commits import DamagedLake
 
@@ -15,6 +17,21 @@ def holds_files(storage: Storage, uri: str) -> bool:
     return bool(storage.sizes(uri[len(storage.name) :].rstrip("/") + "/"))
 
 
+def unreadable_part(storage: Storage, uri: str) -> str | None:
+    """In a lake folder, the first Parquet file whose footer cannot be read, with why (on S3 this
+    would read every file's tail: existence only there)."""
+    if not isinstance(storage, LocalStorage):
+        return None
+    import pyarrow.parquet as pq
+
+    for part in sorted(Path(uri).rglob("*.parquet")):
+        try:
+            pq.read_metadata(part)
+        except Exception as exc:  # pyarrow raises several kinds for a damaged file: any is "unreadable"
+            return f"{part.name}: {exc}"
+    return None
+
+
 def batch_problems(storage: Storage, batch_id: str) -> list[str]:
     """What is wrong with a batch's published outputs (nothing: an empty list)."""
     try:
@@ -24,11 +41,15 @@ def batch_problems(storage: Storage, batch_id: str) -> list[str]:
         return [str(exc)]
     named = {name: (features or {}).get(name) for name in ("features", "rejects")}
     named.update({f"pca {name}": (pca or {}).get(name) for name in ("reduced", "model")})
-    return [
-        f"{name}: {uri} is missing (its commit names it): re-run the batch (README, 'Repair')"
-        for name, uri in named.items()
-        if uri and not holds_files(storage, uri)
-    ]
+    problems = []
+    for name, uri in named.items():
+        if not uri:
+            continue
+        if not holds_files(storage, uri):
+            problems.append(f"{name}: {uri} is missing (its commit names it): re-run the batch (README, 'Repair')")
+        elif bad := unreadable_part(storage, uri):
+            problems.append(f"{name}: {uri} is unreadable ({bad}): re-run the batch (README, 'Repair')")
+    return problems
 
 
 def known_batches(storage: Storage) -> list[str]:
