@@ -500,7 +500,9 @@ def test_a_features_step_that_completes_after_its_run_gave_up_publishes_nothing(
     from fruits.lake.storage import S3Storage
 
     started_with = {}
-    simulate_emr(monkeypatch, ["FAILED", "CANCELLED"], lambda: started_with.update(token=lease_token("b-late")))
+    simulate_emr(  # with its stderr in the bucket: the failing sensor finds it at once
+        monkeypatch, ["FAILED", "CANCELLED"], lambda: started_with.update(token=lease_token("b-late")), stderr=b"x\n"
+    )
     dr, states = run(runnable_dag, landing, "b-late")
     assert states["emr.watch_extract_features"] == S.FAILED and states["emr.terminate_cluster"] == S.SUCCESS
     write_job_outputs("b-late", token=started_with["token"])  # the late commit

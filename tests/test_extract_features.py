@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, features
+from fruits_jobs import commits, features, layout
 
 from conftest import REPO, make_jpeg
 
@@ -86,7 +86,10 @@ def test_sample_summary_is_the_batch_commit(sample_features):
     summary, _, out = sample_features
     commit = out / "features" / "batch_id=sample" / "_commits" / f"{summary['run']}.json"
     assert summary["commit"].endswith(str(commit))
-    assert json.loads(commit.read_text()) == {k: v for k, v in summary.items() if k != "commit"}
+    stored = json.loads(commit.read_text())
+    assert stored["features"].startswith("features/batch_id=sample/run=")  # relative to its lake
+    root = summary["features"][: -len(stored["features"])]
+    assert layout.resolve_record(stored, root) == {k: v for k, v in summary.items() if k != "commit"}
 
 
 def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
