@@ -19,9 +19,17 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
                                                        last, makes a run's features + rejects + summary the
                                                        batch's current version at once (commits.py)
     features/_staging/<run>/, features/_progress/      the features job's one model pass, and its progress
-    pca/batch_id=<id>/run=<run>/                       PCA fitted on all current features, per batch run:
-                                                       metrics.json, reduced/, model/, plots; committed in
-                                                       pca/batch_id=<id>/_commits/<run>.json
+    features/batch_id=<id>/run=<run>/_moments.npz      the batch's moments (count, mean, scatter; per-class
+                                                       sums), named in its commit: what the PCA merges
+    pca/_commits/<run>.json                            the newest names the current embedding space and, for
+                                                       every published batch, its vectors in that space
+    pca/spaces/<space>/                                one space (its id: the run that fitted it): model/
+                                                       (Spark ML), basis.npz, fit-time plots, and
+    pca/spaces/<space>/vectors/<batch id>/<run>/       each batch's vectors in it (plain folder names: no
+                                                       key=value for hive-partitioned readers to trip on)
+    pca/spaces/<space>/runs/<run>/                     each run's metrics.json, state.npz (running totals),
+                                                       class_quality.png
+    pca/spaces/<space>/index/<batch id>/<run>.*        each batch's piece of the vector index (fruits similar)
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
 A path here is a key ("features/") or a URI ("s3://bucket/features", "/lake/features"): the folder
@@ -44,8 +52,15 @@ REJECTS = "rejects/"
 PCA = "pca/"
 EMR_LOGS = "logs/emr/"
 PCA_METRICS_FILE = "metrics.json"
-PCA_REDUCED_DIR = "reduced"
+PCA_REDUCED_DIR = "reduced"  # before issue 20 (pca/batch_id=<id>/run=<run>/reduced)
 PCA_MODEL_DIR = "model"
+MOMENTS_FILE = "_moments.npz"  # '_': Spark and pyarrow skip it when they read the run's Parquet folder
+SPACES_DIR = "spaces"
+BASIS_FILE = "basis.npz"  # components, spectrum and fitted mean, for readers without Spark (fruits similar)
+STATE_FILE = "state.npz"  # the space's running totals after a run: moments and per-class sums
+VECTORS_DIR = "vectors"
+SPACE_RUNS_DIR = "runs"
+INDEX_DIR = "index"
 PCA_PLOTS = {
     "explained_variance": "explained_variance.png",
     "scatter": "pca_scatter.png",
@@ -157,8 +172,31 @@ def code_prefix(version: str) -> str:
     return f"{CODE}{version}/"
 
 
-def pca_prefix(batch_id: str) -> str:
-    return batch_prefix(PCA, batch_id)
+# ---- The embedding spaces under pca/ (a URI or a key of the pca/ folder) ------------------------
+
+
+def space_folder(pca: str, space: str) -> str:
+    return f"{pca.rstrip('/')}/{SPACES_DIR}/{space}"
+
+
+def vectors_folder(pca: str, space: str, batch_id: str, run_id: str) -> str:
+    """One batch's vectors in one space, as written by one run (a re-published batch: a new run)."""
+    return f"{space_folder(pca, space)}/{VECTORS_DIR}/{batch_id}/{run_id}"
+
+
+def space_run_folder(pca: str, space: str, run_id: str) -> str:
+    """What one run of the PCA job leaves in the space: metrics.json, state.npz, class_quality.png."""
+    return f"{space_folder(pca, space)}/{SPACE_RUNS_DIR}/{run_id}"
+
+
+def index_piece(pca: str, space: str, batch_id: str, vectors_run: str) -> str:
+    """The index piece of a batch's vectors (named by the run that wrote them: a stale piece never
+    matches the vectors a commit names). No suffix: the index library's files add theirs."""
+    return f"{space_folder(pca, space)}/{INDEX_DIR}/{batch_id}/{vectors_run}"
+
+
+def moments_path(features_run_folder: str) -> str:
+    return f"{features_run_folder.rstrip('/')}/{MOMENTS_FILE}"
 
 
 def commits_prefix(dataset: str, batch_id: str) -> str:
@@ -185,7 +223,7 @@ def wheels_prefix(lock_sha256: str) -> str:
 # A commit names its outputs by their path under the lake's root ("features/batch_id=b/run=r"), and a
 # reader resolves them against the lake it was given: a copied, moved or restored lake reads (and
 # cleans) itself, never the one it was copied from.
-_IN_A_BATCH = re.compile(r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?)$")
+_IN_A_BATCH = re.compile(r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?|pca/spaces/[^/]+(?:/.*)?)$")
 
 
 def lake_root(dataset_uri: str, dataset: str) -> str | None:
@@ -218,12 +256,27 @@ def resolve(ref: str, root: str) -> str:
 
 
 # The keys of a commit (and of metrics.json) that name a place: references, relative to the lake.
-REFERENCE_KEYS = ("images", "features", "rejects", "output", "reduced", "model", "plots")
-_BATCH_FOLDER = re.compile(r"^(.*/)(?:features|rejects|pca)/batch_id=[^/]+/?$")
+REFERENCE_KEYS = (
+    "images",
+    "features",
+    "rejects",
+    "output",
+    "reduced",
+    "model",
+    "plots",
+    "moments",
+    "metrics",
+    "vectors",
+    "basis",
+    "state",
+    "space_folder",
+)
+_BATCH_FOLDER = re.compile(r"^(.*/)(?:(?:features|rejects|pca)/batch_id=[^/]+|pca)/?$")
 
 
 def root_of_batch_folder(folder_uri: str) -> str | None:
-    """The lake's root of <root>/<dataset>/batch_id=<id>, else None (a folder outside any lake)."""
+    """The lake's root of a folder holding commits (<root>/<dataset>/batch_id=<id>, or <root>/pca),
+    else None (a folder outside any lake)."""
     found = _BATCH_FOLDER.match(folder_uri)
     return found.group(1) if found else None
 
