@@ -32,7 +32,7 @@ from fruits_jobs import hadoop_fs, layout
 log = logging.getLogger(__name__)
 
 # What a reader needs of a commit, by dataset: a commit without them is damaged, never skipped.
-REQUIRED_KEYS = {layout.FEATURES: ("features",), layout.PCA: ("output", "k", "n_images")}
+REQUIRED_KEYS = {layout.FEATURES: ("features",), layout.PCA: ("space", "model", "metrics", "vectors", "k")}
 
 
 class DamagedLake(ValueError):
@@ -107,9 +107,23 @@ def current(spark, folder_uri: str, dataset: str = layout.FEATURES) -> dict | No
     """The newest commit of this folder, or None when no run of it ever committed (DamagedLake when
     it cannot be read: never silently left out of a lake-wide figure)."""
     runs = committed_runs(spark, folder_uri)
-    if not runs:
-        return None
-    path = layout.commit_path(folder_uri, runs[-1])
+    return read_commit(spark, folder_uri, runs[-1], dataset) if runs else None
+
+
+def newest_runs(spark, dataset_uri: str) -> dict[str, str]:
+    """{batch id: the run id of its newest commit}, from file names alone (no commit is read)."""
+    prefix = layout.partition("")
+    found = {}
+    for name in hadoop_fs.list_names(spark, dataset_uri):
+        if name.startswith(prefix):
+            runs = committed_runs(spark, layout.batch_folder(dataset_uri, name[len(prefix) :]))
+            if runs:
+                found[name[len(prefix) :]] = runs[-1]
+    return found
+
+
+def read_commit(spark, folder_uri: str, run_id: str, dataset: str) -> dict:
+    path = layout.commit_path(folder_uri, run_id)
     record = parse_commit(hadoop_fs.read_text(spark, path), path, dataset)
     root = layout.root_of_batch_folder(folder_uri)
     return layout.resolve_record(record, root) if root else record
@@ -177,3 +191,55 @@ def clean_older_children(spark, parent_uri: str, run_id: str) -> list[str]:
     for uri in gone:
         hadoop_fs.delete(spark, uri)
     return gone
+
+
+def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
+    """After run_id committed in pca/: delete what neither it nor the previous commit names (kept, so
+    a reader who resolved it just before the switch can finish) and that is older than run_id: older
+    commits, spaces, vectors versions, run folders and index pieces, killed runs' leftovers, and the
+    per-batch PCA folders of the layout before spaces."""
+    root = layout.root_of_batch_folder(pca_uri)
+    runs = committed_runs(spark, pca_uri)
+    keep = [read_commit(spark, pca_uri, run, layout.PCA) for run in runs[-2:]]
+    named = {uri.rstrip("/") for commit in keep for uri in _named_uris(commit)}
+    for old in runs[:-2]:
+        if old < run_id:
+            hadoop_fs.delete(spark, layout.commit_path(pca_uri, old))
+    deleted = []
+
+    def drop(uri: str) -> None:
+        if root and not uri.startswith(root):  # never outside the lake (a copied lake's commit)
+            raise ValueError(f"refusing to clean {uri}: outside the lake {root}")
+        hadoop_fs.delete(spark, uri)
+        deleted.append(uri)
+
+    spaces_uri = f"{pca_uri}/{layout.SPACES_DIR}"
+    kept_spaces = {commit["space"] for commit in keep}
+    for space in hadoop_fs.list_names(spark, spaces_uri):
+        space_uri = layout.space_folder(pca_uri, space)
+        if space not in kept_spaces:
+            if space < run_id:
+                drop(space_uri)
+            continue
+        for batch in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}"):
+            for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}/{batch}"):
+                if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
+                    drop(layout.vectors_folder(pca_uri, space, batch, run))
+        for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
+            if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
+                drop(layout.space_run_folder(pca_uri, space, run))
+        for batch in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}"):
+            for name in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}/{batch}"):
+                run = name.split(".", 1)[0]
+                if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
+                    drop(f"{space_uri}/{layout.INDEX_DIR}/{batch}/{name}")
+    for name in hadoop_fs.list_names(spark, pca_uri):
+        if name.startswith(layout.partition("")):  # pca/batch_id=<id>/: the layout before spaces
+            drop(f"{pca_uri}/{name}")
+    return deleted
+
+
+def _named_uris(commit: dict) -> list[str]:
+    """The folders and files a PCA commit names (its references, resolved)."""
+    found = [commit["state"].rsplit("/", 1)[0], *commit["vectors"].values()]
+    return found

@@ -2,10 +2,10 @@
 
 Flow: list + read the batch with `binaryFile` -> decode/resize + model in an iterator pandas
 UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects into this
-run's own folders -> one commit naming both and the summary (commits.py): the batch switches to
-this run's outputs as one unit. The staging write is the only pass that runs the model; a run
-killed before its commit leaves the batch's current version as it was, and the next run deletes
-its leftovers.
+run's own folders, with the batch's moments (moments.py) -> one commit naming them and the summary
+(commits.py): the batch switches to this run's outputs as one unit. The staging write is the only
+pass that runs the model; a run killed before its commit leaves the batch's current version as it
+was, and the next run deletes its leftovers.
 """
 
 import argparse
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import commits, contract, hadoop_fs, layout, progress
+from fruits_jobs import commits, contract, hadoop_fs, layout, moments, progress
 from fruits_jobs import model as mobilenet
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.digests import file_digests
@@ -364,7 +364,9 @@ def run(spark, args) -> dict:
         spark, args, root_uri, staging_uri, model_bc, f"{features_uri}/{layout.progress_name(args.batch_id)}"
     )
     staged = spark.read.parquet(staging_uri)
-    by_reason = {r["reason"]: r["count"] for r in staged.groupBy("reason").count().collect()}
+    # One pass over the staged outcomes counts them and folds the featurized vectors into the
+    # batch's moments, which the PCA merges instead of re-reading this batch (moments.py).
+    by_reason, batch_moments, _ = moments.fold(staged, FEATURE_DIM)
     featurized = by_reason.pop(None, 0)
     rejected = sum(by_reason.values())
     # This run's folders: nobody reads them until the commit below names them.
@@ -380,6 +382,9 @@ def run(spark, args) -> dict:
             rejected,
         ),
     }
+    if outputs["features"]:
+        outputs["moments"] = moments_uri = layout.moments_path(outputs["features"])
+        hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes())
     seconds = time.perf_counter() - started
     warming.join()
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
@@ -417,6 +422,7 @@ def batch_summary(
         "images": args.images,
         "features": outputs["features"],
         "rejects": outputs["rejects"],
+        "moments": outputs.get("moments"),  # count, mean, scatter, per-class sums: what the PCA merges
         "weights": args.weights,
         "engine": args.engine,
         "image_size": args.image_size,

@@ -1,11 +1,20 @@
-"""Step 2: PCA of the features: reduced vectors, the Spark ML model, metrics and two plots.
+"""Step 2: the lake's embedding space, brought up to date in O(the new photos).
 
-The spectrum comes from ONE streaming pass: each partition folds its rows into a count, a mean and
-a d x d scatter matrix (mergeable moments), the driver merges them one partition at a time and
-takes the eigen-decomposition of the covariance. Memory is d x d (1280^2 doubles, 13 MB) whatever
-the number of images; nothing n x d is cached. "Smallest k reaching F" is then a cumulative sum,
-not a refit loop, and the k-component model is the first k axes of that one decomposition, saved
-as a Spark ML PCAModel (which projects; like Spark's own PCA it does not centre the vectors).
+One space (a PCA basis, saved as a Spark ML PCAModel) holds the vectors of every published batch,
+one folder per batch; the newest `pca/_commits/<run>.json` names the current space and, for each
+batch, its vectors in it (layout.py). A run:
+
+1. finds the published batches the space lacks (new, or re-published), from the batches' commit
+   names, reading only their commits;
+2. merges their moments (moments.py, kept by the features job) into the space's running totals:
+   a fixed-size state, not the lake (a re-published batch: totals rebuilt from per-batch moments);
+3. judges drift (spaces.py) and, usually, projects only those batches into the current space;
+   on drift, a changed k rule, pca_refit=always or the lake's first run it fits a new space from
+   the totals and re-projects every batch (the one step that grows with the lake);
+4. commits: the new vectors, the totals, the metrics (explained variance from the moments,
+   per-class quality from running class sums) become current together, in one file.
+
+Projection is Spark ML's: uncentred (vectors = features x components), an affine map of features.
 """
 
 import argparse
@@ -13,15 +22,16 @@ import json
 import os
 import tempfile
 import time
-from typing import NamedTuple
 
 import numpy as np
 
-from fruits_jobs import commits, hadoop_fs, layout, quality
+from fruits_jobs import commits, hadoop_fs, layout, quality, spaces
 from fruits_jobs.common import UsageError, emit_summary, spark_session
+from fruits_jobs.moments import BatchMoments, fold
 from fruits_jobs.plots import plot_class_quality, plot_explained_variance, plot_scatter
 
 SCATTER_SAMPLE = 20_000  # points drawn in the scatter plot: enough to see structure, cheap to collect
+CONFUSION_FILE = "_confusion.json"  # per vectors folder: its Test photos' (class, predicted) counts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,14 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--output",
         required=True,
-        help="folder of the PCA's runs: run=<id>/ (reduced/, model/, "
-        "metrics.json, plots) and _commits/<id>.json, whose newest names the current run",
+        help="the lake's pca/ folder: spaces/<space>/ and _commits/<run>.json, whose newest names the current space",
     )
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--k", type=int, help="number of components")
-    group.add_argument("--variance", type=float, help="smallest k whose cumulative explained variance reaches this")
+    group.add_argument("--k", type=int, help="number of components of a new space")
+    group.add_argument("--variance", type=float, help="a new space's k: the smallest reaching this explained variance")
     p.add_argument(
-        "--batch-id", action="append", dest="batch_ids", help="only these batches (repeatable); default: all batches"
+        "--refit",
+        choices=spaces.REFIT_CHOICES,
+        default="auto",
+        help="auto: a new space on drift (default); always: a new space now; never: keep the current space",
     )
     args = p.parse_args(argv)
     if args.k is not None and args.k < 1:
@@ -47,109 +59,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def choose_k(explained_variance, k=None, variance=None) -> int:
-    """k as asked, or the smallest k whose cumulative explained variance reaches `variance`."""
-    ratios = np.asarray(explained_variance, dtype=np.float64)
-    if k is not None:
-        if k > len(ratios):
-            raise UsageError(f"--k {k}: the features have only {len(ratios)} components")
-        return int(k)
-    cumulative = np.cumsum(ratios)
-    # float sums may end a hair under 1.0: a target of 1.0 then means "all components"
-    reached = np.nonzero(cumulative >= variance - 1e-9)[0]
-    return int(reached[0]) + 1 if len(reached) else len(ratios)
+# ---- What the lake holds -----------------------------------------------------------------------
 
 
-class Moments(NamedTuple):
-    """Count, mean and centred scatter matrix (d x d) of a set of rows: mergeable, so one pass
-    over any number of rows needs memory for d x d numbers only (Chan et al.'s pairwise update)."""
-
-    n: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> "Moments":
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0)
-        centred = x - mean
-        return cls(len(x), mean, centred.T @ centred)
-
-    def merge(self, other: "Moments") -> "Moments":
-        if self.n == 0:
-            return other
-        if other.n == 0:
-            return self
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        return Moments(
-            n, self.mean + delta * (other.n / n), self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
-        )
+def published_changes(spark, features_uri: str, in_space: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
+    """The live features commits of the batches whose current run the space does not hold (new or
+    re-published), and the space's batches that are no longer published. Reads commit names for every
+    batch (one listing each) but commit and lease files only for batches that changed."""
+    root = layout.root_of(features_uri, layout.FEATURES)
+    newest = commits.newest_runs(spark, features_uri)
+    changed, gone = {}, [batch for batch in in_space if batch not in newest]
+    for batch, run in sorted(newest.items()):
+        if in_space.get(batch) == run:
+            continue
+        commit = commits.current(spark, layout.batch_folder(features_uri, batch))
+        if commit is not None and commits.is_live(commit, commits.read_lease(spark, root + layout.lease_key(batch))):
+            changed[batch] = commit
+        elif batch in in_space:
+            gone.append(batch)  # its newest run was given up: it is no longer published
+    return changed, gone
 
 
-def spectrum_and_components(moments: Moments):
-    """Explained variance ratios (descending) and the principal axes (columns) of the covariance."""
-    covariance = moments.m2 / (moments.n - 1)
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending, for a symmetric matrix
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues = np.clip(eigenvalues[order], 0.0, None)  # rounding can leave tiny negatives
-    return eigenvalues / eigenvalues.sum(), eigenvectors[:, order]
+def batch_moments(spark, commit: dict) -> BatchMoments:
+    """A batch's moments: kept by its features job, or (a batch featurized before they were)
+    computed here from its features, once per run that needs them."""
+    from fruits_jobs.contract import FEATURE_DIM
+
+    if commit.get("moments"):
+        return BatchMoments.from_bytes(hadoop_fs.read_bytes(spark, commit["moments"]))
+    if not commit.get("features"):
+        return BatchMoments.empty(FEATURE_DIM)
+    _, found, bad = fold(spark.read.parquet(commit["features"]), FEATURE_DIM)
+    if bad:
+        raise UsageError(f"--features: {bad} does not hold {FEATURE_DIM} finite numbers; re-run its batch (rerun=true)")
+    return found
 
 
-def moments_udf(dim: int):
-    """mapInPandas function: one row per partition with its Moments (as bytes), or the first path
-    whose vector is not `dim` finite numbers: the pass that gives the spectrum, streaming."""
-
-    def partition_moments(batches):
-        import pandas as pd
-
-        acc, bad = Moments(0, np.zeros(dim), np.zeros((dim, dim))), None
-        for pdf in batches:
-            vectors = pdf["features"].to_numpy()
-            ok = np.array([v is not None and len(v) == dim and np.isfinite(v).all() for v in vectors])
-            if not ok.all():
-                bad = bad or str(pdf["path"].to_numpy()[~ok][0])
-                continue
-            if len(vectors):
-                acc = acc.merge(Moments.of(np.stack(vectors)))
-        yield pd.DataFrame({"n": [acc.n], "mean": [acc.mean.tobytes()], "m2": [acc.m2.tobytes()], "bad_path": [bad]})
-
-    return partition_moments
+def read_state(spark, space: dict) -> BatchMoments:
+    return BatchMoments.from_bytes(hadoop_fs.read_bytes(spark, space["state"]))
 
 
-def fit_moments(df, dim: int) -> Moments:
-    """One pass over the features; partitions reach the driver one at a time (toLocalIterator)."""
-    schema = "n long, mean binary, m2 binary, bad_path string"
-    total = Moments(0, np.zeros(dim), np.zeros((dim, dim)))
-    for row in df.select("path", "features").mapInPandas(moments_udf(dim), schema).toLocalIterator():
-        if row["bad_path"]:
-            raise UsageError(
-                f"--features: {row['bad_path']} does not hold {dim} finite numbers; "
-                "re-run the features job for its batch (it rejects such rows)"
-            )
-        if row["n"]:
-            total = total.merge(
-                Moments(row["n"], np.frombuffer(row["mean"]), np.frombuffer(row["m2"]).reshape(dim, dim))
-            )
-    return total
+# ---- Writing vectors -----------------------------------------------------------------------------
 
 
-def pca_model(spark, components: np.ndarray, explained_variance: np.ndarray, input_col: str, output_col: str):
-    """A fitted Spark ML PCAModel from our own components (d x k), so Spark projects and saves it."""
+def pca_model(spark, basis: spaces.Basis, input_col: str = "vec", output_col: str = "pca_vec"):
+    """A fitted Spark ML PCAModel from our own basis, so Spark projects and saves it."""
     from pyspark.ml.common import _py2java
     from pyspark.ml.feature import PCA, PCAModel
     from pyspark.ml.linalg import DenseMatrix, DenseVector
 
     sc = spark.sparkContext
-    d, k = components.shape
-    # Still the best way: Spark ML has no public constructor for a fitted model, PCA.fit would re-read
-    # every vector (it ran out of the 1 GB driver heap at 250k rows), and writing the model's files by
-    # hand would copy Spark's private format. So its JVM class is built directly, with the matrices
-    # pickled across (not copied element by element through py4j).
+    d, k = basis.components.shape
+    # Spark ML has no public constructor for a fitted model, PCA.fit would re-read every vector (it
+    # ran out of the 1 GB driver heap at 250k rows), and writing the model's files by hand would copy
+    # Spark's private format: so its JVM class is built directly, the matrices pickled across.
     jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(
         PCA().uid,
-        _py2java(sc, DenseMatrix(d, k, np.asarray(components, dtype=np.float64).ravel(order="F"))),
-        _py2java(sc, DenseVector(np.asarray(explained_variance, dtype=np.float64))),
+        _py2java(sc, DenseMatrix(d, k, np.asarray(basis.components, dtype=np.float64).ravel(order="F"))),
+        _py2java(sc, DenseVector(np.asarray(basis.spectrum[:k], dtype=np.float64))),
     )
     model = PCAModel(jmodel)
     model._set(k=k, inputCol=input_col, outputCol=output_col)
@@ -157,126 +124,261 @@ def pca_model(spark, components: np.ndarray, explained_variance: np.ndarray, inp
     return model
 
 
-def read_features(spark, features_uri: str, batch_ids):
-    """The current features of every batch (or of those asked for), through their commits."""
-    from pyspark.sql import functions as F
+def basis_bytes(basis: spaces.Basis) -> bytes:
+    import io
 
-    if not hadoop_fs.exists(spark, features_uri):
-        raise UsageError(f"--features {features_uri}: no such dataset")
-    df = commits.read_current(spark, features_uri, "features", batch_ids)
-    if df is None:
-        raise UsageError(
-            f"--features {features_uri}: no committed features"
-            + (f" for batches {batch_ids}" if batch_ids else "")
-            + " (run the features job first)"
-        )
-    return df.select("path", "label", "split", F.col("batch_id").cast("string"), "features")
+    buffer = io.BytesIO()
+    np.savez(buffer, components=basis.components, spectrum=basis.spectrum, mean=basis.mean)
+    return buffer.getvalue()
 
 
-def pca_metrics(
-    args, features_uri: str, output_uri: str, n: int, dim: int, k: int, spectrum, class_quality: dict | None
-) -> dict:
-    """What a PCA run's metrics.json and commit hold: sizes, k and its rule, the spectrum, where the
-    reduced vectors, the model and the plots are. Readers (publish_summary, the CLI) rely on these keys."""
-    cumulative = np.cumsum(spectrum)
-    return {
-        "job": "reduce_dimensions",
-        "features": features_uri,
-        "output": output_uri,
-        "batch_ids": args.batch_ids,
-        "n_images": n,
-        "input_dim": dim,
-        "k": k,
-        "k_rule": f"k={args.k}" if args.k is not None else f"cumulative explained variance >= {args.variance}",
-        "variance_target": args.variance,
-        "explained_variance": [round(float(v), 8) for v in spectrum[:k]],
-        "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
-        "total_explained_variance": round(float(cumulative[k - 1]), 6),
-        "plots": {kind: f"{output_uri}/{name}" for kind, name in layout.PCA_PLOTS.items()},
-        "class_quality": class_quality,
-        "reduced": f"{output_uri}/{layout.PCA_REDUCED_DIR}",
-        "model": f"{output_uri}/{layout.PCA_MODEL_DIR}",
-    }
+def read_basis(spark, uri: str) -> spaces.Basis:
+    import io
+
+    with np.load(io.BytesIO(hadoop_fs.read_bytes(spark, uri))) as z:
+        return spaces.Basis(np.array(z["components"]), np.array(z["spectrum"]), np.array(z["mean"]))
 
 
-def run(spark, args) -> dict:
+def project_batch(spark, model, batch: str, commit: dict, out_uri: str, scoring: "Scoring | None") -> dict:
+    """Write one batch's vectors (path, label, split, batch_id, pca) into out_uri, and the (class,
+    predicted) counts of its evaluated photos beside them; returns those counts."""
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
 
+    features = spark.read.parquet(commit["features"]).select(
+        "path", "label", "split", F.lit(batch).alias("batch_id"), array_to_vector(F.col("features")).alias("vec")
+    )
+    rows = commit.get("featurized") or features.count()
+    files = max(1, -(-rows // 500_000))  # k floats a row: one file per half a million rows
+    model.transform(features).select(
+        "path", "label", "split", "batch_id", vector_to_array(F.col("pca_vec"), "float32").alias("pca")
+    ).coalesce(files).write.mode("errorifexists").parquet(out_uri)
+    counts: dict = {}
+    if scoring is not None:
+        evaluated = spark.read.parquet(out_uri).where(F.col("label").isin(list(scoring.centroids)))
+        if scoring.split is not None:
+            evaluated = evaluated.where(F.col("split") == scoring.split)
+        counts = quality.confusion(evaluated, scoring.centroids)
+    hadoop_fs.write_text(spark, f"{out_uri}/{CONFUSION_FILE}", json.dumps(quality.counts_to_json(counts)))
+    return counts
+
+
+class Scoring:
+    """Class centroids in the space (from running per-class sums: the projection is linear) and
+    which photos they score: Test photos when the space has a Training/Test split, else all."""
+
+    def __init__(self, totals: BatchMoments, basis: spaces.Basis):
+        split_rule = {quality.TRAIN, quality.TEST} <= totals.splits()
+        means = totals.class_means(quality.TRAIN if split_rule else None)
+        self.centroids = {label: mean @ basis.components for label, mean in means.items()}
+        self.split = quality.TEST if split_rule else None
+        self.fitted_on = "Training photos" if split_rule else "all labelled photos"
+        self.evaluated_on = (
+            "Test photos, each batch's scored against the centroids as they stood when it was projected"
+            if split_rule
+            else "the same photos (no Training/Test split: optimistic)"
+        )
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in set(a) | set(b)}
+
+
+# ---- The run ---------------------------------------------------------------------------------------
+
+
+def run(spark, args) -> dict:
+    from pyspark.ml.feature import PCAModel
+
     started = time.perf_counter()
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
-    folder_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
+    pca_uri = hadoop_fs.qualify(spark, args.output).rstrip("/")
+    if not hadoop_fs.exists(spark, features_uri):
+        raise UsageError(f"--features {args.features}: no such dataset")
     run_id = commits.new_run_id()
-    output_uri = layout.run_folder(folder_uri, run_id)  # this run's own folder; current once committed
-    df = read_features(spark, features_uri, args.batch_ids)
-    first = df.select(F.size("features").alias("d")).first()
-    if first is None:
-        raise UsageError(
-            f"--features {args.features}: 0 feature vectors"
-            + (f" in batches {args.batch_ids}" if args.batch_ids else "")
-            + "; PCA needs at least 2"
-        )
-    dim = first["d"]
-    moments = fit_moments(df, dim)  # nothing n x d is cached: memory is d x d, whatever n is
-    n = moments.n
-    if n < 2:
-        raise UsageError(f"--features {args.features}: {n} feature vector(s); PCA needs at least 2")
-    if not moments.m2.diagonal().any():
-        raise UsageError(
-            f"--features {args.features}: all {n} feature vectors are identical; there is no variance to explain"
-        )
-    spectrum, components = spectrum_and_components(moments)
-    if args.k is not None and args.k > min(dim, n - 1):
-        raise UsageError(
-            f"--k {args.k}: {n} feature vectors of {dim} values have at most "
-            f"{min(dim, n - 1)} principal components; pass a smaller --k or use --variance"
-        )
-    k = choose_k(spectrum, args.k, args.variance)
-    model = pca_model(spark, components[:, :k], spectrum[:k], "vec", "pca_vec")
+    space = commits.current(spark, pca_uri, layout.PCA)
+    in_space = dict(space["features_runs"]) if space else {}
+    changed, gone = published_changes(spark, features_uri, in_space)
+    kept = {batch: run for batch, run in in_space.items() if batch not in changed and batch not in gone}
+    batches = {**kept, **{batch: commit["run"] for batch, commit in changed.items()}}
+    if not batches:
+        raise UsageError(f"--features {args.features}: no committed features (run the features job first)")
 
-    reduced = model.transform(df.withColumn("vec", array_to_vector(F.col("features")))).select(
-        "path", "label", "split", "batch_id", vector_to_array(F.col("pca_vec"), "float32").alias("pca")
-    )
-    reduced_uri, model_uri = f"{output_uri}/{layout.PCA_REDUCED_DIR}", f"{output_uri}/{layout.PCA_MODEL_DIR}"
-    reduced.write.mode("overwrite").parquet(reduced_uri)
-    model.write().overwrite().save(model_uri)
-    reduced_back = spark.read.parquet(reduced_uri)  # what was written, not a second projection
+    # 2. The running totals: the space's state plus the new batches, or rebuilt when a batch of the
+    #    space was replaced or withdrawn (never counted twice).
+    new = {batch: batch_moments(spark, commit) for batch, commit in changed.items()}
+    new_total = BatchMoments.empty(contract_dim())
+    for found in new.values():
+        new_total = new_total.merge(found)
+    rebuilt = space is None or len(kept) < len(in_space)
+    if rebuilt:
+        totals = new_total
+        for batch in kept:
+            totals = totals.merge(batch_moments(spark, commit_of(spark, features_uri, batch)))
+    else:
+        assert space is not None
+        totals = read_state(spark, space).merge(new_total)
 
-    cumulative = np.cumsum(spectrum)
-    metrics = pca_metrics(args, features_uri, output_uri, n, dim, k, spectrum, quality.class_quality(reduced_back))
-    sample = (
-        reduced.sample(fraction=min(1.0, SCATTER_SAMPLE / n), seed=7)
-        .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y"))
-        .collect()
+    # 3. Drift, and the decision.
+    rule = spaces.k_rule(args.k, args.variance)
+    basis = read_basis(spark, space["basis"]) if space else None
+    drift = spaces.measure_drift(space, basis, new_total, totals)
+    try:
+        reason = spaces.refit_reason(space, args.refit, rule, drift)
+        if reason is not None:
+            basis = spaces.fit_basis(totals.moments, rule)
+    except spaces.SpaceError as exc:
+        raise UsageError(f"--features {args.features}: {exc}") from None
+    assert basis is not None
+    space_id = run_id if reason is not None or space is None else space["space"]
+    space_uri = layout.space_folder(pca_uri, space_id)
+    if reason is not None:
+        model = pca_model(spark, basis)
+        model.write().save(f"{space_uri}/{layout.PCA_MODEL_DIR}")
+        hadoop_fs.write_bytes_atomically(spark, f"{space_uri}/{layout.BASIS_FILE}", basis_bytes(basis))
+        to_project = {batch: changed.get(batch) or commit_of(spark, features_uri, batch) for batch in batches}
+        vectors: dict[str, str] = {}
+        confusion: dict = {}
+    else:
+        assert space is not None
+        model = PCAModel.load(space["model"])
+        to_project = changed
+        vectors = {batch: space["vectors"][batch] for batch in kept}
+        confusion = quality.counts_from_json(json.loads(hadoop_fs.read_text(spark, space["metrics"]))["confusion"])
+        if rebuilt:  # the withdrawn or replaced batches' counts leave with them
+            confusion = {}
+            for batch in kept:
+                confusion = add_counts(confusion, read_confusion(spark, vectors[batch]))
+
+    # 4. Project, then commit.
+    scoring = Scoring(totals, basis)
+    scoring_or_none = scoring if len(scoring.centroids) >= 2 else None
+    rows_read = 0
+    for batch, commit in sorted(to_project.items()):
+        vectors[batch] = layout.vectors_folder(pca_uri, space_id, batch, run_id)
+        if commit.get("features"):
+            counts = project_batch(spark, model, batch, commit, vectors[batch], scoring_or_none)
+            confusion = add_counts(confusion, counts)
+            rows_read += commit.get("featurized") or 0
+        else:
+            del vectors[batch]  # a batch with no featurized photo has no vectors (and stays in the space)
+    run_uri = layout.space_run_folder(pca_uri, space_id, run_id)
+    hadoop_fs.write_bytes_atomically(spark, f"{run_uri}/{layout.STATE_FILE}", totals.to_bytes())
+    metrics = space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, drift, rows_read)
+    metrics.update(
+        added=sorted(to_project),
+        withdrawn=sorted(gone),
+        vectors=dict(sorted(vectors.items())),
+        features_runs=dict(sorted(batches.items())),
+        model=f"{space_uri}/{layout.PCA_MODEL_DIR}",
+        basis=f"{space_uri}/{layout.BASIS_FILE}",
+        state=f"{run_uri}/{layout.STATE_FILE}",
+        metrics=f"{run_uri}/{layout.PCA_METRICS_FILE}",
+        confusion=quality.counts_to_json(confusion),
+        class_quality=quality.summarize(confusion, scoring.fitted_on, scoring.evaluated_on) if confusion else None,
     )
+    write_plots(spark, metrics, space, space_uri, run_uri, basis, reason is not None, list(vectors.values()))
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    hadoop_fs.write_text(spark, metrics["metrics"], json.dumps(metrics, indent=2, allow_nan=False))
+    # The switch: the space, every batch's vectors in it and the figures become current together.
+    record = {key: value for key, value in metrics.items() if key != "confusion"}
+    metrics["commit"] = commits.write_commit(spark, pca_uri, run_id, record)
+    commits.clean_spaces(spark, pca_uri, run_id)
+    return metrics
+
+
+def contract_dim() -> int:
+    from fruits_jobs.contract import FEATURE_DIM
+
+    return FEATURE_DIM
+
+
+def commit_of(spark, features_uri: str, batch: str) -> dict:
+    commit = commits.current(spark, layout.batch_folder(features_uri, batch))
+    if commit is None:
+        raise UsageError(f"--features {features_uri}: batch {batch} lost its commit; see `fruits check`")
+    return commit
+
+
+def read_confusion(spark, vectors_uri: str) -> dict:
+    path = f"{vectors_uri}/{CONFUSION_FILE}"
+    return (
+        quality.counts_from_json(json.loads(hadoop_fs.read_text(spark, path))) if hadoop_fs.exists(spark, path) else {}
+    )
+
+
+def space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, drift, rows_read) -> dict:
+    """What a run's metrics.json (and its commit) hold besides the references: the space, k and its
+    rule, the spectrum at fit, the drift figures, and what the run read and wrote."""
+    fitted_new = reason is not None
+    cumulative = np.cumsum(basis.spectrum)
+    k = basis.k
+    return {
+        "job": "reduce_dimensions",
+        "run": run_id,
+        "space": space_id,
+        "new_space": fitted_new,
+        "refit_reason": reason,
+        "refit_rule": args.refit,
+        "k": k,
+        "k_rule": rule if fitted_new else space["k_rule"],
+        "variance_target": (rule if fitted_new else space["k_rule"])["variance"],
+        "input_dim": len(basis.mean),
+        "n_images": totals.moments.n,
+        "fitted_on_images": totals.moments.n if fitted_new else space["fitted_on_images"],
+        "kept_at_fit": round(basis.kept_at_fit, 6),
+        # What the space keeps of photos it was not fitted on, and the classes it was fitted on: the
+        # references of the drift signals (spaces.py).
+        "kept_heldout": round(spaces.kept_heldout(totals.halves, k), 6) if fitted_new else space["kept_heldout"],
+        "fitted_labels": sorted(totals.labels()) if fitted_new else space["fitted_labels"],
+        "explained_variance": [round(float(v), 8) for v in basis.spectrum[:k]],
+        "cumulative_explained_variance": [round(float(v), 8) for v in cumulative[:k]],
+        "total_explained_variance": round(float(cumulative[k - 1]), 6),
+        # Of every photo so far, from the running moments (not re-read): what the basis keeps now.
+        "kept_of_all_photos": round(spaces.kept_share(basis, totals.moments), 6),
+        "drift": drift.as_dict(),
+        "rows_read": rows_read,
+        "rows_written": rows_read,
+        "plots": {},
+    }
+
+
+def write_plots(spark, metrics, space, space_uri, run_uri, basis, fitted_new: bool, vector_uris) -> None:
+    """The explained-variance curve and the scatter belong to a space (drawn when it is fitted); the
+    per-class quality to a run."""
+    from pyspark.sql import functions as F
+
     with tempfile.TemporaryDirectory() as tmp:
-        curve = os.path.join(tmp, layout.PCA_PLOTS["explained_variance"])
-        plot_explained_variance(cumulative, k, args.variance, curve)
-        hadoop_fs.write_bytes_from_file(spark, curve, metrics["plots"]["explained_variance"])
-        scatter = os.path.join(tmp, layout.PCA_PLOTS["scatter"])
-        plot_scatter(
-            [r["label"] for r in sample],
-            [r["x"] for r in sample],
-            [r["y"] if k > 1 else 0.0 for r in sample],
-            spectrum[:2],
-            scatter,
-        )
-        hadoop_fs.write_bytes_from_file(spark, scatter, metrics["plots"]["scatter"])
+        if fitted_new:
+            curve = os.path.join(tmp, layout.PCA_PLOTS["explained_variance"])
+            plot_explained_variance(np.cumsum(basis.spectrum), basis.k, metrics["variance_target"], curve)
+            hadoop_fs.write_bytes_from_file(spark, curve, f"{space_uri}/{layout.PCA_PLOTS['explained_variance']}")
+            if vector_uris:
+                n = max(1, metrics["n_images"])
+                sample = (
+                    spark.read.parquet(*vector_uris)
+                    .sample(fraction=min(1.0, SCATTER_SAMPLE / n), seed=7)
+                    .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y"))
+                    .collect()
+                )
+                scatter = os.path.join(tmp, layout.PCA_PLOTS["scatter"])
+                plot_scatter(
+                    [r["label"] for r in sample],
+                    [r["x"] for r in sample],
+                    [r["y"] if basis.k > 1 else 0.0 for r in sample],
+                    basis.spectrum[:2],
+                    scatter,
+                )
+                hadoop_fs.write_bytes_from_file(spark, scatter, f"{space_uri}/{layout.PCA_PLOTS['scatter']}")
+        for kind in ("explained_variance", "scatter"):  # the space's own, drawn when it was fitted
+            path = f"{space_uri}/{layout.PCA_PLOTS[kind]}"
+            if hadoop_fs.exists(spark, path):
+                metrics["plots"][kind] = path
         if metrics["class_quality"]:
             per_class = os.path.join(tmp, layout.PCA_PLOTS["class_quality"])
             plot_class_quality(metrics["class_quality"], per_class)
+            metrics["plots"]["class_quality"] = f"{run_uri}/{layout.PCA_PLOTS['class_quality']}"
             hadoop_fs.write_bytes_from_file(spark, per_class, metrics["plots"]["class_quality"])
-        else:
-            del metrics["plots"]["class_quality"]  # no labels: no figure
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    metrics["run"] = run_id
-    hadoop_fs.write_text(
-        spark, f"{output_uri}/{layout.PCA_METRICS_FILE}", json.dumps(metrics, indent=2, allow_nan=False)
-    )
-    # The switch: reduced/, model/, metrics and plots become the output's current version together.
-    metrics["commit"] = commits.write_commit(spark, folder_uri, run_id, metrics)
-    commits.clean_superseded(spark, folder_uri, [folder_uri], run_id)
-    return metrics
 
 
 def main(argv=None) -> dict:

@@ -97,5 +97,14 @@ def class_quality(reduced) -> dict | None:
     return summarize(confusion(test.where(F.col("label").isin(list(means))), means), fitted_on, evaluated_on)
 
 
+def counts_to_json(counts: dict[tuple, int]) -> list:
+    """Confusion counts as JSON: [[class, predicted, photos], ...], sorted."""
+    return [[label, predicted, n] for (label, predicted), n in sorted(counts.items())]
+
+
+def counts_from_json(rows: list) -> dict[tuple, int]:
+    return {(label, predicted): int(n) for label, predicted, n in rows}
+
+
 def worst_classes(quality: dict, n: int = 30) -> list[tuple]:
     return sorted(quality["per_class_accuracy"].items(), key=lambda kv: (kv[1], kv[0]))[:n]

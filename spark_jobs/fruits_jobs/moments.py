@@ -1,0 +1,206 @@
+"""Mergeable moments of feature vectors: what lets the PCA grow with the day, not with the lake.
+
+A batch's `BatchMoments` (its count, mean and scatter matrix, and per (split, label) the count and
+sum of its vectors) is computed by the features job in the pass that counts its outcomes, and kept
+beside its features (layout.MOMENTS_FILE, named in its commit). Merged (Chan et al.'s pairwise
+update), they give the covariance of any set of batches exactly, so the PCA's spectrum and its drift
+checks read a fixed-size state, never the vectors again; the per-class sums give class centroids in
+any basis (the projection is linear). float64 throughout: float32 scatter sums lose the small
+eigenvalues.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Moments(NamedTuple):
+    """Count, mean and centred scatter matrix (d x d) of a set of rows: mergeable, so one pass
+    over any number of rows needs memory for d x d numbers only."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> Moments:
+        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(len(x), mean, centred.T @ centred)
+
+    def merge(self, other: Moments) -> Moments:
+        if self.n == 0:
+            return other
+        if other.n == 0:
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(
+            n, self.mean + delta * (other.n / n), self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
+        )
+
+    def scatter_about(self, centre: np.ndarray) -> np.ndarray:
+        """Sum over the rows of (x - centre)(x - centre)^T: their spread as seen from another mean."""
+        delta = self.mean - centre
+        return self.m2 + self.n * np.outer(delta, delta)
+
+
+ClassKey = tuple[str, str]  # (split, label); split "" when the photo's path has no split folder
+
+
+def half_of(path: str) -> int:
+    """Which half a photo's moments go to (0 or 1): fixed by its path, so a re-run splits alike."""
+    return zlib.crc32(path.encode("utf-8")) & 1
+
+
+@dataclass
+class BatchMoments:
+    """A set of batches' moments, kept as two halves split by path (their merge is the whole; the
+    halves let a fitted space estimate what it keeps of photos it was not fitted on), and per
+    (split, label) the count and the sum of the vectors."""
+
+    halves: tuple[Moments, Moments]
+    classes: dict[ClassKey, tuple[int, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, dim: int) -> BatchMoments:
+        return cls((Moments.empty(dim), Moments.empty(dim)))
+
+    @property
+    def moments(self) -> Moments:
+        return self.halves[0].merge(self.halves[1])
+
+    @property
+    def dim(self) -> int:
+        return len(self.halves[0].mean)
+
+    def merge(self, other: BatchMoments) -> BatchMoments:
+        classes = dict(self.classes)
+        for key, (n, total) in other.classes.items():
+            had_n, had_total = classes.get(key, (0, 0.0))
+            classes[key] = (had_n + n, had_total + total)
+        halves = (self.halves[0].merge(other.halves[0]), self.halves[1].merge(other.halves[1]))
+        return BatchMoments(halves, classes)
+
+    def add_rows(self, x: np.ndarray, splits, labels, paths) -> BatchMoments:
+        """These moments plus rows x (n x d) with their splits, labels (None: no label) and paths."""
+        x = np.asarray(x, dtype=np.float64)
+        classes = dict(self.classes)
+        keys = [(s or "", lab) for s, lab in zip(splits, labels, strict=True)]
+        for key in sorted({k for k in keys if k[1] is not None}):
+            rows = x[[i for i, k in enumerate(keys) if k == key]]
+            had_n, had_total = classes.get(key, (0, 0.0))
+            classes[key] = (had_n + len(rows), had_total + rows.sum(axis=0))
+        side = np.array([half_of(p) for p in paths], dtype=int)
+        halves = tuple(
+            self.halves[h].merge(Moments.of(x[side == h])) if (side == h).any() else self.halves[h] for h in (0, 1)
+        )
+        return BatchMoments((halves[0], halves[1]), classes)
+
+    def class_means(self, split: str | None) -> dict[str, np.ndarray]:
+        """label -> mean vector of the photos of that split (None: of every split)."""
+        sums: dict[str, tuple[int, np.ndarray]] = {}
+        for (s, label), (n, total) in self.classes.items():
+            if split is None or s == split:
+                had_n, had_total = sums.get(label, (0, 0.0))
+                sums[label] = (had_n + n, had_total + total)
+        return {label: total / n for label, (n, total) in sums.items() if n}
+
+    def labels(self) -> set[str]:
+        return {label for _, label in self.classes}
+
+    def labelled_photos(self, labels: set[str] | None = None) -> int:
+        return sum(n for (_, label), (n, _) in self.classes.items() if labels is None or label in labels)
+
+    def splits(self) -> set[str]:
+        return {s for s, _ in self.classes}
+
+    def to_bytes(self) -> bytes:
+        keys = sorted(self.classes)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            **{  # type: ignore[arg-type]
+                f"{name}{h}": value
+                for h, half in enumerate(self.halves)
+                for name, value in zip(("n", "mean", "m2"), half, strict=True)
+            },
+            class_keys=np.array(json.dumps(keys)),
+            class_counts=np.array([self.classes[k][0] for k in keys], dtype=np.int64),
+            class_sums=np.array([self.classes[k][1] for k in keys], dtype=np.float64).reshape(len(keys), self.dim),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BatchMoments:
+        with np.load(io.BytesIO(data)) as z:
+            keys = [tuple(k) for k in json.loads(str(z["class_keys"]))]
+            classes = {
+                (k[0], k[1]): (int(n), np.array(total))
+                for k, n, total in zip(keys, z["class_counts"], z["class_sums"], strict=True)
+            }
+            a, b = (Moments(int(z[f"n{h}"]), np.array(z[f"mean{h}"]), np.array(z[f"m2{h}"])) for h in (0, 1))
+            return cls((a, b), classes)
+
+
+def fold_udf(dim: int):
+    """mapInPandas function over (label, split, features, reason): one row per partition with the
+    count of each outcome (JSON) and the BatchMoments of the featurized rows (reason null), or the
+    first path whose vector is not `dim` finite numbers. One streaming pass, d x d memory."""
+
+    def partition(batches):
+        import pandas as pd
+
+        acc, bad = BatchMoments.empty(dim), None
+        outcomes: dict[str, int] = {}
+        for pdf in batches:
+            reasons = pdf["reason"].to_numpy()
+            for reason in pdf["reason"].dropna().unique():
+                outcomes[reason] = outcomes.get(reason, 0) + int((reasons == reason).sum())
+            kept = pdf[pdf["reason"].isna()]
+            outcomes[""] = outcomes.get("", 0) + len(kept)
+            vectors = kept["features"].to_numpy()
+            ok = np.array([v is not None and len(v) == dim and np.isfinite(v).all() for v in vectors], dtype=bool)
+            if not ok.all():
+                bad = bad or str(kept["path"].to_numpy()[~ok][0])
+                kept, vectors = kept[ok], vectors[ok]
+            if len(vectors):
+                labels = [None if pd.isna(v) else v for v in kept["label"]]
+                splits = [None if pd.isna(v) else v for v in kept["split"]]
+                acc = acc.add_rows(np.stack(vectors), splits, labels, [str(p) for p in kept["path"]])
+        yield pd.DataFrame({"outcomes": [json.dumps(outcomes)], "moments": [acc.to_bytes()], "bad_path": [bad]})
+
+    return partition
+
+
+FOLD_SCHEMA = "outcomes string, moments binary, bad_path string"
+
+
+def fold(df, dim: int) -> tuple[dict, BatchMoments, str | None]:
+    """Outcome counts ({reason: n}, featurized under None), the BatchMoments of the featurized rows,
+    and the first bad path, in one pass over df (path, label, split, features[, reason]); partitions
+    reach the driver one at a time (toLocalIterator)."""
+    from pyspark.sql import functions as F
+
+    if "reason" not in df.columns:
+        df = df.withColumn("reason", F.lit(None).cast("string"))
+    columns = df.select("path", "label", "split", "features", "reason")
+    total, bad = BatchMoments.empty(dim), None
+    outcomes: dict[str | None, int] = {}
+    for row in columns.mapInPandas(fold_udf(dim), FOLD_SCHEMA).toLocalIterator():
+        for reason, n in json.loads(row["outcomes"]).items():
+            outcomes[reason or None] = outcomes.get(reason or None, 0) + n
+        total = total.merge(BatchMoments.from_bytes(row["moments"]))
+        bad = bad or row["bad_path"]
+    return {reason: n for reason, n in outcomes.items() if n}, total, bad
