@@ -206,3 +206,43 @@ def test_a_damaged_piece_is_named_with_what_to_do(lake):
         DamagedLake, match=rf"{piece}.usearch is not an index piece .* delete it and run `fruits index`"
     ):
         vector_index.search(lake, commit, clustered(1, seed=1)[0], 3)
+
+
+def test_a_new_space_builds_every_piece_anew_in_its_own_folder(lake):
+    commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, commit)
+    old = index_files(lake.root)
+    space = run_id(8)
+    folders = {
+        b: put_vectors(
+            lake, space, b, space, vectors_table(b, -v, [f"p/{b}/{i}.jpg" for i in range(len(v))], [None] * len(v))
+        )
+        for b, v in vectors.items()
+    }
+    refit = put_commit(lake, space, space, folders, K)
+    assert vector_index.build_missing_pieces(lake, refit) == [
+        layout.index_piece(layout.PCA, space, b, space) for b in ("b1", "b2")
+    ]
+    assert index_files(lake.root) == old  # the previous space's index, as it was
+    found = vector_index.search(lake, vector_index.current_space(lake), -vectors["b2"][4], 1)
+    assert found[0].path == "p/b2/4.jpg" and found[0].label is None
+
+
+def test_a_batch_without_photos_has_an_empty_piece(lake):
+    commit, vectors = a_space(lake, {"b1": 2})
+    empty = add_batch(lake, "b0", run_id(6), np.zeros((0, K), np.float32))
+    day = put_commit(lake, run_id(6), SPACE, {**commit["vectors"], "b0": empty}, K)
+    assert len(vector_index.build_missing_pieces(lake, day)) == 2
+    query = vectors["b1"][3]
+    assert [row_of(m) for m in vector_index.search(lake, day, query, 4)] == exact_top(vectors, query, 4)
+    assert vector_index.search(lake, day, query, 4, batches=["b0"]) == []
+
+
+def test_similar_refuses_a_batch_outside_the_space_in_one_line(lake, tmp_path, capsys):
+    commit, _ = a_space(lake, {"b1": 2})
+    vector_index.build_missing_pieces(lake, commit)
+    photo = tmp_path / "q.jpg"
+    photo.write_bytes(b"not read: refused before")
+    assert main(["--lake", str(lake.root), "similar", str(photo), "--batch", "b9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"batch 'b9' is not in the current space {SPACE}" in err
