@@ -113,6 +113,7 @@ def test_similar_reads_an_s3_lake_with_boto3s_default_credentials(lake, capsys, 
     from moto import mock_aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the pieces are kept
     query = photo(tmp_path / "query.png", (200, 30, 40), 0)
     local = [line.split("\t") for line in run(capsys, lake, "similar", str(query), "--k", "3")]
     with mock_aws():
@@ -125,6 +126,7 @@ def test_similar_reads_an_s3_lake_with_boto3s_default_credentials(lake, capsys, 
         out = [line.split("\t") for line in capsys.readouterr().out.splitlines() if line[:2] in ("1\t", "2\t", "3\t")]
     assert [row[:3] for row in out] == [row[:3] for row in local]
     assert [row[3] for row in out] == [row[3].replace(f"{lake}/", "s3://fruits-lake/") for row in local]
+    assert len(list((tmp_path / "cache" / "fruits" / "index" / "fruits-lake").rglob("*.usearch"))) == 1
 
 
 @pytest.mark.parametrize("content", [b"", b"just some notes\n"])

@@ -246,3 +246,25 @@ def test_similar_refuses_a_batch_outside_the_space_in_one_line(lake, tmp_path, c
     assert main(["--lake", str(lake.root), "similar", str(photo), "--batch", "b9"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"batch 'b9' is not in the current space {SPACE}" in err
+
+
+def test_an_s3_lakes_pieces_are_kept_between_searches_and_only_the_current_ones(bucket, tmp_path):
+    commit, _ = a_space(bucket, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(bucket, commit)
+    cache, query = tmp_path / "cache", clustered(1, seed=5)[0]
+    gets = []
+    bucket.hook.get_conn().meta.events.register("before-call.s3.GetObject", lambda **_: gets.append(1))
+
+    first = vector_index.search(bucket, commit, query, 5, cache=cache)
+    downloads = len(gets)
+    assert vector_index.search(bucket, commit, query, 5, cache=cache) == first
+    assert downloads == 4 and len(gets) == downloads  # the second search read the kept pieces
+    kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert kept == sorted(p + s for p in vector_index.pieces(commit).values() for s in (".rows.parquet", ".usearch"))
+
+    republished = add_batch(bucket, "b2", run_id(9), clustered(300, seed=12))
+    current = put_commit(bucket, run_id(9), SPACE, {**commit["vectors"], "b2": republished}, K)
+    vector_index.build_missing_pieces(bucket, current)
+    vector_index.search(bucket, current, query, 5, cache=cache)
+    kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert kept == sorted(p + s for p in vector_index.pieces(current).values() for s in (".rows.parquet", ".usearch"))

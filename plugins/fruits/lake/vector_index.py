@@ -17,7 +17,9 @@ the lake's features, never float64 copies.
 import heapq
 import io
 import logging
+import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,10 +89,14 @@ def pieces(pca_commit: dict) -> dict[str, str]:
     }
 
 
+def index_listing(storage: Storage, pca_commit: dict) -> dict[str, int]:
+    """key -> size of every file in the space's index folder: one listing."""
+    return storage.sizes(f"{layout.space_folder(layout.PCA, pca_commit['space'])}/{layout.INDEX_DIR}/")
+
+
 def present_pieces(storage: Storage, pca_commit: dict) -> set[str]:
-    """The pieces (keys, no suffix) whose graph is in the space's index folder: one listing."""
-    folder = f"{layout.space_folder(layout.PCA, pca_commit['space'])}/{layout.INDEX_DIR}/"
-    return {key[: -len(INDEX_SUFFIX)] for key in storage.sizes(folder) if key.endswith(INDEX_SUFFIX)}
+    """The pieces (keys, no suffix) whose graph is in the space's index folder."""
+    return {key[: -len(INDEX_SUFFIX)] for key in index_listing(storage, pca_commit) if key.endswith(INDEX_SUFFIX)}
 
 
 def missing_batches(storage: Storage, pca_commit: dict) -> list[str]:
@@ -216,17 +222,47 @@ def open_piece(path: Path, where: str):
     return graph
 
 
-def search_piece(storage: Storage, piece: str, batch: str, query: np.ndarray, k: int) -> list[Match]:
-    """The k nearest of one piece, by cosine."""
+def fetch(storage: Storage, key: str, scratch: Path, cache: Path | None, size: int | None) -> Path:
+    """A file on this machine holding the object at key. Without a cache: storage.local_file (a folder
+    lake's own file, or a download into scratch). With one (an S3 lake): the copy kept there when it
+    has the listed size (a piece is never rewritten under its name), else a download, then kept."""
+    if cache is None:
+        return storage.local_file(key, scratch)
+    kept = cache / key
+    if kept.is_file() and kept.stat().st_size == size:
+        return kept
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as partial:
+        fetched = storage.local_file(key, Path(partial))
+        if not fetched.is_relative_to(partial):  # a folder lake's own file: nothing to keep
+            return fetched
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(fetched, kept)  # a rename within the cache: a kept file is always whole
+    return kept
+
+
+def prune_cache(cache: Path, keep: set[str]) -> list[str]:
+    """Forget the cached files the current commit no longer names (an older space, the older run of a
+    re-published batch): the cache holds at most the current index. The keys forgotten."""
+    gone = []
+    for path in sorted((cache / layout.PCA).rglob("*")):
+        key = path.relative_to(cache).as_posix()
+        if path.is_file() and key not in keep:
+            path.unlink()
+            gone.append(key)
+    return gone
+
+
+def search_piece(get: Callable[[str, Path], Path], where: str, piece: str, batch: str, query, k: int) -> list[Match]:
+    """The k nearest of one piece, by cosine. get(key, scratch): a file on this machine holding key."""
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory(prefix="fruits-search-") as scratch:
-        graph = open_piece(storage.local_file(piece + INDEX_SUFFIX, Path(scratch)), storage.name + piece)
+        graph = open_piece(get(piece + INDEX_SUFFIX, Path(scratch)), where + piece)
         found = graph.search(query, k) if len(graph) else None
         if found is None or not len(found.keys):
             return []
         keys = np.asarray(found.keys, dtype=np.int64)
-        rows = pq.read_table(storage.local_file(piece + ROWS_SUFFIX, Path(scratch)), columns=["path", "label"])
+        rows = pq.read_table(get(piece + ROWS_SUFFIX, Path(scratch)), columns=["path", "label"])
         picked = rows.take(keys).to_pylist()
         del graph  # the memory map closes before its temp folder goes
     return [
@@ -236,16 +272,31 @@ def search_piece(storage: Storage, piece: str, batch: str, query: np.ndarray, k:
 
 
 def search(
-    storage: Storage, pca_commit: dict, query_vector: np.ndarray, k: int, batches: list[str] | None = None
+    storage: Storage,
+    pca_commit: dict,
+    query_vector: np.ndarray,
+    k: int,
+    batches: list[str] | None = None,
+    cache: Path | None = None,
 ) -> list[Match]:
     """The k vectors of the space nearest to query_vector (already in the space), best first: the
     top k of each piece (every batch, or only `batches`), merged. MissingPiece before any search
-    when a batch's piece is not built."""
+    when a batch's piece is not built. cache: a folder keeping downloaded pieces between searches
+    (an S3 lake; None downloads each piece for each search)."""
     wanted = sorted(pca_commit["vectors"]) if batches is None else sorted(batches)
     require_pieces(storage, pca_commit, wanted)
+    listing = index_listing(storage, pca_commit)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        current = {p + suffix for p in pieces(pca_commit).values() for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)}
+        prune_cache(cache, current)
+
+    def get(key: str, scratch: Path) -> Path:
+        return fetch(storage, key, scratch, cache, listing.get(key))
+
     query = np.asarray(query_vector, dtype=np.float32)
     found: list[Match] = []
     for batch in wanted:
-        found += search_piece(storage, pieces(pca_commit)[batch], batch, query, k)
+        found += search_piece(get, storage.name, pieces(pca_commit)[batch], batch, query, k)
         found = heapq.nlargest(k, found, key=lambda m: m.similarity)
     return found

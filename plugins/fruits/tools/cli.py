@@ -14,6 +14,7 @@ Everything is read through the batches' commits (what is published), never from 
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -128,8 +129,17 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None
     )
     return [
         f"{rank}\t{m.similarity:.4f}\t{m.label}\t{readable(layout.resolve(m.path, storage.name))}"
-        for rank, m in enumerate(vector_index.search(storage, space, query, k, batches), 1)
+        for rank, m in enumerate(vector_index.search(storage, space, query, k, batches, index_cache(storage)), 1)
     ]
+
+
+def index_cache(storage: Storage) -> Path | None:
+    """Where an S3 lake's index pieces are kept between searches (only the current ones: search prunes
+    the rest); none for a folder lake, whose pieces are searched in place."""
+    if not isinstance(storage, S3Storage):
+        return None
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "fruits" / "index" / storage.bucket
 
 
 def index_lines(storage: Storage) -> list[str]:
