@@ -268,3 +268,16 @@ def test_an_s3_lakes_pieces_are_kept_between_searches_and_only_the_current_ones(
     vector_index.search(bucket, current, query, 5, cache=cache)
     kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
     assert kept == sorted(p + s for p in vector_index.pieces(current).values() for s in (".rows.parquet", ".usearch"))
+
+
+def test_the_airflow_role_may_build_and_search_the_index(aws):
+    """What the DAG's index step does with the `aws_default` connection, under the Airflow policy
+    of infra/aws/fruits.yaml (the aws fixture denies any call it does not allow)."""
+    from airflow_fixtures import BUCKET
+
+    storage = S3Storage(BUCKET, "aws_default")
+    commit, vectors = a_space(storage, {"b1": 2, "b2": 3})
+    del aws[:]  # that was the PCA job's writing (EMR's role), not Airflow's
+    assert len(vector_index.build_missing_pieces(storage, commit)) == 2
+    query = vectors["b2"][0]
+    assert row_of(vector_index.search(storage, vector_index.current_space(storage), query, 1)[0]) == ("b2", 0)
