@@ -2,9 +2,15 @@
 from a real lake."""
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from space_fixtures import put_basis, put_commit, put_vectors, run_id, vectors_table
 
+from fruits.lake import vector_index
+from fruits.lake.published import published_commit
+from fruits.lake.storage import LocalStorage
+from fruits.lake.summary import readable
 from fruits.tools.cli import main
 from fruits_jobs import features
 
@@ -19,9 +25,32 @@ def photo(path, color, seed):
     return path
 
 
+def a_space_of_the_features(lake, k: int = 2) -> dict:
+    """The current space of the lake's one batch, in the PCA job's format (issue 20), fitted here with
+    numpy (uncentred projection on the centred covariance's axes), and its index pieces."""
+    storage = LocalStorage(lake)
+    published = published_commit(storage, "b1")
+    table = pq.read_table(readable(published["features"]), columns=["path", "label", "features"])
+    stored = np.asarray(table.column("features").to_pylist(), dtype=np.float64)
+    components = np.linalg.svd(stored - stored.mean(axis=0), full_matrices=False)[2][:k].T
+    space = run_id(1)
+    folder = put_vectors(
+        storage,
+        space,
+        "b1",
+        space,
+        vectors_table("b1", stored @ components, table.column("path").to_pylist(), table.column("label").to_pylist()),
+    )
+    put_basis(storage, space, components)
+    commit = put_commit(storage, space, space, {"b1": folder}, k, weights="random", image_size=96)
+    vector_index.build_missing_pieces(storage, commit)
+    return commit
+
+
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory):
-    """A lake with one published batch, as the features job writes it (random weights: seeded)."""
+    """A lake with one published batch, as the features job writes it (random weights: seeded), and
+    the current embedding space of it with its index."""
     lake = tmp_path_factory.mktemp("lake")
     raw = lake / "raw" / "batch_id=b1"
     for i, (color, seed) in enumerate([((200, 30, 40), 0), ((190, 40, 40), 1), ((230, 220, 60), 2)]):
@@ -48,6 +77,7 @@ def lake(spark, tmp_path_factory):
             ]
         ),
     )
+    a_space_of_the_features(lake)
     return lake
 
 
@@ -75,6 +105,28 @@ def test_similar_finds_the_photo_itself_first_then_its_class(lake, capsys, tmp_p
     assert [r[0] for r in ranks] == ["1", "2"]
     assert ranks[0][3].endswith("Training/Apple/0.jpg") and float(ranks[0][1]) > 0.9999
     assert ranks[1][2] == "Apple"  # the other red photo, before the lemon
+
+
+def test_similar_reads_an_s3_lake_with_boto3s_default_credentials(lake, capsys, tmp_path, monkeypatch):
+    """The same lake in a bucket (moto): the same photos, each named in the bucket."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the pieces are kept
+    query = photo(tmp_path / "query.png", (200, 30, 40), 0)
+    local = [line.split("\t") for line in run(capsys, lake, "similar", str(query), "--k", "3")]
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="fruits-lake")
+        for path in lake.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), "fruits-lake", path.relative_to(lake).as_posix())
+        assert main(["--lake", "s3://fruits-lake", "similar", str(query), "--k", "3"]) == 0
+        out = [line.split("\t") for line in capsys.readouterr().out.splitlines() if line[:2] in ("1\t", "2\t", "3\t")]
+    assert [row[:3] for row in out] == [row[:3] for row in local]
+    assert [row[3] for row in out] == [row[3].replace(f"{lake}/", "s3://fruits-lake/") for row in local]
+    assert len(list((tmp_path / "cache" / "fruits" / "index" / "fruits-lake").rglob("*.usearch"))) == 1
 
 
 @pytest.mark.parametrize("content", [b"", b"just some notes\n"])

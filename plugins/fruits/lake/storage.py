@@ -1,7 +1,8 @@
 """The one interface ingest, staging and publishing use to reach "the bucket".
 
 Two implementations, one code path above them: S3 through the amazon provider's S3Hook (the
-`aws_default` connection carries region and credentials), and a local folder for backend=local.
+`aws_default` connection carries region and credentials; outside Airflow, aws_conn_id=None: boto3's
+default credential chain, as the provider documents), and a local folder for backend=local.
 """
 
 import os
@@ -32,9 +33,13 @@ class Storage(Protocol):
 
     def read_text(self, key: str) -> str: ...
 
+    # A file on this machine holding the object: the folder's own file, or a download into scratch
+    # (what readers that need a real file use: Parquet footers, memory-mapped index pieces).
+    def local_file(self, key: str, scratch: Path) -> Path: ...
+
 
 class S3Storage:
-    def __init__(self, bucket: str, aws_conn_id: str):
+    def __init__(self, bucket: str, aws_conn_id: str | None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         self.bucket = bucket
@@ -59,6 +64,11 @@ class S3Storage:
 
     def read_text(self, key: str) -> str:
         return self.hook.read_key(key=key, bucket_name=self.bucket)
+
+    def local_file(self, key: str, scratch: Path) -> Path:
+        path = Path(scratch) / key.rsplit("/", 1)[-1]
+        self.hook.get_conn().download_file(self.bucket, key, str(path))
+        return path
 
 
 _IN_PROGRESS = ".in-progress."
@@ -102,6 +112,9 @@ class LocalStorage:
 
     def read_text(self, key: str) -> str:
         return (self.root / key).read_text()
+
+    def local_file(self, key: str, scratch: Path) -> Path:
+        return self.root / key
 
 
 def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:

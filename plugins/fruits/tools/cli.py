@@ -1,9 +1,11 @@
 """The `fruits` command (the venv's console script, or `python -m fruits.tools.cli`): answers about the
-lake, without pandas, and demo photos. The local lake by default, `--lake DIR` for another.
+lake, without pandas, and demo photos. The local lake by default, `--lake DIR` for another, or
+`--lake s3://bucket` (boto3's default credentials: environment, profile, instance role).
 
     fruits batches                  every batch: photos read, featurized, rejected; PCA k
     fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
-    fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine of the features)
+    fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine in the current space)
+    fruits index                    build the current space's missing index pieces (the DAG does it too)
     fruits where [--batch-id ID]    where a batch's outputs are (default: the batch processed last)
     fruits check                    every batch's commits readable and the outputs they name present
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
@@ -12,15 +14,17 @@ Everything is read through the batches' commits (what is published), never from 
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from fruits.lake import vector_index
 from fruits.lake.folder import default_lake
 from fruits.lake.health import batch_problems, known_batches
 from fruits.lake.published import committed_batches, current_commit, latest_processed_batch, published_commit
-from fruits.lake.storage import LocalStorage, Storage
+from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
 from fruits_jobs import layout
@@ -99,26 +103,50 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
     return mobilenet.featurize(mobilenet.worker_infer_fn(("cli", weights), lambda: exported, cores=1), image, 1)[0]
 
 
-def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None) -> list[str]:
-    batches = [batch] if batch else batch_ids(storage)
-    commits = [c for c in (published_commit(storage, b) for b in batches) if c and c.get("features")]
-    if not commits:
-        raise SystemExit(f"no featurized batch in {storage.name}")
+def query_settings(storage: Storage, space: dict) -> tuple[str, int]:
+    """The weights and image size the space's features were computed with: from its commit, else
+    from the published batches' features commits (a space written before it recorded them)."""
+    if space.get("weights") and space.get("image_size"):
+        return space["weights"], int(space["image_size"])
+    commits = [c for c in (published_commit(storage, b) for b in sorted(space["vectors"])) if c]
     settings = {(c["weights"], c["image_size"]) for c in commits}
-    if len(settings) > 1:
-        raise SystemExit(
-            f"the batches were featurized with different weights or sizes {sorted(settings)}: "
-            "pass --batch to compare within one"
-        )
+    if len(settings) != 1:
+        raise SystemExit(f"fruits similar: cannot tell the weights of space {space['space']}: {sorted(settings)}")
     ((weights, image_size),) = settings
-    rows = [r for c in commits for r in _read(c["features"], ["path", "label", "features"])]
-    stored = np.asarray([r["features"] for r in rows], dtype=np.float64)
-    query = photo_features(photo, weights, image_size, storage).astype(np.float64)
-    similarity = stored @ query / np.maximum(np.linalg.norm(stored, axis=1) * np.linalg.norm(query), 1e-300)
-    best = np.argsort(-similarity)[:k]
+    return weights, int(image_size)
+
+
+def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None) -> list[str]:
+    """The k stored photos nearest to photo in the current space, through its index pieces."""
+    space = vector_index.current_space(storage)
+    if batch is not None and batch not in space["vectors"]:
+        raise LookupError(f"batch {batch!r} is not in the current space {space['space']} of {storage.name}")
+    batches = [batch] if batch else None
+    vector_index.require_pieces(storage, space, batches or sorted(space["vectors"]))  # before the model loads
+    weights, image_size = query_settings(storage, space)
+    query = vector_index.project(
+        photo_features(photo, weights, image_size, storage), vector_index.read_components(storage, space)
+    )
     return [
-        f"{rank}\t{similarity[i]:.4f}\t{rows[i]['label']}\t{readable(layout.resolve(rows[i]['path'], storage.name))}"
-        for rank, i in enumerate(best, 1)
+        f"{rank}\t{m.similarity:.4f}\t{m.label}\t{readable(layout.resolve(m.path, storage.name))}"
+        for rank, m in enumerate(vector_index.search(storage, space, query, k, batches, index_cache(storage)), 1)
+    ]
+
+
+def index_cache(storage: Storage) -> Path | None:
+    """Where an S3 lake's index pieces are kept between searches (only the current ones: search prunes
+    the rest); none for a folder lake, whose pieces are searched in place."""
+    if not isinstance(storage, S3Storage):
+        return None
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "fruits" / "index" / storage.bucket
+
+
+def index_lines(storage: Storage) -> list[str]:
+    space = vector_index.current_space(storage)
+    built = vector_index.build_missing_pieces(storage, space)
+    return [f"built {storage.name}{piece}{vector_index.INDEX_SUFFIX}" for piece in built] or [
+        f"space {space['space']}: every batch's piece is there"
     ]
 
 
@@ -156,7 +184,9 @@ def positive(text: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", type=Path, default=default_lake(), help="the lake folder (default: the local lake)")
+    parser.add_argument(
+        "--lake", default=str(default_lake()), help="the lake: a folder (default: the local lake) or s3://bucket"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("batches", help="every published batch with its counts")
     rejects = sub.add_parser("rejects", help="a batch's rejected files")
@@ -165,6 +195,7 @@ def main(argv=None) -> int:
     similar.add_argument("photo", type=Path)
     similar.add_argument("--k", type=positive, default=5, help="how many photos (at least 1; default 5)")
     similar.add_argument("--batch", help="only this batch (default: every batch)")
+    sub.add_parser("index", help="build the current space's missing index pieces")
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
     sub.add_parser("check", help="every batch's commits readable and the outputs they name present")
@@ -176,10 +207,27 @@ def main(argv=None) -> int:
     if args.command == "similar" and not args.photo.is_file():
         parser.error(f"no such photo: {args.photo}")
     try:
-        return answer(args, LocalStorage(args.lake.resolve()))
+        storage = lake_storage(args.lake)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return answer(args, storage)
     except DamagedLake as exc:  # one line that names the file and what to do, never a traceback
         print(f"fruits {args.command}: {exc}; `fruits check` lists every damaged batch", file=sys.stderr)
         return 1
+    except (vector_index.NoSpace, vector_index.MissingPiece) as exc:
+        print(f"fruits {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def lake_storage(lake: str) -> Storage:
+    """--lake: s3://bucket (the lake is the bucket's root; boto3's default credentials) or a folder."""
+    if lake.startswith("s3://"):
+        bucket, _, rest = lake[len("s3://") :].partition("/")
+        if not bucket or rest.strip("/"):
+            raise ValueError(f"--lake s3://BUCKET names a bucket whose root is the lake, got {lake!r}")
+        return S3Storage(bucket, aws_conn_id=None)  # None: boto3's default chain, no Airflow connection
+    return LocalStorage(Path(lake).resolve())
 
 
 def answer(args, storage: Storage) -> int:
@@ -201,9 +249,14 @@ def answer(args, storage: Storage) -> int:
         lines = batches_table(storage)
     elif args.command == "rejects":
         lines = rejects_rows(storage, args.batch)
+    elif args.command == "index":
+        lines = index_lines(storage)
     else:
         try:
             lines = similar_rows(storage, args.photo, args.k, args.batch)
+        except LookupError as exc:
+            print(f"fruits similar: {exc}", file=sys.stderr)
+            return 1
         except RejectedImage as exc:  # the job's own reasons: one line, no traceback
             print(f"fruits similar: {args.photo} cannot be read as a photo: {exc.code} ({exc.detail})", file=sys.stderr)
             return 2

@@ -1,0 +1,283 @@
+"""The current space's vector index (fruits.lake.vector_index, issue 20 point 7): one piece per batch
+beside the space, built from the vectors its commit names, searched together; on a folder lake and
+on S3 (moto). The spaces here are written in the contract's format by space_fixtures."""
+
+import numpy as np
+import pytest
+from space_fixtures import put_basis, put_commit, put_vectors, run_id, vectors_table
+
+from fruits.lake import vector_index
+from fruits.lake.storage import LocalStorage, S3Storage
+from fruits.tools.cli import main
+from fruits_jobs import layout
+from fruits_jobs.commits import DamagedLake
+
+K = 16
+SPACE = run_id(1)
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    """Vectors around 20 shared centres (fruit classes), so that near neighbours mean something."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(20, K)) * 3
+    return (centres[rng.integers(0, 20, n)] + rng.normal(size=(n, K))).astype(np.float32)
+
+
+def add_batch(storage, batch: str, run: str, vectors: np.ndarray, tag: str = "") -> str:
+    paths = [f"raw/batch_id={batch}/Training/C{i % 20}/{tag}{i}.jpg" for i in range(len(vectors))]
+    labels = [f"C{i % 20}" for i in range(len(vectors))]
+    return put_vectors(storage, SPACE, batch, run, vectors_table(batch, vectors, paths, labels))
+
+
+def a_space(storage, days: dict[str, int], n: int = 300, commit_day: int = 5) -> tuple[dict, dict]:
+    """A space holding one batch per entry (batch -> the day its vectors were written); the commit
+    and each batch's vectors."""
+    vectors = {batch: clustered(n, seed) for seed, batch in enumerate(sorted(days))}
+    folders = {batch: add_batch(storage, batch, run_id(day), vectors[batch]) for batch, day in days.items()}
+    put_basis(storage, SPACE, np.eye(1280, K))
+    return put_commit(storage, run_id(commit_day), SPACE, folders, K), vectors
+
+
+def exact_top(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[tuple[str, int]]:
+    """(batch, row) of the k nearest by cosine, over every batch: the brute force the index replaces."""
+    pairs = [(b, i) for b in sorted(vectors) for i in range(len(vectors[b]))]
+    stacked = np.concatenate([vectors[b] for b in sorted(vectors)]).astype(np.float64)
+    cosine = stacked @ query / (np.linalg.norm(stacked, axis=1) * np.linalg.norm(query))
+    return [pairs[i] for i in np.argsort(-cosine)[:k]]
+
+
+def row_of(match) -> tuple[str, int]:
+    return match.batch, int(match.path.rsplit("/", 1)[1].removesuffix(".jpg"))
+
+
+def index_files(root) -> dict[str, tuple[int, int]]:
+    folder = root / "pca" / "spaces" / SPACE / "index"
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*.*")}
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return LocalStorage(tmp_path / "lake")
+
+
+def test_search_over_the_pieces_agrees_with_exact_cosine(lake):
+    commit, vectors = a_space(lake, {"b1": 2, "b2": 3, "b3": 4})
+    assert len(vectors_index_built := vector_index.build_missing_pieces(lake, commit)) == 3, vectors_index_built
+    for query in clustered(25, seed=7):
+        found = vector_index.search(lake, commit, query, 10)
+        assert [row_of(m) for m in found] == exact_top(vectors, query, 10)
+        b, i = row_of(found[0])
+        best = vectors[b][i].astype(np.float64)
+        assert found[0].similarity == pytest.approx(
+            best @ query / np.linalg.norm(best) / np.linalg.norm(query), abs=1e-5
+        )
+        assert found[0].label == f"C{i % 20}"
+
+
+def test_search_can_keep_to_some_batches(lake):
+    commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, commit)
+    query = clustered(1, seed=8)[0]
+    found = vector_index.search(lake, commit, query, 5, batches=["b2"])
+    assert [row_of(m) for m in found] == exact_top({"b2": vectors["b2"]}, query, 5)
+
+
+def test_a_day_adds_one_piece_and_leaves_the_others_untouched(lake):
+    commit, _ = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, commit)
+    before = index_files(lake.root)
+    b3 = add_batch(lake, "b3", run_id(6), clustered(300, seed=3))
+    day = put_commit(lake, run_id(6), SPACE, {**commit["vectors"], "b3": b3}, K)
+
+    built = vector_index.build_missing_pieces(lake, day)
+
+    assert built == [layout.index_piece(layout.PCA, SPACE, "b3", run_id(6))]
+    after = index_files(lake.root)
+    assert {name: after[name] for name in before} == before  # same bytes, never rewritten
+    assert sorted(set(after) - set(before)) == [f"b3/{run_id(6)}.rows.parquet", f"b3/{run_id(6)}.usearch"]
+    assert vector_index.build_missing_pieces(lake, day) == []  # idempotent
+
+
+def test_a_piece_of_an_older_run_of_the_batch_is_never_searched(lake):
+    commit, _ = a_space(lake, {"b1": 2})
+    vector_index.build_missing_pieces(lake, commit)
+    republished = clustered(300, seed=11)
+    again = add_batch(lake, "b1", run_id(7), republished, tag="new")
+    current = put_commit(lake, run_id(7), SPACE, {"b1": again}, K)
+    query = republished[0]
+
+    with pytest.raises(vector_index.MissingPiece, match=r"batch b1 has no index piece .* run `fruits index`"):
+        vector_index.search(lake, current, query, 3)
+    vector_index.build_missing_pieces(lake, current)
+    found = vector_index.search(lake, current, query, 3)
+    assert found[0].path.endswith("/new0.jpg") and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert all("/new" in m.path for m in found)
+
+
+def test_the_current_space_is_the_newest_pca_commit(lake):
+    with pytest.raises(vector_index.NoSpace, match="no embedding space"):
+        vector_index.current_space(lake)
+    first, _ = a_space(lake, {"b1": 2}, commit_day=3)
+    later = put_commit(lake, run_id(4), SPACE, {**first["vectors"]}, K, added=[])
+    lake.put_bytes(b"{}", "pca/_commits/notes.json")  # not a run id: not a commit
+    assert vector_index.current_space(lake)["run"] == later["run"]
+
+
+def test_resolved_references_name_the_same_pieces(lake):
+    """The lead's DAG may hand over a commit resolved against the lake (storage.name + key)."""
+    commit, _ = a_space(lake, {"b1": 2})
+    resolved = layout.resolve_record(commit, lake.name)
+    assert vector_index.build_missing_pieces(lake, resolved) == list(vector_index.pieces(commit).values())
+    assert vector_index.build_missing_pieces(lake, commit) == []
+
+
+# ---- The command line ---------------------------------------------------------------------------
+
+
+def test_similar_says_in_one_line_when_the_lake_has_no_space(tmp_path, capsys):
+    photo = tmp_path / "q.jpg"
+    photo.write_bytes(b"not read: refused before")
+    assert main(["--lake", str(tmp_path / "empty"), "similar", str(photo)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no embedding space" in err and "Traceback" not in err
+
+
+def test_similar_names_the_batch_without_its_piece_and_what_to_run(lake, tmp_path, capsys):
+    commit, _ = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, {**commit, "vectors": {"b1": commit["vectors"]["b1"]}})
+    photo = tmp_path / "q.jpg"
+    photo.write_bytes(b"not read: refused before")
+    assert main(["--lake", str(lake.root), "similar", str(photo)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch b2 has no index piece" in err and "`fruits index`" in err
+
+    assert main(["--lake", str(lake.root), "index"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"built {lake.name}{vector_index.pieces(commit)['b2']}.usearch"]
+
+
+def test_lake_refuses_an_s3_prefix(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--lake", "s3://bucket/some/prefix", "index"])
+    assert exit_.value.code == 2 and "s3://BUCKET" in capsys.readouterr().err
+
+
+# ---- On S3, with boto3's default credentials (no Airflow connection) -------------------------------
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        boto3.client("s3").create_bucket(
+            Bucket="fruits-lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"}
+        )
+        yield S3Storage("fruits-lake", aws_conn_id=None)
+
+
+def answers(capsys) -> list[str]:
+    """The command's lines (under pytest, Airflow's log lines land in the captured stdout too)."""
+    return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("20")]
+
+
+def test_an_s3_lake_builds_and_searches_its_pieces_like_a_folder(bucket, lake, capsys):
+    commit, vectors = a_space(bucket, {"b1": 2, "b2": 3})
+    a_space(lake, {"b1": 2, "b2": 3})
+    assert main(["--lake", "s3://fruits-lake", "index"]) == 0
+    assert len(answers(capsys)) == 2
+    vector_index.build_missing_pieces(lake, commit)
+
+    for query in clustered(5, seed=9):
+        on_s3 = vector_index.search(bucket, commit, query, 8)
+        assert [row_of(m) for m in on_s3] == exact_top(vectors, query, 8)
+        assert on_s3 == vector_index.search(lake, commit, query, 8)
+    assert main(["--lake", "s3://fruits-lake", "index"]) == 0
+    assert answers(capsys) == [f"space {SPACE}: every batch's piece is there"]
+
+
+def test_a_damaged_piece_is_named_with_what_to_do(lake):
+    commit, _ = a_space(lake, {"b1": 2})
+    (piece,) = vector_index.build_missing_pieces(lake, commit)
+    lake.put_bytes(b"cut short", piece + ".usearch")
+    with pytest.raises(
+        DamagedLake, match=rf"{piece}.usearch is not an index piece .* delete it and run `fruits index`"
+    ):
+        vector_index.search(lake, commit, clustered(1, seed=1)[0], 3)
+
+
+def test_a_new_space_builds_every_piece_anew_in_its_own_folder(lake):
+    commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, commit)
+    old = index_files(lake.root)
+    space = run_id(8)
+    folders = {
+        b: put_vectors(
+            lake, space, b, space, vectors_table(b, -v, [f"p/{b}/{i}.jpg" for i in range(len(v))], [None] * len(v))
+        )
+        for b, v in vectors.items()
+    }
+    refit = put_commit(lake, space, space, folders, K)
+    assert vector_index.build_missing_pieces(lake, refit) == [
+        layout.index_piece(layout.PCA, space, b, space) for b in ("b1", "b2")
+    ]
+    assert index_files(lake.root) == old  # the previous space's index, as it was
+    found = vector_index.search(lake, vector_index.current_space(lake), -vectors["b2"][4], 1)
+    assert found[0].path == "p/b2/4.jpg" and found[0].label is None
+
+
+def test_a_batch_without_photos_has_an_empty_piece(lake):
+    commit, vectors = a_space(lake, {"b1": 2})
+    empty = add_batch(lake, "b0", run_id(6), np.zeros((0, K), np.float32))
+    day = put_commit(lake, run_id(6), SPACE, {**commit["vectors"], "b0": empty}, K)
+    assert len(vector_index.build_missing_pieces(lake, day)) == 2
+    query = vectors["b1"][3]
+    assert [row_of(m) for m in vector_index.search(lake, day, query, 4)] == exact_top(vectors, query, 4)
+    assert vector_index.search(lake, day, query, 4, batches=["b0"]) == []
+
+
+def test_similar_refuses_a_batch_outside_the_space_in_one_line(lake, tmp_path, capsys):
+    commit, _ = a_space(lake, {"b1": 2})
+    vector_index.build_missing_pieces(lake, commit)
+    photo = tmp_path / "q.jpg"
+    photo.write_bytes(b"not read: refused before")
+    assert main(["--lake", str(lake.root), "similar", str(photo), "--batch", "b9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"batch 'b9' is not in the current space {SPACE}" in err
+
+
+def test_an_s3_lakes_pieces_are_kept_between_searches_and_only_the_current_ones(bucket, tmp_path):
+    commit, _ = a_space(bucket, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(bucket, commit)
+    cache, query = tmp_path / "cache", clustered(1, seed=5)[0]
+    gets = []
+    bucket.hook.get_conn().meta.events.register("before-call.s3.GetObject", lambda **_: gets.append(1))
+
+    first = vector_index.search(bucket, commit, query, 5, cache=cache)
+    downloads = len(gets)
+    assert vector_index.search(bucket, commit, query, 5, cache=cache) == first
+    assert downloads == 4 and len(gets) == downloads  # the second search read the kept pieces
+    kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert kept == sorted(p + s for p in vector_index.pieces(commit).values() for s in (".rows.parquet", ".usearch"))
+
+    republished = add_batch(bucket, "b2", run_id(9), clustered(300, seed=12))
+    current = put_commit(bucket, run_id(9), SPACE, {**commit["vectors"], "b2": republished}, K)
+    vector_index.build_missing_pieces(bucket, current)
+    vector_index.search(bucket, current, query, 5, cache=cache)
+    kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert kept == sorted(p + s for p in vector_index.pieces(current).values() for s in (".rows.parquet", ".usearch"))
+
+
+def test_the_airflow_role_may_build_and_search_the_index(aws):
+    """What the DAG's index step does with the `aws_default` connection, under the Airflow policy
+    of infra/aws/fruits.yaml (the aws fixture denies any call it does not allow)."""
+    from airflow_fixtures import BUCKET
+
+    storage = S3Storage(BUCKET, "aws_default")
+    commit, vectors = a_space(storage, {"b1": 2, "b2": 3})
+    del aws[:]  # that was the PCA job's writing (EMR's role), not Airflow's
+    assert len(vector_index.build_missing_pieces(storage, commit)) == 2
+    query = vectors["b2"][0]
+    assert row_of(vector_index.search(storage, vector_index.current_space(storage), query, 1)[0]) == ("b2", 0)
