@@ -4,7 +4,8 @@ Daily (or triggered with the form's parameters), on EMR or on this machine:
 
 1. **validate_params**: a bad parameter or weights file fails here, before anything is uploaded.
 2. **ingest_new_photos**: the landing folder's photos that no published batch holds go to `raw/`,
-   with the batch's manifest; **any_new_photos** stops the run here, visibly, when none is new.
+   with the batch's manifest; **any_new_photos** stops the run here, visibly, when none is new and
+   the embedding space is up to date (else only the PCA step runs).
 3. **stage_code** (the jobs' bundle, by content) → **plan_jobs** (the run's two Spark jobs, once).
 4. **choose_backend**: the branch of the run's backend (fruits/backends/), either
    - **emr**: `preflight` (bucket, weights, roles, subnet, instance types, code: nothing is created
@@ -12,9 +13,9 @@ Daily (or triggered with the form's parameters), on EMR or on this machine:
      reuses what its first try made) → one `watch_<job>` sensor per job, which logs the job's
      progress and, on failure, why → `terminate_cluster`, the teardown that always ends the cluster;
    - **local**: `run_locally`, the same jobs with a local `spark-submit`, a folder as the bucket.
-5. **publish_summary**: counts, k, explained variance, where every output is, and the run report
-   (wall times, images/s, on EMR the cluster and its cost); the outputs are published as the
-   assets `fruits://features` and `fruits://pca`.
+5. **publish_summary**: counts, the embedding space (new or not), where every output is, and the
+   run report (wall times, images/s, on EMR the cluster and its cost); the new vectors' index
+   pieces; the outputs are published as the assets `fruits://lake/features` and `fruits://lake/pca`.
 
 Logic lives in the `fruits` package (`plugins/fruits`); this file only tells the story. Each backend
 adds its own branch of tasks (`Backend.add_tasks`), so nothing here asks which backend runs.
@@ -73,18 +74,18 @@ def fruits_pipeline():
         return pipeline.stage_code(cfg)
 
     @task(multiple_outputs=True)
-    def plan_jobs(cfg: dict, version: str, **context) -> dict:
-        return pipeline.plan(cfg, version, context["run_id"])
+    def plan_jobs(cfg: dict, version: str, report: dict, **context) -> dict:
+        return pipeline.plan(cfg, version, context["run_id"], report)
 
     @task.branch
     def choose_backend(cfg: dict, entries: dict) -> str:
         return entries[cfg["backend"]]
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=OUTPUTS)  # after whichever backend ran
-    def publish_summary(cfg: dict, results: dict, **context) -> dict:
+    def publish_summary(cfg: dict, report: dict, results: dict, **context) -> dict:
         # Only the backend that ran has a value to pull (on EMR the cluster id, locally the timings).
         # Pulled, not passed: a task fed by the setup create_cluster would need every upstream to succeed.
-        result = pipeline.publish_summary(cfg, context["ti"].xcom_pull(task_ids=results[cfg["backend"]]))
+        result = pipeline.publish_summary(cfg, report, context["ti"].xcom_pull(task_ids=results[cfg["backend"]]))
         for asset in OUTPUTS:  # each asset event says which batch, what it holds and where
             context["outlet_events"][asset].extra = summary.asset_extras(result)[asset.uri]
         return result
@@ -92,12 +93,12 @@ def fruits_pipeline():
     cfg = validate_params()
     report = ingest_new_photos(cfg)
     version = stage_code(cfg)
-    plan = plan_jobs(cfg, version)
+    plan = plan_jobs(cfg, version, report)
     # Every backend's branch: emr (pre-flight, cluster, steps, sensors, teardown) and local (run_locally).
     branches = {name: backend_named(name).add_tasks(cfg, version, plan) for name in BACKENDS}
     backend = choose_backend(cfg, {name: b.entry.task_id for name, b in branches.items()})
     chain(report, any_new_photos(cfg, report), version, plan, backend, [b.entry for b in branches.values()])
-    done = publish_summary(cfg, {name: b.result_task_id for name, b in branches.items()})
+    done = publish_summary(cfg, report, {name: b.result_task_id for name, b in branches.items()})
     chain([task for b in branches.values() for task in b.done], done)
 
 

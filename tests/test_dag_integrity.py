@@ -17,7 +17,9 @@ EDGES = {
         "run_locally",
         "publish_summary",
     },
-    "ingest_new_photos": {"any_new_photos"},
+    # the ingest report also feeds plan_jobs (a run without photos plans the PCA alone) and
+    # publish_summary (a run without photos summarizes the space, not a batch)
+    "ingest_new_photos": {"any_new_photos", "plan_jobs", "publish_summary"},
     "any_new_photos": {"stage_code"},
     "stage_code": {"plan_jobs", "emr.preflight"},
     "plan_jobs": {

@@ -68,13 +68,17 @@ def test_every_landed_photo_ends_featurized_or_rejected_with_its_reason(pipeline
     assert {p.rsplit("/", 1)[-1] for p in rejects["path"]} == {"truncated_1.jpg", "notes.txt"}
 
 
-def test_the_pca_is_published_under_the_batch_with_its_plots_and_model(pipeline_run, summary):
+def test_the_batch_is_published_in_the_lake_s_first_space_with_its_plots_model_and_index(pipeline_run, summary):
     lake, where = pipeline_run[1], summary["locations"]
     metrics = json.loads(Path(where["metrics"]).read_text())
-    assert metrics["k"] == summary["pca"]["k"] == 3
+    assert metrics["k"] == summary["pca"]["k"] == 3 and metrics["new_space"] and metrics["added"] == ["e2e"]
     assert metrics["n_images"] == summary["images"]["featurized"]
-    for path in where["plots"] + [where["pca_model"], where["pca_reduced"], where["pca_commit"]]:
-        assert path.startswith(f"{lake}/pca/batch_id=e2e/") and Path(path).exists(), path
+    space = f"{lake}/pca/spaces/{summary['pca']['space']}/"
+    for path in where["plots"] + [where["pca_model"], where["pca_vectors"]]:
+        assert path.startswith(space) and Path(path).exists(), path
+    assert where["pca_commit"].startswith(f"{lake}/pca/_commits/") and Path(where["pca_commit"]).exists()
+    assert len(pd.read_parquet(where["pca_vectors"])) == summary["images"]["featurized"]
+    assert list(Path(space, "index", "e2e").glob("*.usearch"))  # publish_summary indexed the new vectors
 
 
 def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(summary):
@@ -108,7 +112,8 @@ def test_both_outputs_are_published_as_assets_saying_which_batch_what_and_where(
     features, pca = events["fruits://lake/features"], events["fruits://lake/pca"]
     assert not features["features"].startswith("/")  # relative to the lake, which the event names
     assert features["lake"] + features["features"] == where["features"]
-    assert pca["k"] == 3 and pca["lake"] + pca["reduced"] == where["pca_reduced"]
+    assert pca["k"] == 3 and pca["lake"] + pca["vectors"] == where["pca_vectors"]
+    assert pca["new_space"] is True and pca["space"] == summary["pca"]["space"]
 
 
 def test_fruits_where_prints_the_same_places(pipeline_run, summary, capsys):
@@ -127,6 +132,21 @@ def test_the_same_batch_again_finds_nothing_new_and_runs_no_spark(runnable_dag, 
     assert again.state == DagRunState.SUCCESS
     assert states["any_new_photos"] == S.SUCCESS and states["run_locally"] == S.SKIPPED
     assert xcom(again, "ingest_new_photos")["uploaded"] == 0
+
+
+def test_no_new_photos_and_a_refit_asked_run_the_pca_alone(runnable_dag, pipeline_run, summary):
+    """any_new_photos used to stop every run without photos, so pca_refit=always had no way to run."""
+    _, lake, landing, _ = pipeline_run
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRUITS_LOCAL_LAKE", str(lake))
+        conf = {**CONF, "landing_dir": str(landing), "batch_id": "e2e-refit", "pca_refit": "always"}
+        again = runnable_dag.test(run_conf=conf)
+    assert again.state == DagRunState.SUCCESS
+    assert [r["job"] for r in xcom(again, "run_locally")] == ["reduce_dimensions"]
+    result = xcom(again, "publish_summary")
+    assert result["batch_id"] is None and result["images"] is None
+    assert result["pca"]["new_space"] and result["pca"]["space"] != summary["pca"]["space"]
+    assert result["pca"]["n_images"] == summary["images"]["featurized"]
 
 
 def test_a_damaged_batch_is_mended_by_a_rerun_of_the_same_batch(runnable_dag, pipeline_run, summary, capsys):

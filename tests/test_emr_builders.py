@@ -148,16 +148,28 @@ def test_steps_follow_the_jobs_contract():
     ]
     p_args = pca["HadoopJarStep"]["Args"]
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1 :]
+    # the lake's one embedding space under pca/ (issue 20): no batch in the PCA's arguments
     assert job == [
         "--features",
         "s3://fruits-test/features/",
         "--output",
-        "s3://fruits-test/pca/batch_id=2025-01-02/",
+        "s3://fruits-test/pca/",
         "--variance",
         "0.9",
+        "--refit",
+        "auto",
     ]
-    with_k = emr_steps(dataclasses.replace(CFG, pca_k=12))[1]["HadoopJarStep"]["Args"]
-    assert with_k[-2:] == ["--k", "12"] and "--variance" not in with_k
+    with_k = emr_steps(dataclasses.replace(CFG, pca_k=12, pca_refit="never"))[1]["HadoopJarStep"]["Args"]
+    assert with_k[-4:] == ["--k", "12", "--refit", "never"] and "--variance" not in with_k
+
+
+def test_a_run_without_photos_has_the_pca_step_alone():
+    """No new photos but the space is behind (or a refit is asked): no features step to wait for."""
+    (pca,) = emr.spark_steps(jobs.plan_jobs(CFG, VERSION, with_photos=False), CFG.batch_id)
+    assert pca["Name"] == "reduce_dimensions 2025-01-02"
+    assert "extract_features.py" not in " ".join(pca["HadoopJarStep"]["Args"])
+    assert pca == emr_steps()[1]  # the same step as in a run with photos
+    validate("AddJobFlowSteps", {"JobFlowId": "j-1", "Steps": [pca]})
 
 
 def test_moto_accepts_the_job_flow_and_the_steps(aws):

@@ -11,17 +11,22 @@ request validation. Every AWS call made is checked against the Airflow role's IA
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import re
 from datetime import UTC, datetime, timedelta
 
 import boto3
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
+from space_fixtures import vectors_table
 
 from fruits.config.params import build_params
-from fruits_jobs import commits, features, layout, pca
+from fruits_jobs import commits, features, layout, pca, spaces
+from fruits_jobs.moments import BatchMoments
 
 from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, xcom
 
@@ -95,7 +100,10 @@ def lease_token(batch_id):
 def write_job_outputs(batch_id, token=None):
     """What the two jobs publish for a batch of 12 photos (10 featurized, 2 rejected), written with the
     jobs' own record builders and commit writer: a change of the commits' schema fails these tests.
-    token: what the features job read from the lease at its start (default: the lease's now)."""
+    The PCA's is the lake's first embedding space (issue 20), fitted at this run on the batch: its
+    commit pca/_commits/<run>.json, its run's metrics.json, and the batch's vectors in it (real
+    Parquet, which publish_summary indexes; write_space). token: what the features job read from the
+    lease at its start (default: the lease's now)."""
     s3 = boto3.client("s3", region_name=REGION)
     root = f"s3://{BUCKET}/"
     token = token or lease_token(batch_id)
@@ -121,16 +129,55 @@ def write_job_outputs(batch_id, token=None):
     outputs = {
         "features": layout.run_folder(batch, RUN),
         "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN),
+        "moments": layout.moments_path(layout.run_folder(batch, RUN)),
     }
     summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, token)
     put(*commits.commit_file(batch, RUN, summary))
-    pca_args = pca.parse_args(
-        ["--features", root + layout.FEATURES, "--output", root + layout.pca_prefix(batch_id), "--k", "3"]
+    write_space(batch_id)
+
+
+def write_space(batch_id):
+    """What the PCA job publishes when it fits the lake's first space on one batch of 10 featurized
+    photos (its features run: RUN), with the job's own record builder (space_metrics)."""
+    s3 = boto3.client("s3", region_name=REGION)
+    root = f"s3://{BUCKET}/"
+
+    def put(uri: str, data: bytes) -> None:
+        s3.put_object(Bucket=BUCKET, Key=uri[len(root) :], Body=data)
+
+    pca_uri = root + layout.PCA.rstrip("/")
+    pca_args = pca.parse_args(["--features", root + layout.FEATURES, "--output", pca_uri, "--k", "3"])
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=(10, 1280))
+    paths = [f"{root}{layout.raw_prefix(batch_id)}Banana/{i}.jpg" for i in range(10)]
+    totals = BatchMoments.empty(1280).add_rows(photos, ["Training"] * 10, ["Banana"] * 10, paths)
+    spectrum = np.zeros(1280)
+    spectrum[:4] = [0.5, 0.3, 0.15, 0.05]
+    basis = spaces.Basis(np.eye(1280)[:, :3], spectrum, totals.moments.mean)
+    rule = spaces.k_rule(pca_args.k, pca_args.variance)
+    reason = spaces.refit_reason(None, pca_args.refit, rule, spaces.Drift())
+    metrics = pca.space_metrics(pca_args, None, RUN, RUN, basis, rule, totals, reason, spaces.Drift(), 10)
+    space = layout.space_folder(pca_uri, RUN)
+    run_folder = layout.space_run_folder(pca_uri, RUN, RUN)
+    vectors = layout.vectors_folder(pca_uri, RUN, batch_id, RUN)
+    metrics.update(
+        added=[batch_id],
+        withdrawn=[],
+        vectors={batch_id: vectors},
+        features_runs={batch_id: RUN},
+        model=f"{space}/{layout.PCA_MODEL_DIR}",
+        basis=f"{space}/{layout.BASIS_FILE}",
+        state=f"{run_folder}/{layout.STATE_FILE}",
+        metrics=f"{run_folder}/{layout.PCA_METRICS_FILE}",
+        confusion=[],
+        class_quality=None,
     )
-    output = layout.run_folder(root + layout.pca_prefix(batch_id), RUN)
-    metrics = pca.pca_metrics(pca_args, root + layout.FEATURES, output, 10, 1280, 3, [0.5, 0.3, 0.15, 0.05], {})
-    put(f"{output}/{layout.PCA_METRICS_FILE}", json.dumps(metrics).encode())
-    put(*commits.commit_file(root + layout.pca_prefix(batch_id), RUN, metrics))
+    sink = io.BytesIO()
+    pq.write_table(vectors_table(batch_id, photos[:, :3], paths, ["Banana"] * 10), sink)
+    put(f"{vectors}/part-00000.snappy.parquet", sink.getvalue())
+    put(f"{vectors}/_SUCCESS", b"")
+    put(metrics["metrics"], json.dumps(metrics, allow_nan=False).encode())  # as the job writes it
+    put(*commits.commit_file(pca_uri, RUN, {k: v for k, v in metrics.items() if k != "confusion"}))
 
 
 def run(dag, landing, batch_id, **conf):
@@ -185,8 +232,13 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
         "rejects_by_reason": {"not_an_image": 1, "truncated": 1},
     }
     assert (summary["pca"]["k"], summary["pca"]["total_explained_variance"]) == (3, 0.95)
-    assert summary["locations"]["metrics"] == f"s3://{BUCKET}/pca/batch_id=b-ok/run={RUN}/metrics.json"
-    assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/batch_id=b-ok/_commits/{RUN}.json"
+    assert (summary["pca"]["space"], summary["pca"]["new_space"], summary["pca"]["n_images"]) == (RUN, True, 10)
+    assert summary["pca"]["refit_reason"] == "the lake's first space"
+    space = f"s3://{BUCKET}/pca/spaces/{RUN}"
+    assert summary["locations"]["metrics"] == f"{space}/runs/{RUN}/metrics.json"
+    assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/_commits/{RUN}.json"
+    assert summary["locations"]["pca_vectors"] == f"{space}/vectors/b-ok/{RUN}"
+    assert summary["locations"]["pca_model"] == f"{space}/model"
     # The run report (issue 11): the cluster, its timeline, images/s per step and the estimated cost.
     report = summary["run_report"]
     assert report["cluster_id"] == cluster["Id"] and report["release"] == "emr-7.12.0"
@@ -203,8 +255,13 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert cost["run_usd"] == pytest.approx(hourly * wall["cluster"] / 3600, rel=1e-3)
     assert cost["per_1000_images_usd"] == pytest.approx(1000 * cost["run_usd"] / 12, rel=1e-3)
     s3 = boto3.client("s3", region_name=REGION)
-    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"pca/batch_id=b-ok/run={RUN}/metrics.json")["Body"].read())
+    metrics_key = f"pca/spaces/{RUN}/runs/{RUN}/metrics.json"
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=metrics_key)["Body"].read())
     assert stored["run_report"] == report and stored["k"] == 3  # beside the outputs, the metrics kept
+    # the new vectors' index piece, beside the space (fruits similar searches it)
+    index = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"pca/spaces/{RUN}/index/")["Contents"]
+    piece = f"pca/spaces/{RUN}/index/b-ok/{RUN}"
+    assert {o["Key"] for o in index} == {piece + ".usearch", piece + ".rows.parquet"}
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
     assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.lock"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
@@ -283,6 +340,51 @@ def test_no_new_photos_short_circuits_without_a_cluster(airflow_db, runnable_dag
     assert skipped == set(states) - {"validate_params", "ingest_new_photos", "any_new_photos"}
     assert clusters() == []
     assert not [c for c in aws if c[0] == "emr"]
+
+
+def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alone(
+    airflow_db, runnable_dag, aws, tmp_path, monkeypatch
+):
+    """Issue 20: a run without new photos still brings the embedding space up to date (here: a batch
+    published before any space): one cluster, the PCA step alone, and the features sensor has no step
+    to wait for. The summary is the space's, with no batch of its own."""
+    s3 = boto3.client("s3", region_name=REGION)
+    args = features.parse_args(
+        ["--images", "i", "--features", "f", "--rejects", "r", "--batch-id", "b-old", "--weights", "random"]
+    )
+    folder = layout.batch_folder(f"s3://{BUCKET}/" + layout.FEATURES, "b-old")
+    old = features.batch_summary(
+        args, RUN, {"features": layout.run_folder(folder, RUN), "rejects": None}, 10, {}, {}, 1.0, None
+    )
+    path, data = commits.commit_file(folder, RUN, old)  # published, without a lease: a lake from before leases
+    s3.put_object(Bucket=BUCKET, Key=path[len(f"s3://{BUCKET}/") :], Body=data)
+    simulate_emr(monkeypatch, ["COMPLETED"], lambda: write_space("b-old"))
+    (tmp_path / "empty").mkdir()
+    dr, states = run(runnable_dag, tmp_path / "empty", "b-none")
+    assert dr.state == DagRunState.SUCCESS, states
+    assert {t for t, s in states.items() if s != S.SUCCESS} == {"run_locally"}
+    (cluster,) = clusters()
+    assert cluster["Status"]["State"] == "TERMINATED"
+    steps = boto3.client("emr", region_name=REGION).list_steps(ClusterId=cluster["Id"])["Steps"]
+    assert [s["Name"] for s in steps] == ["reduce_dimensions b-none"]
+    assert xcom(dr, "emr.add_steps") == {"extract_features": None, "reduce_dimensions": steps[0]["Id"]}
+    summary = xcom(dr, "publish_summary")
+    assert (summary["batch_id"], summary["images"]) == (None, None)
+    assert (summary["pca"]["space"], summary["pca"]["new_space"], summary["pca"]["n_images"]) == (RUN, True, 10)
+    assert summary["locations"] == {
+        "pca_model": f"s3://{BUCKET}/pca/spaces/{RUN}/model",
+        "metrics": f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{RUN}/metrics.json",
+        "plots": [],
+        "pca_commit": f"s3://{BUCKET}/pca/_commits/{RUN}.json",
+    }
+    report = summary["run_report"]
+    assert report["wall_s"]["extract_features"] is None and report["wall_s"]["reduce_dimensions"] > 0
+    assert report["images_per_s"]["reduce_dimensions"] == 10 / report["wall_s"]["reduce_dimensions"]
+    stored = s3.get_object(Bucket=BUCKET, Key=f"pca/spaces/{RUN}/runs/{RUN}/metrics.json")["Body"].read()
+    assert json.loads(stored)["run_report"] == report
+    piece = f"pca/spaces/{RUN}/index/b-old/{RUN}"
+    index = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"pca/spaces/{RUN}/index/")["Contents"]
+    assert {o["Key"] for o in index} == {piece + ".usearch", piece + ".rows.parquet"}
 
 
 def test_a_killed_sensor_cancels_the_steps_still_live_on_its_cluster(airflow_db, pipeline_dag, aws, monkeypatch):

@@ -76,6 +76,17 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"})
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_commits/r1.json"})
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/batch_id=1/_commits/"})
+    # the current embedding space (issue 20): its commits, listed and read (has_work, publish_summary)
+    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "pca/_commits/"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"})
+    # publish_summary adds the run report to the PCA run's metrics.json in the space
+    metrics = "pca/spaces/s1/runs/r1/metrics.json"
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": metrics})
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": metrics})
+    # ... then indexes the vectors the space's commit names, beside the space
+    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "pca/spaces/s1/vectors/b1/r1/"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/vectors/b1/r1/part-0.parquet"})
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/b1/r1.usearch"})
     assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
     assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
@@ -96,6 +107,15 @@ def test_the_calls_the_pipeline_makes_are_allowed():
         ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
         ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
+        # the space is the PCA job's: Airflow never commits, writes vectors or a basis, nor deletes in it
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"}, TAGS),
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/vectors/b1/r1/part-0.parquet"}, TAGS),
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/basis.npz"}, TAGS),
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/state.npz"}, TAGS),
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/metrics.json"}, TAGS),
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/b1/r1.usearch"}, TAGS),
+        # the layout before issue 20: nothing there to write any more
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/batch_id=1/run=r1/metrics.json"}, TAGS),
         ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
         ("emr", "RunJobFlow", {"Tags": [], **ROLES}, TAGS),  # untagged cluster
         ("emr", "RunJobFlow", {"Tags": RUN_TAGS[:1], **ROLES}, TAGS),  # not for the EMR managed policies
@@ -159,6 +179,15 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
             True,
         ),
         ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
+        # the PCA job reads the batches' moments, keeps the space, and retires the spaces before the last
+        ("GetObject", "features/batch_id=1/run=r1/_moments.npz", True),
+        ("GetObject", "pca/_commits/r1.json", True),
+        ("PutObject", "pca/_commits/r2.json", True),
+        ("GetObject", "pca/spaces/s1/runs/r1/state.npz", True),
+        ("PutObject", "pca/spaces/s2/vectors/b1/r2/part-0.parquet", True),
+        ("PutObject", "pca/spaces/s2/basis.npz", True),
+        ("DeleteObject", "pca/spaces/s0/model/metadata/part-00000", True),
+        ("DeleteObject", "pca/batch_id=1/run=r0/reduced/part-0.parquet", True),  # the layout before spaces
     ],
 )
 def test_the_cluster_reads_and_writes_what_the_jobs_need_and_no_more(operation, key, allowed_):

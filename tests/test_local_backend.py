@@ -74,7 +74,10 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
         "/lake/manifests/batch_id=b1.lease",
     ]
     pca_cmd = local_runner.command(pca, "spark-submit")
-    assert pca_cmd[-6:] == ["--features", "/lake/features/", "--output", "/lake/pca/batch_id=b1/", "--k", "5"]
+    pca_tail = pca_cmd[pca_cmd.index("/lake/code/v1/reduce_dimensions.py") + 1 :]
+    assert pca_tail == ["--features", "/lake/features/", "--output", "/lake/pca/", "--k", "5", "--refit", "auto"]
+    # a run without photos (the space is behind): the same PCA command, alone
+    assert [local_runner.command(j, "spark-submit") for j in jobs.plan_jobs(CFG, "v1", with_photos=False)] == [pca_cmd]
 
 
 def test_on_a_real_s3_store_the_uris_stay_and_the_master_is_configurable():

@@ -25,6 +25,7 @@ def test_params_form(pipeline_dag):
         "backend",
         "pca_k",
         "pca_variance",
+        "pca_refit",
         "weights",
         "rerun",
         "instance_type",
@@ -34,6 +35,7 @@ def test_params_form(pipeline_dag):
     assert p.get_param("backend").schema["enum"] == ["emr", "local"]
     assert p["backend"] == "local"  # the embedded default: no cloud needed
     assert p["batch_id"] is None and p["pca_k"] is None and p["pca_variance"] == 0.95
+    assert p["pca_refit"] == "auto" and p.get_param("pca_refit").schema["enum"] == ["auto", "always", "never"]
     for name in p.keys():
         assert p.get_param(name).description, name
     # EMR-only fields in their own section of the form; the batch-id rule in words
@@ -58,6 +60,8 @@ def test_params_form(pipeline_dag):
         ("task_spot_count", -1),
         ("instance_type", "huge"),
         ("batch_id", "a/b"),
+        ("pca_refit", "sometimes"),
+        ("pca_refit", None),
     ],
 )
 def test_the_form_rejects_bad_values(pipeline_dag, name, value):
@@ -93,6 +97,7 @@ def test_x86_types_pass(itype):
         ("pca_k", True),
         ("core_count", 2.5),
         ("backend", "emr-ish"),
+        ("pca_refit", "Auto"),
     ],
 )
 def test_the_first_task_refuses_what_the_schema_lets_through_or_the_form_never_sent(name, value):
@@ -115,3 +120,8 @@ def test_the_first_task_says_the_rule_in_words_and_normalises_numbers():
     checked = params.validate(form_conf(core_count=3.0, pca_variance=1))
     assert checked["core_count"] == 3 and isinstance(checked["core_count"], int)
     assert checked["pca_variance"] == 1.0 and isinstance(checked["pca_variance"], float)
+
+
+@pytest.mark.parametrize("value", ["auto", "always", "never"])
+def test_every_refit_choice_passes_the_first_task(value):
+    assert params.validate(form_conf(pca_refit=value))["pca_refit"] == value

@@ -1,9 +1,10 @@
 """The Airflow side reads the lake as the jobs publish it: through commits, never through files alone."""
 
-import json
+from space_fixtures import put_commit
 
 from fruits.lake import published
 from fruits.lake.storage import LocalStorage
+from fruits_jobs import commits, layout
 
 
 def put(root, key, data=b"x"):
@@ -12,22 +13,41 @@ def put(root, key, data=b"x"):
     path.write_bytes(data)
 
 
-def pca_commit(k: int) -> bytes:
-    return json.dumps({"k": k, "output": "o", "n_images": 10}).encode()
+def publish(storage, batch_id: str, run: str, **extra) -> None:
+    """A features commit as the job writes it (batch_summary's batch_id and run; no lease: legacy)."""
+    path, data = commits.commit_file(
+        layout.batch_folder(layout.FEATURES, batch_id), run, {"batch_id": batch_id, "features": "f", **extra}
+    )
+    storage.put_bytes(data, path)
 
 
-def test_a_run_is_processed_only_once_its_commit_exists(tmp_path):
-    """A PCA re-run killed mid-write leaves metrics/reduced/model files: that is not 'processed'."""
+def space_commit(storage, run: str, space: str, features_runs: dict[str, str], added=None, k_rule=None) -> dict:
+    """The PCA commit naming `space` current, holding the batches' features runs (issue 20)."""
+    vectors = {b: layout.vectors_folder(layout.PCA, space, b, run) for b in features_runs}
+    extra = {"features_runs": features_runs, "k_rule": k_rule or {"k": 3, "variance": None}}
+    return put_commit(storage, run, space, vectors, k=3, **({"added": added} if added is not None else {}), **extra)
+
+
+F1, F2, P1, P2, P3 = (f"2026010{d}T000000000Z-{t}" for d, t in ((1, "f1"), (2, "f2"), (3, "a"), (4, "b"), (5, "c")))
+
+
+def test_a_batch_is_processed_only_once_the_current_space_commits_its_version(tmp_path):
+    """A PCA run killed mid-write leaves a space's metrics, vectors and model: that is not 'processed'.
+    Nor is a batch whose published version is not the one the current space holds."""
     storage = LocalStorage(tmp_path)
-    put(
-        tmp_path, "features/batch_id=b1/_commits/20260101T000000000Z-f.json", b'{"features": "f"}'
-    )  # published (no lease: legacy)
-    put(tmp_path, "pca/batch_id=b1/run=20260101T000000000Z-a/metrics.json", b'{"k": 3}')
-    put(tmp_path, "pca/batch_id=b1/_commits/.20260101T000000000Z-a.json.tmp", b'{"k": 3')  # being written
+    publish(storage, "b1", F1)
+    put(tmp_path, f"pca/spaces/{P1}/runs/{P1}/metrics.json", b'{"k": 3}')
+    put(tmp_path, f"pca/spaces/{P1}/vectors/b1/{P1}/part-0.parquet")
+    put(tmp_path, f"pca/_commits/.{P1}.json.tmp", b'{"space": "')  # being written
+    assert published.current_space(storage) is None
     assert not published.is_processed(storage, "b1")
-    put(tmp_path, "pca/batch_id=b1/_commits/20260101T000000000Z-a.json", pca_commit(3))
+    space_commit(storage, P1, P1, {"b1": F1})
     assert published.is_processed(storage, "b1")
     assert not published.is_processed(storage, "b2")  # no features commit of its own: never processed
+    publish(storage, "b1", F2)  # re-published: the space still holds F1's vectors
+    assert not published.is_processed(storage, "b1")
+    space_commit(storage, P2, P1, {"b1": F2})
+    assert published.is_processed(storage, "b1")
 
 
 def test_a_commit_publishes_only_under_the_token_its_lease_holds(tmp_path):
@@ -42,17 +62,42 @@ def test_a_commit_publishes_only_under_the_token_its_lease_holds(tmp_path):
 
 def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_path):
     storage = LocalStorage(tmp_path)
-    for batch_id, run, k in [
-        ("b1", "20260101T000000000Z-a", 3),
-        ("b1", "20260301T000000000Z-c", 5),
-        ("b2", "20260201T000000000Z-b", 4),
-    ]:
-        put(tmp_path, f"features/batch_id={batch_id}/_commits/{run}.json", b'{"features": "f"}')
-        put(tmp_path, f"pca/batch_id={batch_id}/_commits/{run}.json", pca_commit(k))
-    current = published.current_commit(storage, "pca/", "b1")
-    assert current["k"] == 5 and current["commit"].endswith("pca/batch_id=b1/_commits/20260301T000000000Z-c.json")
+    publish(storage, "b1", F1)
+    publish(storage, "b2", F2)
+    space_commit(storage, P1, P1, {"b1": F1}, added=["b1"])
     assert published.latest_processed_batch(storage) == "b1"
+    space_commit(storage, P2, P1, {"b1": F1, "b2": F2}, added=["b2"])
+    current = published.current_space(storage)
+    assert current["space"] == P1 and current["commit"] == f"{tmp_path}/pca/_commits/{P2}.json"
+    # its references resolved in this lake
+    assert current["vectors"]["b2"] == f"{tmp_path}/pca/spaces/{P1}/vectors/b2/{P2}"
+    assert published.latest_processed_batch(storage) == "b2"
+    # a refit re-projects every batch and adds none: the last one the space took in is the newest
+    space_commit(storage, P3, P3, {"b1": F1, "b2": F2}, added=[])
+    assert published.current_space(storage)["space"] == P3
+    assert published.latest_processed_batch(storage) == "b2"
     assert published.latest_processed_batch(LocalStorage(tmp_path / "empty")) is None
+
+
+def test_the_pca_has_work_when_a_published_batch_is_not_in_the_space_or_a_refit_is_asked(tmp_path):
+    storage = LocalStorage(tmp_path)
+    rule = {"k": 3, "variance": None}
+    assert published.pca_pending(storage, "auto", rule) == []  # an empty lake: nothing to do
+    publish(storage, "b1", F1)
+    assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1"]
+    space_commit(storage, P1, P1, {"b1": F1})
+    assert published.pca_pending(storage, "auto", rule) == []
+    assert published.pca_pending(storage, "never", rule) == []
+    assert published.pca_pending(storage, "always", rule) == ["pca_refit=always"]
+    assert published.pca_pending(storage, "auto", {"k": None, "variance": 0.9}) == [
+        "a new k rule {'k': None, 'variance': 0.9} (the space's: {'k': 3, 'variance': None})"
+    ]
+    publish(storage, "b1", F2)  # re-published, and a new batch: both are behind
+    publish(storage, "b2", F2)
+    assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1, b2"]
+    put(tmp_path, "manifests/batch_id=b2.lease", b'{"token": null, "revoked": "given up"}')
+    publish(storage, "b2", P1, token="t1")  # a run given up publishes nothing: no work for the PCA
+    assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1"]
 
 
 def test_only_files_named_by_a_run_id_are_commits_and_a_damaged_one_is_named(tmp_path, caplog):
@@ -71,3 +116,18 @@ def test_only_files_named_by_a_run_id_are_commits_and_a_damaged_one_is_named(tmp
     put(tmp_path, "features/batch_id=b1/_commits/20260102T000000000Z-b.json", b'{"features": "f", "re')  # truncated
     with pytest.raises(DamagedLake, match=r"batch_id=b1/_commits/20260102T000000000Z-b.json is damaged.*move it"):
         published.is_published(storage, "b1")
+
+
+def test_only_a_run_id_names_a_space_commit_and_a_damaged_one_is_named(tmp_path, caplog):
+    import pytest
+
+    from fruits_jobs.commits import DamagedLake
+
+    storage = LocalStorage(tmp_path)
+    space_commit(storage, P1, P1, {})
+    put(tmp_path, "pca/_commits/notes.json", b'{"space": "mine"}')
+    assert published.current_space(storage)["space"] == P1
+    assert "pca/_commits/notes.json: not a commit" in caplog.text
+    put(tmp_path, f"pca/_commits/{P2}.json", b'{"space": "s", "model": "m"}')  # no metrics, vectors, k
+    with pytest.raises(DamagedLake, match=rf"pca/_commits/{P2}.json is damaged \(no metrics, vectors, k\)"):
+        published.current_space(storage)

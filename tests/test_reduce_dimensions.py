@@ -7,19 +7,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, layout, pca
+from fruits_jobs import commits, layout, pca, spaces
 from fruits_jobs.common import UsageError
+from fruits_jobs.moments import BatchMoments, Moments, fold
 
 pytestmark = pytest.mark.spark
 
 
-def write_features(spark, root, batches):
-    """A features dataset as the features job publishes it, from given matrices: per batch, one
-    run's folder and its commit."""
-    for batch_id, (x, labels) in batches.items():
+def write_features(spark, root, batches, moments=True):
+    """A features dataset as the features job publishes it, from given matrices: per batch, one run's
+    folder, its moments (computed by the job's own fold, as the features job does) and its commit.
+    batches: {batch: (x, labels)} or {batch: (x, labels, splits)}."""
+    for batch_id, (x, labels, *rest) in batches.items():
+        splits = rest[0] if rest else ["Training"] * len(x)
         rows = [
-            (f"file:/img/{batch_id}/{label}/{i}.jpg", label, "Training", "h", [float(v) for v in vec])
-            for i, (vec, label) in enumerate(zip(x, labels, strict=True))
+            (f"file:/img/{batch_id}/{label}/{i}.jpg", label, split, "h", [float(v) for v in vec])
+            for i, (vec, label, split) in enumerate(zip(x, labels, splits, strict=True))
         ]
         folder = layout.batch_folder(str(root), batch_id)
         run_id = commits.new_run_id()
@@ -27,7 +30,17 @@ def write_features(spark, root, batches):
         spark.createDataFrame(
             rows, "path string, label string, split string, sha256 string, features array<float>"
         ).write.parquet(uri)
-        commits.write_commit(spark, folder, run_id, {"features": uri})
+        record = {"features": uri, "batch_id": batch_id, "featurized": len(rows)}
+        if moments:
+            _, found, _ = fold(spark.read.parquet(uri), len(x[0]))
+            record["moments"] = layout.moments_path(uri)
+            Path(record["moments"]).write_bytes(found.to_bytes())
+        commits.write_commit(spark, folder, run_id, record)
+
+
+def local(uri: str) -> Path:
+    """A job's file: URI as a path."""
+    return Path(uri.removeprefix("file:"))
 
 
 def correlated(n, d, seed):
@@ -60,7 +73,7 @@ def test_explained_variance_and_projection_match_numpy_svd(spark, tmp_path):
     assert metrics["total_explained_variance"] >= 0.9 > np.cumsum(ratios)[k - 2]
 
     # Spark ML's PCA projects the raw (uncentred) vectors onto the components; signs are arbitrary.
-    reduced = {r["path"]: r["pca"] for r in spark.read.parquet(metrics["reduced"]).collect()}
+    reduced = {r["path"]: r["pca"] for r in spark.read.parquet(metrics["vectors"]["b1"]).collect()}
     paths = [f"file:/img/b1/{labels[i]}/{i}.jpg" for i in range(40)]
     got = np.array([reduced[p] for p in paths])
     expected = xd[:40] @ vt[:k].T
@@ -77,7 +90,7 @@ def test_saved_model_is_the_k_component_model(spark, tmp_path):
     model = PCAModel.load(metrics["model"])
     assert model.pc.numCols == 3 == metrics["k"] and model.pc.numRows == 16
     np.testing.assert_allclose(model.explainedVariance.toArray(), metrics["explained_variance"], rtol=1e-6)
-    reduced = spark.read.parquet(metrics["reduced"])
+    reduced = spark.read.parquet(metrics["vectors"]["b"])
     assert reduced.columns == ["path", "label", "split", "batch_id", "pca"]
     assert {len(r["pca"]) for r in reduced.collect()} == {3}
 
@@ -86,20 +99,12 @@ def test_metrics_and_plots_are_written(spark, tmp_path):
     x = correlated(40, 12, seed=3)
     write_features(spark, tmp_path / "features", {"b": (x, [f"Fruit {i % 5}" for i in range(40)])})
     metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "0.8")
-    run_folder = tmp_path / "pca" / f"run={metrics['run']}"
-    on_disk = json.loads((run_folder / "metrics.json").read_text())
+    on_disk = json.loads(local(metrics["metrics"]).read_text())
     assert on_disk["k"] == metrics["k"] and on_disk["n_images"] == 40
-    for name in ("explained_variance.png", "pca_scatter.png"):
-        with Image.open(run_folder / name) as img:
+    assert set(metrics["plots"]) == {"explained_variance", "scatter", "class_quality"}
+    for path in metrics["plots"].values():
+        with Image.open(local(path)) as img:
             assert img.format == "PNG" and img.size[0] >= 600
-
-
-def test_only_the_batches_asked_for(spark, tmp_path):
-    write_features(
-        spark, tmp_path / "features", {"b1": (correlated(10, 8, 4), ["x"] * 10), "b2": (correlated(7, 8, 5), ["y"] * 7)}
-    )
-    metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--k", "2", "--batch-id", "b2")
-    assert metrics["n_images"] == 7
 
 
 @pytest.mark.parametrize(
@@ -113,12 +118,12 @@ def test_only_the_batches_asked_for(spark, tmp_path):
     ],
 )
 def test_choose_k(ratios, kwargs, expected):
-    assert pca.choose_k(ratios, **kwargs) == expected
+    assert spaces.choose_k(ratios, **kwargs) == expected
 
 
 def test_choose_k_refuses_more_components_than_dimensions():
-    with pytest.raises(UsageError, match="--k"):
-        pca.choose_k([0.6, 0.4], k=3)
+    with pytest.raises(spaces.SpaceError, match="--k"):
+        spaces.choose_k([0.6, 0.4], k=3)
 
 
 @pytest.mark.parametrize("argv,needle", [(["--k", "0"], "--k"), (["--variance", "1.5"], "--variance")])
@@ -137,9 +142,9 @@ def test_real_sample_keeps_about_72_percent_with_50_components(spark, tmp_path, 
 
 def test_moments_merged_in_any_split_equal_numpy_covariance():
     x = correlated(101, 9, seed=3)
-    total = pca.Moments(0, np.zeros(9), np.zeros((9, 9)))
+    total = Moments.empty(9)
     for part in np.array_split(x, [1, 2, 40, 41, 90]):  # uneven parts, single rows among them
-        total = total.merge(pca.Moments.of(part))
+        total = total.merge(Moments.of(part))
     assert total.n == 101
     np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(total.m2 / 100, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-10)
@@ -174,7 +179,7 @@ def test_degenerate_inputs_end_with_a_clear_message(spark, tmp_path, case, needl
     else:
         x = correlated(6, 8, 2)
         x[2, 3] = np.nan
-        write_features(spark, features, {"b1": (x, ["x"] * 6)})
+        write_features(spark, features, {"b1": (x, ["x"] * 6)}, moments=False)  # the job checks as it folds
     with pytest.raises(UsageError, match=needle):
         run(spark, features, tmp_path / "pca", *args)
     assert not (tmp_path / "pca").exists()  # nothing written before the inputs are known good
@@ -183,7 +188,7 @@ def test_degenerate_inputs_end_with_a_clear_message(spark, tmp_path, case, needl
 def test_metrics_are_strict_json(spark, tmp_path):
     write_features(spark, tmp_path / "features", {"b1": (correlated(12, 8, 6), ["x"] * 12)})
     run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "1.0")
-    metrics = strict_json(next((tmp_path / "pca").glob("run=*/metrics.json")).read_text())
+    metrics = strict_json(next((tmp_path / "pca").glob("spaces/*/runs/*/metrics.json")).read_text())
     assert metrics["k"] <= 11 and metrics["total_explained_variance"] == pytest.approx(1.0, abs=1e-6)
 
 
@@ -202,3 +207,196 @@ def test_real_sample_per_class_quality_is_in_the_metrics_and_a_figure(spark, tmp
     figure = Path(metrics["plots"]["class_quality"].replace("file:", "", 1))
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((figure.parent / "metrics.json").read_text())["class_quality"] == q
+
+
+# ---- Issue 20: one versioned space, updated in O(the new photos) --------------------------------
+
+
+def classes_data(n_classes, per_class, d, seed, first_class=0):
+    """Photos of classes whose centroids span directions of their own (as fruit features do), with
+    Training/Test splits: a day of class c >= n_known brings variance the known classes lack."""
+    directions = np.random.default_rng(7).normal(size=(200, d))
+    x, labels, splits = [], [], []
+    for c in range(first_class, first_class + n_classes):
+        centre = directions[c] * 3
+        x.append(centre + np.random.default_rng(seed * 1000 + c).normal(scale=1.0, size=(per_class, d)))
+        labels += [f"class {c}"] * per_class
+        splits += ["Training" if i % 3 else "Test" for i in range(per_class)]
+    return np.vstack(x), labels, splits
+
+
+def current_commit(pca_folder: Path) -> dict:
+    newest = sorted((pca_folder / "_commits").glob("*.json"))[-1]
+    return json.loads(newest.read_text())
+
+
+def test_stored_moments_merged_equal_numpy_spectrum_on_the_concatenated_features(spark, tmp_path):
+    parts = {f"b{i}": (correlated(30 + 7 * i, 12, seed=i), [f"c{j % 3}" for j in range(30 + 7 * i)]) for i in range(3)}
+    write_features(spark, tmp_path / "features", parts)
+    stored = [
+        BatchMoments.from_bytes(p.read_bytes()) for p in sorted((tmp_path / "features").glob("*/run=*/_moments.npz"))
+    ]
+    total = BatchMoments.empty(12)
+    for found in stored:
+        total = total.merge(found)
+    x = np.vstack([x for x, _ in parts.values()]).astype(np.float32).astype(np.float64)
+    centred = x - x.mean(axis=0)
+    s = np.linalg.svd(centred, compute_uv=False)
+    spectrum, _ = spaces.spectrum_and_components(total.moments)
+    assert total.moments.n == len(x)
+    np.testing.assert_allclose(spectrum, s**2 / (s**2).sum(), rtol=1e-6, atol=1e-9)
+    all_labels = [label for _, labels in parts.values() for label in labels]
+    c1 = x[[i for i, label in enumerate(all_labels) if label == "c1"]]
+    np.testing.assert_allclose(total.class_means(None)["c1"], c1.mean(axis=0), rtol=1e-6)
+
+
+def test_a_day_adds_only_its_batch_and_every_batch_lives_in_one_space(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    x1, l1, s1 = classes_data(6, 30, 24, seed=1)
+    write_features(spark, features, {"d1": (x1, l1, s1)})
+    first = run(spark, features, out, "--k", "5")
+    assert first["new_space"] and first["refit_reason"] == "the lake's first space"
+    d1_files = {p: p.stat().st_mtime_ns for p in local(first["vectors"]["d1"]).rglob("*")}
+
+    x2, l2, s2 = classes_data(6, 20, 24, seed=2)  # more photos of the same classes
+    write_features(spark, features, {"d2": (x2, l2, s2)})
+    second = run(spark, features, out, "--k", "5")
+    assert not second["new_space"] and second["space"] == first["space"], second["drift"]
+    assert second["added"] == ["d2"] and second["rows_read"] == second["rows_written"] == len(x2)
+    assert set(second["vectors"]) == {"d1", "d2"} and second["vectors"]["d1"] == first["vectors"]["d1"]
+    assert {p: p.stat().st_mtime_ns for p in local(first["vectors"]["d1"]).rglob("*")} == d1_files  # untouched
+    assert second["n_images"] == len(x1) + len(x2)
+
+    # One linear map from features to vectors fits every batch (Spark's uncentred projection).
+    commit = current_commit(out)
+    with np.load(out.parent / commit["basis"]) as z:
+        components = z["components"]
+    for batch, x in (("d1", x1), ("d2", x2)):
+        got = {r["path"]: r["pca"] for r in spark.read.parquet(str(out.parent / commit["vectors"][batch])).collect()}
+        expected = x.astype(np.float32).astype(np.float64) @ components
+        ordered = np.array(
+            [got[f"file:/img/{batch}/{label}/{i}.jpg"] for i, label in enumerate(l1 if batch == "d1" else l2)]
+        )
+        np.testing.assert_allclose(ordered, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unseen_classes_start_a_new_space_and_every_batch_is_re_projected(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"d1": classes_data(6, 30, 24, seed=1)})
+    first = run(spark, features, out, "--k", "5")
+    x, labels, splits = classes_data(4, 30, 24, seed=3, first_class=20)  # classes the space never saw
+    unlabelled = [None] * len(labels)  # the variance signal alone must see it (no labels to help)
+    write_features(spark, features, {"d2": (x, unlabelled, splits)})
+    second = run(spark, features, out, "--k", "5")
+    assert second["new_space"] and second["space"] != first["space"], second["drift"]
+    assert "lose" in second["refit_reason"] and second["drift"]["residual_ratio"] > spaces.RESIDUAL_RATIO_MAX
+    assert sorted(second["added"]) == ["d1", "d2"] and second["rows_read"] == 180 + len(x)
+    assert all(f"/spaces/{second['space']}/" in v for v in second["vectors"].values())
+
+
+def test_refit_always_a_new_k_and_never(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"d1": classes_data(6, 30, 24, seed=1)})
+    first = run(spark, features, out, "--k", "5")
+    again = run(spark, features, out, "--k", "5", "--refit", "always")
+    assert again["new_space"] and again["refit_reason"] == "pca_refit=always" and again["rows_read"] == 180
+    new_k = run(spark, features, out, "--k", "4")
+    assert new_k["new_space"] and new_k["k"] == 4 and "k=4 instead of the space's k=5" in new_k["refit_reason"]
+    with pytest.raises(UsageError, match="pca_refit is 'never'"):
+        run(spark, features, out, "--k", "6", "--refit", "never")
+    kept = run(spark, features, out, "--k", "4", "--refit", "never")
+    assert not kept["new_space"] and kept["space"] == new_k["space"] and kept["rows_read"] == 0
+    # Old spaces retire as runs do: the current and the previous one stay, older ones go.
+    assert sorted(p.name for p in (out / "spaces").iterdir()) == sorted({new_k["space"], again["space"]})
+    assert first["space"] not in {p.name for p in (out / "spaces").iterdir()}
+
+
+def test_re_publishing_a_batch_counts_it_once(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    x1, l1, s1 = classes_data(6, 30, 24, seed=1)
+    x2, l2, s2 = classes_data(6, 20, 24, seed=2)
+    write_features(spark, features, {"d1": (x1, l1, s1), "d2": (x2, l2, s2)})
+    run(spark, features, out, "--k", "5")
+    write_features(spark, features, {"d2": (x2, l2, s2)})  # d2 re-published (a rerun): a new commit
+    again = run(spark, features, out, "--k", "5", "--refit", "never")
+    assert again["added"] == ["d2"] and again["n_images"] == len(x1) + len(x2)
+    state = BatchMoments.from_bytes((out.parent / current_commit(out)["state"]).read_bytes())
+    once = Moments.of(np.vstack([x1, x2]).astype(np.float32))
+    assert state.moments.n == once.n
+    np.testing.assert_allclose(state.moments.m2, once.m2, rtol=1e-6)
+    assert sum(n for n, _ in state.classes.values()) == len(x1) + len(x2)
+
+
+def test_a_lake_of_today_s_code_builds_its_first_space_from_every_published_batch(spark, tmp_path):
+    """Features commits without moments, and per-batch PCA folders of the layout before spaces."""
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(
+        spark, features, {"a": classes_data(3, 10, 16, seed=1), "b": classes_data(3, 10, 16, seed=2)}, moments=False
+    )
+    legacy = out / "batch_id=a" / "run=20250101T000000000Z-aa"
+    legacy.mkdir(parents=True)
+    metrics = run(spark, features, out, "--k", "3")
+    assert metrics["new_space"] and sorted(metrics["vectors"]) == ["a", "b"] and metrics["n_images"] == 60
+    assert not (out / "batch_id=a").exists()
+
+
+def test_the_readme_snippet_reads_every_batch_once_in_one_space(spark, tmp_path):
+    """The README's pyarrow snippet, run as written, on a lake of two days."""
+    lake = tmp_path / "lake"
+    write_features(spark, lake / "features", {"d1": classes_data(4, 12, 16, seed=1)})
+    run(spark, lake / "features", lake / "pca", "--k", "3")
+    write_features(spark, lake / "features", {"d2": classes_data(4, 9, 16, seed=2)})
+    run(spark, lake / "features", lake / "pca", "--k", "3")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = readme.split("<!-- current-vectors -->")[1].split("```python")[1].split("```")[0]
+    scope = {"LAKE": str(lake)}
+    exec(snippet, scope)  # noqa: S102 - the README's own code, as a reader would run it
+    table = scope["vectors"]
+    assert table.num_rows == 48 + 36 and sorted(set(table.column("batch_id").to_pylist())) == ["d1", "d2"]
+    assert table.column_names == ["path", "label", "split", "batch_id", "pca"]
+    assert len(set(table.column("path").to_pylist())) == 48 + 36
+
+
+def test_hive_partitioned_readers_do_not_trip_on_the_space_folders(spark, tmp_path):
+    import pyarrow.dataset as ds
+
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"2026-12-01": classes_data(3, 10, 16, seed=1)})
+    metrics = run(spark, features, out, "--k", "3")
+    vectors = out / "spaces" / metrics["space"] / "vectors"
+    table = ds.dataset(vectors, format="parquet", partitioning="hive").to_table()
+    assert table.column_names == ["path", "label", "split", "batch_id", "pca"]  # no partition column added
+    assert spark.read.parquet(metrics["vectors"]["2026-12-01"]).columns == table.column_names
+
+
+def test_real_sample_as_daily_batches_refits_on_unseen_fruit_only(spark, tmp_path, sample_features):
+    """The shared sample's real features as five days: Training photos of 100 classes, two days of
+    their Test photos, a day of the 31 other classes, and a day of pca_refit=always. Known days add
+    without refit, the unseen day and the asked one start a new space, and the space's vectors cover
+    every photo exactly once."""
+    _, rows, _ = sample_features
+    classes = sorted({r["label"] for r in rows})
+    known = set(np.random.default_rng(1).permutation(classes)[:100])
+    train = [r for r in rows if r["label"] in known and r["split"] == "Training"]
+    test = [r for r in rows if r["label"] in known and r["split"] == "Test"]
+    unseen = [r for r in rows if r["label"] not in known]
+    days = {"d1": train, "d2": test[::2], "d3": test[1::2], "d4": unseen}
+
+    def publish(batch, day_rows):
+        x = np.array([r["features"] for r in day_rows])
+        write_features(
+            spark, tmp_path / "features", {batch: (x, [r["label"] for r in day_rows], [r["split"] for r in day_rows])}
+        )
+
+    refits = {}
+    for batch, day_rows in days.items():
+        publish(batch, day_rows)
+        metrics = run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "0.9")
+        refits[batch] = metrics["new_space"]
+        if not metrics["new_space"]:
+            assert metrics["rows_read"] == metrics["rows_written"] == len(day_rows)
+    forced = run(spark, tmp_path / "features", tmp_path / "pca", "--variance", "0.9", "--refit", "always")
+    assert refits == {"d1": True, "d2": False, "d3": False, "d4": True} and forced["new_space"]
+    assert forced["rows_read"] == len(rows)
+    paths = [r["path"] for v in forced["vectors"].values() for r in spark.read.parquet(v).select("path").collect()]
+    assert len(paths) == len(set(paths)) == len(rows)

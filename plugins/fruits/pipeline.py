@@ -12,7 +12,7 @@ from fruits.backends.run_report import format_report
 from fruits.config import run as config
 from fruits.config.params import InvalidParam
 from fruits.config.run import RunConfig, from_xcom
-from fruits.lake import ingest, published, summary
+from fruits.lake import ingest, published, summary, vector_index
 from fruits.lake.storage import Storage, storage_at, upload_missing
 from fruits_jobs import layout
 from fruits_jobs.bundle import build_bundle
@@ -36,6 +36,13 @@ def validate_params(context) -> dict:
         cfg = dataclasses.replace(cfg, batch_id=ingest.next_free_batch_id(storage_for(cfg), cfg.batch_id))
     if cfg.rerun and not published.is_published(storage_for(cfg), cfg.batch_id):
         raise InvalidParam("rerun", f"batch {cfg.batch_id} is not published: run it without rerun")
+    space = published.current_space(storage_for(cfg))
+    if cfg.pca_refit == "never" and space is not None and cfg.pca_rule != space["k_rule"]:
+        raise InvalidParam(
+            "pca_refit",
+            f"'never' keeps the current space ({space['space']}, k rule {space['k_rule']}), but pca_k/pca_variance "
+            f"ask for {cfg.pca_rule}: pass the space's values, or set pca_refit to auto",
+        )
     log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
     return cfg.to_dict()
 
@@ -49,18 +56,21 @@ def ingest_batch(cfg: RunConfig) -> dict:
 
 @from_xcom
 def has_work(cfg: RunConfig, report: dict) -> bool:
-    """False (and the rest of the run is skipped, no cluster) when there is nothing to process."""
+    """False (and the rest of the run is skipped, no cluster) when there is nothing to process. A run
+    without new photos still runs the PCA step when the embedding space is behind or a refit is asked."""
     if report["files"] == 0:
         held = ", ".join(f"{n} in {b}" for b, n in sorted(report["already_held_by"].items())) or "none"
+        pending = published.pca_pending(storage_for(cfg), cfg.pca_refit, cfg.pca_rule)
         log.warning(
             "No new photos for batch %s in %s (already in published batches: %s; %d skipped, "
-            "reasons in the manifest): nothing to process, no cluster started.",
+            "reasons in the manifest): %s.",
             cfg.batch_id,
             cfg.landing_dir,
             held,
             report["skipped"],
+            f"the PCA step alone runs ({'; '.join(pending)})" if pending else "nothing to process, no cluster started",
         )
-        return False
+        return bool(pending)
     if cfg.rerun:
         log.warning("Re-running published batch %s from its %d stored photos (rerun).", cfg.batch_id, report["files"])
         return True
@@ -83,10 +93,15 @@ def stage_code(cfg: RunConfig) -> str:
     return bundle.version
 
 
+def brings_photos(report: dict) -> bool:
+    """Whether the run has a batch of photos to featurize (else only the PCA step runs)."""
+    return report["files"] > 0
+
+
 @from_xcom
-def plan(cfg: RunConfig, version: str, run_id: str) -> dict:
+def plan(cfg: RunConfig, version: str, run_id: str, report: dict) -> dict:
     """The run's Spark jobs, once, and the backend's rendering of them (on EMR: the cluster and its steps)."""
-    spark_jobs = jobs.plan_jobs(cfg, version)
+    spark_jobs = jobs.plan_jobs(cfg, version, brings_photos(report))
     return {
         "jobs": [job.to_dict() for job in spark_jobs],
         **backend_named(cfg.backend).render(cfg, spark_jobs, version, run_id),
@@ -94,32 +109,39 @@ def plan(cfg: RunConfig, version: str, run_id: str) -> dict:
 
 
 @from_xcom
-def publish_summary(cfg: RunConfig, backend_result) -> dict:
-    """The batch's figures and outputs, and the run report, which also goes into the batch's
-    metrics.json; backend_result: the XCom of the task the backend named (BackendTasks.result_task_id)."""
+def publish_summary(cfg: RunConfig, report: dict, backend_result) -> dict:
+    """The batch's figures and outputs, the space's, and the run report, which also goes into the
+    run's metrics.json; then the index pieces of the vectors this run added (fruits similar).
+    backend_result: the XCom of the task the backend named (BackendTasks.result_task_id)."""
     backend = backend_named(cfg.backend)
     storage = storage_for(cfg)
-    result = summary.read_summary(storage, cfg.batch_id)
+    batch_id = cfg.batch_id if brings_photos(report) else None
+    result = summary.read_summary(storage, batch_id)
     images, pca = result["images"], result["pca"]
-    processed = dict(zip([job.name for job in jobs.JOBS], (images["read"], pca["n_images"]), strict=True))
-    report = backend.run_report(cfg, backend_result, processed)
-    summary.add_run_report(storage, result["locations"]["metrics"], report)
-    result["run_report"] = report
+    processed = {jobs.PCA_JOB: pca["n_images"], **({jobs.FEATURES_JOB: images["read"]} if images else {})}
+    run_report = backend.run_report(cfg, backend_result, processed)
+    summary.add_run_report(storage, result["locations"]["metrics"], run_report)
+    result["run_report"] = run_report
+    built = vector_index.build_missing_pieces(storage, published.current_space(storage) or {})
+    log.info("vector index: %d new piece(s) for the space's batches", len(built))
+    if images:
+        log.info(
+            "batch %s: %s read, %s featurized, %s rejected %s",
+            cfg.batch_id,
+            images["read"],
+            images["featurized"],
+            images["rejected"],
+            images["rejects_by_reason"],
+        )
     log.info(
-        "batch %s: %s read, %s featurized, %s rejected %s",
-        cfg.batch_id,
-        images["read"],
-        images["featurized"],
-        images["rejected"],
-        images["rejects_by_reason"],
-    )
-    log.info(
-        "PCA on %s images: k=%s of %s dims, explained variance %.3f",
+        "space %s%s: %s images, k=%s of %s dims, explained variance %.3f at its fit",
+        pca["space"],
+        f" (new: {pca['refit_reason']})" if pca["new_space"] else "",
         pca["n_images"],
         pca["k"],
         pca["input_dim"],
         pca["total_explained_variance"],
     )
-    log.info("run:\n%s", format_report(report, backend.report_lines(report)))
+    log.info("run:\n%s", format_report(run_report, backend.report_lines(run_report)))
     log.info("outputs:\n%s", summary.format_locations(result["locations"]))
     return result

@@ -194,10 +194,10 @@ def clean_older_children(spark, parent_uri: str, run_id: str) -> list[str]:
 
 
 def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
-    """After run_id committed in pca/: delete what neither it nor the previous commit names (kept, so
-    a reader who resolved it just before the switch can finish) and that is older than run_id: older
-    commits, spaces, vectors versions, run folders and index pieces, killed runs' leftovers, and the
-    per-batch PCA folders of the layout before spaces."""
+    """After run_id committed in pca/: delete what is older than run_id and that neither it nor the
+    previous commit names, nor the previous space (kept whole, so a reader who resolved it just before
+    the switch can finish): older commits and spaces, vectors versions, run folders and index pieces,
+    killed runs' leftovers, and the per-batch PCA folders of the layout before spaces."""
     root = layout.root_of_batch_folder(pca_uri)
     runs = committed_runs(spark, pca_uri)
     keep = [read_commit(spark, pca_uri, run, layout.PCA) for run in runs[-2:]]
@@ -214,12 +214,15 @@ def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
         deleted.append(uri)
 
     spaces_uri = f"{pca_uri}/{layout.SPACES_DIR}"
-    kept_spaces = {commit["space"] for commit in keep}
+    current = keep[-1]["space"]
+    kept_spaces = {commit["space"] for commit in keep} | {keep[-1].get("previous_space")}
     for space in hadoop_fs.list_names(spark, spaces_uri):
         space_uri = layout.space_folder(pca_uri, space)
         if space not in kept_spaces:
             if space < run_id:
                 drop(space_uri)
+            continue
+        if space != current:  # the previous space stays whole until the next switch
             continue
         for batch in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}"):
             for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}/{batch}"):

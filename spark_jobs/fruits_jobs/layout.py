@@ -52,7 +52,6 @@ REJECTS = "rejects/"
 PCA = "pca/"
 EMR_LOGS = "logs/emr/"
 PCA_METRICS_FILE = "metrics.json"
-PCA_REDUCED_DIR = "reduced"  # before issue 20 (pca/batch_id=<id>/run=<run>/reduced)
 PCA_MODEL_DIR = "model"
 MOMENTS_FILE = "_moments.npz"  # '_': Spark and pyarrow skip it when they read the run's Parquet folder
 SPACES_DIR = "spaces"

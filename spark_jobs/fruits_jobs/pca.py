@@ -83,15 +83,18 @@ def published_changes(spark, features_uri: str, in_space: dict[str, str]) -> tup
 def batch_moments(spark, commit: dict) -> BatchMoments:
     """A batch's moments: kept by its features job, or (a batch featurized before they were)
     computed here from its features, once per run that needs them."""
-    from fruits_jobs.contract import FEATURE_DIM
+    from pyspark.sql import functions as F
 
     if commit.get("moments"):
         return BatchMoments.from_bytes(hadoop_fs.read_bytes(spark, commit["moments"]))
     if not commit.get("features"):
-        return BatchMoments.empty(FEATURE_DIM)
-    _, found, bad = fold(spark.read.parquet(commit["features"]), FEATURE_DIM)
+        return BatchMoments.empty(contract_dim())
+    features = spark.read.parquet(commit["features"])
+    first = features.select(F.size("features").alias("d")).first()
+    dim = first["d"] if first else contract_dim()
+    _, found, bad = fold(features, dim)
     if bad:
-        raise UsageError(f"--features: {bad} does not hold {FEATURE_DIM} finite numbers; re-run its batch (rerun=true)")
+        raise UsageError(f"--features: {bad} does not hold {dim} finite numbers; re-run its batch (rerun=true)")
     return found
 
 
@@ -318,6 +321,9 @@ def space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, dr
         "run": run_id,
         "space": space_id,
         "new_space": fitted_new,
+        # The space current before this one was fitted: kept whole while this one is current, so a
+        # reader who resolved it just before the switch can finish.
+        "previous_space": (space["space"] if space else None) if fitted_new else space.get("previous_space"),
         "refit_reason": reason,
         "refit_rule": args.refit,
         "k": k,
@@ -363,7 +369,7 @@ def write_plots(spark, metrics, space, space_uri, run_uri, basis, fitted_new: bo
                 )
                 scatter = os.path.join(tmp, layout.PCA_PLOTS["scatter"])
                 plot_scatter(
-                    [r["label"] for r in sample],
+                    [r["label"] or "(no label)" for r in sample],
                     [r["x"] for r in sample],
                     [r["y"] if basis.k > 1 else 0.0 for r in sample],
                     basis.spectrum[:2],

@@ -1,9 +1,9 @@
 """How well the features separate the classes, per class: nearest-centroid accuracy on the PCA vectors.
 
-Centroids are the mean PCA vector of each class's Training photos, and the Test photos are each
-given the class of the nearest centroid; without a Training/Test split, every labelled photo is both
-(optimistic, and said so in the result). Memory does not grow with the photos: the centroids come
-from one aggregation (classes x k), the predictions from a pass with the centroids broadcast, and
+Centroids are the mean PCA vector of each class's Training photos (from the space's running class
+sums: pca.Scoring), and the Test photos are each given the class of the nearest centroid; without a
+Training/Test split, every labelled photo is both (optimistic, and said so in the result). Memory
+does not grow with the photos: the predictions come from a pass with the centroids broadcast, and
 only the (class, predicted) counts reach the driver.
 """
 
@@ -11,20 +11,6 @@ import numpy as np
 
 TRAIN, TEST = "Training", "Test"
 MOST_CONFUSED = 10
-
-
-def centroids(df) -> dict[str, np.ndarray]:
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.ml.stat import Summarizer
-    from pyspark.sql import functions as F
-
-    rows = (
-        df.withColumn("v", array_to_vector(F.col("pca")))
-        .groupBy("label")
-        .agg(Summarizer.mean(F.col("v")).alias("mean"))
-        .collect()
-    )
-    return {r["label"]: r["mean"].toArray() for r in rows}
 
 
 def confusion(df, means: dict[str, np.ndarray]) -> dict[tuple, int]:
@@ -73,28 +59,6 @@ def summarize(counts: dict[tuple, int], fitted_on: str, evaluated_on: str) -> di
         "per_class_accuracy": {label: round(correct[label] / totals[label], 4) for label in sorted(totals)},
         "most_confused": [{"class": label, "taken_for": predicted, "photos": n} for n, label, predicted in confused],
     }
-
-
-def class_quality(reduced) -> dict | None:
-    """The per-class quality of reduced (columns label, split, pca), or None without 2 labelled classes."""
-    from pyspark.sql import functions as F
-
-    labelled = reduced.where(F.col("label").isNotNull())
-    splits = {r["split"] for r in labelled.select("split").distinct().collect()}
-    if {TRAIN, TEST} <= splits:
-        fit, test, fitted_on, evaluated_on = (
-            labelled.where(F.col("split") == TRAIN),
-            labelled.where(F.col("split") == TEST),
-            "Training photos",
-            "Test photos",
-        )
-    else:
-        fit = test = labelled
-        fitted_on, evaluated_on = "all labelled photos", "the same photos (no Training/Test split: optimistic)"
-    means = centroids(fit)
-    if len(means) < 2:
-        return None
-    return summarize(confusion(test.where(F.col("label").isin(list(means))), means), fitted_on, evaluated_on)
 
 
 def counts_to_json(counts: dict[tuple, int]) -> list:

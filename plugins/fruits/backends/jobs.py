@@ -78,10 +78,10 @@ def features_args(cfg: RunConfig) -> list[str]:
 
 
 def pca_args(cfg: RunConfig) -> list[str]:
-    # PCA is fitted on all features so far (the dataset, not one day's photos); each batch run
-    # keeps its own model and metrics under pca/batch_id=<id>/.
+    # The lake's one embedding space under pca/: the job adds the batches it lacks (this run's), and
+    # fits a new space only on drift, a new k rule or pca_refit=always (fruits_jobs/pca.py).
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
-    return ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.pca_prefix(cfg.batch_id)), *size]
+    return ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.PCA), *size, "--refit", cfg.pca_refit]
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,16 @@ class JobDef:
 
 # In order: each job reads what the one before it wrote. Timeouts are sized for a real batch (tens of
 # thousands of photos on a few m5.2xlarge nodes) with a wide margin.
+FEATURES_JOB, PCA_JOB = "extract_features", "reduce_dimensions"
 JOBS = (
-    JobDef("extract_features", contract.FEATURES_ENTRYPOINT, 6 * 3600, features_args),
-    JobDef("reduce_dimensions", contract.PCA_ENTRYPOINT, 2 * 3600, pca_args),
+    JobDef(FEATURES_JOB, contract.FEATURES_ENTRYPOINT, 6 * 3600, features_args),
+    JobDef(PCA_JOB, contract.PCA_ENTRYPOINT, 2 * 3600, pca_args),
 )
 
 
-def plan_jobs(cfg: RunConfig, code_version: str) -> list[SparkJob]:
-    """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket."""
+def plan_jobs(cfg: RunConfig, code_version: str, with_photos: bool = True) -> list[SparkJob]:
+    """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket; without
+    photos (a run that only brings the space up to date), the PCA alone."""
     code = cfg.uri(layout.code_prefix(code_version))
     return [
         SparkJob(
@@ -115,4 +117,5 @@ def plan_jobs(cfg: RunConfig, code_version: str) -> list[SparkJob]:
             timeout_s=d.timeout_s,
         )
         for d in JOBS
+        if with_photos or d.name != FEATURES_JOB
     ]

@@ -93,6 +93,16 @@ def build_params() -> dict:
             title="PCA variance",
             description="Smallest k explaining this share of variance, used when pca_k is empty.",
         ),
+        "pca_refit": Param(
+            "auto",
+            type="string",
+            enum=["auto", "always", "never"],
+            title="PCA refit",
+            description="auto: a new embedding space when the new photos have drifted from the current one "
+            "(README, 'Spaces'); always: a new space now, every batch re-projected; never: keep the current "
+            "space (a different pca_k or pca_variance is then refused). pca_k and pca_variance apply when a "
+            "space is fitted; a value that differs from the current space's fits a new one.",
+        ),
         "weights": Param(
             None,
             type=["null", "string"],

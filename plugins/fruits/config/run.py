@@ -18,6 +18,7 @@ from fruits.backends import backend_named
 from fruits.config.params import InvalidParam, check_weights, validate
 from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
 from fruits_jobs.commits import DamagedLake
+from fruits_jobs.spaces import k_rule
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,14 @@ class RunConfig:
     root: str  # where the jobs find the bucket's keys: s3://<bucket>/, or the lake folder standing for it
     aws_conn_id: str = AWS_CONN_ID
     rerun: bool = False  # the jobs again on a published batch's stored photos (params.py)
+    pca_refit: str = "auto"  # auto | always | never (params.py)
     emr: EmrConfig | None = None
     local: LocalConfig | None = None
+
+    @property
+    def pca_rule(self) -> dict:
+        """How a new space's k is chosen: compared with the current space's (spaces.k_rule)."""
+        return k_rule(self.pca_k, self.pca_variance)
 
     def uri(self, key: str = "") -> str:
         """Where `key` of the bucket is for this run's jobs."""
@@ -162,6 +169,7 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         bucket=bucket,
         root=root,
         rerun=p["rerun"],
+        pca_refit=p["pca_refit"],
         **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
     )
 

@@ -4,7 +4,7 @@ batch is mended by a re-run (the `rerun` param: README, "Repair")."""
 
 from pathlib import Path
 
-from fruits.lake.published import current_commit, published_commit
+from fruits.lake.published import current_space, in_space, published_commit
 from fruits.lake.storage import LocalStorage, Storage
 from fruits_jobs import layout
 from fruits_jobs.commits import DamagedLake
@@ -36,11 +36,13 @@ def batch_problems(storage: Storage, batch_id: str) -> list[str]:
     """What is wrong with a batch's published outputs (nothing: an empty list)."""
     try:
         features = published_commit(storage, batch_id)
-        pca = current_commit(storage, layout.PCA, batch_id)
+        space = current_space(storage)
     except DamagedLake as exc:
         return [str(exc)]
     named = {name: (features or {}).get(name) for name in ("features", "rejects")}
-    named.update({f"pca {name}": (pca or {}).get(name) for name in ("reduced", "model")})
+    if in_space(space, features):
+        assert space is not None
+        named.update({"pca vectors": space["vectors"].get(batch_id), "pca model": space["model"]})
     problems = []
     for name, uri in named.items():
         if not uri:

@@ -1,7 +1,8 @@
 """What the lake holds as published, read the way the jobs publish it: through commits.
 
 A batch is *published* once the features job committed it (features, rejects and summary switch
-together) under the batch's lease (leases.py), and *processed* once a PCA run for it committed too.
+together) under the batch's lease (leases.py), and *processed* once the current embedding space holds
+that version (pca/_commits/<run>.json, the newest, names the space and every batch's vectors in it).
 The newest commit of a batch folder is its current version (fruits_jobs/commits.py writes them); a
 folder's files without a commit are a run in progress or a killed one, and a commit whose lease was
 revoked is a run given up: never something to read or count.
@@ -40,8 +41,29 @@ def is_published(storage: Storage, batch_id: str) -> bool:
     return published_commit(storage, batch_id) is not None
 
 
+def current_space(storage: Storage) -> dict | None:
+    """The newest pca/_commits/<run>.json, resolved in this lake (its references as URIs of it), or
+    None when the lake has no space yet; DamagedLake naming the file when it cannot be read."""
+    prefix = layout.commits_folder(layout.PCA) + "/"
+    names = [key[len(prefix) :] for key in storage.sizes(prefix) if "/" not in key[len(prefix) :]]
+    for stray in layout.stray_names(names):
+        log.warning("ignoring %s%s%s: not a commit (commits are named <run id>.json)", storage.name, prefix, stray)
+    runs = layout.committed_runs(names)
+    if not runs:
+        return None
+    key = layout.commit_path(layout.PCA, runs[-1])
+    record = commits.parse_commit(storage.read_text(key), storage.name + key, layout.PCA)
+    return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
+
+
+def in_space(space: dict | None, features: dict | None) -> bool:
+    """Whether the space holds the batch's published version (its current features run)."""
+    return bool(space and features and space["features_runs"].get(features["batch_id"]) == features["run"])
+
+
 def is_processed(storage: Storage, batch_id: str) -> bool:
-    return is_published(storage, batch_id) and current_commit(storage, layout.PCA, batch_id) is not None
+    """Published, and its published version is in the current space."""
+    return in_space(current_space(storage), published_commit(storage, batch_id))
 
 
 def committed_batches(storage: Storage, dataset: str) -> dict[str, str]:
@@ -55,7 +77,26 @@ def committed_batches(storage: Storage, dataset: str) -> dict[str, str]:
     return {batch: run for batch, run in newest.items() if is_published(storage, batch)}
 
 
+def pca_pending(storage: Storage, refit: str, rule: dict) -> list[str]:
+    """Why the PCA step has work even without new photos: published batches the current space does
+    not hold, a refit asked for, or a k rule that differs from the space's (empty: nothing to do)."""
+    space = current_space(storage)
+    held = space["features_runs"] if space else {}
+    missing = [b for b, run in sorted(committed_batches(storage, layout.FEATURES).items()) if held.get(b) != run]
+    reasons = [f"published batches not in the current space: {', '.join(missing)}"] if missing else []
+    if space is not None and refit == "always":
+        reasons.append("pca_refit=always")
+    if space is not None and rule != space["k_rule"]:
+        reasons.append(f"a new k rule {rule} (the space's: {space['k_rule']})")
+    return reasons
+
+
 def latest_processed_batch(storage: Storage) -> str | None:
-    """The batch whose PCA committed last (run ids sort by time), or None."""
-    newest = committed_batches(storage, layout.PCA)
-    return max(newest, key=lambda batch: newest[batch]) if newest else None
+    """The batch the current space took in last (its newest run's additions), or None."""
+    space = current_space(storage)
+    if space is None:
+        return None
+    newest = committed_batches(storage, layout.FEATURES)
+    held = [b for b in space["features_runs"] if newest.get(b) == space["features_runs"][b]]
+    added = [b for b in space.get("added", []) if b in held]
+    return max(added or held, key=lambda b: space["features_runs"][b], default=None)

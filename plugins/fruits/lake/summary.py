@@ -3,7 +3,7 @@
 import json
 import logging
 
-from fruits.lake.published import current_commit, published_commit
+from fruits.lake.published import current_space, in_space, published_commit
 from fruits.lake.storage import Storage
 from fruits_jobs import layout
 
@@ -17,48 +17,60 @@ def readable(uri: str | None) -> str | None:
     return uri
 
 
-def locations(root: str, batch_id: str, features: dict, pca: dict) -> dict:
-    """Where a batch's current outputs are: root is the bucket (s3://bucket/) or the lake folder
-    (with a trailing slash); features and pca are the batch's current commits."""
-    where = {
-        "manifest": root + layout.manifest_key(batch_id),
-        "raw": root + layout.raw_prefix(batch_id),
-        "features": features.get("features"),  # None: no photo of the batch could be featurized
-        "rejects": features.get("rejects"),
-        "features_commit": features["commit"],
-        "pca_reduced": pca["reduced"],
-        "pca_model": pca["model"],
-        "metrics": f"{pca['output']}/{layout.PCA_METRICS_FILE}",
-        "plots": list(pca["plots"].values()),
-        "pca_commit": pca["commit"],
-    }
+def locations(root: str, batch_id: str | None, features: dict | None, space: dict) -> dict:
+    """Where a batch's current outputs are, and the space's: root is the bucket (s3://bucket/) or the
+    lake folder (with a trailing slash); features (None: a run without a batch) and space are the
+    current commits."""
+    where: dict = {}
+    if batch_id is not None and features is not None:
+        where.update(
+            manifest=root + layout.manifest_key(batch_id),
+            raw=root + layout.raw_prefix(batch_id),
+            features=features.get("features"),  # None: no photo of the batch could be featurized
+            rejects=features.get("rejects"),
+            features_commit=features["commit"],
+            pca_vectors=space["vectors"].get(batch_id),
+        )
+    where.update(
+        pca_model=space["model"],
+        metrics=space["metrics"],
+        plots=list(space["plots"].values()),
+        pca_commit=space["commit"],
+    )
     return {
         name: [readable(u) for u in value] if isinstance(value, list) else readable(value)
         for name, value in where.items()
     }
 
 
-def read_summary(storage: Storage, batch_id: str) -> dict:
-    """The batch's figures and outputs, from its current commits (so never from a half-run)."""
-    features = published_commit(storage, batch_id)
-    metrics = current_commit(storage, layout.PCA, batch_id)
-    if features is None or metrics is None:
+def read_summary(storage: Storage, batch_id: str | None) -> dict:
+    """The batch's figures and outputs, and the current space's, from their commits (so never from a
+    half-run). batch_id None: a run that brought no photos (only the space changed)."""
+    space = current_space(storage)
+    features = published_commit(storage, batch_id) if batch_id is not None else None
+    if space is None or (batch_id is not None and not in_space(space, features)):
         raise RuntimeError(
-            f"batch {batch_id} has no published {'features' if features is None else 'PCA'}: its job did not "
-            "finish, or its run was given up (its lease revoked: manifests/batch_id=<id>.lease); see that task's log"
+            f"batch {batch_id} is not {'published' if features is None else 'in the current embedding space'}: "
+            "its job did not finish, or its run was given up (its lease revoked: manifests/batch_id=<id>.lease); "
+            "see that task's log"
         )
     return {
         "batch_id": batch_id,
         "lake": storage.name,
-        "images": {k: features.get(k) for k in ("read", "featurized", "rejected", "rejects_by_reason")},
+        "images": {k: features.get(k) for k in ("read", "featurized", "rejected", "rejects_by_reason")}
+        if features
+        else None,
         "pca": {
-            "n_images": metrics["n_images"],
-            "input_dim": metrics["input_dim"],
-            "k": metrics["k"],
-            "total_explained_variance": metrics["total_explained_variance"],
-            "explained_variance_top10": metrics["explained_variance"][:10],
+            "space": space["space"],
+            "new_space": space["new_space"],
+            "refit_reason": space.get("refit_reason"),
+            "n_images": space["n_images"],
+            "input_dim": space["input_dim"],
+            "k": space["k"],
+            "total_explained_variance": space["total_explained_variance"],
+            "explained_variance_top10": space["explained_variance"][:10],
         },
-        "locations": locations(storage.name, batch_id, features, metrics),
+        "locations": locations(storage.name, batch_id, features, space),
     }
 
 
@@ -79,9 +91,10 @@ PCA_ASSET_URI = "fruits://lake/pca"
 
 
 def asset_extras(result: dict) -> dict:
-    """What each asset event carries (JSON): the batch, its counts or its PCA, and its locations,
-    relative to the lake (`lake`: where it was when the event was sent)."""
-    images, pca = result["images"], result["pca"]
+    """What each asset event carries (JSON): the batch, its counts or the space, and locations
+    relative to the lake (`lake`: where it was when the event was sent). A consumer of the PCA
+    re-reads every batch's vectors when `new_space` is true, else just this batch's `vectors`."""
+    images, pca = result["images"] or {}, result["pca"]
     where = {
         name: layout.refer(value, readable(result["lake"])) if isinstance(value, str) else value
         for name, value in result["locations"].items()
@@ -91,17 +104,19 @@ def asset_extras(result: dict) -> dict:
             "batch_id": result["batch_id"],
             "lake": result["lake"],
             **images,
-            "features": where["features"],
-            "rejects": where["rejects"],
-            "commit": where["features_commit"],
+            "features": where.get("features"),
+            "rejects": where.get("rejects"),
+            "commit": where.get("features_commit"),
         },
         PCA_ASSET_URI: {
             "batch_id": result["batch_id"],
             "lake": result["lake"],
+            "space": pca["space"],
+            "new_space": pca["new_space"],
             "k": pca["k"],
             "n_images": pca["n_images"],
             "explained_variance": pca["total_explained_variance"],
-            "reduced": where["pca_reduced"],
+            "vectors": where.get("pca_vectors"),
             "model": where["pca_model"],
             "metrics": where["metrics"],
             "commit": where["pca_commit"],

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fruits.lake import published
 from fruits.lake.storage import Storage
 from fruits_jobs import commits, layout
 
@@ -58,16 +59,11 @@ class Match(NamedTuple):
 
 
 def current_space(storage: Storage) -> dict:
-    """The newest pca/_commits/<run>.json (references as stored: relative to the lake); NoSpace
-    when there is none, DamagedLake naming the file when it cannot be read."""
-    prefix = layout.commits_folder(layout.PCA) + "/"
-    names = [key[len(prefix) :] for key in storage.sizes(prefix) if "/" not in key[len(prefix) :]]
-    runs = layout.committed_runs(names)
-    if not runs:
+    """The current space's commit (published.current_space); NoSpace when the lake has none."""
+    space = published.current_space(storage)
+    if space is None:
         raise NoSpace(f"no embedding space in {storage.name} yet: run the pipeline (its PCA step makes one)")
-    key = layout.commit_path(layout.PCA, runs[-1])
-    fix = "move it out of pca/_commits/ (the previous commit, if any, becomes current)"
-    return commits.parse_record(storage.read_text(key), storage.name + key, ("space", "vectors"), fix)
+    return space
 
 
 def lake_key(storage: Storage, ref: str) -> str:

@@ -23,7 +23,13 @@ import numpy as np
 from fruits.lake import vector_index
 from fruits.lake.folder import default_lake
 from fruits.lake.health import batch_problems, known_batches
-from fruits.lake.published import committed_batches, current_commit, latest_processed_batch, published_commit
+from fruits.lake.published import (
+    committed_batches,
+    current_space,
+    in_space,
+    latest_processed_batch,
+    published_commit,
+)
 from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images
@@ -41,9 +47,10 @@ def batch_ids(storage: Storage) -> list[str]:
 
 def batches_table(storage: Storage) -> list[str]:
     rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}  health"]
+    space = current_space(storage)
     for batch in batch_ids(storage):
         features = published_commit(storage, batch) or {}
-        pca = current_commit(storage, layout.PCA, batch) or {}
+        pca = space if space is not None and in_space(space, features) else {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
         health = "DAMAGED (fruits check)" if batch_problems(storage, batch) else "ok"
         rows.append(
@@ -170,8 +177,8 @@ def where_lines(storage: Storage, batch_id: str | None) -> list[str]:
     return [
         f"batch {batch_id} in {storage.name}:",
         format_locations(pca_and_locations["locations"]),
-        f"  k={pca['k']} of {pca['input_dim']} dims, explained variance {pca['total_explained_variance']:.3f}"
-        f" on {pca['n_images']} images",
+        f"  space {pca['space']}: k={pca['k']} of {pca['input_dim']} dims, explained variance "
+        f"{pca['total_explained_variance']:.3f} at its fit; {pca['n_images']} images in it",
     ]
 
 

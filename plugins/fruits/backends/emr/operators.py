@@ -70,6 +70,12 @@ class StepSensor(EmrStepSensor):
         self.progress_uris = progress_uris  # {job: s3 URI of the progress its job writes}
         self.lease_uri = lease_uri  # the lease its job's commit publishes under (the publishing job only)
 
+    def execute(self, context):
+        if not self.step_id:  # the run did not plan this job (a run without photos: the PCA alone)
+            self.log.info("%s: not part of this run", self.job_name)
+            return None
+        return super().execute(context)
+
     def poke(self, context):
         try:
             done = super().poke(context)

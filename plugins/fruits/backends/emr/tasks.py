@@ -33,12 +33,14 @@ def run_preflight(cfg: RunConfig, version: str) -> None:
 
 
 @from_xcom
-def add_missing_steps(cfg: RunConfig, cluster_id: str, steps: list) -> dict:
+def add_missing_steps(cfg: RunConfig, cluster_id: str, steps: list, planned: list) -> dict:
     """The steps not yet on the cluster, in one AddJobFlowSteps call (a retry, or a reused cluster,
-    keeps the steps an earlier try added); returns {job name: step id} for the sensors."""
+    keeps the steps an earlier try added); returns {job name: step id} for the sensors, None for a
+    job this run did not plan (a run without photos runs the PCA alone)."""
     step_ids = clusters.add_steps_once(EmrHook(aws_conn_id=cfg.aws_conn_id).conn, cluster_id, steps)
     log.info("steps of %s: %s", cluster_id, step_ids)
-    return dict(zip([job.name for job in JOBS], step_ids, strict=True))
+    by_job = dict(zip([job["name"] for job in planned], step_ids, strict=True))
+    return {job.name: by_job.get(job.name) for job in JOBS}
 
 
 @task(retries=0)  # a setting to change will not change by itself
@@ -47,8 +49,8 @@ def preflight(cfg: dict, version: str) -> None:
 
 
 @task(multiple_outputs=True)  # a retry adds only the steps the cluster lacks
-def add_steps(cfg: dict, cluster_id: str, steps: list) -> dict:
-    return add_missing_steps(cfg, cluster_id, steps)
+def add_steps(cfg: dict, cluster_id: str, steps: list, planned: list) -> dict:
+    return add_missing_steps(cfg, cluster_id, steps, planned)
 
 
 def watch(job: JobDef, cluster_id, step_id, plan) -> StepSensor:
@@ -76,7 +78,7 @@ def emr_tasks(cfg, version, plan) -> BackendTasks:
             job_flow_overrides=plan["job_flow"],
             emr_conn_id=None,  # the whole request is built in builders.py
         )
-        step_ids = add_steps(cfg, create_cluster.output, plan["steps"])
+        step_ids = add_steps(cfg, create_cluster.output, plan["steps"], plan["jobs"])
         watchers = [watch(job, create_cluster.output, step_ids[job.name], plan) for job in JOBS]
         # Setups: the cluster and its steps. Clearing any task in between clears them too, so it
         # reruns on a fresh cluster with fresh steps, and the teardown ends that cluster again.
