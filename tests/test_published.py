@@ -14,7 +14,9 @@ def put(root, key, data=b"x"):
 
 
 def publish(storage, batch_id: str, run: str, **extra) -> None:
-    """A features commit as the job writes it (batch_summary's batch_id and run; no lease: legacy)."""
+    """A features commit as the job writes it (batch_summary's batch_id and run; no lease: legacy),
+    after its manifest, as ingest writes it."""
+    storage.put_bytes(b'{"files": []}', layout.manifest_key(batch_id))
     path, data = commits.commit_file(
         layout.batch_folder(layout.FEATURES, batch_id), run, {"batch_id": batch_id, "features": "f", **extra}
     )

@@ -198,7 +198,7 @@ def test_real_sample_per_class_quality_is_in_the_metrics_and_a_figure(spark, tmp
     _, _, out = sample_features
     metrics = run(spark, out / "features", tmp_path / "pca", "--k", "50")
     q = metrics["class_quality"]
-    assert (q["centroids_from"], q["evaluated_on"]) == ("Training photos", "Test photos")
+    assert q["centroids_from"] == "Training photos" and q["evaluated_on"].startswith("Test photos")
     assert q["n_classes"] == 131 and q["n_evaluated"] == 524
     assert 0.7 < q["overall_accuracy"] < 0.95  # 0.84 on the 1280-d features (bench/image_sizes.py)
     assert len(q["per_class_accuracy"]) == 131 and all(0 <= a <= 1 for a in q["per_class_accuracy"].values())

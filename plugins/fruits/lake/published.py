@@ -17,6 +17,13 @@ from fruits_jobs import commits, layout
 log = logging.getLogger(__name__)
 
 
+def newest_run(storage: Storage, batch_id: str) -> str | None:
+    """The run id of the batch's newest features commit, from one listing of its names (none read)."""
+    prefix = layout.commits_prefix(layout.FEATURES, batch_id)
+    runs = layout.committed_runs(key[len(prefix) :] for key in storage.sizes(prefix))
+    return runs[-1] if runs else None
+
+
 def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
     """The batch's newest commit in dataset, or None; DamagedLake naming the file when it cannot be read."""
     prefix = layout.commits_prefix(dataset, batch_id)
@@ -52,7 +59,8 @@ def current_space(storage: Storage) -> dict | None:
     if not runs:
         return None
     key = layout.commit_path(layout.PCA, runs[-1])
-    record = commits.parse_commit(storage.read_text(key), storage.name + key, layout.PCA)
+    fix = "move it out of pca/_commits/ (the previous commit, if any, becomes current) and run with pca_refit=always"
+    record = commits.parse_record(storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.PCA], fix)
     return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
 
 
@@ -82,7 +90,11 @@ def pca_pending(storage: Storage, refit: str, rule: dict) -> list[str]:
     not hold, a refit asked for, or a k rule that differs from the space's (empty: nothing to do)."""
     space = current_space(storage)
     held = space["features_runs"] if space else {}
-    missing = [b for b, run in sorted(committed_batches(storage, layout.FEATURES).items()) if held.get(b) != run]
+    # The ingested batches (one listing of manifests/), each by its commits' names, and only a batch
+    # whose newest commit the space does not hold read further: never a listing of all of features/,
+    # whose part files grow with the lake (and which Airflow's policy does not grant).
+    ingested = sorted(b for b in (layout.batch_of_manifest(key) for key in storage.sizes(layout.MANIFESTS)) if b)
+    missing = [b for b in ingested if newest_run(storage, b) not in (None, held.get(b)) and is_published(storage, b)]
     reasons = [f"published batches not in the current space: {', '.join(missing)}"] if missing else []
     if space is not None and refit == "always":
         reasons.append("pca_refit=always")
