@@ -115,3 +115,18 @@ def is_allowed(policy: dict, action: str, resource: str, context: dict) -> bool:
         if ok:
             return True
     return False
+
+
+def s3_missing_key_error(policy: dict, bucket: str, operation: str = "GetObject") -> str:
+    """The error code S3 answers a GetObject/HeadObject of a key that does not exist with: NoSuchKey
+    (HEAD: 404) when the caller may list the bucket, AccessDenied (HEAD: 403) when it may not (S3 API
+    Reference, GetObject and HeadObject, "Permissions": the answer for a missing key depends on
+    s3:ListBucket on the bucket).
+
+    AWS does not document whether an s3:prefix condition on that ListBucket counts here, so the
+    permission is evaluated without s3:prefix in the context: only a grant without a prefix condition
+    earns the 404 (the conservative reading; infra/aws/fruits.yaml grants that)."""
+    may_list = is_allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {})
+    if operation == "HeadObject":  # a HEAD response has no body: its code is the status
+        return "404" if may_list else "403"
+    return "NoSuchKey" if may_list else "AccessDenied"

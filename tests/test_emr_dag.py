@@ -23,7 +23,7 @@ from moto.emr.models import Cluster
 from fruits.config.params import build_params
 from fruits_jobs import commits, features, layout, pca
 
-from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, xcom
+from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, template_policy, xcom
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
@@ -588,3 +588,67 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     assert "extract_features: progress: 5000/20000 images (25.0 %), 310.5 images/s, ~48 s left" in "".join(
         capfd.readouterr()
     )
+
+
+def listing_by_prefix_only(policy: dict) -> dict:
+    """The Airflow policy as the stack granted it before issue 21: s3:ListBucket only for some prefixes,
+    so S3 answers 403 for a missing progress file."""
+    return {
+        **policy,
+        "Statement": [
+            {**st, "Condition": {"StringLike": {"s3:prefix": ["raw/*", "manifests/*", "code/*", "models/*"]}}}
+            if st.get("Action") == "s3:ListBucket"
+            else st
+            for st in policy["Statement"]
+        ],
+    }
+
+
+def half_written(s3):
+    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"done": 50')
+    return "is unreadable"
+
+
+def not_a_progress(s3):
+    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"hello": 1}')
+    return "is unreadable"
+
+
+def denied(s3):
+    return "answers AccessDenied"  # the file is missing, and this role may not list the bucket
+
+
+@pytest.mark.parametrize(
+    "airflow_policy,progress",
+    [
+        (template_policy("AirflowPolicy"), half_written),
+        (template_policy("AirflowPolicy"), not_a_progress),
+        (listing_by_prefix_only(template_policy("AirflowPolicy")), denied),
+    ],
+    ids=["half-written", "not-a-progress", "denied"],
+)
+def test_a_progress_file_that_cannot_be_read_never_fails_the_sensor(aws, capfd, airflow_policy, progress):
+    """Issue 21, point 1: the progress is for the log only; the sensor says why it shows none (a
+    WARNING, the step is fine) and pokes again. `denied`: S3 answers 403 for a missing key to a
+    caller who may not list the bucket (the `aws` fixture applies S3's rule to the policy given)."""
+    from fruits.backends.emr.operators import StepSensor
+
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = a_cluster(emr)
+    (step,) = emr.add_job_flow_steps(
+        JobFlowId=cluster,
+        Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
+    )["StepIds"]
+    says = progress(boto3.client("s3", region_name=REGION))
+    sensor = StepSensor(
+        task_id="watch",
+        job_flow_id=cluster,
+        step_id=step,
+        aws_conn_id="aws_default",
+        job_name="extract_features",
+        progress_uris={"extract_features": f"s3://{BUCKET}/features/_progress/batch_id=b.json"},
+    )
+    assert sensor.poke({}) is False  # moto leaves the step PENDING: poke again
+    log = "".join(capfd.readouterr())
+    (line,) = [x for x in log.splitlines() if "extract_features: no progress to show" in x]
+    assert says in line and "[warning" in line, line  # its level: the step is fine, not an ERROR
