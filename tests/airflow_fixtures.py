@@ -119,16 +119,31 @@ def airflow_policy() -> dict:
 
 def deploy_account(region: str = REGION) -> None:
     """What the README's "Going to AWS" makes of an empty account, on moto: the stack's roles and
-    profile, and the weights in the bucket (the bucket itself is the caller's)."""
+    profile, the EMR cleanup service-linked role, the default VPC and its default subnets tagged, and
+    the weights in the bucket (the bucket itself is the caller's)."""
     import json
 
     import boto3
+
+    from fruits.backends.emr.builders import EMR_MANAGED_POLICY_TAG
+    from fruits.backends.emr.preflight import EMR_CLEANUP_ROLE
 
     iam = boto3.client("iam", region_name=region)
     trust = json.dumps({"Version": "2012-10-17", "Statement": []})
     for role in ("fruits-emr-service-role", "fruits-emr-ec2-role"):
         iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
     iam.create_instance_profile(InstanceProfileName="fruits-emr-ec2-role")
+    # As `aws iam create-service-linked-role` names it; moto's own create_service_linked_role names
+    # it otherwise (AWSServiceRoleForelasticmapreduce), so it is made as a role with AWS's name and path.
+    iam.create_role(
+        RoleName=EMR_CLEANUP_ROLE.name,
+        Path=f"/aws-service-role/{EMR_CLEANUP_ROLE.service}/",
+        AssumeRolePolicyDocument=trust,
+    )
+    ec2 = boto3.client("ec2", region_name=region)
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
+    ec2.create_tags(Resources=[vpc["VpcId"], *(s["SubnetId"] for s in subnets)], Tags=[EMR_MANAGED_POLICY_TAG])
     boto3.client("s3", region_name=region).put_object(
         Bucket=BUCKET, Key="models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", Body=b"weights"
     )

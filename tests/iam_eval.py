@@ -35,6 +35,15 @@ S3_ACTIONS = {
 }
 
 
+# Service-linked roles are created under the path aws-service-role/<service principal>/ (IAM User
+# Guide, "Create a service-linked role"); GetRole names a role, IAM authorises its ARN, path included.
+def _role_arn(account: str, name: str) -> str:
+    from fruits.backends.emr.preflight import SERVICE_LINKED_ROLES
+
+    service = {role.name: role.service for role in SERVICE_LINKED_ROLES}.get(name)
+    return f"arn:aws:iam::{account}:role/" + (f"aws-service-role/{service}/" if service else "") + name
+
+
 def iam_requests(service: str, operation: str, params: dict, cluster_tags, region: str, account: str) -> list:
     """What IAM evaluates for one API call: [(action, resource, condition context)].
 
@@ -47,12 +56,10 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
             return [(action, f"arn:aws:s3:::{params['Bucket']}", {})]
         return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
     if service == "iam" and operation in ("GetRole", "GetInstanceProfile"):
-        kind, name = (
-            ("role", params["RoleName"])
-            if operation == "GetRole"
-            else ("instance-profile", params["InstanceProfileName"])
-        )
-        return [(f"iam:{operation}", f"arn:aws:iam::{account}:{kind}/{name}", {})]
+        if operation == "GetRole":
+            return [("iam:GetRole", _role_arn(account, params["RoleName"]), {})]
+        name = params["InstanceProfileName"]
+        return [("iam:GetInstanceProfile", f"arn:aws:iam::{account}:instance-profile/{name}", {})]
     if service == "emr":
         action = f"elasticmapreduce:{operation}"
         if operation == "RunJobFlow":

@@ -96,6 +96,8 @@ def test_the_calls_the_pipeline_makes_are_allowed():
         ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": "features/"}, TAGS),  # listing: our bucket only
         ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
         ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": ""}, TAGS),
+        ("iam", "CreateServiceLinkedRole", {"AWSServiceName": "elasticmapreduce.amazonaws.com"}, TAGS),
+        ("iam", "GetRole", {"RoleName": "AdminRole"}, TAGS),  # reads only the roles the pre-flight checks
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
         ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster
         ("emr", "RunJobFlow", {"Tags": [], **ROLES}, TAGS),  # untagged cluster
@@ -247,3 +249,14 @@ def test_both_roles_may_list_the_pipeline_bucket_and_no_other(role):
     policy = template_policy(role)
     assert is_allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {})  # no s3:prefix condition
     assert not is_allowed(policy, "s3:ListBucket", "arn:aws:s3:::someone-elses", {"s3:prefix": ""})
+
+
+# Issue 21, points 2 and 3: what the pre-flight reads of a fresh account, read-only.
+def test_the_preflight_may_read_the_service_linked_roles_and_the_vpc():
+    from fruits.backends.emr.preflight import SERVICE_LINKED_ROLES
+
+    for role in SERVICE_LINKED_ROLES:
+        assert allowed("iam", "GetRole", {"RoleName": role.name}), role.name
+        assert not allowed("iam", "CreateServiceLinkedRole", {"AWSServiceName": role.service})
+    assert allowed("ec2", "DescribeVpcs", {"Filters": [{"Name": "is-default", "Values": ["true"]}]})
+    assert allowed("ec2", "DescribeSubnets", {"SubnetIds": ["subnet-1"]})
