@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cfn_template import Stack
-from iam_eval import iam_requests, is_allowed
+from iam_eval import S3_ACTIONS, iam_requests, is_allowed, s3_missing_key_error
+from s3_call_paths import AIRFLOW
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="fruits-airflow-home-"))
@@ -111,11 +112,80 @@ def template_policy(logical_id: str, bucket: str = BUCKET) -> dict:
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    """moto for S3 and EMR, an `aws_default` connection with the region, the bucket, and a recorder:
-    at the end, every call our code made (and what it implies: PassRole, AddTags) must be allowed by
-    the Airflow policy of infra/aws/fruits.yaml."""
+def airflow_policy() -> dict:
+    """The policy the `aws` fixture holds the DAG's calls to (a test may parametrize another)."""
+    return template_policy("AirflowPolicy")
+
+
+def deploy_account(region: str = REGION) -> None:
+    """What the README's "Going to AWS" makes of an empty account, on moto: the stack's roles and
+    profile, the EMR cleanup service-linked role, the default VPC and its default subnets tagged, and
+    the weights in the bucket (the bucket itself is the caller's)."""
     import json
+
+    import boto3
+
+    from fruits.backends.emr.builders import EMR_MANAGED_POLICY_TAG
+    from fruits.backends.emr.preflight import EMR_CLEANUP_ROLE
+
+    iam = boto3.client("iam", region_name=region)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+    for role in ("fruits-emr-service-role", "fruits-emr-ec2-role"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
+    iam.create_instance_profile(InstanceProfileName="fruits-emr-ec2-role")
+    # As `aws iam create-service-linked-role` names it; moto's own create_service_linked_role names
+    # it otherwise (AWSServiceRoleForelasticmapreduce), so it is made as a role with AWS's name and path.
+    iam.create_role(
+        RoleName=EMR_CLEANUP_ROLE.name,
+        Path=f"/aws-service-role/{EMR_CLEANUP_ROLE.service}/",
+        AssumeRolePolicyDocument=trust,
+    )
+    ec2 = boto3.client("ec2", region_name=region)
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
+    ec2.create_tags(Resources=[vpc["VpcId"], *(s["SubnetId"] for s in subnets)], Tags=[EMR_MANAGED_POLICY_TAG])
+    boto3.client("s3", region_name=region).put_object(
+        Bucket=BUCKET, Key="models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", Body=b"weights"
+    )
+
+
+def s3_as_aws_answers(policy: dict, exists) -> list:
+    """botocore handlers that give a GetObject/HeadObject of a missing key the error S3 would give the
+    holder of policy: 403 without s3:ListBucket on the bucket (moto always answers 404). The request's
+    parameters reach before-call through the call's context."""
+    from botocore.awsrequest import AWSResponse
+
+    def remember(params, context, **_):
+        context["fruits_s3_object"] = (params.get("Bucket"), params.get("Key"))
+
+    def answer(model, context, **_):
+        bucket, key = context.get("fruits_s3_object", (None, None))
+        if key is None or exists(bucket, key):
+            return None
+        code = s3_missing_key_error(policy, bucket, model.name)
+        if code in ("NoSuchKey", "404"):
+            return None  # what moto answers itself
+        error = {"Code": code, "Message": "Forbidden" if code == "403" else "Access Denied"}
+        response = AWSResponse(f"https://{bucket}.s3.amazonaws.com/{key}", 403, {}, None)
+        return response, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    return [
+        ("before-parameter-build.s3.GetObject", remember),
+        ("before-parameter-build.s3.HeadObject", remember),
+        ("before-call.s3.GetObject", answer),
+        ("before-call.s3.HeadObject", answer),
+    ]
+
+
+@pytest.fixture
+def aws(monkeypatch, airflow_policy):
+    """moto for S3 and EMR, an `aws_default` connection with the region, the account as the README
+    deploys it, and a recorder: at the end, every call our code made (and what it implies: PassRole,
+    AddTags) must be allowed by the Airflow policy of infra/aws/fruits.yaml, and every S3 call must be
+    one that tests/s3_call_paths.py lists. While the test runs, S3 answers a missing key as AWS would
+    under that policy (s3_as_aws_answers)."""
+    import json
+    from fnmatch import fnmatchcase
 
     import boto3
     import botocore.handlers
@@ -130,25 +200,26 @@ def aws(monkeypatch):
         calls.append((model.service_model.service_name, model.name, dict(params)))
 
     with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
+        s3 = boto3.session.Session().client("s3", region_name=REGION)  # its own session: neither recorded nor ruled
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        # What infra/aws/fruits.yaml deploys and the pre-flight looks for: roles, profile, weights.
-        iam = boto3.client("iam", region_name=REGION)
-        for role in ("fruits-emr-service-role", "fruits-emr-ec2-role"):
-            iam.create_role(
-                RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
-            )
-        iam.create_instance_profile(InstanceProfileName="fruits-emr-ec2-role")
-        s3.put_object(Bucket=BUCKET, Key="models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", Body=b"weights")
+        deploy_account()
+
+        def exists(bucket: str, key: str) -> bool:
+            found = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+            return bool(found) and found[0]["Key"] == key
+
         # Registered for clients created from now on (the hooks create theirs inside tasks).
         monkeypatch.setattr(
             botocore.handlers,
             "BUILTIN_HANDLERS",
-            botocore.handlers.BUILTIN_HANDLERS + [("before-parameter-build", record)],
+            botocore.handlers.BUILTIN_HANDLERS
+            + [
+                ("before-parameter-build", record),
+                *s3_as_aws_answers(airflow_policy, exists),
+            ],
         )
         yield calls
         backend = emr_backends[ACCOUNT][REGION]
-        policy = template_policy("AirflowPolicy")
         denied = [
             (req, op)
             for service, op, params in calls
@@ -160,9 +231,21 @@ def aws(monkeypatch):
                 REGION,
                 ACCOUNT,
             )
-            if not is_allowed(policy, *req)
+            if not is_allowed(airflow_policy, *req)
         ]
         assert not denied, f"calls the Airflow role's policy does not allow: {denied}"
+
+        def listed(op: str, params: dict) -> bool:
+            key = params.get("Key", params.get("Prefix", ""))
+            action = S3_ACTIONS.get(op, f"s3:{op}")
+            return any(
+                S3_ACTIONS.get(c.operation, f"s3:{c.operation}") == action and fnmatchcase(key, c.key) for c in AIRFLOW
+            )
+
+        unlisted = sorted(
+            {(op, p.get("Key", p.get("Prefix", ""))) for svc, op, p in calls if svc == "s3" and not listed(op, p)}
+        )
+        assert not unlisted, f"S3 calls tests/s3_call_paths.py does not list (add them to AIRFLOW): {unlisted}"
 
 
 def emr_run_config(batch_id: str = "2025-01-02", **emr):

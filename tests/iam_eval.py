@@ -35,6 +35,15 @@ S3_ACTIONS = {
 }
 
 
+# Service-linked roles are created under the path aws-service-role/<service principal>/ (IAM User
+# Guide, "Create a service-linked role"); GetRole names a role, IAM authorises its ARN, path included.
+def _role_arn(account: str, name: str) -> str:
+    from fruits.backends.emr.preflight import SERVICE_LINKED_ROLES
+
+    service = {role.name: role.service for role in SERVICE_LINKED_ROLES}.get(name)
+    return f"arn:aws:iam::{account}:role/" + (f"aws-service-role/{service}/" if service else "") + name
+
+
 def iam_requests(service: str, operation: str, params: dict, cluster_tags, region: str, account: str) -> list:
     """What IAM evaluates for one API call: [(action, resource, condition context)].
 
@@ -47,12 +56,10 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
             return [(action, f"arn:aws:s3:::{params['Bucket']}", {})]
         return [(action, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
     if service == "iam" and operation in ("GetRole", "GetInstanceProfile"):
-        kind, name = (
-            ("role", params["RoleName"])
-            if operation == "GetRole"
-            else ("instance-profile", params["InstanceProfileName"])
-        )
-        return [(f"iam:{operation}", f"arn:aws:iam::{account}:{kind}/{name}", {})]
+        if operation == "GetRole":
+            return [("iam:GetRole", _role_arn(account, params["RoleName"]), {})]
+        name = params["InstanceProfileName"]
+        return [("iam:GetInstanceProfile", f"arn:aws:iam::{account}:instance-profile/{name}", {})]
     if service == "emr":
         action = f"elasticmapreduce:{operation}"
         if operation == "RunJobFlow":
@@ -115,3 +122,18 @@ def is_allowed(policy: dict, action: str, resource: str, context: dict) -> bool:
         if ok:
             return True
     return False
+
+
+def s3_missing_key_error(policy: dict, bucket: str, operation: str = "GetObject") -> str:
+    """The error code S3 answers a GetObject/HeadObject of a key that does not exist with: NoSuchKey
+    (HEAD: 404) when the caller may list the bucket, AccessDenied (HEAD: 403) when it may not (S3 API
+    Reference, GetObject and HeadObject, "Permissions": the answer for a missing key depends on
+    s3:ListBucket on the bucket).
+
+    AWS does not document whether an s3:prefix condition on that ListBucket counts here, so the
+    permission is evaluated without s3:prefix in the context: only a grant without a prefix condition
+    earns the 404 (the conservative reading; infra/aws/fruits.yaml grants that)."""
+    may_list = is_allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {})
+    if operation == "HeadObject":  # a HEAD response has no body: its code is the status
+        return "404" if may_list else "403"
+    return "NoSuchKey" if may_list else "AccessDenied"

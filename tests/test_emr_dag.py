@@ -28,7 +28,7 @@ from fruits.config.params import build_params
 from fruits_jobs import commits, features, layout, pca, spaces
 from fruits_jobs.moments import BatchMoments
 
-from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, xcom
+from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, template_policy, xcom
 
 S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
@@ -690,3 +690,127 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     assert "extract_features: progress: 5000/20000 images (25.0 %), 310.5 images/s, ~48 s left" in "".join(
         capfd.readouterr()
     )
+
+
+def listing_by_prefix_only(policy: dict) -> dict:
+    """The Airflow policy as the stack granted it before issue 21: s3:ListBucket only for some prefixes,
+    so S3 answers 403 for a missing progress file."""
+    return {
+        **policy,
+        "Statement": [
+            {**st, "Condition": {"StringLike": {"s3:prefix": ["raw/*", "manifests/*", "code/*", "models/*"]}}}
+            if st.get("Action") == "s3:ListBucket"
+            else st
+            for st in policy["Statement"]
+        ],
+    }
+
+
+def half_written(s3):
+    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"done": 50')
+    return "is unreadable"
+
+
+def not_a_progress(s3):
+    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"hello": 1}')
+    return "is unreadable"
+
+
+def denied(s3):
+    return "answers AccessDenied"  # the file is missing, and this role may not list the bucket
+
+
+@pytest.mark.parametrize(
+    "airflow_policy,progress",
+    [
+        (template_policy("AirflowPolicy"), half_written),
+        (template_policy("AirflowPolicy"), not_a_progress),
+        (listing_by_prefix_only(template_policy("AirflowPolicy")), denied),
+    ],
+    ids=["half-written", "not-a-progress", "denied"],
+)
+def test_a_progress_file_that_cannot_be_read_never_fails_the_sensor(aws, capfd, airflow_policy, progress):
+    """Issue 21, point 1: the progress is for the log only; the sensor says why it shows none (a
+    WARNING, the step is fine) and pokes again. `denied`: S3 answers 403 for a missing key to a
+    caller who may not list the bucket (the `aws` fixture applies S3's rule to the policy given)."""
+    from fruits.backends.emr.operators import StepSensor
+
+    emr = boto3.client("emr", region_name=REGION)
+    cluster = a_cluster(emr)
+    (step,) = emr.add_job_flow_steps(
+        JobFlowId=cluster,
+        Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
+    )["StepIds"]
+    says = progress(boto3.client("s3", region_name=REGION))
+    sensor = StepSensor(
+        task_id="watch",
+        job_flow_id=cluster,
+        step_id=step,
+        aws_conn_id="aws_default",
+        job_name="extract_features",
+        progress_uris={"extract_features": f"s3://{BUCKET}/features/_progress/batch_id=b.json"},
+    )
+    assert sensor.poke({}) is False  # moto leaves the step PENDING: poke again
+    log = "".join(capfd.readouterr())
+    (line,) = [x for x in log.splitlines() if "extract_features: no progress to show" in x]
+    assert says in line and "[warning" in line, line  # its level: the step is fine, not an ERROR
+
+
+def test_preflight_reports_every_gap_of_a_fresh_account_at_once_each_with_its_fix(aws):
+    """Issue 21, points 2 and 3, on an account as it comes: no service-linked roles, and a default VPC
+    whose subnets and itself carry no tags. The pre-flight names each, with the command that fixes it,
+    through the Airflow role's own clients (the `aws` fixture checks its calls against the policy)."""
+    from fruits.backends.emr import preflight
+    from fruits.backends.emr.tasks import preflight_clients
+
+    iam, ec2 = boto3.client("iam", region_name=REGION), boto3.client("ec2", region_name=REGION)
+    iam.delete_role(RoleName=preflight.EMR_CLEANUP_ROLE.name)  # as an account before its first cluster
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    subnets = [
+        s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
+    ]
+    ec2.delete_tags(Resources=[vpc["VpcId"], *subnets], Tags=[{"Key": "for-use-with-amazon-emr-managed-policies"}])
+    cfg = emr_run_config("b", task_spot_count=2)  # a spot task group: EC2's spot role too
+
+    problems = [
+        p
+        for p in preflight.run_checks(cfg, preflight_clients("aws_default"), "v0")
+        if not p.startswith(("weights", "code"))
+    ]
+
+    tag = "--tags Key=for-use-with-amazon-emr-managed-policies,Value=true"
+    assert len(problems) == 4, problems
+    emr_role, spot_role, subnet_problem, vpc_problem = problems
+    assert emr_role.startswith("service-linked role AWSServiceRoleForEMRCleanup cannot be found (NoSuchEntity)")
+    assert emr_role.endswith("aws iam create-service-linked-role --aws-service-name elasticmapreduce.amazonaws.com")
+    assert spot_role.endswith("aws iam create-service-linked-role --aws-service-name spot.amazonaws.com")
+    assert subnet_problem.startswith("fruits_subnet_id is not set, so EMR picks a default subnet of the default VPC")
+    assert subnet_problem.endswith(f"aws ec2 create-tags --region {REGION} --resources {' '.join(subnets)} {tag}")
+    assert vpc_problem.startswith(f"VPC {vpc['VpcId']} ") and vpc_problem.endswith(
+        f"aws ec2 create-tags --region {REGION} --resources {vpc['VpcId']} {tag}"
+    )
+
+    # What those commands do; then nothing is left but the spot role, needed only with spot nodes.
+    ec2.create_tags(
+        Resources=[vpc["VpcId"], *subnets], Tags=[{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}]
+    )
+    role = preflight.EMR_CLEANUP_ROLE
+    iam.create_role(RoleName=role.name, Path=f"/aws-service-role/{role.service}/", AssumeRolePolicyDocument="{}")
+    clients = preflight_clients("aws_default")
+    assert preflight.check_service_linked_roles(emr_run_config("b"), clients) == []
+    assert preflight.check_network(cfg, clients) == []
+
+
+def test_preflight_checks_the_vpc_of_a_tagged_subnet_too(aws, monkeypatch):
+    """Issue 21, point 3: a tagged subnet is not enough; EMR creates its security groups in the VPC."""
+    from fruits.backends.emr import preflight
+    from fruits.backends.emr.tasks import preflight_clients
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    ec2.create_tags(Resources=[subnet], Tags=[{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}])
+    (problem,) = preflight.check_network(emr_run_config("b", subnet_id=subnet), preflight_clients("aws_default"))
+    tag = "--tags Key=for-use-with-amazon-emr-managed-policies,Value=true"
+    assert problem.startswith(f"VPC {vpc} (of the cluster's subnet) lacks the tag")
+    assert problem.endswith(f"aws ec2 create-tags --region {REGION} --resources {vpc} {tag}")

@@ -6,7 +6,8 @@ import pytest
 
 from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
 from cfn_template import Stack
-from iam_eval import iam_requests, is_allowed
+from iam_eval import iam_requests, is_allowed, s3_missing_key_error
+from s3_call_paths import AIRFLOW, EMR_INSTANCE, example_key
 
 POLICY = template_policy("AirflowPolicy")
 TAGS = {"project": "fruits", "for-use-with-amazon-emr-managed-policies": "true"}
@@ -103,9 +104,11 @@ def test_the_calls_the_pipeline_makes_are_allowed():
             {"Bucket": BUCKET, "Key": "features/batch_id=1/run=r1/part-0.parquet"},
             TAGS,
         ),  # nor features
-        ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/"}, TAGS),
+        ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": "features/"}, TAGS),  # listing: our bucket only
         ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
-        ("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": ""}, TAGS),  # the whole bucket
+        ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": ""}, TAGS),
+        ("iam", "CreateServiceLinkedRole", {"AWSServiceName": "elasticmapreduce.amazonaws.com"}, TAGS),
+        ("iam", "GetRole", {"RoleName": "AdminRole"}, TAGS),  # reads only the roles the pre-flight checks
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
         # the space is the PCA job's: Airflow never commits, writes vectors or a basis, nor deletes in it
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"}, TAGS),
@@ -219,3 +222,70 @@ def test_s3a_probes_of_every_prefix_are_allowed(prefix):
         "s3", "GetObject", {"Bucket": BUCKET, "Key": f"{prefix}2/x"}, lambda _: {}, REGION, ACCOUNT
     )
     assert not is_allowed(INSTANCE_POLICY, *request)
+
+
+# Issue 21, point 4: every S3 call of either role is allowed, and one that may find no key gets S3's
+# 404 rather than its 403 (a caller who may not list the bucket): the list is tests/s3_call_paths.py.
+def _calls(role: str, calls) -> list:
+    return [pytest.param(role, c, id=f"{role}-{c.operation}-{c.key}") for c in calls]
+
+
+@pytest.mark.parametrize("role,call", _calls("AirflowPolicy", AIRFLOW) + _calls("EmrInstancePolicy", EMR_INSTANCE))
+def test_every_s3_call_path_is_allowed_and_a_missing_key_is_a_404(role, call):
+    policy = template_policy(role)
+    params = {"Bucket": BUCKET}
+    if call.operation == "ListObjectsV2":
+        params["Prefix"] = example_key(call.key)
+    elif call.key:
+        params["Key"] = example_key(call.key)
+    for request in iam_requests("s3", call.operation, params, lambda _: {}, REGION, ACCOUNT):
+        assert is_allowed(policy, *request), f"{role} denies {call.operation} {params} ({call.by})"
+    if call.missing and call.operation in ("GetObject", "HeadObject"):
+        assert s3_missing_key_error(policy, BUCKET, call.operation) in ("NoSuchKey", "404"), (
+            f"{role}: S3 answers 403, not 404, to {call.operation} of a missing {params['Key']} ({call.by}): "
+            "grant s3:ListBucket on the bucket"
+        )
+
+
+def test_s3_answers_403_for_a_missing_key_to_a_caller_who_may_not_list_the_bucket():
+    """The rule the test above applies (S3 API Reference, GetObject and HeadObject, "Permissions"),
+    and its conservative reading: a ListBucket limited by s3:prefix does not count."""
+    get_only = {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}
+    by_prefix = {
+        "Statement": [
+            *get_only["Statement"],
+            {
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{BUCKET}",
+                "Condition": {"StringLike": {"s3:prefix": ["features/*"]}},
+            },
+        ]
+    }
+    whole = {"Statement": [*get_only["Statement"], {**by_prefix["Statement"][1], "Condition": {}}]}
+    assert [s3_missing_key_error(p, BUCKET, "HeadObject") for p in (get_only, by_prefix, whole)] == [
+        "403",
+        "403",
+        "404",
+    ]
+    assert (
+        s3_missing_key_error(whole, BUCKET) == "NoSuchKey" and s3_missing_key_error(get_only, BUCKET) == "AccessDenied"
+    )
+
+
+@pytest.mark.parametrize("role", ["AirflowPolicy", "EmrInstancePolicy"])
+def test_both_roles_may_list_the_pipeline_bucket_and_no_other(role):
+    policy = template_policy(role)
+    assert is_allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {})  # no s3:prefix condition
+    assert not is_allowed(policy, "s3:ListBucket", "arn:aws:s3:::someone-elses", {"s3:prefix": ""})
+
+
+# Issue 21, points 2 and 3: what the pre-flight reads of a fresh account, read-only.
+def test_the_preflight_may_read_the_service_linked_roles_and_the_vpc():
+    from fruits.backends.emr.preflight import SERVICE_LINKED_ROLES
+
+    for role in SERVICE_LINKED_ROLES:
+        assert allowed("iam", "GetRole", {"RoleName": role.name}), role.name
+        assert not allowed("iam", "CreateServiceLinkedRole", {"AWSServiceName": role.service})
+    assert allowed("ec2", "DescribeVpcs", {"Filters": [{"Name": "is-default", "Values": ["true"]}]})
+    assert allowed("ec2", "DescribeSubnets", {"SubnetIds": ["subnet-1"]})

@@ -11,9 +11,9 @@ from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.backends.emr.aws import S3_NOT_FOUND, aws_error_code
+from fruits.backends.emr.aws import S3_DENIED, S3_NOT_FOUND, aws_error_code
 from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.clusters import live_cluster_of_run
 from fruits.backends.jobs import is_cause
@@ -86,20 +86,36 @@ class StepSensor(EmrStepSensor):
         return done
 
     def log_progress(self) -> None:
-        """The job's own progress (images done, rate, time left), when it writes one."""
+        """The job's own progress (images done, rate, time left), when it writes one. Only for the log:
+        a progress file that is missing (the step is starting), unreadable or half-written never fails
+        the sensor, which pokes again."""
         uri = (self.progress_uris or {}).get(self.job_name)
         if not uri:
             return
         bucket, key = S3Hook.parse_s3_url(uri)
         try:
             body = S3Hook(aws_conn_id=self.aws_conn_id).conn.get_object(Bucket=bucket, Key=key)["Body"].read()
-            self.log.info("%s: %s", self.job_name, format_line(json.loads(body)))
+            line = format_line(json.loads(body))
         except ClientError as exc:
-            if aws_error_code(exc) not in S3_NOT_FOUND:
-                raise
-            self.log.info(
-                "%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name
-            )
+            code = aws_error_code(exc)
+            if code in S3_NOT_FOUND:
+                self.log.info(
+                    "%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name
+                )
+            elif code in S3_DENIED:  # S3's answer for a missing key to a caller who may not list the bucket
+                self.log.warning(
+                    "%s: no progress to show: %s answers %s (missing, or not readable by this role: the stack's "
+                    "AirflowPolicy grants s3:ListBucket on the bucket and s3:GetObject on it)",
+                    self.job_name,
+                    uri,
+                    code,
+                )
+            else:
+                self.log.warning("%s: no progress to show: %s cannot be read (%s)", self.job_name, uri, code)
+        except (BotoCoreError, ValueError, KeyError, TypeError) as exc:  # no answer; half-written; not a progress
+            self.log.warning("%s: no progress to show: %s is unreadable (%r)", self.job_name, uri, exc)
+        else:
+            self.log.info("%s: %s", self.job_name, line)
 
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:

@@ -19,17 +19,21 @@ from fruits.config.run import RunConfig, emr_deferrable, from_xcom
 log = logging.getLogger(__name__)
 
 
+def preflight_clients(aws_conn_id: str) -> checks.Clients:
+    """The pre-flight's clients, through the connection (its region is the one checked)."""
+    hooks = {kind: AwsBaseHook(aws_conn_id=aws_conn_id, client_type=kind) for kind in ("s3", "iam", "ec2")}
+    return checks.Clients(hooks["s3"].conn, hooks["iam"].conn, hooks["ec2"].conn, hooks["ec2"].conn_region_name)
+
+
 @from_xcom
 def run_preflight(cfg: RunConfig, version: str) -> None:
     """Fail with every problem a cluster would hit, before one is created."""
-    hooks = {kind: AwsBaseHook(aws_conn_id=cfg.aws_conn_id, client_type=kind) for kind in ("s3", "iam", "ec2")}
-    clients = checks.Clients(hooks["s3"].conn, hooks["iam"].conn, hooks["ec2"].conn, hooks["ec2"].conn_region_name)
-    problems = checks.run_checks(cfg, clients, version)
+    problems = checks.run_checks(cfg, preflight_clients(cfg.aws_conn_id), version)
     if problems:
         raise checks.PreflightFailed(
             "no cluster was started; change these first:\n" + "\n".join(f"  - {p}" for p in problems)
         )
-    log.info("pre-flight: bucket, weights, roles, subnet, instance types and code are ready")
+    log.info("pre-flight: bucket, weights, roles, service-linked roles, network, instance types and code are ready")
 
 
 @from_xcom

@@ -1,0 +1,156 @@
+"""Every S3 call the pipeline makes, by role: the one list the policy tests check against both IAM
+policies of infra/aws/fruits.yaml (tests/test_iam_policy.py), under S3's rule that a missing key is a
+403, not a 404, for a caller who may not list the bucket (iam_eval.s3_missing_key_error).
+
+Keep it current when a layout changes (raw/, pca/, ...): each entry is one (operation, key) pattern,
+`*` standing for any characters. The `aws` fixture fails every moto-driven test whose DAG makes an
+S3 call that AIRFLOW lacks, naming it, so the Airflow side cannot drift. The EMR side cannot be
+recorded here (no hadoop-aws jars; local Hadoop is 3.3.4, EMR 7's is 3.4): EMR_INSTANCE is read
+from the jobs' code (spark_jobs/fruits_jobs/hadoop_fs.py and the jobs' paths) and from how S3A
+turns a file system call into S3 requests (Hadoop, hadoop-aws: S3AFileSystem.s3GetFileStatus probes
+HEAD <key>, then LIST <key>/; older releases also HEAD <key>/, a directory marker; rename is COPY
+then DELETE; assumed_roles.md, "Restricting S3A operations": reading needs s3:Get* and
+s3:ListBucket, writing also s3:Put*, s3:Delete*, s3:ListBucketMultipartUploads, s3:AbortMultipartUpload).
+"""
+
+from typing import NamedTuple
+
+
+class Call(NamedTuple):
+    operation: str  # the S3 API operation (a listing is ListObjectsV2, its key the Prefix)
+    key: str  # a key pattern: `*` is any characters
+    missing: bool  # the key may not exist when asked: S3 must answer 404 (not 403) for the code to go on
+    by: str  # who makes it, for the failure message
+
+
+def read(key: str, by: str, missing: bool = False) -> list[Call]:
+    """S3Hook.read_key: HEAD, then GET (boto3's Object.load(), then get())."""
+    return [Call("HeadObject", key, missing, by), Call("GetObject", key, missing, by)]
+
+
+# ---- What Airflow's role does (the DAG's tasks, plugins/fruits) -------------------------------------
+AIRFLOW: list[Call] = [
+    # preflight (plugins/fruits/backends/emr/preflight.py)
+    Call("GetBucketLocation", "", False, "preflight.check_bucket"),
+    Call("ListObjectsV2", "models/*", False, "preflight.check_weights"),
+    Call("ListObjectsV2", "code/*/", False, "preflight.check_code, stage_code (upload_missing)"),
+    # ingest and leases (plugins/fruits/lake/ingest.py, leases.py): listings first, then reads
+    Call("ListObjectsV2", "manifests/", False, "ingest.next_free_batch_id"),
+    Call("ListObjectsV2", "manifests/batch_id=*.json", False, "ingest.stored_manifest"),
+    *read("manifests/batch_id=*.json", "ingest.parse_manifest"),
+    Call("PutObject", "manifests/batch_id=*.json", False, "ingest.ingest (the manifest, last)"),
+    Call("ListObjectsV2", "manifests/batch_id=*.lease", False, "leases.current_token"),
+    *read("manifests/batch_id=*.lease", "leases.current_token"),
+    Call("PutObject", "manifests/batch_id=*.lease", False, "leases.issue, revoke_lease (sensor, teardown)"),
+    Call("ListObjectsV2", "raw/batch_id=*/", False, "ingest.ingest (what is there already)"),
+    Call("PutObject", "raw/batch_id=*/*", False, "ingest.ingest (the photos)"),
+    Call("CreateMultipartUpload", "raw/batch_id=*/*", False, "ingest.ingest (a photo over 8 MB)"),
+    # stage_code (plugins/fruits/pipeline.py, backends/emr/backend.py)
+    Call("PutObject", "code/*/*", False, "stage_code"),
+    Call("ListObjectsV2", "models/*.weights.h5", False, "EmrBackend.stage (a local weights file)"),
+    Call("PutObject", "models/*.weights.h5", False, "EmrBackend.stage"),
+    Call("ListObjectsV2", "wheels/*/", False, "EmrBackend.stage (the wheelhouse)"),
+    Call("PutObject", "wheels/*/*", False, "EmrBackend.stage"),
+    # the sensors (plugins/fruits/backends/emr/operators.py): both may ask before the file exists
+    Call("GetObject", "features/_progress/batch_id=*.json", True, "StepSensor.log_progress"),
+    Call("GetObject", "logs/emr/*/steps/*/stderr.gz", True, "StepSensor._stderr_tail"),
+    # published batches (plugins/fruits/lake/published.py, summary.py)
+    Call("ListObjectsV2", "features/batch_id=*/_commits/", False, "published.current_commit"),
+    *read("features/batch_id=*/_commits/*.json", "published.current_commit"),
+    # -- pca/ (issue 20 reworks this layout: update these entries with it) --
+    Call("ListObjectsV2", "pca/batch_id=*/_commits/", False, "published.current_commit"),
+    *read("pca/batch_id=*/_commits/*.json", "published.current_commit"),
+    *read("pca/batch_id=*/run=*/metrics.json", "summary.add_run_report"),
+    Call("PutObject", "pca/batch_id=*/run=*/metrics.json", False, "summary.add_run_report"),
+]
+
+
+# ---- What the EMR nodes' role does (the Spark jobs through S3A, and EMR itself) ---------------------
+def probe(path: str, by: str) -> list[Call]:
+    """S3A's getFileStatus (exists, and the first step of open, create, rename, delete, listStatus):
+    HEAD <key>, HEAD <key>/, LIST <key>/ (S3AFileSystem.s3GetFileStatus). Any of them may miss."""
+    return [
+        Call("HeadObject", path, True, by),
+        Call("HeadObject", path + "/", True, by),
+        Call("ListObjectsV2", path + "/", True, by),
+    ]
+
+
+def s3a_read(key: str, by: str) -> list[Call]:
+    return [*probe(key, by), Call("GetObject", key, False, by)]
+
+
+def s3a_create(key: str, by: str) -> list[Call]:
+    """FileSystem.create(overwrite): the path's probe, then PUT (or a multipart upload)."""
+    return [*probe(key, by), Call("PutObject", key, False, by), Call("CreateMultipartUpload", key, False, by)]
+
+
+def s3a_rename(src: str, dst: str, by: str) -> list[Call]:
+    """rename: probe both, COPY (GetObject on the source, PutObject on the destination), DELETE."""
+    copy = [Call("GetObject", src, False, by), Call("PutObject", dst, False, by)]
+    return [*probe(src, by), *probe(dst, by), *copy, Call("DeleteObject", src, False, by)]
+
+
+def s3a_tree(folder: str, by: str) -> list[Call]:
+    """A folder Spark writes (or the jobs delete): probe, list, PUT and DELETE of the files under it."""
+    files = f"{folder}/*"
+    return [
+        *probe(folder, by),
+        Call("PutObject", files, False, by),
+        Call("DeleteObject", files, False, by),
+        Call("AbortMultipartUpload", files, False, by),
+    ]
+
+
+def atomic_write(folder: str, name: str, by: str) -> list[Call]:
+    """hadoop_fs.write_bytes_atomically: create <folder>/.<hex>.<name>, rename it to <folder>/<name>."""
+    hidden = f"{folder}/.*.{name}"
+    return [*s3a_create(hidden, by), *s3a_rename(hidden, f"{folder}/{name}", by)]
+
+
+FEATURES_JOB = "extract_features"
+PCA_JOB = "reduce_dimensions"
+EMR_INSTANCE: list[Call] = [
+    # EMR itself: the bootstrap's `aws s3 cp` (HEAD, then GET), spark-submit's script, the log upload
+    *read("code/*/*", "the bootstrap and spark-submit"),
+    *read("wheels/*/*", "the bootstrap (a wheelhouse)"),
+    Call("PutObject", "logs/emr/*", False, "EMR's log upload"),
+    # the features job (spark_jobs/fruits_jobs/features.py, commits.py)
+    *probe("raw/batch_id=*", FEATURES_JOB),
+    *s3a_read("raw/batch_id=*/*", FEATURES_JOB),
+    *s3a_read("manifests/batch_id=*.json", FEATURES_JOB),
+    *s3a_read("manifests/batch_id=*.lease", FEATURES_JOB),  # no lease: exists() says False
+    *s3a_read("models/*.weights.h5", FEATURES_JOB),
+    *s3a_read("models/*.onnx", FEATURES_JOB),  # the ONNX cache, missing on a first run
+    *atomic_write("models", "*.onnx", FEATURES_JOB),
+    *probe("features", FEATURES_JOB),  # commits.committed_batches: list_names(features/)
+    *probe("features/_progress", FEATURES_JOB),
+    *s3a_create("features/_progress/batch_id=*.json", FEATURES_JOB),
+    *s3a_tree("features/_staging/*", FEATURES_JOB),
+    *probe("features/batch_id=*", FEATURES_JOB),
+    *s3a_tree("features/batch_id=*/run=*", FEATURES_JOB),
+    *s3a_tree("rejects/batch_id=*/run=*", FEATURES_JOB),
+    *probe("rejects/batch_id=*", FEATURES_JOB),
+    *probe("features/batch_id=*/_commits", FEATURES_JOB),
+    *s3a_read("features/batch_id=*/_commits/*.json", FEATURES_JOB),
+    *atomic_write("features/batch_id=*/_commits", "*.json", FEATURES_JOB),
+    Call("DeleteObject", "features/batch_id=*/_commits/*.json", False, FEATURES_JOB),  # superseded commits
+    # the PCA job (spark_jobs/fruits_jobs/pca.py): all current features, its output
+    *probe("features", PCA_JOB),
+    *s3a_read("features/batch_id=*/run=*/*", PCA_JOB),
+    # -- pca/ (issue 20 reworks this layout: update these entries with it) --
+    *probe("pca", PCA_JOB),
+    *probe("pca/batch_id=*", PCA_JOB),
+    *s3a_tree("pca/batch_id=*/run=*", PCA_JOB),
+    *s3a_create("pca/batch_id=*/run=*/metrics.json", PCA_JOB),
+    *probe("pca/batch_id=*/_commits", PCA_JOB),
+    *atomic_write("pca/batch_id=*/_commits", "*.json", PCA_JOB),
+    Call("DeleteObject", "pca/batch_id=*/_commits/*.json", False, PCA_JOB),
+]
+
+# Each `*` of a pattern, made concrete to ask a policy about one key.
+EXAMPLE = "b-1"
+
+
+def example_key(pattern: str) -> str:
+    return pattern.replace("*", EXAMPLE)
