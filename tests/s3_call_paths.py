@@ -57,11 +57,16 @@ AIRFLOW: list[Call] = [
     # published batches (plugins/fruits/lake/published.py, summary.py)
     Call("ListObjectsV2", "features/batch_id=*/_commits/", False, "published.current_commit"),
     *read("features/batch_id=*/_commits/*.json", "published.current_commit"),
-    # -- pca/ (issue 20 reworks this layout: update these entries with it) --
-    Call("ListObjectsV2", "pca/batch_id=*/_commits/", False, "published.current_commit"),
-    *read("pca/batch_id=*/_commits/*.json", "published.current_commit"),
-    *read("pca/batch_id=*/run=*/metrics.json", "summary.add_run_report"),
-    Call("PutObject", "pca/batch_id=*/run=*/metrics.json", False, "summary.add_run_report"),
+    # -- pca/: the current embedding space (issue 20), the run report in its run's metrics, the index --
+    Call("ListObjectsV2", "pca/_commits/", False, "published.current_space"),
+    *read("pca/_commits/*.json", "published.current_space"),
+    *read("pca/spaces/*/runs/*/metrics.json", "summary.add_run_report"),
+    Call("PutObject", "pca/spaces/*/runs/*/metrics.json", False, "summary.add_run_report"),
+    Call("ListObjectsV2", "pca/spaces/*/index/", False, "vector_index.build_missing_pieces"),
+    Call("ListObjectsV2", "pca/spaces/*/vectors/*/*/", False, "vector_index.build_missing_pieces"),
+    *read("pca/spaces/*/vectors/*/*/*", "vector_index.build_missing_pieces"),
+    Call("PutObject", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces"),
+    Call("CreateMultipartUpload", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces (a large piece)"),
 ]
 
 
@@ -135,17 +140,27 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("features/batch_id=*/_commits/*.json", FEATURES_JOB),
     *atomic_write("features/batch_id=*/_commits", "*.json", FEATURES_JOB),
     Call("DeleteObject", "features/batch_id=*/_commits/*.json", False, FEATURES_JOB),  # superseded commits
-    # the PCA job (spark_jobs/fruits_jobs/pca.py): all current features, its output
+    # the PCA job (spark_jobs/fruits_jobs/pca.py): the batches' commit names, new batches' moments and features
     *probe("features", PCA_JOB),
+    *probe("features/batch_id=*/_commits", PCA_JOB),
+    *s3a_read("features/batch_id=*/_commits/*.json", PCA_JOB),
+    *s3a_read("manifests/batch_id=*.lease", PCA_JOB),
     *s3a_read("features/batch_id=*/run=*/*", PCA_JOB),
-    # -- pca/ (issue 20 reworks this layout: update these entries with it) --
+    # -- pca/: the space's commits, its folders (model, basis, vectors, runs, index), the old layout --
     *probe("pca", PCA_JOB),
-    *probe("pca/batch_id=*", PCA_JOB),
-    *s3a_tree("pca/batch_id=*/run=*", PCA_JOB),
-    *s3a_create("pca/batch_id=*/run=*/metrics.json", PCA_JOB),
-    *probe("pca/batch_id=*/_commits", PCA_JOB),
-    *atomic_write("pca/batch_id=*/_commits", "*.json", PCA_JOB),
-    Call("DeleteObject", "pca/batch_id=*/_commits/*.json", False, PCA_JOB),
+    *probe("pca/_commits", PCA_JOB),
+    *s3a_read("pca/_commits/*.json", PCA_JOB),
+    *atomic_write("pca/_commits", "*.json", PCA_JOB),
+    Call("DeleteObject", "pca/_commits/*.json", False, PCA_JOB),  # superseded commits
+    *probe("pca/spaces", PCA_JOB),
+    *s3a_tree("pca/spaces/*", PCA_JOB),  # model/, plots, vectors/<batch>/<run>/, runs/<run>/, retired spaces
+    *s3a_read("pca/spaces/*/basis.npz", PCA_JOB),
+    *atomic_write("pca/spaces/*", "basis.npz", PCA_JOB),
+    *s3a_read("pca/spaces/*/runs/*/state.npz", PCA_JOB),
+    *atomic_write("pca/spaces/*/runs/*", "state.npz", PCA_JOB),
+    *s3a_read("pca/spaces/*/runs/*/metrics.json", PCA_JOB),
+    *s3a_read("pca/spaces/*/vectors/*/*/_confusion.json", PCA_JOB),
+    *s3a_tree("pca/batch_id=*", PCA_JOB),  # the layout before spaces, deleted by the first space's run
 ]
 
 # Each `*` of a pattern, made concrete to ask a policy about one key.

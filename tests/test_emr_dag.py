@@ -357,6 +357,7 @@ def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alon
         args, RUN, {"features": layout.run_folder(folder, RUN), "rejects": None}, 10, {}, {}, 1.0, None
     )
     path, data = commits.commit_file(folder, RUN, old)  # published, without a lease: a lake from before leases
+    s3.put_object(Bucket=BUCKET, Key=layout.manifest_key("b-old"), Body=b'{"files": []}')  # ingest's, first
     s3.put_object(Bucket=BUCKET, Key=path[len(f"s3://{BUCKET}/") :], Body=data)
     simulate_emr(monkeypatch, ["COMPLETED"], lambda: write_space("b-old"))
     (tmp_path / "empty").mkdir()
