@@ -224,14 +224,16 @@ def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
             continue
         if space != current:  # the previous space stays whole until the next switch
             continue
-        for batch in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}"):
+        # Only where the last two runs added: a run's leftovers are under the batches it was adding
+        # (a killed refit's, in a space no commit names, go with it), so no listing per batch of the lake.
+        for batch in sorted({b for commit in keep for b in commit.get("added", [])}):
             for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}/{batch}"):
                 if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
                     drop(layout.vectors_folder(pca_uri, space, batch, run))
         for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
             if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
                 drop(layout.space_run_folder(pca_uri, space, run))
-        for batch in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}"):
+        for batch in sorted({b for commit in keep for b in commit.get("added", [])}):
             for name in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}/{batch}"):
                 run = name.split(".", 1)[0]
                 if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
