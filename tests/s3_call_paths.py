@@ -66,6 +66,7 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "pca/spaces/*/vectors/*/*/", False, "vector_index.build_missing_pieces"),
     *read("pca/spaces/*/vectors/*/*/*", "vector_index.build_missing_pieces"),
     Call("PutObject", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces"),
+    *read("pca/spaces/*/index/*", "vector_index.search (fruits similar on an s3:// lake)"),
     Call("CreateMultipartUpload", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces (a large piece)"),
 ]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fruits.lake import published
 from fruits_jobs import commits, layout
 
 
@@ -66,9 +67,15 @@ def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, *
         "metrics": f"{layout.space_run_folder(layout.PCA, space, run)}/{layout.PCA_METRICS_FILE}",
         "vectors": vectors,
         "added": sorted(vectors),
+        # which version of each batch the space holds: the batch's newest features commit, if any
+        "features_runs": {batch: published.newest_run(storage, batch) or "" for batch in vectors},
         "k": k,
+        "k_rule": {"k": k, "variance": None},
         "input_dim": 1280,
         "n_images": 0,
+        "explained_variance": [round(0.5 / (i + 1), 6) for i in range(k)],
+        "total_explained_variance": 0.9,
+        "plots": {},
         **extra,
     }
     path, data = commits.commit_file(storage.name + layout.PCA.rstrip("/"), run, record)

@@ -12,7 +12,7 @@ from fruits.lake.published import published_commit
 from fruits.lake.storage import LocalStorage
 from fruits.lake.summary import readable
 from fruits.tools.cli import main
-from fruits_jobs import features
+from fruits_jobs import features, layout, pca, spaces
 
 pytestmark = pytest.mark.spark
 
@@ -25,7 +25,7 @@ def photo(path, color, seed):
     return path
 
 
-def a_space_of_the_features(lake, k: int = 2) -> dict:
+def a_space_of_the_features(spark, lake, k: int = 2) -> dict:
     """The current space of the lake's one batch, in the PCA job's format (issue 20), fitted here with
     numpy (uncentred projection on the centred covariance's axes), and its index pieces."""
     storage = LocalStorage(lake)
@@ -42,6 +42,8 @@ def a_space_of_the_features(lake, k: int = 2) -> dict:
         vectors_table("b1", stored @ components, table.column("path").to_pylist(), table.column("label").to_pylist()),
     )
     put_basis(storage, space, components)
+    basis = spaces.Basis(components, np.full(stored.shape[1], 1.0 / stored.shape[1]), stored.mean(axis=0))
+    pca.pca_model(spark, basis).write().save(str(lake / layout.space_folder(layout.PCA, space) / layout.PCA_MODEL_DIR))
     commit = put_commit(storage, space, space, {"b1": folder}, k, weights="random", image_size=96)
     vector_index.build_missing_pieces(storage, commit)
     return commit
@@ -77,7 +79,7 @@ def lake(spark, tmp_path_factory):
             ]
         ),
     )
-    a_space_of_the_features(lake)
+    a_space_of_the_features(spark, lake)
     return lake
 
 
@@ -89,7 +91,7 @@ def run(capsys, *argv):
 def test_batches_lists_each_published_batch_with_its_counts(lake, capsys):
     header, row = run(capsys, lake, "batches")
     assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance", "health"]
-    assert row.split() == ["b1", "4", "3", "1", "-", "-", "ok"]  # no PCA yet
+    assert row.split() == ["b1", "4", "3", "1", "2", "0.900", "ok"]  # in the space: its k and variance
 
 
 def test_rejects_shows_the_path_in_the_landing_folder_with_reason_and_detail(lake, capsys):
@@ -166,8 +168,6 @@ def test_a_copied_lake_reads_and_runs_on_its_own_and_never_touches_the_original(
     the copy answers, takes a new run, and lake1 stays byte for byte as it was."""
     import shutil
 
-    from fruits_jobs import pca
-
     def snapshot(root):
         return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
@@ -180,6 +180,7 @@ def test_a_copied_lake_reads_and_runs_on_its_own_and_never_touches_the_original(
         lake.rename(away)  # the original moved away: the copy must not need it
         assert run(capsys, copy, "batches")[1].split()[:2] == ["b1", "4"]  # 3 photos and a note
         assert run(capsys, copy, "similar", str(query), "--k", "1")[0].split("\t")[3].startswith(str(copy))
+        shutil.rmtree(copy / "pca" / "_commits")  # the fixture's space is no job's: the copy fits its own
         metrics = pca.run(
             spark,
             pca.parse_args(

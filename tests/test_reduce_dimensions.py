@@ -400,3 +400,15 @@ def test_real_sample_as_daily_batches_refits_on_unseen_fruit_only(spark, tmp_pat
     assert forced["rows_read"] == len(rows)
     paths = [r["path"] for v in forced["vectors"].values() for r in spark.read.parquet(v).select("path").collect()]
     assert len(paths) == len(set(paths)) == len(rows)
+
+
+def test_a_batch_with_no_featurized_photo_stays_in_the_space_without_vectors(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"d1": classes_data(4, 12, 16, seed=1)})
+    folder = layout.batch_folder(str(features), "empty")  # every photo rejected: no features folder
+    commits.write_commit(spark, folder, commits.new_run_id(), {"features": None, "batch_id": "empty", "featurized": 0})
+    first = run(spark, features, out, "--k", "3")
+    assert set(first["features_runs"]) == {"d1", "empty"} and set(first["vectors"]) == {"d1"}
+    write_features(spark, features, {"d2": classes_data(4, 9, 16, seed=2)})
+    second = run(spark, features, out, "--k", "3", "--refit", "never")
+    assert second["added"] == ["d2"] and set(second["vectors"]) == {"d1", "d2"}

@@ -246,12 +246,12 @@ def run(spark, args) -> dict:
         assert space is not None
         model = PCAModel.load(space["model"])
         to_project = changed
-        vectors = {batch: space["vectors"][batch] for batch in kept}
+        vectors = {batch: space["vectors"][batch] for batch in kept if batch in space["vectors"]}
         confusion = quality.counts_from_json(json.loads(hadoop_fs.read_text(spark, space["metrics"]))["confusion"])
         if rebuilt:  # the withdrawn or replaced batches' counts leave with them
             confusion = {}
-            for batch in kept:
-                confusion = add_counts(confusion, read_confusion(spark, vectors[batch]))
+            for folder in vectors.values():
+                confusion = add_counts(confusion, read_confusion(spark, folder))
 
     # 4. Project, then commit.
     scoring = Scoring(totals, basis)
