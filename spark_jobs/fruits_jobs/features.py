@@ -28,8 +28,7 @@ from fruits_jobs.digests import file_digests
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
 from fruits_jobs.model import FEATURE_DIM, featurize, worker_infer_fn
 
-# Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
-DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = contract.DEFAULT_MAX_FILE_BYTES  # larger files are rejected unread
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
 # Images per Spark task, at least one task per core. Each task costs ~0.4 s of fixed work (a
 # Python round trip, a Parquet file, scheduling: measured), so Spark's default of ~30 small
