@@ -26,6 +26,8 @@ features job rejects it with a reason row in rejects/ and the counts add up.
 """
 
 import functools
+import hashlib
+import io
 import json
 import logging
 import os
@@ -408,6 +410,38 @@ def stored_batch(storage: Storage, batch_id: str) -> dict:
     }
     log.info("re-run of batch %s: %s", batch_id, json.dumps(report))
     return report
+
+
+class NotStored(LookupError):
+    """The lake holds no such photo; the message says why."""
+
+
+def stored_photo(storage: Storage, batch_id: str, path: str) -> bytes:
+    """The bytes of one photo of a batch, by its path in the landing folder, as stored: from its
+    shard (only the row group holding it is read from a folder) or its own object; checked against
+    the sha256 its manifest lists."""
+    manifest = read_manifest(storage, batch_id)
+    if manifest is None:
+        raise NotStored(f"no batch {batch_id!r} in {storage.name} (no {layout.manifest_key(batch_id)})")
+    entry = next((e for e in manifest["files"] if e["path"] == path), None)
+    if entry is None:
+        skipped = next((e["reason"] for e in manifest["skipped"] if e["path"] == path), None)
+        why = f"ingest skipped it: {skipped}" if skipped else "its manifest lists no such path"
+        raise NotStored(f"batch {batch_id} holds no photo {path!r}: {why}")
+    key = stored_in(entry)
+    if key is None:
+        raise NotStored(f"{path} ({entry['size']} bytes) is over the size limit: listed, never stored (file_too_large)")
+    if "shard" not in entry:
+        data = storage.read_bytes(key)
+    else:
+        local = getattr(storage, "root", None)  # a folder: pyarrow reads just the row group
+        found = packing.read_photo(local / key if local else io.BytesIO(storage.read_bytes(key)), path)
+        if found is None:
+            raise commits.DamagedLake(f"{storage.name}{key} has no row for {path}, which the manifest places there")
+        data = found
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise commits.DamagedLake(f"{storage.name}{key}: {path} is not the photo the manifest lists (sha256 differs)")
+    return data
 
 
 def stored_in(entry: dict) -> str | None:
