@@ -455,3 +455,12 @@ def delete(storage, key):
         import boto3
 
         boto3.client("s3").delete_object(Bucket=BUCKET, Key=key)
+
+
+def test_the_progress_line_says_files_megabytes_rate_and_time_left():
+    from fruits.lake.transfer import MB, rate_line
+
+    assert rate_line("ingest upload", (3, 8), (30 * MB, 120 * MB), 10.0) == (
+        "ingest upload: 3/8 files, 30.0/120.0 MB, 3.0 MB/s, ~30 s left"
+    )
+    assert rate_line("up", (0, 1), (0, MB), 0.0).endswith("0.0 MB/s, time left unknown yet")

@@ -149,8 +149,13 @@ def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:
 
 
 def upload_missing(storage: Storage, prefix: str, files: dict[str, Path]) -> None:
-    """Upload {name: local path} under prefix, but what is there already with the same size."""
+    """Upload {name: local path} under prefix, but what is there already with the same size: several
+    at a time through the store's upload_files, with the same progress lines as ingest's shards."""
     present = storage.sizes(prefix)
-    for name, path in sorted(files.items()):
-        if present.get(prefix + name) != path.stat().st_size:
-            storage.upload_file(path, prefix + name)
+    todo = [
+        (prefix + name, path)
+        for name, path in sorted(files.items())
+        if present.get(prefix + name) != path.stat().st_size
+    ]
+    with Progress(f"upload to {storage.name}{prefix}", len(todo), sum(p.stat().st_size for _, p in todo)) as progress:
+        storage.upload_files((Upload(path, key) for key, path in todo), progress)

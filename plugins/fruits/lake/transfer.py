@@ -54,7 +54,7 @@ def rate_line(what: str, files: tuple[int, int], sent: tuple[int, int], seconds:
     """'upload: 3/8 files, 41.0/128.0 MB, 12.3 MB/s, ~7 s left' (time left once a rate is known)."""
     (done, total), (sent_bytes, total_bytes) = files, sent
     rate = sent_bytes / seconds / MB if seconds > 0 else 0.0
-    left = f"~{(total_bytes - sent_bytes) / MB / rate:.0f} s left" if rate > 0 else "time left unknown yet"
+    left = f"~{max(0, total_bytes - sent_bytes) / MB / rate:.0f} s left" if rate > 0 else "time left unknown yet"
     return f"{what}: {done}/{total} files, {sent_bytes / MB:.1f}/{total_bytes / MB:.1f} MB, {rate:.1f} MB/s, {left}"
 
 
