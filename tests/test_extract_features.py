@@ -469,3 +469,9 @@ def test_packed_and_loose_batches_end_the_same_every_photo_counted_once(spark, t
     assert outcomes[contract.PACKED] == outcomes[contract.LOOSE]
     assert outcomes[contract.PACKED]["Training/Pear/giant.jpg"][2] == "file_too_large"
     assert outcomes[contract.PACKED]["Test/Fig/ok 2.jpg"] == ("Fig", "Test", None)
+
+
+def test_shards_are_read_in_tasks_of_about_one_row_group():
+    """A day's 100,000 photos of ~5 KB: ~2,000 photos (one row group) per task, not one task per shard."""
+    assert features.split_bytes(500_000_000, 100_000, 8) == 10_000_000  # 50 tasks
+    assert features.split_bytes(1_000, 10, 2) == 1 << 20  # a tiny batch: no split below 1 MB

@@ -318,9 +318,10 @@ def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_ur
     stored = [name for name in names if hadoop_fs.exists(spark, root + name)]
     cores = spark.sparkContext.defaultParallelism
     sizes = {s["key"].rpartition("/")[2]: s["size"] for s in manifest.get("shards", [])}
-    spark.conf.set(
-        "spark.sql.files.maxPartitionBytes", str(split_bytes(sum(sizes.get(n, 0) for n in stored), len(packed), cores))
-    )
+    # For the model pass only (the scan is planned when it runs); the job's other reads keep theirs.
+    split_key = "spark.sql.files.maxPartitionBytes"
+    previous_split = spark.conf.get(split_key, None)
+    spark.conf.set(split_key, str(split_bytes(sum(sizes.get(n, 0) for n in stored), len(packed), cores)))
     photos = packed_photos(spark, [root + name for name in stored], root_uri, packed)
     reporter = progress.Reporter(
         spark, len(packed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
@@ -351,8 +352,11 @@ def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_ur
     for more in outcomes[1:]:  # the cheap branches first, as in stage_outcomes
         staged = staged.unionByName(more)
     spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
-    with reporter:
-        staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
+    try:
+        with reporter:
+            staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
+    finally:
+        spark.conf.unset(split_key) if previous_split is None else spark.conf.set(split_key, previous_split)
     spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     # Listed, but in a shard that is gone or without its row: rejected, so read == the manifest's count.
     missing = spark.createDataFrame([(p,) for p, _ in packed], "path string").join(
