@@ -2,12 +2,16 @@
 
 "New" means held by no other *published* batch: content sha256 against the manifests of the
 batches whose features were committed, so a photo left in (or copied back into) the landing folder
-is never uploaded twice, and a batch whose run failed holds nothing. Within the batch, an object
-already present with the same key, size and MD5 (S3's ETag) is not sent again, which is what
-makes an interrupted run resume without duplicates or losses, and a file changed since (same size)
-is sent again; the manifest is written last, after every upload, and never lists fewer files than
-an earlier run of the batch did. A published batch never changes: new photos for it are refused
-with a message (the DAG gives a date-named run a new batch id instead, see pipeline.py).
+is never uploaded twice, and a batch whose run failed holds nothing (each batch's held-photo index,
+held_index.py, answers that without parsing its manifest). A new batch is packed in Parquet shards
+(packing.py): shards planned from sorted paths and fixed sizes, so an interrupted run plans the same
+ones and skips a shard stored with the same sha256 (kept in its S3 metadata, multipart or not). A
+batch ingested before shards keeps one object per photo: an object already present with the same
+key, size and MD5 (S3's ETag) is not sent again. Either way an interrupted run resumes without
+duplicates or losses, and a file changed since is sent again; the manifest is written last, after
+every upload, and never lists fewer files than an earlier run of the batch did. A published batch
+never changes: new photos for it are refused with a message (the DAG gives a date-named run a new
+batch id instead, see pipeline.py).
 
 Non-image files: ingest does not judge content. It skips only what can never be a photo of the
 dataset or what Spark could never see, each with a reason in the manifest's `skipped` (nothing
