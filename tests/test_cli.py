@@ -215,3 +215,28 @@ def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_commit_is
     assert main(["--lake", str(copy), "batches"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{commit.name} is damaged" in err and "Traceback" not in err
+
+
+def test_photo_gives_back_a_stored_photo_byte_for_byte_from_either_form(tmp_path, capsysbinary):
+    """Packed (several shards, a path with a space) and one object per photo; what ingest did not
+    store says why, on stderr."""
+    from fruits.lake.ingest import ingest
+    from fruits.lake.storage import LocalStorage
+    from fruits_jobs import contract
+
+    landing = tmp_path / "landing"
+    originals = {
+        f"Training/Red Apple/{i}.png": photo(landing / "Training" / "Red Apple" / f"{i}.png", (200, 30, 40), i)
+        for i in range(5)
+    }
+    (landing / "Training" / "Red Apple" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    for form in (contract.PACKED, contract.LOOSE):
+        lake = tmp_path / form
+        ingest(landing, LocalStorage(lake), "b1", form=form, shard_bytes=50_000)
+        for rel, original in originals.items():
+            assert main(["--lake", str(lake), "photo", "b1", rel]) == 0
+            assert capsysbinary.readouterr().out == original.read_bytes()
+    assert len(list((tmp_path / contract.PACKED / "raw" / "batch_id=b1").iterdir())) > 1  # several shards
+    assert main(["--lake", str(lake), "photo", "b1", "Training/Red Apple/.DS_Store"]) == 1
+    refused = capsysbinary.readouterr()
+    assert refused.out == b"" and b"ingest skipped it: OS metadata file" in refused.err

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, features, layout
+from fruits_jobs import commits, contract, features, layout
 
 from conftest import REPO, make_jpeg
 
@@ -415,3 +415,63 @@ def test_workers_count_their_images_where_the_driver_reads_them(tmp_path):
     assert progress.WorkerCounter(str(tmp_path / "not-on-this-machine")).path is None
     line = progress.describe(done=500, total=2000, elapsed_s=10)
     assert progress.format_line(line) == "progress: 500/2000 images (25.0 %), 50.0 images/s, ~30 s left"
+
+
+def odd_landing(root):
+    """Photos and every odd file ingest uploads (it skips OS junk and hidden names itself)."""
+    make_jpeg(root / "Training" / "Pear" / "ok.jpg", (200, 200, 50))
+    make_jpeg(root / "Test" / "Fig" / "ok 2.jpg", (20, 100, 50))  # a space: the path stays as landed
+    Image.new("RGBA", (80, 80), (0, 200, 0, 128)).save(root / "Training" / "Pear" / "ok_rgba.png")
+    bad = root / "Training" / "Pear"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.txt").write_text("not a photo")
+    (bad / "truncated.jpg").write_bytes((root / "Training" / "Pear" / "ok.jpg").read_bytes()[:300])
+    Image.new("L", (1200, 1200)).save(bad / "bomb.png")  # > --max-pixels below
+    (bad / "huge.jpg").write_bytes(b"\xff\xd8" + b"\x00" * 3_000_000)  # > the job's --max-file-bytes below
+    with open(bad / "giant.jpg", "wb") as f:  # > ingest's (and the job's default) limit: never packed
+        f.truncate(contract.DEFAULT_MAX_FILE_BYTES + 1)
+    Image.new("RGB", (32, 32)).save(bad / "icon.ico")
+
+
+def test_packed_and_loose_batches_end_the_same_every_photo_counted_once(spark, tmp_path):
+    """The same landing folder ingested as shards and as one object per photo (a batch of before
+    shards): the same outcome for every photo, under the same logical path, and read == listed."""
+    from fruits.lake.ingest import ingest
+    from fruits.lake.storage import LocalStorage
+
+    odd_landing(tmp_path / "landing")
+    outcomes = {}
+    for form in (contract.PACKED, contract.LOOSE):
+        lake = tmp_path / form
+        ingest(tmp_path / "landing", LocalStorage(lake), "b1", form=form, shard_bytes=3000)
+        summary = run_job(
+            spark,
+            lake / "raw" / "batch_id=b1",
+            lake,
+            "b1",
+            manifest=lake / "manifests" / "batch_id=b1.json",
+            lease=lake / "manifests" / "batch_id=b1.lease",
+            max_pixels=1_000_000,
+            max_file_bytes=1_000_000,
+        )
+        listed = json.loads((lake / "manifests" / "batch_id=b1.json").read_text())["files"]
+        assert summary["read"] == len(listed) == 10 == summary["featurized"] + summary["rejected"]
+        assert summary["not_in_manifest"] == 0
+        prefix = f"file:{lake}/raw/batch_id=b1/"
+        rows = read_batch(spark, lake, "features", "b1") + read_batch(spark, lake, "rejects", "b1")
+        paths = [r["path"] for r in rows]
+        assert len(paths) == len(set(paths)) == 10 and all(p.startswith(prefix) for p in paths)
+        outcomes[form] = {
+            r["path"][len(prefix) :]: (r["label"], r["split"], r["reason"] if "reason" in r else None) for r in rows
+        }
+    if len(list((tmp_path / contract.PACKED / "raw" / "batch_id=b1").iterdir())) < 2:
+        pytest.fail("the packed batch should span several shards here")
+    assert outcomes[contract.PACKED] == outcomes[contract.LOOSE]
+    assert outcomes[contract.PACKED]["Training/Pear/giant.jpg"][2] == "file_too_large"
+    assert outcomes[contract.PACKED]["Test/Fig/ok 2.jpg"] == ("Fig", "Test", None)
+
+
+def test_shards_are_read_in_tasks_of_about_one_row_group():
+    """A day's 100,000 photos of ~5 KB: ~2,000 photos (one row group) per task, not one task per shard."""
+    assert features.split_bytes(500_000_000, 100_000, 8) == 10_000_000  # 50 tasks
+    assert features.split_bytes(1_000, 10, 2) == 1 << 20  # a tiny batch: no split below 1 MB

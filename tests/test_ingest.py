@@ -1,20 +1,27 @@
-"""Ingest against moto S3 (through the provider's S3Hook) and against the local lake, same code path.
+"""Ingest against moto S3 (through the provider's S3Hook) and against the local lake, same code path;
+each behaviour for both forms of a batch: packed in Parquet shards (new batches) and one object per
+photo (batches ingested before shards, which keep their form).
 
 The interruption is a test double of the *storage* only: it forwards every call to the real one
 and raises after k uploads, like a worker killed mid-batch; ingest's own logic runs unchanged.
 """
 
+import functools
 import hashlib
+import io
+import itertools
 import json
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from fruits.lake import leases, published
-from fruits.lake.ingest import IngestRefused, ingest, next_free_batch_id, skip_reason
+from fruits.lake import ingest as ingest_module
+from fruits.lake import leases, packing, published
+from fruits.lake.ingest import IngestRefused, next_free_batch_id, skip_reason
 from fruits.lake.storage import LocalStorage, S3Storage
-from fruits_jobs import commits, layout
+from fruits_jobs import commits, contract, layout
 
 from airflow_fixtures import BUCKET, make_landing
 
@@ -25,6 +32,17 @@ def storage(request, tmp_path):
         return LocalStorage(tmp_path / "lake")
     request.getfixturevalue("aws")  # moto S3; the calls made are checked against the IAM policy
     return S3Storage(BUCKET, "aws_default")
+
+
+@pytest.fixture(params=[contract.PACKED, contract.LOOSE])
+def form(request):
+    return request.param
+
+
+@pytest.fixture
+def ingest(form):
+    """Ingest making new batches in this test's form (shards small enough for several per batch)."""
+    return functools.partial(ingest_module.ingest, form=form, shard_bytes=2500)
 
 
 @pytest.fixture
@@ -38,7 +56,7 @@ RUN = "20260101T000000000Z-0000abcd"
 
 
 class CrashingStorage:
-    """Forwards to the real storage; raises after `uploads` successful uploads."""
+    """Forwards to the real storage; raises after `uploads` successful uploads (objects: photos, or shards)."""
 
     def __init__(self, inner, uploads: int):
         self.inner, self.left = inner, uploads
@@ -48,6 +66,12 @@ class CrashingStorage:
             raise ConnectionError("simulated crash in the middle of the batch")
         self.inner.upload_file(path, key)
         self.left -= 1
+
+    def upload_files(self, uploads, progress):
+        uploads = iter(uploads)
+        self.inner.upload_files(itertools.islice(uploads, self.left), progress)  # stored in full
+        if next(uploads, None) is not None:
+            raise ConnectionError("simulated crash in the middle of the batch")
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -71,14 +95,38 @@ def publish(storage, batch_id, token=None):
 
 
 def raw_objects(storage, batch_id):
-    return storage.sizes(layout.raw_prefix(batch_id))
+    """The photos stored for a batch, {logical key: size}: its objects, or the rows of its shards
+    (a photo in two shards is a duplicate: refused here)."""
+    prefix = layout.raw_prefix(batch_id)
+    found: dict[str, int] = {}
+    for key, size in storage.sizes(prefix).items():
+        if layout.shard_index(key) is None:
+            found[key] = size
+            continue
+        for row in pq.read_table(io.BytesIO(stored_bytes(storage, key)), columns=["path", "size"]).to_pylist():
+            assert prefix + row["path"] not in found, f"{row['path']} stored twice"
+            found[prefix + row["path"]] = row["size"]
+    return found
+
+
+def stored_bytes(storage, key):
+    """An object's bytes, read as the test (not as Airflow's role, which may not read photos)."""
+    if isinstance(storage, LocalStorage):
+        return (storage.root / key).read_bytes()
+    import boto3
+
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def shards(storage, batch_id):
+    return sorted(k for k in storage.sizes(layout.raw_prefix(batch_id)) if layout.shard_index(k) is not None)
 
 
 def manifest(storage, batch_id):
     return json.loads(storage.read_text(layout.manifest_key(batch_id)))
 
 
-def test_first_run_uploads_everything_but_junk_and_writes_the_manifest(storage, landing):
+def test_first_run_uploads_everything_but_junk_and_writes_the_manifest(ingest, storage, landing):
     root, expected = landing
     report = ingest(root, storage, "2025-01-01")
     assert report["uploaded"] == report["files"] == expected["uploaded"] == 12
@@ -98,7 +146,7 @@ def test_first_run_uploads_everything_but_junk_and_writes_the_manifest(storage, 
     }
 
 
-def test_rerun_of_the_batch_uploads_nothing(storage, landing):
+def test_rerun_of_the_batch_uploads_nothing(ingest, storage, landing):
     root, _ = landing
     ingest(root, storage, "2025-01-01")
     before = manifest(storage, "2025-01-01")["files"]
@@ -107,7 +155,7 @@ def test_rerun_of_the_batch_uploads_nothing(storage, landing):
     assert manifest(storage, "2025-01-01")["files"] == before
 
 
-def test_next_batch_takes_only_photos_no_published_batch_holds(storage, landing):
+def test_next_batch_takes_only_photos_no_published_batch_holds(ingest, storage, landing):
     root, _ = landing
     ingest(root, storage, "2025-01-01")
     publish(storage, "2025-01-01")
@@ -131,18 +179,38 @@ def test_next_batch_takes_only_photos_no_published_batch_holds(storage, landing)
     )["skipped"]
 
 
-def test_interrupted_run_resumes_without_duplicates_or_losses(storage, landing):
+def test_interrupted_run_resumes_without_duplicates_or_losses(ingest, form, storage, landing):
     root, _ = landing
-    with pytest.raises(ConnectionError):
-        ingest(root, CrashingStorage(storage, uploads=5), "2025-01-01")
-    assert len(raw_objects(storage, "2025-01-01")) == 5
+    with pytest.raises(ConnectionError):  # after 5 photos, or after the first shard (~4 photos)
+        ingest(root, CrashingStorage(storage, uploads=5 if form == contract.LOOSE else 1), "2025-01-01")
+    sent = len(raw_objects(storage, "2025-01-01"))
+    assert 0 < sent < 12
     assert layout.manifest_key("2025-01-01") not in storage.sizes(layout.MANIFESTS)  # written last
 
     report = ingest(root, storage, "2025-01-01")
-    assert (report["uploaded"], report["already_uploaded"]) == (7, 5)
-    objects = raw_objects(storage, "2025-01-01")
+    assert (report["uploaded"], report["already_uploaded"]) == (12 - sent, sent)
+    objects = raw_objects(storage, "2025-01-01")  # each photo once (a second copy fails here)
     assert sorted(objects) == sorted(f["key"] for f in manifest(storage, "2025-01-01")["files"])
     assert len(objects) == 12
+
+
+def test_a_shard_stored_in_parts_is_recognised_when_the_ingest_resumes(aws, tmp_path):
+    """A multipart object's ETag is no MD5: the shard's sha256 in its metadata tells it is complete."""
+    from fruits.lake.transfer import transfer_config
+
+    storage = S3Storage(BUCKET, "aws_default", transfer=transfer_config(threshold=5 << 20, chunksize=5 << 20))
+    for name in ("a", "b"):
+        (tmp_path / "landing" / "Plum").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "landing" / "Plum" / f"{name}.jpg").write_bytes(os.urandom(6 << 20))
+    with pytest.raises(ConnectionError):
+        ingest_module.ingest(tmp_path / "landing", CrashingStorage(storage, uploads=1), "b1", shard_bytes=1 << 20)
+    (first,) = shards(storage, "b1")
+    import boto3
+
+    assert "-" in boto3.client("s3").head_object(Bucket=BUCKET, Key=first)["ETag"]  # sent in parts
+    report = ingest_module.ingest(tmp_path / "landing", storage, "b1", shard_bytes=1 << 20)
+    assert (report["uploaded"], report["already_uploaded"], report["shards_uploaded"]) == (1, 1, 1)
+    assert len(raw_objects(storage, "b1")) == 2
 
 
 @pytest.mark.parametrize(
@@ -167,7 +235,7 @@ def test_skip_rules(rel, reason):
     assert got == reason if reason is None else reason in got
 
 
-def test_a_failed_batch_holds_nothing(storage, landing):
+def test_a_failed_batch_holds_nothing(ingest, storage, landing):
     """Its run never published: a new batch id after the failure takes the photos (it used to
     upload nothing: '12 already held by earlier batches')."""
     root, _ = landing
@@ -176,7 +244,7 @@ def test_a_failed_batch_holds_nothing(storage, landing):
     assert (report["files"], report["uploaded"], report["already_held"]) == (12, 12, 0)
 
 
-def test_a_batch_whose_photos_a_new_batch_took_can_never_publish_them_too(storage, landing):
+def test_a_batch_whose_photos_a_new_batch_took_can_never_publish_them_too(ingest, storage, landing):
     """Its run was killed before it committed (SIGKILL: nothing of it could act); the next batch takes
     the photos and revokes its lease, so its job's late commit publishes nothing: each photo in one
     published batch."""
@@ -191,7 +259,9 @@ def test_a_batch_whose_photos_a_new_batch_took_can_never_publish_them_too(storag
     assert ingest(root, storage, "bx-3")["already_held_by"] == {"bx-2": 12}
 
 
-def test_a_new_run_of_a_batch_fences_the_earlier_runs_commit_and_a_published_batch_keeps_its_lease(storage, landing):
+def test_a_new_run_of_a_batch_fences_the_earlier_runs_commit_and_a_published_batch_keeps_its_lease(
+    ingest, storage, landing
+):
     root, _ = landing
     ingest(root, storage, "b")
     first_token = leases.read_lease(storage, "b")["token"]
@@ -204,7 +274,7 @@ def test_a_new_run_of_a_batch_fences_the_earlier_runs_commit_and_a_published_bat
     assert published.is_published(storage, "b")
 
 
-def test_new_photos_never_merge_into_a_published_batch(storage, landing):
+def test_new_photos_never_merge_into_a_published_batch(ingest, storage, landing):
     root, _ = landing
     ingest(root, storage, "2025-01-01")
     publish(storage, "2025-01-01")
@@ -218,7 +288,7 @@ def test_new_photos_never_merge_into_a_published_batch(storage, landing):
     assert len(raw_objects(storage, "2025-01-01")) == 12
 
 
-def test_the_manifest_never_lists_fewer_files_than_the_batch_holds(storage, landing, tmp_path):
+def test_the_manifest_never_lists_fewer_files_than_the_batch_holds(ingest, storage, landing, tmp_path):
     root, _ = landing
     ingest(root, storage, "2025-01-01")
     other = tmp_path / "second-folder" / "Plum"
@@ -233,27 +303,29 @@ def test_the_manifest_never_lists_fewer_files_than_the_batch_holds(storage, land
     )
 
 
-def test_a_file_changed_after_an_interrupted_upload_is_sent_again(storage, landing):
+def test_a_file_changed_after_an_interrupted_upload_is_sent_again(ingest, form, storage, landing):
     root, _ = landing
     with pytest.raises(ConnectionError):
-        ingest(root, CrashingStorage(storage, uploads=5), "2025-01-01")
+        ingest(root, CrashingStorage(storage, uploads=5 if form == contract.LOOSE else 1), "2025-01-01")
     sent = sorted(raw_objects(storage, "2025-01-01"))[0][len("raw/batch_id=2025-01-01/") :]
     photo = root / sent
     data = bytearray(photo.read_bytes())
     data[-3] ^= 0xFF  # same size, other content
     photo.write_bytes(bytes(data))
     report = ingest(root, storage, "2025-01-01")
-    assert (report["uploaded"], report["already_uploaded"]) == (8, 4)
+    # one object per photo: the changed one goes again; packed: the shard holding it
+    assert report["uploaded"] + report["already_uploaded"] == 12 and report["uploaded"] >= 8
     entry = next(e for e in manifest(storage, "2025-01-01")["files"] if e["path"] == sent)
-    assert entry["sha256"] == hashlib.sha256(bytes(data)).hexdigest() == stored_sha256(storage, entry["key"])
+    assert entry["sha256"] == hashlib.sha256(bytes(data)).hexdigest() == stored_sha256(storage, entry)
+    assert len(raw_objects(storage, "2025-01-01")) == 12
 
 
-def stored_sha256(storage, key):
-    if isinstance(storage, LocalStorage):
-        return hashlib.sha256((storage.root / key).read_bytes()).hexdigest()
-    import boto3
-
-    return hashlib.sha256(boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
+def stored_sha256(storage, entry):
+    """The sha256 of the bytes stored for a manifest entry: its object, or its row of its shard."""
+    data = stored_bytes(storage, entry.get("shard") or entry["key"])
+    if entry.get("shard"):
+        data = packing.read_photo(io.BytesIO(data), entry["path"])
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_links_odd_files_and_unreadable_entries_are_skipped_with_a_reason(tmp_path):
@@ -274,7 +346,8 @@ def test_links_odd_files_and_unreadable_entries_are_skipped_with_a_reason(tmp_pa
     (locked / "a.jpg").write_bytes(b"\xff\xd8")
     locked.chmod(0)
     try:
-        report = ingest(root, LocalStorage(tmp_path / "lake"), "b1")
+        # one object per photo: the long name's temporary copy must fit the file system's limit
+        report = ingest_module.ingest(root, LocalStorage(tmp_path / "lake"), "b1", form=contract.LOOSE)
     finally:
         locked.chmod(0o755)
     reasons = {e["path"]: e["reason"] for e in manifest(LocalStorage(tmp_path / "lake"), "b1")["skipped"]}
@@ -315,7 +388,8 @@ def test_an_entry_whose_link_cannot_even_be_read_is_skipped_not_fatal(tmp_path, 
     ]
 
 
-def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path, landing):
+@pytest.mark.parametrize("damaged", ["manifest", "index"])
+def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path, landing, damaged):
     """A truncated manifest made ingest fail with a bare JSONDecodeError, twice (retries=1)."""
     from airflow.exceptions import AirflowFailException
 
@@ -324,9 +398,11 @@ def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path
 
     root, _ = landing
     storage = LocalStorage(tmp_path / "lake")
-    ingest(root, storage, "b1")
-    key = storage.root / layout.manifest_key("b1")
-    key.write_text(key.read_text()[:40])  # cut short, as a full disk leaves it
+    ingest_module.ingest(root, storage, "b1")
+    if damaged == "manifest":  # of a batch ingested before held-photo indexes: ingest reads it
+        (storage.root / layout.held_index_key("b1")).unlink()
+    key = storage.root / (layout.manifest_key("b1") if damaged == "manifest" else layout.held_index_key("b1"))
+    key.write_bytes(key.read_bytes()[:40])  # cut short, as a full disk leaves it
     cfg = RunConfig(
         batch_id="b2",
         landing_dir=str(root),
@@ -338,5 +414,53 @@ def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path
         root=f"{storage.root}/",
         local=LocalConfig(lake=str(storage.root), storage="lake", spark_master="local[1]"),
     )
-    with pytest.raises(AirflowFailException, match=r"manifests/batch_id=b1.json is damaged \(not JSON.*restore it"):
+    expected = {
+        "manifest": r"manifests/batch_id=b1.json is damaged \(not JSON.*restore it",
+        "index": r"manifests/batch_id=b1.held.parquet is damaged .*delete it: ingest then reads the batch's manifest",
+    }[damaged]
+    with pytest.raises(AirflowFailException, match=expected):
         pipeline.ingest_batch(cfg.to_dict())
+
+
+def test_the_held_photo_index_answers_as_the_manifests_do(storage, tmp_path):
+    """Published, unpublished and revoked batches of both forms: the same (held, listed) answer from
+    the per-batch sha256 indexes as from parsing every manifest (what ingest did before them)."""
+    from fruits.lake.ingest import other_batches
+
+    for n, (batch, form) in enumerate([("p1", contract.PACKED), ("p2", contract.LOOSE), ("u1", contract.PACKED)]):
+        root = tmp_path / f"landing-{batch}"
+        make_landing(root, n_good=6, seed=n)
+        ingest_module.ingest(root, storage, batch, form=form)
+        if batch.startswith("p"):
+            publish(storage, batch)
+    make_landing(tmp_path / "landing-u2", n_good=6, seed=2)  # u1's photos again: u1 loses its lease
+    ingest_module.ingest(tmp_path / "landing-u2", storage, "u2")
+    some = set(manifest_hashes_of(storage, "p1")[:3] + manifest_hashes_of(storage, "u2")[:2] + ["00" * 32])
+
+    from_index = [other_batches(storage, "new"), other_batches(storage, "new", some)]
+    assert len(from_index[0][0]) == 12 + 2 and from_index[1][0] and from_index[1][1]  # not vacuous
+    for batch in ("p1", "p2", "u1", "u2"):
+        delete(storage, layout.held_index_key(batch))
+    assert [other_batches(storage, "new"), other_batches(storage, "new", some)] == from_index
+
+
+def manifest_hashes_of(storage, batch):
+    return sorted(e["sha256"] for e in manifest(storage, batch)["files"])
+
+
+def delete(storage, key):
+    if isinstance(storage, LocalStorage):
+        (storage.root / key).unlink()
+    else:
+        import boto3
+
+        boto3.client("s3").delete_object(Bucket=BUCKET, Key=key)
+
+
+def test_the_progress_line_says_files_megabytes_rate_and_time_left():
+    from fruits.lake.transfer import MB, rate_line
+
+    assert rate_line("ingest upload", (3, 8), (30 * MB, 120 * MB), 10.0) == (
+        "ingest upload: 3/8 files, 30.0/120.0 MB, 3.0 MB/s, ~30 s left"
+    )
+    assert rate_line("up", (0, 1), (0, MB), 0.0).endswith("0.0 MB/s, time left unknown yet")

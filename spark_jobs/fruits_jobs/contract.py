@@ -106,6 +106,18 @@ def reject_reason(code: str) -> str:
     return code
 
 
+# ---- Packed batches: a batch's photos in Parquet shards (layout.shard_key) -----------------------
+
+# The columns of a shard, one row per photo: its path in the landing folder (relative, '/'), label
+# and split (label_and_split), the sha256 of its content, its size in bytes and the bytes themselves.
+SHARD_COLUMNS = ("path", "label", "split", "sha256", "size", "bytes")
+# What a manifest's "layout" says: one object per photo (what ingest wrote before shards; a manifest
+# without "layout" is one of these), or Parquet shards.
+LOOSE, PACKED = "objects", "shards"
+# Larger files are never loaded by the features job (file_too_large): nothing a phone produces, and
+# one Spark binary value cannot hold more than 2 GiB. Ingest does not pack them either.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
 # ---- Features --------------------------------------------------------------------------------
 
 FEATURE_DIM = 1280  # MobileNetV2's pooled output: the most principal components a PCA can have

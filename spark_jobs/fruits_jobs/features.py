@@ -28,8 +28,7 @@ from fruits_jobs.digests import file_digests
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
 from fruits_jobs.model import FEATURE_DIM, featurize, worker_infer_fn
 
-# Larger files are rejected unread: nothing a phone produces, and binaryFile cannot hold >2 GiB.
-DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = contract.DEFAULT_MAX_FILE_BYTES  # larger files are rejected unread
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
 # Images per Spark task, at least one task per core. Each task costs ~0.4 s of fixed work (a
 # Python round trip, a Parquet file, scheduling: measured), so Spark's default of ~30 small
@@ -156,6 +155,9 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
     batch's (not in its manifest)."""
     from pyspark.sql import functions as F
 
+    manifest = json.loads(hadoop_fs.read_text(spark, args.manifest)) if args.manifest else None
+    if manifest is not None and manifest.get("layout") == contract.PACKED:
+        return stage_packed_outcomes(spark, args, manifest, root_uri, staging_uri, model_bc, progress_uri)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
@@ -181,33 +183,10 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
     label, split = path_columns(root_uri)
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
-    unlabeled = F.col("label").isNull()
-    no_class = contract.reject_reason("no_class_folder")
-    decoded = (
-        files.where(F.col("length") <= args.max_file_bytes)
-        .select("path", label, split, F.sha2("content", 256).alias("sha256"), featurize_udf("content").alias("r"))
-        .select(
-            "path",
-            "label",
-            "split",
-            "sha256",
-            F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
-            F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
-            F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class])).otherwise(F.col("r.detail")).alias("detail"),
-        )
-    )
+    decoded = decoded_outcomes(files.where(F.col("length") <= args.max_file_bytes), label, split, featurize_udf)
 
     def rejected(df, code: str, detail):
-        """Files rejected before decoding, in the same columns as `decoded`."""
-        return df.select(
-            "path",
-            label,
-            split,
-            F.lit(None).cast("string").alias("sha256"),
-            F.lit(None).cast("array<float>").alias("features"),
-            F.lit(contract.reject_reason(code)).alias("reason"),
-            detail.alias("detail"),
-        )
+        return rejected_outcomes(df, label, split, code, detail)
 
     too_large = rejected(
         files.where(F.col("length") > args.max_file_bytes),
@@ -254,6 +233,143 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
             )
         return {"not_in_manifest": len(outside), "not_in_manifest_examples": outside[:5]}
     return {}
+
+
+def decoded_outcomes(files, label, split, featurize_udf):
+    """Each photo of files (path, content) through the model: features, or the decoder's reject."""
+    from pyspark.sql import functions as F
+
+    unlabeled = F.col("label").isNull()
+    no_class = contract.reject_reason("no_class_folder")
+    return files.select(
+        "path", label, split, F.sha2("content", 256).alias("sha256"), featurize_udf("content").alias("r")
+    ).select(
+        "path",
+        "label",
+        "split",
+        "sha256",
+        F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
+        F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
+        F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class])).otherwise(F.col("r.detail")).alias("detail"),
+    )
+
+
+def rejected_outcomes(df, label, split, code: str, detail):
+    """Files rejected before decoding, in the same columns as decoded_outcomes."""
+    from pyspark.sql import functions as F
+
+    return df.select(
+        "path",
+        label,
+        split,
+        F.lit(None).cast("string").alias("sha256"),
+        F.lit(None).cast("array<float>").alias("features"),
+        F.lit(contract.reject_reason(code)).alias("reason"),
+        detail.alias("detail"),
+    )
+
+
+def packed_entries(manifest: dict, root_uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
+    """A packed batch's photos as `path` values (their logical keys under root_uri): (path, shard
+    file name) of those in a shard, and (path, size) of those over ingest's size limit (in none)."""
+    root = root_uri.rstrip("/") + "/"
+    packed, unpacked = [], []
+    for entry in manifest["files"]:
+        if entry["shard"]:
+            packed.append((root + entry["path"], entry["shard"].rpartition("/")[2]))
+        else:
+            unpacked.append((root + entry["path"], entry["size"]))
+    return packed, unpacked
+
+
+def split_bytes(total_bytes: int, photos: int, cores: int) -> int:
+    """spark.sql.files.maxPartitionBytes for reading shards: ~IMAGES_PER_TASK photos per task (Spark
+    gives each task the row groups whose middle falls in its split; ingest sizes row groups so)."""
+    return max(1 << 20, math.ceil(total_bytes / task_count(photos, cores)))
+
+
+def packed_photos(spark, shard_uris: list[str], root_uri: str, wanted: list[tuple[str, str]]):
+    """(path, length, content) of the photos the manifest places in these shards: one Parquet scan,
+    no request per photo. A row whose photo the manifest places in another shard (the copy a later
+    ingest of the batch replaced) is left out, so no photo is read twice."""
+    from pyspark.sql import functions as F
+
+    schema = "path string, length bigint, content binary"
+    if not shard_uris:
+        return spark.createDataFrame([], schema)
+    rows = spark.read.parquet(*shard_uris).select(
+        F.concat(F.lit(root_uri.rstrip("/") + "/"), F.col("path")).alias("path"),
+        F.col("size").alias("length"),
+        F.col("bytes").alias("content"),
+        F.element_at(F.split(F.input_file_name(), "/"), -1).alias("shard"),
+    )
+    where = spark.createDataFrame(wanted, "path string, shard string")
+    return rows.join(F.broadcast(where), ["path", "shard"], "left_semi").select("path", "length", "content")
+
+
+def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_uri: str, model_bc, progress_uri) -> dict:
+    """stage_outcomes for a batch packed in Parquet shards (the manifest's "layout"): every photo it
+    lists ends featurized or rejected, as a loose batch's would, under the same `path`."""
+    from pyspark.sql import functions as F
+
+    packed, unpacked = packed_entries(manifest, root_uri)
+    root = root_uri.rstrip("/") + "/"
+    names = sorted({shard for _, shard in packed})
+    stored = [name for name in names if hadoop_fs.exists(spark, root + name)]
+    cores = spark.sparkContext.defaultParallelism
+    sizes = {s["key"].rpartition("/")[2]: s["size"] for s in manifest.get("shards", [])}
+    # For the model pass only (the scan is planned when it runs); the job's other reads keep theirs.
+    split_key = "spark.sql.files.maxPartitionBytes"
+    previous_split = spark.conf.get(split_key, None)
+    spark.conf.set(split_key, str(split_bytes(sum(sizes.get(n, 0) for n in stored), len(packed), cores)))
+    photos = packed_photos(spark, [root + name for name in stored], root_uri, packed)
+    reporter = progress.Reporter(
+        spark, len(packed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
+    )
+    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder)
+    label, split = path_columns(root_uri)
+    length = F.col("length")
+    limit = manifest.get("max_file_bytes", contract.DEFAULT_MAX_FILE_BYTES)
+    outcomes = [
+        rejected_outcomes(
+            spark.createDataFrame(unpacked, "path string, length bigint"),
+            label,
+            split,
+            "file_too_large",
+            F.concat(length.cast("string"), F.lit(f" bytes > {limit} (ingest's limit: not stored)")),
+        ),
+        rejected_outcomes(photos.where(length == 0), label, split, "empty_file", F.lit("0 bytes")),
+        rejected_outcomes(
+            photos.where(length > args.max_file_bytes),
+            label,
+            split,
+            "file_too_large",
+            F.concat(length.cast("string"), F.lit(f" bytes > {args.max_file_bytes}")),
+        ),
+        decoded_outcomes(photos.where((length > 0) & (length <= args.max_file_bytes)), label, split, featurize_udf),
+    ]
+    staged = outcomes[0]
+    for more in outcomes[1:]:  # the cheap branches first, as in stage_outcomes
+        staged = staged.unionByName(more)
+    spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
+    try:
+        with reporter:
+            staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
+    finally:
+        spark.conf.unset(split_key) if previous_split is None else spark.conf.set(split_key, previous_split)
+    spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    # Listed, but in a shard that is gone or without its row: rejected, so read == the manifest's count.
+    missing = spark.createDataFrame([(p,) for p, _ in packed], "path string").join(
+        spark.read.parquet(staging_uri).select("path"), "path", "left_anti"
+    )
+    (
+        rejected_outcomes(missing, label, split, "not_found", F.lit("listed in the batch manifest, not in its shard"))
+        .withColumn("batch_id", F.lit(args.batch_id))
+        .write.mode("append")
+        .parquet(staging_uri)
+    )
+    strays = [n for n in hadoop_fs.list_names(spark, root_uri) if n not in set(names)]
+    return {"not_in_manifest": len(strays), "not_in_manifest_examples": [root + n for n in strays[:5]]}
 
 
 def uri_to_spark_path(uri: str) -> str:

@@ -2,11 +2,17 @@
 folder standing for it), defined once for both sides. Standard library only: the Airflow side builds
 keys with it, the jobs build URIs with it (they ship this package), and readers parse it back.
 
-    raw/batch_id=<id>/<[Training|Test/]Class>/<file>   photos as landed; one prefix per batch so a job
-                                                       reads exactly one batch and the label stays the
-                                                       parent folder; Hive-style name like the outputs
+    raw/batch_id=<id>/shard-<nnnnn>.parquet            a batch's photos packed in Parquet shards (rows of
+                                                       contract.SHARD_COLUMNS), ~128 MB each; or, for batches
+    raw/batch_id=<id>/<[Training|Test/]Class>/<file>   ingested before shards, one object per photo (the
+                                                       manifest's "layout" says which). Either way a photo's
+                                                       logical key is the latter: its `path` downstream.
+                                                       One prefix per batch: a job reads exactly one batch
     manifests/batch_id=<id>.json                       what a batch holds (keys, sizes, sha256, skips);
                                                        written last, so it also marks "ingest finished"
+    manifests/batch_id=<id>.held.parquet               the sha256 of every photo the batch lists (32 bytes
+                                                       each), written just before the manifest: what
+                                                       ingest reads to know which photos are held
     manifests/batch_id=<id>.lease                      who may publish the batch: the token its run's ingest
                                                        issued, or none once revoked (commits.is_live)
     code/<version>/...                                 the jobs' bundle; version = content hash, so a run
@@ -152,6 +158,32 @@ def raw_prefix(batch_id: str) -> str:
 
 def manifest_key(batch_id: str) -> str:
     return f"{MANIFESTS}{partition(batch_id)}.json"
+
+
+SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".parquet"
+
+
+def shard_name(index: int) -> str:
+    """The file name of a packed batch's shard number index (0, 1, ...): sorts in order."""
+    return f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}"
+
+
+def shard_key(batch_id: str, index: int) -> str:
+    return raw_prefix(batch_id) + shard_name(index)
+
+
+def shard_index(key: str) -> int | None:
+    """The number of a shard's key or name; None for anything else (a loose photo's key)."""
+    name = key.rpartition("/")[2]
+    number = name[len(SHARD_PREFIX) : -len(SHARD_SUFFIX)]
+    if name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX) and number.isdigit():
+        return int(number)
+    return None
+
+
+def held_index_key(batch_id: str) -> str:
+    """The batch's held-photo index (sha256 of every photo its manifest lists), beside the manifest."""
+    return f"{MANIFESTS}{partition(batch_id)}.held.parquet"
 
 
 def batch_of_manifest(key: str) -> str | None:

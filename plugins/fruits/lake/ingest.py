@@ -2,12 +2,16 @@
 
 "New" means held by no other *published* batch: content sha256 against the manifests of the
 batches whose features were committed, so a photo left in (or copied back into) the landing folder
-is never uploaded twice, and a batch whose run failed holds nothing. Within the batch, an object
-already present with the same key, size and MD5 (S3's ETag) is not sent again, which is what
-makes an interrupted run resume without duplicates or losses, and a file changed since (same size)
-is sent again; the manifest is written last, after every upload, and never lists fewer files than
-an earlier run of the batch did. A published batch never changes: new photos for it are refused
-with a message (the DAG gives a date-named run a new batch id instead, see pipeline.py).
+is never uploaded twice, and a batch whose run failed holds nothing (each batch's held-photo index,
+held_index.py, answers that without parsing its manifest). A new batch is packed in Parquet shards
+(packing.py): shards planned from sorted paths and fixed sizes, so an interrupted run plans the same
+ones and skips a shard stored with the same sha256 (kept in its S3 metadata, multipart or not). A
+batch ingested before shards keeps one object per photo: an object already present with the same
+key, size and MD5 (S3's ETag) is not sent again. Either way an interrupted run resumes without
+duplicates or losses, and a file changed since is sent again; the manifest is written last, after
+every upload, and never lists fewer files than an earlier run of the batch did. A published batch
+never changes: new photos for it are refused with a message (the DAG gives a date-named run a new
+batch id instead, see pipeline.py).
 
 Non-image files: ingest does not judge content. It skips only what can never be a photo of the
 dataset or what Spark could never see, each with a reason in the manifest's `skipped` (nothing
@@ -25,15 +29,21 @@ Everything else, including files that look broken or are not images at all, is u
 features job rejects it with a reason row in rejects/ and the counts add up.
 """
 
+import functools
+import hashlib
+import io
 import json
 import logging
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fruits.lake import leases, published
+from fruits.lake import held_index, leases, packing, published
 from fruits.lake.storage import Storage
+from fruits.lake.transfer import Progress, Upload
 from fruits_jobs import commits, contract, layout
 from fruits_jobs.digests import file_digests
 
@@ -108,23 +118,48 @@ def walk_landing(landing: Path) -> tuple[list[Path], list[dict]]:
     return sorted(files), skipped
 
 
-def other_batches(storage: Storage, batch_id: str) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """Over the other batches' manifests: (sha256 -> the published batch holding it, sha256 -> the
-    unpublished batches listing it). A batch that never published (its run failed or was killed)
-    holds nothing: a new batch can take its photos, and then fences it (leases.revoke)."""
+def other_batches(
+    storage: Storage, batch_id: str, among: set[str] | None = None
+) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Over the other batches: (sha256 -> the published batch holding it, sha256 -> the unpublished
+    batches listing it), for the hashes in `among` (None: all). A batch that never published (its
+    run failed or was killed) holds nothing: a new batch can take its photos, and then fences it
+    (leases.revoke). Read from each batch's held-photo index, or its manifest when it has none."""
     held: dict[str, str] = {}
     listed: dict[str, set[str]] = {}
-    for key in sorted(storage.sizes(layout.MANIFESTS)):
+    keys = storage.sizes(layout.MANIFESTS)
+    wanted = held_index.wanted(among)
+    for key in sorted(keys):
         other = layout.batch_of_manifest(key)
         if other is None or other == batch_id:
             continue
         is_held = published.is_published(storage, other)
-        for entry in parse_manifest(storage, key)["files"]:
+        if layout.held_index_key(other) in keys:
+            hashes = read_held_index(storage, other, wanted)
+        else:  # a batch ingested before the index existed
+            hashes = manifest_hashes(parse_manifest(storage, key), among)
+        for sha in hashes:
             if is_held:
-                held.setdefault(entry["sha256"], other)
+                held.setdefault(sha, other)
             else:
-                listed.setdefault(entry["sha256"], set()).add(other)
+                listed.setdefault(sha, set()).add(other)
     return held, listed
+
+
+def read_held_index(storage: Storage, batch_id: str, wanted) -> list[str]:
+    """The batch's held hashes among `wanted`, or DamagedLake naming its index and what to do."""
+    key = layout.held_index_key(batch_id)
+    try:
+        return held_index.hashes(storage.read_bytes(key), wanted)
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise commits.DamagedLake(
+            f"{storage.name}{key} is damaged ({exc}); delete it: ingest then reads the batch's manifest instead"
+        ) from None
+
+
+def manifest_hashes(manifest: dict, among: set[str] | None = None) -> list[str]:
+    """The sha256 of every photo a manifest lists (in `among`, when given): the index's fallback."""
+    return [e["sha256"] for e in manifest["files"] if among is None or e["sha256"] in among]
 
 
 def next_free_batch_id(storage: Storage, base: str) -> str:
@@ -151,43 +186,66 @@ def parse_manifest(storage: Storage, key: str) -> dict:
     return commits.parse_record(storage.read_text(key), storage.name + key, ("files",), fix)
 
 
-def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
-    """Upload the batch; returns this run's report (the manifest's counts plus what was sent now)."""
-    landing_dir = Path(landing_dir).resolve()
-    held, listed_elsewhere = other_batches(storage, batch_id)
-    prefix = layout.raw_prefix(batch_id)
-    present = storage.fingerprints(prefix)
-    previous = read_manifest(storage, batch_id)
+def landing_files(
+    landing_dir: Path, algorithms: tuple[str, ...]
+) -> tuple[list[tuple[Path, tuple[str, ...]]], list[dict]]:
+    """The landing files ingest may take, with their digests (sha256 first), and those it skips
+    (walk_landing's, and the names skip_reason refuses), each with its reason."""
     listed, skipped = walk_landing(landing_dir)
+    found = []
+    for path in listed:
+        rel = path.relative_to(landing_dir)
+        reason = skip_reason(rel)
+        if reason is None:
+            try:
+                found.append((rel, file_digests(path, *algorithms)))
+                continue
+            except OSError as exc:
+                reason = f"unreadable file: {exc.strerror or exc}"
+        skipped.append({"path": rel.as_posix(), "reason": reason})
+    return found, skipped
+
+
+def ingest(
+    landing_dir: Path,
+    storage: Storage,
+    batch_id: str,
+    form: str = contract.PACKED,
+    shard_bytes: int = packing.SHARD_BYTES,
+) -> dict:
+    """Upload the batch; returns this run's report (the manifest's counts plus what was sent now).
+
+    form: how a new batch is stored (contract.PACKED shards, or LOOSE: one object per photo); a
+    batch that has a manifest keeps the form its manifest says."""
+    landing_dir = Path(landing_dir).resolve()
+    prefix = layout.raw_prefix(batch_id)
+    previous = read_manifest(storage, batch_id)
+    form = previous.get("layout", contract.LOOSE) if previous else form
+    packed = form == contract.PACKED
+    # sha256 identifies a photo across batches; md5 is what S3 reports (ETag) for an object uploaded
+    # in one part: it tells a resumed loose upload is the same file (shards keep their sha256)
+    found, skipped = landing_files(landing_dir, ("sha256",) if packed else ("sha256", "md5"))
+    present = storage.sizes(prefix) if packed else storage.fingerprints(prefix)
+    held, listed_elsewhere = other_batches(storage, batch_id, {digests[0] for _, digests in found})
 
     files: list[dict] = []
     md5s: dict[str, str] = {}
     seen: dict[str, str] = {}
     held_by: dict[str, int] = {}
     already_held: list[dict] = []  # skipped too, but normal on daily runs: counted and logged apart
-    for path in listed:
-        rel = path.relative_to(landing_dir)
-        reason = skip_reason(rel)
-        if reason is None:
-            try:
-                # sha256 identifies a photo across batches; md5 is what S3 reports (ETag) for an
-                # object uploaded in one part: it tells a resumed upload is the same file
-                sha, md5s[rel.as_posix()] = file_digests(path, "sha256", "md5")
-            except OSError as exc:
-                reason = f"unreadable file: {exc.strerror or exc}"
-        if reason is None and sha in held:
+    for rel, (sha, *md5) in found:
+        if sha in held:
             held_by[held[sha]] = held_by.get(held[sha], 0) + 1
             already_held.append({"path": rel.as_posix(), "reason": f"already in batch {held[sha]}"})
             continue
-        if reason is None and sha in seen:
-            reason = f"same content as {seen[sha]}"
-        if reason is not None:
-            skipped.append({"path": rel.as_posix(), "reason": reason})
+        if sha in seen:
+            skipped.append({"path": rel.as_posix(), "reason": f"same content as {seen[sha]}"})
             continue
         seen[sha] = rel.as_posix()
-        files.append(
-            {"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": path.stat().st_size, "sha256": sha}
-        )
+        if md5:
+            md5s[rel.as_posix()] = md5[0]
+        size = (landing_dir / rel).stat().st_size
+        files.append({"path": rel.as_posix(), "key": prefix + rel.as_posix(), "size": size, "sha256": sha})
     for entry in skipped:
         log.warning("ingest skips %s: %s", entry["path"], entry["reason"])
     for other, count in sorted(held_by.items()):
@@ -195,7 +253,8 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
 
     files = merge_with_previous(files, previous, present)
     refuse_if_published(storage, batch_id, files, previous)
-    refuse_orphans(batch_id, files, present)
+    shards = assign_shards(files, previous, batch_id, shard_bytes) if packed else []
+    refuse_orphans(batch_id, files, present, previous)
 
     # Ingest decides what is new: the unpublished batches that listed these photos lose their lease,
     # so a job of theirs that is still running (or a late commit) can never publish them too.
@@ -205,14 +264,18 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
     if not published.is_published(storage, batch_id):  # this run's token: an earlier run of the batch is fenced
         leases.issue(storage, batch_id)
 
-    uploaded = resumed = 0
-    for entry in files:
-        md5 = md5s.get(entry["path"])
-        if md5 is None or present.get(entry["key"]) == (entry["size"], md5):
-            resumed += 1  # sent by an earlier run of this batch, byte for byte the same
-            continue
-        storage.upload_file(landing_dir / entry["path"], entry["key"])
-        uploaded += 1
+    if packed:
+        sent = upload_shards(storage, landing_dir, shards, set(present))
+        too_large = sum(1 for f in files if f["shard"] is None)
+        sent["resumed"] = len(files) - sent["uploaded"] - too_large  # this run's shards and earlier runs'
+        shard_list = sorted(
+            [s for s in (previous or {}).get("shards", []) if s["key"] not in sent["shards"]]
+            + list(sent["shards"].values()),
+            key=lambda s: s["key"],
+        )
+    else:
+        sent = upload_loose(storage, landing_dir, files, md5s, present)
+        shard_list = []
 
     counts = {
         "files": len(files),
@@ -224,22 +287,107 @@ def ingest(landing_dir: Path, storage: Storage, batch_id: str) -> dict:
         "batch_id": batch_id,
         "landing_dir": str(landing_dir),
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "layout": form,
+        **({"max_file_bytes": contract.DEFAULT_MAX_FILE_BYTES, "shards": shard_list} if packed else {}),
         "counts": counts,
         "already_held_by": held_by,
         "files": files,
         "skipped": sorted(skipped + already_held, key=lambda e: e["path"]),
     }
+    # The index first: a manifest (ingest finished) always has its index beside it.
+    storage.put_bytes(held_index.index_bytes([f["sha256"] for f in files]), layout.held_index_key(batch_id))
     storage.put_bytes(json.dumps(manifest, indent=1).encode(), layout.manifest_key(batch_id))
     report = {
         "batch_id": batch_id,
         **counts,
         "already_held_by": held_by,
-        "uploaded": uploaded,
-        "already_uploaded": resumed,
+        "uploaded": sent["uploaded"],
+        "already_uploaded": sent["resumed"],
+        **(
+            {"shards": len(shard_list), "shards_uploaded": sent["shards_uploaded"], "too_large": too_large}
+            if packed
+            else {}
+        ),
         "manifest": storage.name + layout.manifest_key(batch_id),
     }
     log.info("ingest %s", json.dumps(report))
     return report
+
+
+def upload_loose(storage: Storage, landing: Path, files: list[dict], md5s: dict, present: dict) -> dict:
+    """One object per photo (batches ingested before shards): what is not stored byte for byte yet."""
+    uploaded = resumed = 0
+    for entry in files:
+        md5 = md5s.get(entry["path"])
+        if md5 is None or present.get(entry["key"]) == (entry["size"], md5):
+            resumed += 1  # sent by an earlier run of this batch, byte for byte the same
+            continue
+        storage.upload_file(landing / entry["path"], entry["key"])
+        uploaded += 1
+    return {"uploaded": uploaded, "resumed": resumed}
+
+
+def assign_shards(files: list[dict], previous: dict | None, batch_id: str, shard_bytes: int) -> list[list[dict]]:
+    """Give this run's new photos their shard (entry["shard"]) and return the new shards' entries.
+
+    New: not listed, with the same content, by the batch's manifest (whose shards stay as they are);
+    numbered after them, sorted by path, cut at shard_bytes: an interrupted run plans the same
+    shards again. A file over the job's size limit goes in no shard (shard None: file_too_large)."""
+    before = {(e["key"], e["sha256"]): e for e in (previous or {}).get("files", [])}
+    new = []
+    for entry in files:
+        kept = before.get((entry["key"], entry["sha256"]))
+        if kept is not None:
+            entry["shard"] = kept.get("shard")
+        elif entry["size"] > contract.DEFAULT_MAX_FILE_BYTES:
+            entry["shard"] = None
+        else:
+            new.append(entry)
+    numbers = [layout.shard_index(s["key"]) for s in (previous or {}).get("shards", [])]
+    first = max((n for n in numbers if n is not None), default=-1) + 1
+    shards = packing.plan_shards(new, shard_bytes)
+    for number, entries in enumerate(shards, first):
+        for entry in entries:
+            entry["shard"] = layout.shard_key(batch_id, number)
+    return shards
+
+
+def upload_shards(storage: Storage, landing: Path, shards: list[list[dict]], present: set[str]) -> dict:
+    """Build each shard and upload it, several at a time, unless it is stored already with the same
+    sha256 (an interrupted run's). Returns photos uploaded and resumed, and the shards' records."""
+    sent: dict = {"uploaded": 0, "resumed": 0, "shards": {}, "shards_uploaded": 0}
+    total = sum(e["size"] for entries in shards for e in entries)
+    with (
+        tempfile.TemporaryDirectory(prefix="fruits-shards-") as tmp,
+        Progress("ingest upload", len(shards), total) as progress,
+    ):
+        storage.upload_files(built_shards(storage, landing, shards, present, Path(tmp), sent, progress), progress)
+    return sent
+
+
+def built_shards(
+    storage: Storage, landing: Path, shards: list[list[dict]], present: set[str], tmp: Path, sent: dict, progress
+) -> Iterator[Upload]:
+    """Each shard written to tmp, one at a time as the uploader asks, but those already stored."""
+
+    def finished(path: Path, photos: int) -> None:
+        sent["uploaded"] += photos
+        sent["shards_uploaded"] += 1
+        path.unlink()
+
+    for entries in shards:
+        key = entries[0]["shard"]
+        path = tmp / key.rpartition("/")[2]
+        sha = packing.write_shard(entries, landing, path)
+        sent["shards"][key] = {"key": key, "photos": len(entries), "size": path.stat().st_size, "sha256": sha}
+        # S3 keeps an object's metadata whether it went up in one part or many (its ETag is an MD5
+        # only for one part), and only once the upload completed: a match is a finished shard.
+        if key in present and storage.stored_sha256(key) == sha:
+            sent["resumed"] += len(entries)
+            progress.skip(1, sum(e["size"] for e in entries))
+            path.unlink()
+            continue
+        yield Upload(path, key, {"sha256": sha}, len(entries), functools.partial(finished, path, len(entries)))
 
 
 def stored_batch(storage: Storage, batch_id: str) -> dict:
@@ -250,7 +398,7 @@ def stored_batch(storage: Storage, batch_id: str) -> dict:
     if manifest is None:
         raise IngestRefused(f"batch {batch_id} has no manifest ({layout.manifest_key(batch_id)}): nothing to re-run")
     present = storage.sizes(layout.raw_prefix(batch_id))
-    missing = [entry["key"] for entry in manifest["files"] if entry["key"] not in present]
+    missing = [key for key in (stored_in(e) for e in manifest["files"]) if key is not None and key not in present]
     if missing:
         raise IngestRefused(
             f"batch {batch_id}: {len(missing)} of its photos are gone from raw/ (e.g. {missing[0]}); a re-run "
@@ -268,13 +416,51 @@ def stored_batch(storage: Storage, batch_id: str) -> dict:
     return report
 
 
-def merge_with_previous(files: list[dict], previous: dict | None, present: dict[str, tuple]) -> list[dict]:
+class NotStored(LookupError):
+    """The lake holds no such photo; the message says why."""
+
+
+def stored_photo(storage: Storage, batch_id: str, path: str) -> bytes:
+    """The bytes of one photo of a batch, by its path in the landing folder, as stored: from its
+    shard (only the row group holding it is read from a folder) or its own object; checked against
+    the sha256 its manifest lists."""
+    manifest = read_manifest(storage, batch_id)
+    if manifest is None:
+        raise NotStored(f"no batch {batch_id!r} in {storage.name} (no {layout.manifest_key(batch_id)})")
+    entry = next((e for e in manifest["files"] if e["path"] == path), None)
+    if entry is None:
+        skipped = next((e["reason"] for e in manifest["skipped"] if e["path"] == path), None)
+        why = f"ingest skipped it: {skipped}" if skipped else "its manifest lists no such path"
+        raise NotStored(f"batch {batch_id} holds no photo {path!r}: {why}")
+    key = stored_in(entry)
+    if key is None:
+        raise NotStored(f"{path} ({entry['size']} bytes) is over the size limit: listed, never stored (file_too_large)")
+    if "shard" not in entry:
+        data = storage.read_bytes(key)
+    else:
+        local = getattr(storage, "root", None)  # a folder: pyarrow reads just the row group
+        found = packing.read_photo(local / key if local else io.BytesIO(storage.read_bytes(key)), path)
+        if found is None:
+            raise commits.DamagedLake(f"{storage.name}{key} has no row for {path}, which the manifest places there")
+        data = found
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise commits.DamagedLake(f"{storage.name}{key}: {path} is not the photo the manifest lists (sha256 differs)")
+    return data
+
+
+def stored_in(entry: dict) -> str | None:
+    """The key of the object holding a manifest entry's photo: its shard, or itself (one object per
+    photo); None for a packed batch's file over the size limit (stored nowhere, rejected)."""
+    return entry["shard"] if "shard" in entry else entry["key"]
+
+
+def merge_with_previous(files: list[dict], previous: dict | None, present: dict) -> list[dict]:
     """This run's files plus those an earlier run of the batch listed and uploaded that the landing
     folder no longer holds: a photo once in a batch stays in it (the manifest never shrinks)."""
     if previous is None:
         return files
     keys = {f["key"] for f in files}
-    kept = [e for e in previous["files"] if e["key"] not in keys and e["key"] in present]
+    kept = [e for e in previous["files"] if e["key"] not in keys and (stored_in(e) is None or stored_in(e) in present)]
     return sorted(files + kept, key=lambda e: e["key"])
 
 
@@ -292,10 +478,13 @@ def refuse_if_published(storage: Storage, batch_id: str, files: list[dict], prev
         )
 
 
-def refuse_orphans(batch_id: str, files: list[dict], present: dict[str, tuple]) -> None:
+def refuse_orphans(batch_id: str, files: list[dict], present: dict, previous: dict | None = None) -> None:
     """raw/ objects that no manifest lists (an interrupted run whose photos then left the landing
-    folder) would be neither featurized nor rejected: say so instead of hiding them."""
-    orphans = sorted(set(present) - {f["key"] for f in files})
+    folder) would be neither featurized nor rejected: say so instead of hiding them. (A shard of the
+    batch's manifest stays, even when newer shards now hold all its photos: the job reads each photo
+    from the shard the manifest names.)"""
+    listed = {stored_in(f) for f in files} | {s["key"] for s in (previous or {}).get("shards", [])}
+    orphans = sorted(set(present) - listed)
     if orphans:
         raise IngestRefused(
             f"{len(orphans)} object(s) under {layout.raw_prefix(batch_id)} (e.g. {orphans[0]}) were uploaded by an "

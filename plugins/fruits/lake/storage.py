@@ -9,9 +9,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from fruits.lake.transfer import RETRIES, Progress, Upload, s3_upload_all, transfer_config
 from fruits_jobs.digests import file_digests
 
 # S3's ETag is the object's MD5 for a single-part upload without SSE-KMS; otherwise it is something
@@ -29,6 +31,13 @@ class Storage(Protocol):
 
     def upload_file(self, path: Path, key: str) -> None: ...
 
+    # Many files, several at a time where the store allows it; each upload's metadata goes with it
+    # (S3 keeps it with the object, multipart or not); progress counts files and bytes.
+    def upload_files(self, uploads: Iterable[Upload], progress: Progress) -> None: ...
+
+    # The sha256 an object was stored with (upload_files' metadata "sha256"; a folder: computed), or None
+    def stored_sha256(self, key: str) -> str | None: ...
+
     def put_bytes(self, data: bytes, key: str) -> None: ...
 
     def read_text(self, key: str) -> str: ...
@@ -37,14 +46,19 @@ class Storage(Protocol):
     # (what readers that need a real file use: Parquet footers, memory-mapped index pieces).
     def local_file(self, key: str, scratch: Path) -> Path: ...
 
+    def read_bytes(self, key: str) -> bytes: ...
+
 
 class S3Storage:
-    def __init__(self, bucket: str, aws_conn_id: str | None):
+    def __init__(self, bucket: str, aws_conn_id: str | None, transfer=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from botocore.config import Config
 
         self.bucket = bucket
         self.name = f"s3://{bucket}/"
-        self.hook = S3Hook(aws_conn_id=aws_conn_id)
+        # adaptive: S3's SlowDown/503 also slow the client down, not only retry it
+        self.hook = S3Hook(aws_conn_id=aws_conn_id, config=Config(retries=RETRIES))
+        self.transfer = transfer or transfer_config()
 
     def sizes(self, prefix: str) -> dict[str, int]:
         return {o["Key"]: o["Size"] for o in self.hook.iter_file_metadata(prefix=prefix, bucket_name=self.bucket)}
@@ -59,6 +73,13 @@ class S3Storage:
     def upload_file(self, path: Path, key: str) -> None:
         self.hook.load_file(filename=str(path), key=key, bucket_name=self.bucket, replace=True)
 
+    def upload_files(self, uploads: Iterable[Upload], progress: Progress) -> None:
+        s3_upload_all(self.hook.get_conn(), self.bucket, uploads, progress, self.transfer)
+
+    def stored_sha256(self, key: str) -> str | None:
+        head = self.hook.get_conn().head_object(Bucket=self.bucket, Key=key)
+        return head.get("Metadata", {}).get("sha256")
+
     def put_bytes(self, data: bytes, key: str) -> None:
         self.hook.load_bytes(data, key=key, bucket_name=self.bucket, replace=True)
 
@@ -69,6 +90,9 @@ class S3Storage:
         path = Path(scratch) / key.rsplit("/", 1)[-1]
         self.hook.get_conn().download_file(self.bucket, key, str(path))
         return path
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.hook.get_conn().get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
 
 _IN_PROGRESS = ".in-progress."
@@ -107,6 +131,18 @@ class LocalStorage:
     def upload_file(self, path: Path, key: str) -> None:
         self._write(key, lambda tmp: shutil.copyfile(path, tmp))
 
+    def upload_files(self, uploads: Iterable[Upload], progress: Progress) -> None:
+        # One disk: one copy at a time. The metadata needs no keeping: stored_sha256 reads the file.
+        for upload in uploads:
+            self.upload_file(upload.path, upload.key)
+            progress.add_bytes(upload.path.stat().st_size)
+            progress.add_file()
+            upload.done()
+
+    def stored_sha256(self, key: str) -> str | None:
+        path = self.root / key
+        return file_digests(path, "sha256")[0] if path.is_file() else None
+
     def put_bytes(self, data: bytes, key: str) -> None:
         self._write(key, lambda tmp: tmp.write_bytes(data))
 
@@ -116,6 +152,9 @@ class LocalStorage:
     def local_file(self, key: str, scratch: Path) -> Path:
         return self.root / key
 
+    def read_bytes(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
 
 def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:
     """The bucket a run's jobs reach at root: s3://<bucket>/ through the connection, or a folder."""
@@ -123,8 +162,13 @@ def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:
 
 
 def upload_missing(storage: Storage, prefix: str, files: dict[str, Path]) -> None:
-    """Upload {name: local path} under prefix, but what is there already with the same size."""
+    """Upload {name: local path} under prefix, but what is there already with the same size: several
+    at a time through the store's upload_files, with the same progress lines as ingest's shards."""
     present = storage.sizes(prefix)
-    for name, path in sorted(files.items()):
-        if present.get(prefix + name) != path.stat().st_size:
-            storage.upload_file(path, prefix + name)
+    todo = [
+        (prefix + name, path)
+        for name, path in sorted(files.items())
+        if present.get(prefix + name) != path.stat().st_size
+    ]
+    with Progress(f"upload to {storage.name}{prefix}", len(todo), sum(p.stat().st_size for _, p in todo)) as progress:
+        storage.upload_files((Upload(path, key) for key, path in todo), progress)

@@ -8,6 +8,7 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
     fruits index                    build the current space's missing index pieces (the DAG does it too)
     fruits where [--batch-id ID]    where a batch's outputs are (default: the batch processed last)
     fruits check                    every batch's commits readable and the outputs they name present
+    fruits photo BATCH PATH > f.jpg  one stored photo, byte for byte (PATH: as in the landing folder)
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
@@ -23,6 +24,7 @@ import numpy as np
 from fruits.lake import vector_index
 from fruits.lake.folder import default_lake
 from fruits.lake.health import batch_problems, known_batches
+from fruits.lake.ingest import NotStored, stored_photo
 from fruits.lake.published import (
     committed_batches,
     current_space,
@@ -182,6 +184,22 @@ def where_lines(storage: Storage, batch_id: str | None) -> list[str]:
     ]
 
 
+def write_photo(storage: Storage, batch: str, path: str) -> int:
+    """The photo's bytes on stdout, nothing else there; refusals on stderr (rc 1)."""
+    if sys.stdout.isatty():
+        print("fruits photo: the photo's bytes would go to the terminal: redirect them (> photo.jpg)", file=sys.stderr)
+        return 1
+    try:
+        data = stored_photo(storage, batch, path)
+    except NotStored as exc:
+        print(f"fruits photo: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
 def positive(text: str) -> int:
     """--k: a whole number of at least 1 (argparse says which argument was wrong)."""
     if not text.isdigit() or int(text) < 1:
@@ -206,6 +224,9 @@ def main(argv=None) -> int:
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
     sub.add_parser("check", help="every batch's commits readable and the outputs they name present")
+    stored = sub.add_parser("photo", help="one stored photo's bytes on stdout (redirect them to a file)")
+    stored.add_argument("batch")
+    stored.add_argument("path", help="the photo's path in the landing folder, e.g. Training/Banana/1_100.jpg")
     demo = sub.add_parser("demo", help="generate demo photos in a Fruits-360 layout")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--per-class", type=int, default=6)
@@ -239,6 +260,8 @@ def lake_storage(lake: str) -> Storage:
 
 def answer(args, storage: Storage) -> int:
     """Run one command; its lines on stdout, its refusals on stderr (rc 1, or 2 for a bad photo)."""
+    if args.command == "photo":
+        return write_photo(storage, args.batch, args.path)
     if args.command == "demo":
         counts = demo_images.generate(args.out_dir, args.per_class, not args.no_odd_files)
         lines = [f"wrote {counts['images']} demo images and {counts['odd_files']} odd files to {args.out_dir}"]
