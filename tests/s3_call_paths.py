@@ -39,6 +39,12 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "manifests/batch_id=*.json", False, "ingest.stored_manifest"),
     *read("manifests/batch_id=*.json", "ingest.parse_manifest"),
     Call("PutObject", "manifests/batch_id=*.json", False, "ingest.ingest (the manifest, last)"),
+    # the held-photo index (plugins/fruits/lake/held_index.py): written with the manifest, read by column
+    Call("PutObject", "manifests/batch_id=*.held.parquet", False, "held_index.write"),
+    *read("manifests/batch_id=*.held.parquet", "held_index.read"),
+    Call("ListObjectsV2", "manifests/batch_id=*.held.parquet", False, "held_index.read"),
+    # a packed batch's shards (plugins/fruits/lake/packing.py): a resumed ingest asks what each holds
+    Call("HeadObject", "raw/batch_id=*/shard-*.parquet", True, "ingest (resume: the stored shard's sha256)"),
     Call("ListObjectsV2", "manifests/batch_id=*.lease", False, "leases.current_token"),
     *read("manifests/batch_id=*.lease", "leases.current_token"),
     Call("PutObject", "manifests/batch_id=*.lease", False, "leases.issue, revoke_lease (sensor, teardown)"),
