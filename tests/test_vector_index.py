@@ -63,15 +63,23 @@ def lake(tmp_path):
 def test_search_over_the_pieces_agrees_with_exact_cosine(lake):
     commit, vectors = a_space(lake, {"b1": 2, "b2": 3, "b3": 4})
     assert len(vectors_index_built := vector_index.build_missing_pieces(lake, commit)) == 3, vectors_index_built
+    hits = 0
     for query in clustered(25, seed=7):
         found = vector_index.search(lake, commit, query, 10)
-        assert [row_of(m) for m in found] == exact_top(vectors, query, 10)
-        b, i = row_of(found[0])
+        exact = exact_top(vectors, query, 10)
+        # HNSW is approximate (and its multi-threaded build not deterministic): the same photos, nearly
+        # all, best first, and the best one's cosine exactly as brute force computes it.
+        hits += len({row_of(m) for m in found} & set(exact))
+        similarities = [m.similarity for m in found]
+        assert len(found) == 10 and similarities == sorted(similarities, reverse=True)
+        b, i = exact[0]
         best = vectors[b][i].astype(np.float64)
         assert found[0].similarity == pytest.approx(
             best @ query / np.linalg.norm(best) / np.linalg.norm(query), abs=1e-5
         )
+        b, i = row_of(found[0])
         assert found[0].label == f"C{i % 20}"
+    assert hits / (25 * 10) >= 0.95, hits
 
 
 def test_search_can_keep_to_some_batches(lake):
@@ -79,7 +87,8 @@ def test_search_can_keep_to_some_batches(lake):
     vector_index.build_missing_pieces(lake, commit)
     query = clustered(1, seed=8)[0]
     found = vector_index.search(lake, commit, query, 5, batches=["b2"])
-    assert [row_of(m) for m in found] == exact_top({"b2": vectors["b2"]}, query, 5)
+    assert {b for b, _ in map(row_of, found)} == {"b2"}
+    assert len({row_of(m) for m in found} & set(exact_top({"b2": vectors["b2"]}, query, 5))) >= 4  # approximate
 
 
 def test_a_day_adds_one_piece_and_leaves_the_others_untouched(lake):
@@ -192,8 +201,10 @@ def test_an_s3_lake_builds_and_searches_its_pieces_like_a_folder(bucket, lake, c
 
     for query in clustered(5, seed=9):
         on_s3 = vector_index.search(bucket, commit, query, 8)
-        assert [row_of(m) for m in on_s3] == exact_top(vectors, query, 8)
-        assert on_s3 == vector_index.search(lake, commit, query, 8)
+        on_disk = vector_index.search(lake, commit, query, 8)
+        exact = exact_top(vectors, query, 8)
+        for found in (on_s3, on_disk):  # two builds of an approximate index: each nearly the exact answer
+            assert row_of(found[0]) == exact[0] and len({row_of(m) for m in found} & set(exact)) >= 7
     assert main(["--lake", "s3://fruits-lake", "index"]) == 0
     assert answers(capsys) == [f"space {SPACE}: every batch's piece is there"]
 
@@ -234,7 +245,8 @@ def test_a_batch_without_photos_has_an_empty_piece(lake):
     day = put_commit(lake, run_id(6), SPACE, {**commit["vectors"], "b0": empty}, K)
     assert len(vector_index.build_missing_pieces(lake, day)) == 2
     query = vectors["b1"][3]
-    assert [row_of(m) for m in vector_index.search(lake, day, query, 4)] == exact_top(vectors, query, 4)
+    found = [row_of(m) for m in vector_index.search(lake, day, query, 4)]
+    assert found[0] == ("b1", 3) and len(set(found) & set(exact_top(vectors, query, 4))) >= 3  # approximate
     assert vector_index.search(lake, day, query, 4, batches=["b0"]) == []
 
 
