@@ -659,16 +659,22 @@ def test_a_failed_steps_sensor_fails_with_the_line_that_says_why(aws, monkeypatc
         sensor.poke({})
 
 
-def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
-    """On EMR the features job writes its progress beside the features; each poke of its sensor logs it."""
-    from fruits.backends.emr.operators import StepSensor
-
+def a_features_step() -> tuple[str, str]:
+    """A cluster with one features step of batch b (a sensor's target): (cluster id, step id)."""
     emr = boto3.client("emr", region_name=REGION)
     cluster = a_cluster(emr)
     (step,) = emr.add_job_flow_steps(
         JobFlowId=cluster,
         Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
     )["StepIds"]
+    return cluster, step
+
+
+def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
+    """On EMR the features job writes its progress beside the features; each poke of its sensor logs it."""
+    from fruits.backends.emr.operators import StepSensor
+
+    cluster, step = a_features_step()
     uri = f"s3://{BUCKET}/features/_progress/batch_id=b.json"
     sensor = StepSensor(
         task_id="watch",
@@ -736,12 +742,7 @@ def test_a_progress_file_that_cannot_be_read_never_fails_the_sensor(aws, capfd, 
     caller who may not list the bucket (the `aws` fixture applies S3's rule to the policy given)."""
     from fruits.backends.emr.operators import StepSensor
 
-    emr = boto3.client("emr", region_name=REGION)
-    cluster = a_cluster(emr)
-    (step,) = emr.add_job_flow_steps(
-        JobFlowId=cluster,
-        Steps=[{"Name": "extract_features b", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}],
-    )["StepIds"]
+    cluster, step = a_features_step()
     says = progress(boto3.client("s3", region_name=REGION))
     sensor = StepSensor(
         task_id="watch",

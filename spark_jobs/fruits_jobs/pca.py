@@ -27,6 +27,7 @@ import numpy as np
 
 from fruits_jobs import commits, hadoop_fs, layout, quality, spaces
 from fruits_jobs.common import UsageError, emit_summary, spark_session
+from fruits_jobs.contract import FEATURE_DIM
 from fruits_jobs.moments import BatchMoments, fold
 from fruits_jobs.plots import plot_class_quality, plot_explained_variance, plot_scatter
 
@@ -72,8 +73,8 @@ def published_changes(spark, features_uri: str, in_space: dict[str, str]) -> tup
     for batch, run in sorted(newest.items()):
         if in_space.get(batch) == run:
             continue
-        commit = commits.current(spark, layout.batch_folder(features_uri, batch))
-        if commit is not None and commits.is_live(commit, commits.read_lease(spark, root + layout.lease_key(batch))):
+        commit = commits.read_commit(spark, layout.batch_folder(features_uri, batch), run, layout.FEATURES)
+        if commits.is_live(commit, commits.read_lease(spark, root + layout.lease_key(batch))):
             changed[batch] = commit
         elif batch in in_space:
             gone.append(batch)  # its newest run was given up: it is no longer published
@@ -88,10 +89,10 @@ def batch_moments(spark, commit: dict) -> BatchMoments:
     if commit.get("moments"):
         return BatchMoments.from_bytes(hadoop_fs.read_bytes(spark, commit["moments"]))
     if not commit.get("features"):
-        return BatchMoments.empty(contract_dim())
+        return BatchMoments.empty(FEATURE_DIM)
     features = spark.read.parquet(commit["features"])
     first = features.select(F.size("features").alias("d")).first()
-    dim = first["d"] if first else contract_dim()
+    dim = first["d"] if first else FEATURE_DIM
     _, found, bad = fold(features, dim)
     if bad:
         raise UsageError(f"--features: {bad} does not hold {dim} finite numbers; re-run its batch (rerun=true)")
@@ -210,7 +211,7 @@ def run(spark, args) -> dict:
     # 2. The running totals: the space's state plus the new batches, or rebuilt when a batch of the
     #    space was replaced or withdrawn (never counted twice).
     new = {batch: batch_moments(spark, commit) for batch, commit in changed.items()}
-    new_total = BatchMoments.empty(contract_dim())
+    new_total = BatchMoments.empty(FEATURE_DIM)
     for found in new.values():
         new_total = new_total.merge(found)
     rebuilt = space is None or len(kept) < len(in_space)
@@ -288,12 +289,6 @@ def run(spark, args) -> dict:
     metrics["commit"] = commits.write_commit(spark, pca_uri, run_id, record)
     commits.clean_spaces(spark, pca_uri, run_id)
     return metrics
-
-
-def contract_dim() -> int:
-    from fruits_jobs.contract import FEATURE_DIM
-
-    return FEATURE_DIM
 
 
 def commit_of(spark, features_uri: str, batch: str) -> dict:

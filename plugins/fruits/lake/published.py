@@ -24,18 +24,26 @@ def newest_run(storage: Storage, batch_id: str) -> str | None:
     return runs[-1] if runs else None
 
 
-def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
-    """The batch's newest commit in dataset, or None; DamagedLake naming the file when it cannot be read."""
-    prefix = layout.commits_prefix(dataset, batch_id)
-    names = [key[len(prefix) :] for key in storage.sizes(prefix)]
+def newest_commit(storage: Storage, folder: str, parse) -> dict | None:
+    """The newest commit in <folder>/_commits/ (folder: a key), resolved in this lake, or None; parse
+    (text, where) -> record raises DamagedLake naming the file when it cannot be read."""
+    prefix = layout.commits_folder(folder) + "/"
+    names = [key[len(prefix) :] for key in storage.sizes(prefix) if "/" not in key[len(prefix) :]]
     for stray in layout.stray_names(names):
         log.warning("ignoring %s%s%s: not a commit (commits are named <run id>.json)", storage.name, prefix, stray)
     runs = layout.committed_runs(names)
     if not runs:
         return None
-    key = layout.commit_path(layout.batch_folder(dataset, batch_id), runs[-1])
-    record = commits.parse_commit(storage.read_text(key), storage.name + key, dataset)
+    key = layout.commit_path(folder, runs[-1])
+    record = parse(storage.read_text(key), storage.name + key)
     return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
+
+
+def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
+    """The batch's newest commit in dataset, or None; DamagedLake naming the file when it cannot be read."""
+    return newest_commit(
+        storage, layout.batch_folder(dataset, batch_id), lambda text, where: commits.parse_commit(text, where, dataset)
+    )
 
 
 def published_commit(storage: Storage, batch_id: str) -> dict | None:
@@ -51,17 +59,12 @@ def is_published(storage: Storage, batch_id: str) -> bool:
 def current_space(storage: Storage) -> dict | None:
     """The newest pca/_commits/<run>.json, resolved in this lake (its references as URIs of it), or
     None when the lake has no space yet; DamagedLake naming the file when it cannot be read."""
-    prefix = layout.commits_folder(layout.PCA) + "/"
-    names = [key[len(prefix) :] for key in storage.sizes(prefix) if "/" not in key[len(prefix) :]]
-    for stray in layout.stray_names(names):
-        log.warning("ignoring %s%s%s: not a commit (commits are named <run id>.json)", storage.name, prefix, stray)
-    runs = layout.committed_runs(names)
-    if not runs:
-        return None
-    key = layout.commit_path(layout.PCA, runs[-1])
     fix = "move it out of pca/_commits/ (the previous commit, if any, becomes current) and run with pca_refit=always"
-    record = commits.parse_record(storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.PCA], fix)
-    return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
+    return newest_commit(
+        storage,
+        layout.PCA,
+        lambda text, where: commits.parse_record(text, where, commits.REQUIRED_KEYS[layout.PCA], fix),
+    )
 
 
 def in_space(space: dict | None, features: dict | None) -> bool:
