@@ -63,11 +63,10 @@ AIRFLOW: list[Call] = [
     # published batches (plugins/fruits/lake/published.py, summary.py)
     Call("ListObjectsV2", "features/batch_id=*/_commits/", False, "published.current_commit"),
     *read("features/batch_id=*/_commits/*.json", "published.current_commit"),
-    # -- pca/: the current embedding space (issue 20), the run report in its run's metrics, the index --
+    # -- pca/: the current embedding space (issue 20), the run report beside its run's metrics, the index --
     Call("ListObjectsV2", "pca/_commits/", False, "published.current_space"),
     *read("pca/_commits/*.json", "published.current_space"),
-    *read("pca/spaces/*/runs/*/metrics.json", "summary.add_run_report"),
-    Call("PutObject", "pca/spaces/*/runs/*/metrics.json", False, "summary.add_run_report"),
+    Call("PutObject", "pca/spaces/*/runs/*/run_report.json", False, "summary.write_run_report"),
     Call("ListObjectsV2", "pca/spaces/*/index/", False, "vector_index.build_missing_pieces"),
     Call("ListObjectsV2", "pca/spaces/*/vectors/*/*/", False, "vector_index.build_missing_pieces"),
     *read("pca/spaces/*/vectors/*/*/*", "vector_index.build_missing_pieces"),

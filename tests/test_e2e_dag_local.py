@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 from airflow.utils.state import DagRunState
 from airflow.utils.state import TaskInstanceState as S
+from test_local_lake_writes import crc_mismatches
 
+from fruits.lake import published
+from fruits.lake.storage import LocalStorage
 from fruits.tools import cli
 
 from airflow_fixtures import make_landing, xcom
@@ -81,10 +84,14 @@ def test_the_batch_is_published_in_the_lake_s_first_space_with_its_plots_model_a
     assert list(Path(space, "index", "e2e").glob("*.usearch"))  # publish_summary indexed the new vectors
 
 
-def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(summary):
-    metrics = json.loads(Path(summary["locations"]["metrics"]).read_text())
+def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(pipeline_run, summary):
+    where = summary["locations"]
     report = summary["run_report"]
-    assert metrics["run_report"] == report and report["backend"] == "local"
+    assert json.loads(Path(where["run_report"]).read_text()) == report and report["backend"] == "local"
+    assert Path(where["run_report"]).parent == Path(where["metrics"]).parent
+    # the job's metrics.json stays as the job wrote it: no report in it, its checksum still true
+    assert "run_report" not in json.loads(Path(where["metrics"]).read_text())
+    assert crc_mismatches(pipeline_run[1]) == []
     wall = report["wall_s"]
     assert (
         wall["total"] == round(wall["extract_features"] + wall["reduce_dimensions"], 1) and wall["extract_features"] > 1
@@ -149,6 +156,32 @@ def test_no_new_photos_and_a_refit_asked_run_the_pca_alone(runnable_dag, pipelin
     assert result["pca"]["n_images"] == summary["images"]["featurized"]
 
 
+def test_day_after_day_each_run_adds_its_photos_to_the_space_it_keeps(runnable_dag, pipeline_run, tmp_path):
+    """Issue 26: the second daily run on a local lake crashed in the PCA (ChecksumException on the
+    space's metrics.json, which publish_summary had rewritten). Two more days of new photos of the
+    classes the space knows, the space kept (pca_refit=never: no drift refit can hide the bug)."""
+    lake = pipeline_run[1]
+    storage = LocalStorage(lake)
+    space = published.current_space(storage)
+    for day in (2, 3):
+        landing = tmp_path / f"day-{day}"
+        make_landing(landing, n_good=6, bad=False, seed=day)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FRUITS_LOCAL_LAKE", str(lake))
+            conf = {**CONF, "landing_dir": str(landing), "batch_id": f"day-{day}", "pca_refit": "never"}
+            dr = runnable_dag.test(run_conf=conf)
+        assert dr.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in dr.get_task_instances()}
+        result = xcom(dr, "publish_summary")
+        assert result["images"]["featurized"] == 6
+        assert (result["pca"]["space"], result["pca"]["new_space"]) == (space["space"], False)
+        assert result["pca"]["n_images"] == space["n_images"] + 6  # exactly the day's photos, once
+        assert len(pd.read_parquet(result["locations"]["pca_vectors"])) == 6
+        assert crc_mismatches(lake) == []
+        space = published.current_space(storage)
+    vectors = pd.concat(pd.read_parquet(folder) for folder in space["vectors"].values())
+    assert len(vectors) == vectors["path"].nunique() == space["n_images"]
+
+
 def test_a_damaged_batch_is_mended_by_a_rerun_of_the_same_batch(runnable_dag, pipeline_run, summary, capsys):
     """Last: it damages the module's lake. A deleted run folder made the next run fail in PCA with
     PATH_NOT_FOUND, and re-running the batch answered "already processed, nothing to do"."""
@@ -158,9 +191,10 @@ def test_a_damaged_batch_is_mended_by_a_rerun_of_the_same_batch(runnable_dag, pi
     shutil.rmtree(summary["locations"]["features"])
     assert cli.main(["--lake", str(lake), "check"]) == 1
     capsys.readouterr()
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env:  # on a machine without a landing folder (issue 26)
         env.setenv("FRUITS_LOCAL_LAKE", str(lake))
-        repair = runnable_dag.test(run_conf={**CONF, "landing_dir": str(lake.parent / "landing"), "rerun": True})
+        env.setenv("FRUITS_LANDING_DIR", str(lake.parent / "no-landing-here"))
+        repair = runnable_dag.test(run_conf={**CONF, "landing_dir": None, "rerun": True})
     assert repair.state == DagRunState.SUCCESS
     assert xcom(repair, "ingest_new_photos")["uploaded"] == 0  # from its stored photos
     assert cli.main(["--lake", str(lake), "check"]) == 0

@@ -97,7 +97,7 @@ def lease_token(batch_id):
     return json.loads(body.read())["token"]
 
 
-def write_job_outputs(batch_id, token=None):
+def write_job_outputs(batch_id, token=None, run=RUN, kept=None):
     """What the two jobs publish for a batch of 12 photos (10 featurized, 2 rejected), written with the
     jobs' own record builders and commit writer: a change of the commits' schema fails these tests.
     The PCA's is the lake's first embedding space (issue 20), fitted at this run on the batch: its
@@ -127,18 +127,19 @@ def write_job_outputs(batch_id, token=None):
     )
     batch = layout.batch_folder(root + layout.FEATURES, batch_id)
     outputs = {
-        "features": layout.run_folder(batch, RUN),
-        "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), RUN),
-        "moments": layout.moments_path(layout.run_folder(batch, RUN)),
+        "features": layout.run_folder(batch, run),
+        "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), run),
+        "moments": layout.moments_path(layout.run_folder(batch, run)),
     }
-    summary = features.batch_summary(args, RUN, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, token)
-    put(*commits.commit_file(batch, RUN, summary))
-    write_space(batch_id)
+    summary = features.batch_summary(args, run, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, token)
+    put(*commits.commit_file(batch, run, summary))
+    write_space(batch_id, run, kept)
 
 
-def write_space(batch_id):
+def write_space(batch_id, run=RUN, kept=None):
     """What the PCA job publishes when it fits the lake's first space on one batch of 10 featurized
-    photos (its features run: RUN), with the job's own record builder (space_metrics)."""
+    photos (its features run: run), with the job's own record builder (space_metrics); kept (the
+    current space's commit, as stored): a day without a refit, which adds the batch to that space."""
     s3 = boto3.client("s3", region_name=REGION)
     root = f"s3://{BUCKET}/"
 
@@ -155,16 +156,17 @@ def write_space(batch_id):
     spectrum[:4] = [0.5, 0.3, 0.15, 0.05]
     basis = spaces.Basis(np.eye(1280)[:, :3], spectrum, totals.moments.mean)
     rule = spaces.k_rule(pca_args.k, pca_args.variance)
-    reason = spaces.refit_reason(None, pca_args.refit, rule, spaces.Drift())
-    metrics = pca.space_metrics(pca_args, None, RUN, RUN, basis, rule, totals, reason, spaces.Drift(), 10)
-    space = layout.space_folder(pca_uri, RUN)
-    run_folder = layout.space_run_folder(pca_uri, RUN, RUN)
-    vectors = layout.vectors_folder(pca_uri, RUN, batch_id, RUN)
+    reason = None if kept else spaces.refit_reason(None, pca_args.refit, rule, spaces.Drift())
+    space_id = kept["space"] if kept else run
+    metrics = pca.space_metrics(pca_args, kept, space_id, run, basis, rule, totals, reason, spaces.Drift(), 10)
+    space = layout.space_folder(pca_uri, space_id)
+    run_folder = layout.space_run_folder(pca_uri, space_id, run)
+    vectors = layout.vectors_folder(pca_uri, space_id, batch_id, run)
     metrics.update(
         added=[batch_id],
         withdrawn=[],
-        vectors={batch_id: vectors},
-        features_runs={batch_id: RUN},
+        vectors={**(kept or {}).get("vectors", {}), batch_id: layout.refer(vectors, root)},
+        features_runs={**(kept or {}).get("features_runs", {}), batch_id: run},
         model=f"{space}/{layout.PCA_MODEL_DIR}",
         basis=f"{space}/{layout.BASIS_FILE}",
         state=f"{run_folder}/{layout.STATE_FILE}",
@@ -177,7 +179,7 @@ def write_space(batch_id):
     put(f"{vectors}/part-00000.snappy.parquet", sink.getvalue())
     put(f"{vectors}/_SUCCESS", b"")
     put(metrics["metrics"], json.dumps(metrics, allow_nan=False).encode())  # as the job writes it
-    put(*commits.commit_file(pca_uri, RUN, {k: v for k, v in metrics.items() if k != "confusion"}))
+    put(*commits.commit_file(pca_uri, run, {k: v for k, v in metrics.items() if k != "confusion"}))
 
 
 def run(dag, landing, batch_id, **conf):
@@ -255,9 +257,8 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert cost["run_usd"] == pytest.approx(hourly * wall["cluster"] / 3600, rel=1e-3)
     assert cost["per_1000_images_usd"] == pytest.approx(1000 * cost["run_usd"] / 12, rel=1e-3)
     s3 = boto3.client("s3", region_name=REGION)
-    metrics_key = f"pca/spaces/{RUN}/runs/{RUN}/metrics.json"
-    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=metrics_key)["Body"].read())
-    assert stored["run_report"] == report and stored["k"] == 3  # beside the outputs, the metrics kept
+    report_key = f"pca/spaces/{RUN}/runs/{RUN}/run_report.json"
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=report_key)["Body"].read()) == report  # beside the outputs
     # the new vectors' index piece, beside the space (fruits similar searches it)
     index = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"pca/spaces/{RUN}/index/")["Contents"]
     piece = f"pca/spaces/{RUN}/index/b-ok/{RUN}"
@@ -265,6 +266,49 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     code = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET, Prefix="code/")["Contents"]
     assert {o["Key"].split("/", 2)[2] for o in code} >= {"extract_features.py", "fruits_jobs.zip", "requirements.lock"}
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
+
+
+def objects(prefixes=("features/", "rejects/", "pca/")) -> dict[str, bytes]:
+    s3 = boto3.client("s3", region_name=REGION)
+    keys = [o["Key"] for p in prefixes for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=p).get("Contents", [])]
+    return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+def test_day_after_day_the_files_the_jobs_wrote_never_change_and_each_run_has_its_report(
+    airflow_db, runnable_dag, aws, tmp_path, monkeypatch
+):
+    """Issue 26, the EMR side of the report flow: day 2 keeps day 1's space; publish_summary writes
+    each run's report to runs/<run>/run_report.json and leaves every object the jobs wrote (commits,
+    metrics.json, vectors, features) byte for byte as they wrote it."""
+    day2 = "20260102T000000000Z-0000beef"
+    written: dict[str, bytes] = {}
+
+    def jobs_of(batch_id, run_id, kept):
+        def write():
+            write_job_outputs(batch_id, run=run_id, kept=kept() if kept else None)
+            written.update(objects())
+
+        return write
+
+    def current_space():
+        body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=f"pca/_commits/{RUN}.json")
+        return json.loads(body["Body"].read())
+
+    for day, (batch_id, run_id, kept) in enumerate([("b-1", RUN, None), ("b-2", day2, current_space)], 1):
+        make_landing(tmp_path / f"day-{day}", n_good=10, seed=day)
+        with monkeypatch.context() as patched:
+            simulate_emr(patched, ["COMPLETED", "COMPLETED"], jobs_of(batch_id, run_id, kept))
+            dr, states = run(runnable_dag, tmp_path / f"day-{day}", batch_id, pca_k=3, pca_refit="never")
+        assert dr.state == DagRunState.SUCCESS, states
+        summary = xcom(dr, "publish_summary")
+        assert (summary["pca"]["space"], summary["pca"]["new_space"]) == (RUN, day == 1)
+        assert summary["locations"]["run_report"] == f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{run_id}/run_report.json"
+        stored = objects()
+        changed = [key for key, data in written.items() if stored.get(key) != data]
+        assert changed == [], "publish_summary changed what the jobs wrote"
+        report_key = f"pca/spaces/{RUN}/runs/{run_id}/run_report.json"
+        assert report_key not in written and json.loads(stored[report_key]) == summary["run_report"]
+    assert set(json.loads(written[f"pca/_commits/{day2}.json"])["vectors"]) == {"b-1", "b-2"}
 
 
 def test_retried_cluster_and_step_tasks_ask_emr_for_nothing_twice(airflow_db, runnable_dag, aws, landing, monkeypatch):

@@ -176,3 +176,14 @@ def test_a_landing_folder_that_overlaps_the_lake_or_is_a_root_is_refused(tmp_pat
     landing = {"root": Path("/"), "inside the lake": lake / "raw", "holding the lake": tmp_path}[where]
     with pytest.raises(InvalidParam, match="'landing_dir'.*(filesystem root|overlap)"):
         config.resolve(_conf(landing_dir=str(landing)), _settings(tmp_path, local_lake=str(lake)), "2025-01-02")
+
+
+def test_a_rerun_needs_no_landing_folder(tmp_path):
+    """A re-run reads the batch's stored photos: on a machine without data/landing it must not fail
+    validate_params with "not a folder" (it did); a new batch still needs one."""
+    gone = tmp_path / "data" / "landing"
+    settings = _settings(tmp_path, landing_dir=str(gone))
+    cfg = config.resolve(_conf(batch_id="t-1", rerun=True, weights="random"), settings, "2025-01-02")
+    assert cfg.rerun and cfg.batch_id == "t-1"
+    with pytest.raises(InvalidParam, match="'landing_dir'.*not a folder"):
+        config.resolve(_conf(batch_id="t-1", weights="random"), settings, "2025-01-02")

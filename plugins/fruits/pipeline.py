@@ -110,8 +110,8 @@ def plan(cfg: RunConfig, version: str, run_id: str, report: dict) -> dict:
 
 @from_xcom
 def publish_summary(cfg: RunConfig, report: dict, backend_result) -> dict:
-    """The batch's figures and outputs, the space's, and the run report, which also goes into the
-    run's metrics.json; then the index pieces of the vectors this run added (fruits similar).
+    """The batch's figures and outputs, the space's, and the run report, which also goes beside the
+    run's metrics.json (run_report.json); then the index pieces of the vectors this run added (fruits similar).
     backend_result: the XCom of the task the backend named (BackendTasks.result_task_id)."""
     backend = backend_named(cfg.backend)
     storage = storage_for(cfg)
@@ -120,7 +120,7 @@ def publish_summary(cfg: RunConfig, report: dict, backend_result) -> dict:
     images, pca = result["images"], result["pca"]
     processed = {jobs.PCA_JOB: pca["n_images"], **({jobs.FEATURES_JOB: images["read"]} if images else {})}
     run_report = backend.run_report(cfg, backend_result, processed)
-    summary.add_run_report(storage, result["locations"]["metrics"], run_report)
+    summary.write_run_report(storage, result["locations"]["metrics"], run_report)
     result["run_report"] = run_report
     built = vector_index.build_missing_pieces(storage, published.current_space(storage) or {})
     log.info("vector index: %d new piece(s) for the space's batches", len(built))

@@ -34,7 +34,9 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
     pca/spaces/<space>/vectors/<batch id>/<run>/       each batch's vectors in it (plain folder names: no
                                                        key=value for hive-partitioned readers to trip on)
     pca/spaces/<space>/runs/<run>/                     each run's metrics.json, state.npz (running totals),
-                                                       class_quality.png
+                                                       class_quality.png, all named by its commit; and
+                                                       run_report.json, which publish_summary writes after
+                                                       the commit (no commit names it, no job reads it)
     pca/spaces/<space>/index/<batch id>/<run>.*        each batch's piece of the vector index (fruits similar)
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
@@ -58,6 +60,9 @@ REJECTS = "rejects/"
 PCA = "pca/"
 EMR_LOGS = "logs/emr/"
 PCA_METRICS_FILE = "metrics.json"
+# Not metrics.json: a file a commit names never changes after the commit (on a local lake, Hadoop's
+# .crc beside it would no longer match, and the next job reading it fails its checksum).
+RUN_REPORT_FILE = "run_report.json"
 PCA_MODEL_DIR = "model"
 MOMENTS_FILE = "_moments.npz"  # '_': Spark and pyarrow skip it when they read the run's Parquet folder
 SPACES_DIR = "spaces"
@@ -218,6 +223,11 @@ def vectors_folder(pca: str, space: str, batch_id: str, run_id: str) -> str:
 def space_run_folder(pca: str, space: str, run_id: str) -> str:
     """What one run of the PCA job leaves in the space: metrics.json, state.npz, class_quality.png."""
     return f"{space_folder(pca, space)}/{SPACE_RUNS_DIR}/{run_id}"
+
+
+def run_report_path(metrics_uri: str) -> str:
+    """The run report of the PCA run whose metrics.json is metrics_uri: beside it, in a file of its own."""
+    return f"{metrics_uri.rsplit('/', 1)[0]}/{RUN_REPORT_FILE}"
 
 
 def index_piece(pca: str, space: str, batch_id: str, vectors_run: str) -> str:

@@ -152,7 +152,8 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
     backend = backend_named(p["backend"])
     bucket, root = backend.bucket_and_root(settings)
     landing = Path(p.get("landing_dir") or settings["landing_dir"]).expanduser().resolve()
-    check_landing(landing, root)
+    if not p["rerun"]:  # a re-run reads the batch's stored photos, never the landing folder
+        check_landing(landing, root)
     weights = p.get("weights") or settings["weights"] or backend.default_weights(bucket)
     weights = backend.weights_for_jobs(weights, root)
     if not weights.startswith(("s3://", "imagenet", "random")):

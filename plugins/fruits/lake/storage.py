@@ -123,6 +123,13 @@ class LocalStorage:
         # its leading '.' keeps Spark's file listing from reading a leftover. A short random name:
         # a prefix on a long file name could pass the file system's 255-byte limit.
         dest = self.root / key
+        if dest.with_name(f".{dest.name}.crc").exists():
+            # Hadoop's local filesystem wrote it: a new content would fail the checksum beside it the next
+            # time a job reads it. Files the Airflow side writes are its alone (README, publishing).
+            raise RuntimeError(
+                f"{dest} was written by Spark (Hadoop keeps .{dest.name}.crc beside it): the Airflow side "
+                "never replaces a job's file; write to a file of its own instead"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{_IN_PROGRESS}{uuid.uuid4().hex}")
         write(tmp)

@@ -34,6 +34,7 @@ def locations(root: str, batch_id: str | None, features: dict | None, space: dic
     where.update(
         pca_model=space["model"],
         metrics=space["metrics"],
+        run_report=layout.run_report_path(space["metrics"]),  # written by publish_summary, after the commit
         plots=list(space["plots"].values()),
         pca_commit=space["commit"],
     )
@@ -74,14 +75,15 @@ def read_summary(storage: Storage, batch_id: str | None) -> dict:
     }
 
 
-def add_run_report(storage: Storage, metrics_uri: str, report: dict) -> None:
-    """Put the run report into the batch's metrics.json, beside the outputs it describes (one write:
-    S3 replaces an object whole, the lake folder by a rename)."""
-    if not metrics_uri.startswith(storage.name):
+def write_run_report(storage: Storage, metrics_uri: str, report: dict) -> str:
+    """Write the run report beside the PCA run's metrics.json (metrics_uri, as `locations` gives it),
+    in run_report.json: a file no commit names, so the committed metrics.json stays as the job wrote
+    it. Returns the report's URI."""
+    uri = layout.run_report_path(metrics_uri)
+    if not uri.startswith(storage.name):
         raise RuntimeError(f"{metrics_uri} is not in {storage.name}: the PCA wrote outside the lake")
-    key = metrics_uri[len(storage.name) :]
-    metrics = json.loads(storage.read_text(key))
-    storage.put_bytes(json.dumps({**metrics, "run_report": report}, indent=2, allow_nan=False).encode(), key)
+    storage.put_bytes(json.dumps(report, indent=2, allow_nan=False).encode(), uri[len(storage.name) :])
+    return uri
 
 
 # The two outputs a downstream DAG can be scheduled on (schedule=[FEATURES_ASSET]). Names, not
