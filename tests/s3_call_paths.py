@@ -119,6 +119,25 @@ def atomic_write(folder: str, name: str, by: str) -> list[Call]:
     return [*s3a_create(hidden, by), *s3a_rename(hidden, f"{folder}/{name}", by)]
 
 
+def delta_commit(table: str, by: str) -> list[Call]:
+    """delta-rs publishing into the Delta table at <table>/ (fruits_jobs/tables.py). It talks to S3
+    itself (object_store, not boto3), so these are from its log store as documented and as seen
+    against moto's server (tests/test_tables.py): read _last_checkpoint, list _delta_log/, read the
+    entries, write the next one with If-None-Match; its post-commit hook writes a checkpoint every
+    100 commits (delta.checkpointInterval) and then deletes expired log entries. pyarrow reads each
+    new file's footer."""
+    log = f"{table}/_delta_log"
+    return [
+        Call("GetObject", f"{log}/_last_checkpoint", True, by),  # missing until the first checkpoint
+        Call("ListObjectsV2", f"{log}/", False, by),
+        Call("GetObject", f"{log}/*", False, by),
+        Call("PutObject", f"{log}/*", False, by),  # the new entry; checkpoints, _last_checkpoint
+        Call("DeleteObject", f"{log}/*", False, by),  # expired log entries, after a checkpoint
+        Call("HeadObject", f"{table}/batch_id=*/run=*/*.parquet", False, by),
+        Call("GetObject", f"{table}/batch_id=*/run=*/*.parquet", False, by),
+    ]
+
+
 FEATURES_JOB = "extract_features"
 PCA_JOB = "reduce_dimensions"
 EMR_INSTANCE: list[Call] = [
@@ -146,6 +165,8 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("features/batch_id=*/_commits/*.json", FEATURES_JOB),
     *atomic_write("features/batch_id=*/_commits", "*.json", FEATURES_JOB),
     Call("DeleteObject", "features/batch_id=*/_commits/*.json", False, FEATURES_JOB),  # superseded commits
+    *delta_commit("rejects", FEATURES_JOB),  # the Delta tables, rejects first, then features
+    *delta_commit("features", FEATURES_JOB),
     # the PCA job (spark_jobs/fruits_jobs/pca.py): the batches' commit names, new batches' moments and features
     *probe("features", PCA_JOB),
     *probe("features/batch_id=*/_commits", PCA_JOB),

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import commits, contract, hadoop_fs, layout, moments, progress
+from fruits_jobs import commits, contract, hadoop_fs, layout, moments, progress, tables
 from fruits_jobs import model as mobilenet
 from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
 from fruits_jobs.digests import file_digests
@@ -506,10 +506,57 @@ def run(spark, args) -> dict:
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
     # The switch: features, rejects and summary become the batch's current version together.
     summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
+    publish_tables(spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, outputs, summary)
     hadoop_fs.delete(spark, staging_uri)
     commits.clean_superseded(spark, batch_folders[0], batch_folders, run_id)
     commits.clean_older_children(spark, f"{features_uri}/{layout.STAGING_DIR}", run_id)
     return summary
+
+
+def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summary: dict) -> dict[str, int] | None:
+    """The run's files into the Delta tables (tables.py), rejects first, then features: a consumer
+    sees the batch's new rows once the features table's commit lands. Only while the run's commit
+    is live (its lease still holds its token): a run given up on publishes nothing there either."""
+    lease = commits.read_lease(spark, hadoop_fs.qualify(spark, args.lease)) if args.lease else None
+    if not commits.is_live(summary, lease):
+        print(
+            f"WARNING: batch {args.batch_id}: its lease no longer holds this run's token: "
+            "nothing published to the tables",
+            file=sys.stderr,
+        )
+        return None
+    metadata = {"run": summary["run"], "token": summary["token"], "read": summary["read"]}
+    versions = {}
+    for dataset, table_uri in table_uris.items():  # dict order: rejects, then features (the publication point)
+        if not tables.exists(table_uri):  # a lake from before the tables: converted once, this run's batch included
+            files_by_batch = published_files(spark, table_uris[layout.FEATURES], dataset)
+            versions[dataset] = tables.create_table(
+                table_uri, tables.SCHEMAS[dataset], files_by_batch, {**metadata, "created_from": "commits"}
+            )
+            continue
+        folder = outputs[dataset.rstrip("/")]
+        files = [f"{folder}/{name}" for name in data_files(spark, folder)] if folder else []
+        versions[dataset] = tables.publish_batch(table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata)
+    print(f"tables: batch {args.batch_id} published, table versions {versions}", file=sys.stderr)
+    return versions
+
+
+def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[str]]:
+    """{batch id: the data files of `dataset` its current live commit names}: what a table starts from."""
+    root = layout.root_of(features_uri, layout.FEATURES)
+    found = {}
+    for batch, record in commits.current_by_batch(spark, features_uri).items():
+        folder = record.get(dataset.rstrip("/"))
+        if folder and commits.is_live(record, commits.read_lease(spark, root + layout.lease_key(batch))):
+            found[batch] = [f"{folder}/{name}" for name in data_files(spark, folder)]
+    return found
+
+
+def data_files(spark, folder: str) -> list[str]:
+    """The Parquet files Spark wrote in a run's folder (not _SUCCESS, .crc or side files)."""
+    return [
+        name for name in hadoop_fs.list_names(spark, folder) if name.startswith("part-") and name.endswith(".parquet")
+    ]
 
 
 def lease_token(spark, lease_uri: str | None) -> str | None:

@@ -10,6 +10,7 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
     fruits check                    every batch's commits readable and the outputs they name present
     fruits photo BATCH PATH > f.jpg  one stored photo, byte for byte (PATH: as in the landing folder)
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
+    fruits sql "QUERY" [--as-of T]  DuckDB SQL over the Delta tables features and rejects
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
 """
@@ -34,7 +35,7 @@ from fruits.lake.published import (
 )
 from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
-from fruits.tools import demo_images
+from fruits.tools import demo_images, sql
 from fruits_jobs import layout
 from fruits_jobs.commits import DamagedLake
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
@@ -231,6 +232,9 @@ def main(argv=None) -> int:
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--per-class", type=int, default=6)
     demo.add_argument("--no-odd-files", action="store_true", help="only photos (no empty, hidden or broken files)")
+    query = sub.add_parser("sql", help="DuckDB SQL over the lake's Delta tables (features, rejects)")
+    query.add_argument("query", help='e.g. "SELECT batch_id, count(*) FROM features GROUP BY 1"')
+    query.add_argument("--as-of", help="read every table as it was at this time (ISO 8601; UTC by default)")
     args = parser.parse_args(argv)
     if args.command == "similar" and not args.photo.is_file():
         parser.error(f"no such photo: {args.photo}")
@@ -262,6 +266,15 @@ def answer(args, storage: Storage) -> int:
     """Run one command; its lines on stdout, its refusals on stderr (rc 1, or 2 for a bad photo)."""
     if args.command == "photo":
         return write_photo(storage, args.batch, args.path)
+    if args.command == "sql":
+        try:
+            as_of = sql.as_of_time(args.as_of) if args.as_of else None
+            lines = sql.format_rows(*sql.run_sql(args.query, sql.open_tables(storage.name, as_of)))
+        except sql.SqlError as exc:
+            print(f"fruits sql: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
+        return 0
     if args.command == "demo":
         counts = demo_images.generate(args.out_dir, args.per_class, not args.no_odd_files)
         lines = [f"wrote {counts['images']} demo images and {counts['odd_files']} odd files to {args.out_dir}"]

@@ -1,0 +1,198 @@
+"""The lake's Delta tables: any engine (DuckDB, pandas and polars through `deltalake`, Spark on EMR,
+Athena) reads a table's current rows from its Delta log, with no code of this project.
+
+delta-rs (the `deltalake` package: no JVM, no Maven jars) commits the Parquet files Spark already
+wrote into the table's folder; this module only says which files make a batch's new version. One
+commit per table per publish: the batch's partition (`batch_id`) is replaced whole, its old files
+removed and the new ones added in the same log entry, so a reader sees the old version or the new.
+
+On S3, delta-rs 1.x commits with S3's conditional writes (If-None-Match on the log entry), no
+DynamoDB lock (delta-io/delta-rs discussion #4482); it talks to S3 itself, not through boto3.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+
+import pyarrow as pa
+
+from fruits_jobs import layout
+
+# The columns of each table as the features job writes them (contract with Spark's output; a test
+# checks Spark's files against them). The partition column is in the log, not in the files.
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("sha256", pa.string()),
+        ("features", pa.list_(pa.float32())),
+        (layout.PARTITION_COLUMN, pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        (layout.PARTITION_COLUMN, pa.string()),
+    ]
+)
+SCHEMAS = {layout.FEATURES: FEATURES_SCHEMA, layout.REJECTS: REJECTS_SCHEMA}
+
+
+def table_location(uri: str) -> str:
+    """What delta-rs takes for a URI of the jobs (Hadoop's file:/a/b, or s3://bucket/key): a local
+    path, or the s3:// URI (s3a:// and s3n:// are Hadoop's names for the same objects)."""
+    uri = uri.rstrip("/")
+    if uri.startswith("file:"):
+        return "/" + uri[len("file:") :].lstrip("/")
+    if uri.startswith(("s3a://", "s3n://")):
+        return "s3://" + uri.split("://", 1)[1]
+    return uri
+
+
+def storage_options(location: str) -> dict[str, str] | None:
+    """delta-rs's S3 settings: the endpoint (tests: a moto server) and the region, from the standard
+    AWS environment variables; credentials come from its own default chain (env, profile, instance role).
+    Without a region in the environment (an EMR step's driver has none), the bucket's own, which
+    pyarrow asks S3 for (HeadBucket): delta-rs would otherwise assume us-east-1."""
+    if not location.startswith("s3://"):
+        return None
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region and not endpoint:
+        from pyarrow.fs import resolve_s3_region
+
+        region = resolve_s3_region(location[len("s3://") :].split("/", 1)[0])
+    if region:
+        options["AWS_REGION"] = region
+    return options
+
+
+def relative_path(table: str, file_uri: str) -> str:
+    """A data file's path as the log stores it: relative to the table, so a moved or copied table
+    reads the same. A file outside the table's folder cannot be added (Delta reads it nowhere else)."""
+    file_location = table_location(file_uri)
+    if not file_location.startswith(table + "/"):
+        raise ValueError(f"{file_uri} is not inside the table {table}: write it into the table's folder")
+    return file_location[len(table) + 1 :]
+
+
+def file_stats(num_records: int) -> str:
+    """The statistics an added file carries (Delta protocol, "Per-file Statistics"): its row count,
+    which readers use to count and plan without opening it."""
+    return json.dumps({"numRecords": num_records})
+
+
+def parquet_files(file_uris: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(uri, size in bytes, rows) of each Parquet file, from its footer (pyarrow reads local files
+    and S3 alike; credentials from the default chain)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    found = []
+    for uri in file_uris:
+        fs, path = pafs.FileSystem.from_uri(table_location(uri))
+        size = fs.get_file_info(path).size
+        with fs.open_input_file(path) as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        found.append((uri, size, rows))
+    return found
+
+
+def add_actions(table: str, batch_id: str, files: Iterable[tuple[str, int, int]]) -> list:
+    from deltalake.transaction import AddAction
+
+    now = int(time.time() * 1000)
+    return [
+        AddAction(relative_path(table, uri), size, {layout.PARTITION_COLUMN: batch_id}, now, True, file_stats(rows))
+        for uri, size, rows in files
+    ]
+
+
+def exists(table_uri: str) -> bool:
+    from deltalake import DeltaTable
+
+    table = table_location(table_uri)
+    return DeltaTable.is_deltatable(table, storage_options=storage_options(table))
+
+
+def create_table(
+    table_uri: str, schema: pa.Schema, files_by_batch: Mapping[str, Iterable[str]], metadata: Mapping[str, object]
+) -> int:
+    """The table's first version: every batch's files, in one commit (a lake published before the
+    tables: its batches' current outputs). Another writer's table, created first, is left as it is.
+    Returns the table's version."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import create_table_with_add_actions
+
+    table = table_location(table_uri)
+    actions = [a for batch, files in files_by_batch.items() for a in add_actions(table, batch, parquet_files(files))]
+    create_table_with_add_actions(
+        table,
+        DeltaSchema.from_arrow(schema),
+        actions,
+        mode="ignore",
+        partition_by=[layout.PARTITION_COLUMN],
+        storage_options=storage_options(table),
+        commit_properties=CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()}),
+    )
+    return DeltaTable(table, storage_options=storage_options(table)).version()
+
+
+def publish_batch(
+    table_uri: str, schema: pa.Schema, batch_id: str, file_uris: Iterable[str], metadata: Mapping[str, object]
+) -> int:
+    """Make file_uris (Parquet in the table's folder) the batch's rows in the table, in one commit that
+    removes whatever the batch had; the table is created on its first publish. Returns the version.
+    metadata: what the commit records (run, counts) for `history()`; no reader needs it, since log
+    cleanup drops old commit information."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.exceptions import TableNotFoundError
+    from deltalake.transaction import create_table_with_add_actions
+
+    table = table_location(table_uri)
+    options = storage_options(table)
+    actions = add_actions(table, batch_id, parquet_files(file_uris))
+    properties = CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()}, max_commit_retries=10)
+    try:
+        delta = DeltaTable(table, storage_options=options)
+    except TableNotFoundError:
+        delta = None
+    if delta is None:
+        try:
+            create_table_with_add_actions(
+                table,
+                DeltaSchema.from_arrow(schema),
+                actions,
+                mode="error",
+                partition_by=[layout.PARTITION_COLUMN],
+                storage_options=options,
+                commit_properties=properties,
+            )
+            return DeltaTable(table, storage_options=options).version()
+        except Exception as exc:  # another writer created it first: replace the partition in its table
+            if not DeltaTable.is_deltatable(table, storage_options=options):
+                raise
+            del exc
+        delta = DeltaTable(table, storage_options=options)
+    delta.create_write_transaction(
+        actions,
+        mode="overwrite",
+        schema=schema,
+        partition_by=[layout.PARTITION_COLUMN],
+        partition_filters=[(layout.PARTITION_COLUMN, "=", batch_id)],
+        commit_properties=properties,
+    )
+    delta.update_incremental()
+    return delta.version()

@@ -1,0 +1,245 @@
+"""The lake's Delta tables (fruits_jobs/tables.py, issue 27): what a consumer reads with `deltalake`
+and DuckDB, with no code of this project, after the real features job published batches."""
+
+import shutil
+import threading
+import time
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from test_extract_features import run_job
+
+from fruits.tools import cli
+from fruits_jobs import layout, tables
+
+from conftest import make_jpeg
+
+
+def batch_counts(table_path, version=None) -> dict[str, int]:
+    """What a consumer runs: DuckDB SQL over the table's current (or an older) version."""
+    rows = DeltaTable(str(table_path), version=version).to_pyarrow_dataset()  # noqa: F841 (DuckDB reads it by name)
+    return dict(duckdb.sql("SELECT batch_id, count(*) FROM rows GROUP BY 1 ORDER BY 1").fetchall())
+
+
+@pytest.fixture(scope="module")
+def published(spark, tmp_path_factory):
+    """Two batches, then the first again with one photo fewer and its bad file gone."""
+    root = tmp_path_factory.mktemp("tables")
+    for i in range(3):
+        make_jpeg(root / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
+    for i in range(2):
+        make_jpeg(root / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
+    (root / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+    out = root / "lake"
+    first = run_job(spark, root / "a", out, "day1")
+    run_job(spark, root / "b", out, "day2")
+    before_rerun = datetime.now(UTC)
+    time.sleep(0.01)
+    (root / "a" / "Kiwi" / "bad.jpg").unlink()
+    (root / "a" / "Kiwi" / "2.jpg").unlink()
+    rerun = run_job(spark, root / "a", out, "day1")
+    return out, first, rerun, before_rerun
+
+
+@pytest.mark.spark
+def test_a_consumer_reads_each_published_photo_once_and_the_previous_version(published):
+    out, first, rerun, _ = published
+    features, rejects = out / "features", out / "rejects"
+    assert batch_counts(features) == {"day1": 2, "day2": 2}  # a bare Parquet listing holds 3 runs of day1
+    assert batch_counts(rejects) == {}  # the re-run had no reject: the batch's old rejects are gone
+    table = DeltaTable(str(features))
+    assert batch_counts(features, table.version() - 1) == {"day1": 3, "day2": 2}  # before the re-run
+    assert batch_counts(rejects, DeltaTable(str(rejects)).version() - 1) == {"day1": 1}
+    assert table.history(1)[0]["run"] == rerun["run"]  # the commit names its run
+    paths = DeltaTable(str(features)).to_pyarrow_table(columns=["path"]).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 4
+    stats = table.get_add_actions(flatten=True).column("num_records").to_pylist()
+    assert sum(stats) == 4  # each file carries its row count
+
+
+@pytest.mark.spark
+def test_fruits_sql_answers_from_the_current_tables_and_as_of_a_time(published, capsys):
+    out, _, _, before_rerun = published
+    query = "SELECT batch_id, count(*) AS photos FROM features GROUP BY 1 ORDER BY 1"
+    assert cli.main(["--lake", str(out), "sql", query]) == 0
+    assert capsys.readouterr().out.splitlines() == ["batch_id\tphotos", "day1\t2", "day2\t2"]
+    assert cli.main(["--lake", str(out), "sql", query, "--as-of", before_rerun.isoformat()]) == 0
+    assert capsys.readouterr().out.splitlines() == ["batch_id\tphotos", "day1\t3", "day2\t2"]
+    assert (
+        cli.main(["--lake", str(out), "sql", "SELECT count(*) FROM rejects", "--as-of", before_rerun.isoformat()]) == 0
+    )
+    assert capsys.readouterr().out.splitlines()[1] == "1"
+    assert cli.main(["--lake", str(out), "sql", "SELEC count(*) FROM features"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ['fruits sql: Parser Error: syntax error at or near "SELEC"']
+    assert cli.main(["--lake", str(out), "sql", "SELECT 1", "--as-of", "2001-01-01"]) == 2
+    assert "did not exist yet" in capsys.readouterr().err
+    assert cli.main(["--lake", str(out), "sql", "SELECT 1", "--as-of", "last monday"]) == 2
+    assert "ISO 8601" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+def test_a_copied_lake_reads_the_same_with_the_original_moved_away(published, tmp_path):
+    out = published[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    moved = out.with_name(out.name + "-moved")
+    out.rename(moved)
+    try:
+        assert batch_counts(copy / "features") == {"day1": 2, "day2": 2}
+        assert all(uri.startswith(str(copy)) for uri in DeltaTable(str(copy / "features")).file_uris())
+    finally:
+        moved.rename(out)
+
+
+@pytest.mark.spark
+def test_spark_s_files_have_the_tables_columns(published):
+    """The declared schemas are the contract with what Spark writes (the partition column aside)."""
+    for dataset, schema in tables.SCHEMAS.items():
+        files = sorted((published[0] / dataset.rstrip("/")).rglob("part-*.parquet"))
+        assert files, dataset
+        written = pq.read_schema(files[0])
+        declared = schema.remove(schema.get_field_index(layout.PARTITION_COLUMN))
+        assert written.names == declared.names
+        for field in declared:
+            got = written.field(field.name).type
+            assert got == field.type or (pa.types.is_list(got) and got.value_type == field.type.value_type), field
+
+
+def write_part(table, batch_id, run, rows):
+    folder = table / f"{layout.PARTITION_COLUMN}={batch_id}" / f"run={run}"
+    folder.mkdir(parents=True)
+    data = pa.table(
+        {
+            "path": [f"{batch_id}/{i}.jpg" for i in range(rows)],
+            "reason": ["truncated"] * rows,
+            "detail": [None] * rows,
+            "label": ["Kiwi"] * rows,
+            "split": ["Training"] * rows,
+        },
+        schema=tables.REJECTS_SCHEMA.remove(tables.REJECTS_SCHEMA.get_field_index(layout.PARTITION_COLUMN)),
+    )
+    pq.write_table(data, folder / "part-00000.parquet")
+    return [f"file:{folder}/part-00000.parquet"]
+
+
+def test_writers_racing_on_one_table_each_land_their_batch_once(tmp_path):
+    table = tmp_path / "rejects"
+    files = {f"b{i}": write_part(table, f"b{i}", "r1", i + 1) for i in range(6)}
+    errors = []
+
+    def publish(batch_id):
+        try:
+            tables.publish_batch(str(table), tables.REJECTS_SCHEMA, batch_id, files[batch_id], {"run": "r1"})
+        except Exception as exc:  # noqa: BLE001 (the assertion below names it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(b,)) for b in files]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert batch_counts(table) == {f"b{i}": i + 1 for i in range(6)}
+
+
+def test_a_file_outside_the_table_is_refused_naming_it(tmp_path):
+    outside = write_part(tmp_path / "elsewhere", "b1", "r1", 1)
+    with pytest.raises(ValueError, match="not inside the table"):
+        tables.publish_batch(str(tmp_path / "rejects"), tables.REJECTS_SCHEMA, "b1", outside, {})
+
+
+@pytest.mark.spark
+def test_a_run_whose_lease_was_revoked_publishes_nothing_to_the_tables(spark, tmp_path):
+    """The lease rule holds for the tables too: a run given up on (its token no longer the lease's)
+    leaves the tables as they were, though its files and commit exist."""
+    import json
+
+    from fruits_jobs import features
+
+    for i in range(2):
+        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
+    out = tmp_path / "lake"
+    lease = out / layout.lease_key("day1")
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"token": "t1"}))
+    summary = run_job(spark, tmp_path / "a", out, "day1", lease=lease)
+    assert batch_counts(out / "features") == {"day1": 2}
+    version = DeltaTable(str(out / "features")).version()
+    lease.write_text(json.dumps({"token": None, "revoked": "given up"}))
+    args = features.parse_args(
+        ["--images", str(tmp_path / "a"), "--features", str(out / "features"), "--rejects", str(out / "rejects")]
+        + ["--batch-id", "day1", "--weights", "random", "--lease", str(lease)]
+    )
+    outputs = {"features": summary["features"], "rejects": None}
+    tables_uris = {layout.REJECTS: str(out / "rejects"), layout.FEATURES: str(out / "features")}
+    assert features.publish_tables(spark, args, tables_uris, outputs, summary) is None
+    assert DeltaTable(str(out / "features")).version() == version
+
+
+def test_delta_rs_publishes_and_reads_on_s3_through_moto_s_server(tmp_path, monkeypatch):
+    """delta-rs talks to S3 itself, not through boto3, so it meets a real HTTP server (moto's, which
+    honours If-None-Match): a batch published, then re-published, reads once."""
+    import io
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "eu-west-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1")
+        s3.create_bucket(Bucket="fruits-t", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        schema = tables.REJECTS_SCHEMA.remove(tables.REJECTS_SCHEMA.get_field_index(layout.PARTITION_COLUMN))
+        for run, rows in (("r1", 3), ("r2", 2)):
+            sink = io.BytesIO()
+            data = {"path": [f"{i}.jpg" for i in range(rows)], "reason": ["truncated"] * rows}
+            pq.write_table(
+                pa.table(
+                    {**data, "detail": [None] * rows, "label": ["a"] * rows, "split": ["T"] * rows}, schema=schema
+                ),
+                sink,
+            )
+            key = f"rejects/batch_id=b1/run={run}/part-00000.parquet"
+            s3.put_object(Bucket="fruits-t", Key=key, Body=sink.getvalue())
+            tables.publish_batch("s3a://fruits-t/rejects", tables.REJECTS_SCHEMA, "b1", [f"s3://fruits-t/{key}"], {})
+        table = DeltaTable("s3://fruits-t/rejects", storage_options=tables.storage_options("s3://fruits-t/rejects"))
+        assert (table.version(), table.to_pyarrow_table().num_rows) == (1, 2)
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="fruits-t", Prefix="rejects/_delta_log/")["Contents"]}
+        assert keys == {"rejects/_delta_log/00000000000000000000.json", "rejects/_delta_log/00000000000000000001.json"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.spark
+def test_a_lake_published_before_the_tables_is_converted_at_its_next_run(spark, tmp_path):
+    """A lake of today's main has commits and run folders but no _delta_log: the next publish makes
+    every batch's current (live) outputs the tables' first version, its own batch included."""
+    for i in range(2):
+        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
+        make_jpeg(tmp_path / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
+        make_jpeg(tmp_path / "c" / "Fig" / f"{i}.jpg", (30, 100 + 50 * i, 90))
+    (tmp_path / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+    out = tmp_path / "lake"
+    run_job(spark, tmp_path / "a", out, "day1")
+    run_job(spark, tmp_path / "a", out, "day1")  # re-published: only its current run counts
+    run_job(spark, tmp_path / "b", out, "day2")
+    for dataset in ("features", "rejects"):
+        shutil.rmtree(out / dataset / "_delta_log")  # as before the tables
+    run_job(spark, tmp_path / "c", out, "day3")
+    assert batch_counts(out / "features") == {"day1": 2, "day2": 2, "day3": 2}
+    assert batch_counts(out / "rejects") == {"day1": 1}
+    assert DeltaTable(str(out / "features")).version() == 0
+    assert DeltaTable(str(out / "features")).history(1)[0]["created_from"] == "commits"
