@@ -419,14 +419,15 @@ def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alon
     assert summary["locations"] == {
         "pca_model": f"s3://{BUCKET}/pca/spaces/{RUN}/model",
         "metrics": f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{RUN}/metrics.json",
+        "run_report": f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{RUN}/run_report.json",
         "plots": [],
         "pca_commit": f"s3://{BUCKET}/pca/_commits/{RUN}.json",
     }
     report = summary["run_report"]
     assert report["wall_s"]["extract_features"] is None and report["wall_s"]["reduce_dimensions"] > 0
     assert report["images_per_s"]["reduce_dimensions"] == 10 / report["wall_s"]["reduce_dimensions"]
-    stored = s3.get_object(Bucket=BUCKET, Key=f"pca/spaces/{RUN}/runs/{RUN}/metrics.json")["Body"].read()
-    assert json.loads(stored)["run_report"] == report
+    stored = s3.get_object(Bucket=BUCKET, Key=f"pca/spaces/{RUN}/runs/{RUN}/run_report.json")["Body"].read()
+    assert json.loads(stored) == report
     piece = f"pca/spaces/{RUN}/index/b-old/{RUN}"
     index = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"pca/spaces/{RUN}/index/")["Contents"]
     assert {o["Key"] for o in index} == {piece + ".usearch", piece + ".rows.parquet"}
