@@ -243,3 +243,16 @@ def test_a_lake_published_before_the_tables_is_converted_at_its_next_run(spark, 
     assert batch_counts(out / "rejects") == {"day1": 1}
     assert DeltaTable(str(out / "features")).version() == 0
     assert DeltaTable(str(out / "features")).history(1)[0]["created_from"] == "commits"
+
+
+@pytest.mark.spark
+def test_the_readme_s_reading_snippet_runs_as_written(published):
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = readme.split("<!-- read-the-lake -->")[1].split("```python")[1].split("```")[0]
+    scope = {"LAKE": str(published[0])}
+    exec(snippet, scope)  # noqa: S102 - the README's own code, as a reader would run it
+    assert scope["per_batch"] == [("day1", 2), ("day2", 2)]
+    assert len(scope["frame"]) == 4 and scope["frame"]["path"].is_unique
+    assert len(scope["before"]) == 5  # the version before the re-run of day1

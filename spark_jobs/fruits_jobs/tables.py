@@ -13,7 +13,7 @@ DynamoDB lock (delta-io/delta-rs discussion #4482); it talks to S3 itself, not t
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pyarrow as pa
 
@@ -108,14 +108,28 @@ def parquet_files(file_uris: Iterable[str]) -> list[tuple[str, int, int]]:
     return found
 
 
-def add_actions(table: str, batch_id: str, files: Iterable[tuple[str, int, int]]) -> list:
+def add_actions(table: str, partition: Mapping[str, str], files: Iterable[tuple[str, int, int]]) -> list:
     from deltalake.transaction import AddAction
 
     now = int(time.time() * 1000)
     return [
-        AddAction(relative_path(table, uri), size, {layout.PARTITION_COLUMN: batch_id}, now, True, file_stats(rows))
+        AddAction(relative_path(table, uri), size, dict(partition), now, True, file_stats(rows))
         for uri, size, rows in files
     ]
+
+
+def remove_actions(delta, replaced: Callable[[dict], bool]) -> list:
+    """The current files of the partitions `replaced` says go (it gets each file's partition values)."""
+    from deltalake.transaction import RemoveAction
+
+    now = int(time.time() * 1000)
+    current = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
+    removes = []
+    for entry in current:
+        partition = {k[len("partition.") :]: v for k, v in entry.items() if k.startswith("partition.")}
+        if replaced(partition):
+            removes.append(RemoveAction(entry["path"], True, now, entry["size_bytes"], partition))
+    return removes
 
 
 def exists(table_uri: str) -> bool:
@@ -125,37 +139,20 @@ def exists(table_uri: str) -> bool:
     return DeltaTable.is_deltatable(table, storage_options=storage_options(table))
 
 
-def create_table(
-    table_uri: str, schema: pa.Schema, files_by_batch: Mapping[str, Iterable[str]], metadata: Mapping[str, object]
+def publish(
+    table_uri: str,
+    schema: pa.Schema,
+    partition_by: list[str],
+    new_files: Mapping[tuple[str, ...], Iterable[str]],
+    replaced: Callable[[dict], bool],
+    metadata: Mapping[str, object],
 ) -> int:
-    """The table's first version: every batch's files, in one commit (a lake published before the
-    tables: its batches' current outputs). Another writer's table, created first, is left as it is.
-    Returns the table's version."""
-    from deltalake import CommitProperties, DeltaTable
-    from deltalake import Schema as DeltaSchema
-    from deltalake.transaction import create_table_with_add_actions
-
-    table = table_location(table_uri)
-    actions = [a for batch, files in files_by_batch.items() for a in add_actions(table, batch, parquet_files(files))]
-    create_table_with_add_actions(
-        table,
-        DeltaSchema.from_arrow(schema),
-        actions,
-        mode="ignore",
-        partition_by=[layout.PARTITION_COLUMN],
-        storage_options=storage_options(table),
-        commit_properties=CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()}),
-    )
-    return DeltaTable(table, storage_options=storage_options(table)).version()
-
-
-def publish_batch(
-    table_uri: str, schema: pa.Schema, batch_id: str, file_uris: Iterable[str], metadata: Mapping[str, object]
-) -> int:
-    """Make file_uris (Parquet in the table's folder) the batch's rows in the table, in one commit that
-    removes whatever the batch had; the table is created on its first publish. Returns the version.
-    metadata: what the commit records (run, counts) for `history()`; no reader needs it, since log
-    cleanup drops old commit information."""
+    """One commit: the current files of every partition `replaced` names go, new_files ({partition
+    values, in partition_by's order: Parquet files inside the table's folder}) come; the table is
+    created by its first publish. Returns the version. metadata: what the commit records (run,
+    counts) for `history()`; no reader needs it, since the log's cleanup drops old commit information.
+    A concurrent writer's commit is retried over (delta-rs, max_commit_retries) unless it touched the
+    same files, which fails naming the conflict."""
     from deltalake import CommitProperties, DeltaTable
     from deltalake import Schema as DeltaSchema
     from deltalake.exceptions import TableNotFoundError
@@ -163,36 +160,66 @@ def publish_batch(
 
     table = table_location(table_uri)
     options = storage_options(table)
-    actions = add_actions(table, batch_id, parquet_files(file_uris))
+    adds = [
+        action
+        for values, uris in new_files.items()
+        for action in add_actions(table, dict(zip(partition_by, values, strict=True)), parquet_files(uris))
+    ]
     properties = CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()}, max_commit_retries=10)
     try:
         delta = DeltaTable(table, storage_options=options)
     except TableNotFoundError:
-        delta = None
-    if delta is None:
         try:
             create_table_with_add_actions(
                 table,
                 DeltaSchema.from_arrow(schema),
-                actions,
+                adds,
                 mode="error",
-                partition_by=[layout.PARTITION_COLUMN],
+                partition_by=partition_by,
                 storage_options=options,
                 commit_properties=properties,
             )
             return DeltaTable(table, storage_options=options).version()
-        except Exception as exc:  # another writer created it first: replace the partition in its table
+        except Exception:  # another writer created it first: publish into its table
             if not DeltaTable.is_deltatable(table, storage_options=options):
                 raise
-            del exc
         delta = DeltaTable(table, storage_options=options)
     delta.create_write_transaction(
-        actions,
-        mode="overwrite",
-        schema=schema,
-        partition_by=[layout.PARTITION_COLUMN],
-        partition_filters=[(layout.PARTITION_COLUMN, "=", batch_id)],
+        remove_actions(delta, replaced) + adds,
+        mode="append",
+        schema=delta.schema(),
+        partition_by=partition_by,
         commit_properties=properties,
     )
     delta.update_incremental()
     return delta.version()
+
+
+def publish_batch(
+    table_uri: str, schema: pa.Schema, batch_id: str, file_uris: Iterable[str], metadata: Mapping[str, object]
+) -> int:
+    """A batch's new version in a table partitioned by batch_id: its old files out, file_uris in."""
+    return publish(
+        table_uri,
+        schema,
+        [layout.PARTITION_COLUMN],
+        {(batch_id,): list(file_uris)},
+        lambda partition: partition.get(layout.PARTITION_COLUMN) == batch_id,
+        metadata,
+    )
+
+
+def create_table(
+    table_uri: str, schema: pa.Schema, files_by_batch: Mapping[str, Iterable[str]], metadata: Mapping[str, object]
+) -> int:
+    """The table's first version: every batch's files, in one commit (a lake published before the
+    tables: its batches' current outputs). Another writer's table, created first, keeps its rows
+    and takes these batches' files. Returns the table's version."""
+    return publish(
+        table_uri,
+        schema,
+        [layout.PARTITION_COLUMN],
+        {(batch,): list(files) for batch, files in files_by_batch.items()},
+        lambda partition: partition.get(layout.PARTITION_COLUMN) in files_by_batch,
+        metadata,
+    )
