@@ -68,8 +68,8 @@ AIRFLOW: list[Call] = [
     *read("pca/_commits/*.json", "published.current_space"),
     Call("PutObject", "pca/spaces/*/runs/*/run_report.json", False, "summary.write_run_report"),
     Call("ListObjectsV2", "pca/spaces/*/index/", False, "vector_index.build_missing_pieces"),
-    Call("ListObjectsV2", "pca/spaces/*/vectors/*/*/", False, "vector_index.build_missing_pieces"),
-    *read("pca/spaces/*/vectors/*/*/*", "vector_index.build_missing_pieces"),
+    Call("ListObjectsV2", "vectors/*/*/*/", False, "vector_index.build_missing_pieces"),
+    *read("vectors/*/*/*/*", "vector_index.build_missing_pieces"),
     Call("PutObject", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces"),
     *read("pca/spaces/*/index/*", "vector_index.search (fruits similar on an s3:// lake)"),
     Call("CreateMultipartUpload", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces (a large piece)"),
@@ -119,7 +119,7 @@ def atomic_write(folder: str, name: str, by: str) -> list[Call]:
     return [*s3a_create(hidden, by), *s3a_rename(hidden, f"{folder}/{name}", by)]
 
 
-def delta_commit(table: str, by: str) -> list[Call]:
+def delta_commit(table: str, files: str, by: str) -> list[Call]:
     """delta-rs publishing into the Delta table at <table>/ (fruits_jobs/tables.py). It talks to S3
     itself (object_store, not boto3), so these are from its log store as documented and as seen
     against moto's server (tests/test_tables.py): read _last_checkpoint, list _delta_log/, read the
@@ -133,8 +133,8 @@ def delta_commit(table: str, by: str) -> list[Call]:
         Call("GetObject", f"{log}/*", False, by),
         Call("PutObject", f"{log}/*", False, by),  # the new entry; checkpoints, _last_checkpoint
         Call("DeleteObject", f"{log}/*", False, by),  # expired log entries, after a checkpoint
-        Call("HeadObject", f"{table}/batch_id=*/run=*/*.parquet", False, by),
-        Call("GetObject", f"{table}/batch_id=*/run=*/*.parquet", False, by),
+        Call("HeadObject", f"{table}/{files}", False, by),
+        Call("GetObject", f"{table}/{files}", False, by),
     ]
 
 
@@ -165,8 +165,8 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("features/batch_id=*/_commits/*.json", FEATURES_JOB),
     *atomic_write("features/batch_id=*/_commits", "*.json", FEATURES_JOB),
     Call("DeleteObject", "features/batch_id=*/_commits/*.json", False, FEATURES_JOB),  # superseded commits
-    *delta_commit("rejects", FEATURES_JOB),  # the Delta tables, rejects first, then features
-    *delta_commit("features", FEATURES_JOB),
+    *delta_commit("rejects", "batch_id=*/run=*/*.parquet", FEATURES_JOB),  # the Delta tables: rejects first
+    *delta_commit("features", "batch_id=*/run=*/*.parquet", FEATURES_JOB),
     # the PCA job (spark_jobs/fruits_jobs/pca.py): the batches' commit names, new batches' moments and features
     *probe("features", PCA_JOB),
     *probe("features/batch_id=*/_commits", PCA_JOB),
@@ -180,13 +180,16 @@ EMR_INSTANCE: list[Call] = [
     *atomic_write("pca/_commits", "*.json", PCA_JOB),
     Call("DeleteObject", "pca/_commits/*.json", False, PCA_JOB),  # superseded commits
     *probe("pca/spaces", PCA_JOB),
-    *s3a_tree("pca/spaces/*", PCA_JOB),  # model/, plots, vectors/<batch>/<run>/, runs/<run>/, retired spaces
+    *s3a_tree("pca/spaces/*", PCA_JOB),  # model/, plots, runs/<run>/, retired spaces
+    *probe("vectors", PCA_JOB),
+    *s3a_tree("vectors/*", PCA_JOB),  # <space>/<batch>/<run>/, a retired space's vectors
+    *delta_commit("vectors", "*/*/*/*.parquet", PCA_JOB),
     *s3a_read("pca/spaces/*/basis.npz", PCA_JOB),
     *atomic_write("pca/spaces/*", "basis.npz", PCA_JOB),
     *s3a_read("pca/spaces/*/runs/*/state.npz", PCA_JOB),
     *atomic_write("pca/spaces/*/runs/*", "state.npz", PCA_JOB),
     *s3a_read("pca/spaces/*/runs/*/metrics.json", PCA_JOB),
-    *s3a_read("pca/spaces/*/vectors/*/*/_confusion.json", PCA_JOB),
+    *s3a_read("vectors/*/*/*/_confusion.json", PCA_JOB),
     *s3a_tree("pca/batch_id=*", PCA_JOB),  # the layout before spaces, deleted by the first space's run
 ]
 

@@ -239,7 +239,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     space = f"s3://{BUCKET}/pca/spaces/{RUN}"
     assert summary["locations"]["metrics"] == f"{space}/runs/{RUN}/metrics.json"
     assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/_commits/{RUN}.json"
-    assert summary["locations"]["pca_vectors"] == f"{space}/vectors/b-ok/{RUN}"
+    assert summary["locations"]["pca_vectors"] == f"s3://{BUCKET}/vectors/{RUN}/b-ok/{RUN}"
     assert summary["locations"]["pca_model"] == f"{space}/model"
     # The run report (issue 11): the cluster, its timeline, images/s per step and the estimated cost.
     report = summary["run_report"]

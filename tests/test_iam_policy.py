@@ -83,8 +83,8 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     # publish_summary writes the run report beside the PCA run's metrics.json, which it never changes
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/run_report.json"})
     # ... then indexes the vectors the space's commit names, beside the space
-    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "pca/spaces/s1/vectors/b1/r1/"})
-    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/vectors/b1/r1/part-0.parquet"})
+    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "vectors/s1/b1/r1/"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "vectors/s1/b1/r1/part-0.parquet"})
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/b1/r1.usearch"})
     assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
     assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
@@ -110,7 +110,7 @@ def test_the_calls_the_pipeline_makes_are_allowed():
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
         # the space is the PCA job's: Airflow never commits, writes vectors or a basis, nor deletes in it
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"}, TAGS),
-        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/vectors/b1/r1/part-0.parquet"}, TAGS),
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "vectors/s1/b1/r1/part-0.parquet"}, TAGS),
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/basis.npz"}, TAGS),
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/state.npz"}, TAGS),
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/metrics.json"}, TAGS),
@@ -186,7 +186,9 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
         ("GetObject", "pca/_commits/r1.json", True),
         ("PutObject", "pca/_commits/r2.json", True),
         ("GetObject", "pca/spaces/s1/runs/r1/state.npz", True),
-        ("PutObject", "pca/spaces/s2/vectors/b1/r2/part-0.parquet", True),
+        ("PutObject", "vectors/s2/b1/r2/part-0.parquet", True),
+        ("PutObject", "vectors/_delta_log/00000000000000000001.json", True),  # the vectors table's commit
+        ("DeleteObject", "vectors/s0/b1/r0/part-0.parquet", True),  # a retired space's vectors
         ("PutObject", "pca/spaces/s2/basis.npz", True),
         ("DeleteObject", "pca/spaces/s0/model/metadata/part-00000", True),
         ("DeleteObject", "pca/batch_id=1/run=r0/reduced/part-0.parquet", True),  # the layout before spaces

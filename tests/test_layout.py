@@ -70,13 +70,13 @@ def test_a_lake_never_cleans_outside_itself():
         commits.clean_superseded(None, "/lakeM/features/batch_id=b1", ["/lake1/features/batch_id=b1"], "r")
 
 
-def test_a_space_keeps_its_files_under_pca_spaces_in_folders_without_key_value_names():
+def test_a_space_keeps_its_files_under_pca_spaces_and_its_vectors_in_the_table_without_key_value_names():
     """Issue 20: one embedding space per fit, every batch's vectors in it; no `key=value` folder for a
-    hive-partitioned reader to turn into a column."""
+    hive-partitioned reader to turn into a column. Issue 27: the vectors inside the vectors table."""
     pca, space, run = "s3://b/" + layout.PCA, "20261201T000000000Z-s", "20261202T000000000Z-r"
     assert layout.space_folder(pca, space) == f"s3://b/pca/spaces/{space}"
     vectors = layout.vectors_folder(pca, space, "2026-12-02", run)
-    assert vectors == f"s3://b/pca/spaces/{space}/vectors/2026-12-02/{run}"
+    assert vectors == f"s3://b/vectors/{space}/2026-12-02/{run}"
     assert "=" not in vectors
     assert layout.space_run_folder(layout.PCA, space, run) == f"pca/spaces/{space}/runs/{run}"
     assert layout.index_piece(layout.PCA, space, "b1", run) == f"pca/spaces/{space}/index/b1/{run}"
@@ -98,7 +98,7 @@ def test_a_space_commit_names_its_folders_relative_to_its_lake():
     path, data = commits.commit_file(pca, run, record)
     assert path == f"file:/data/lake1/pca/_commits/{run}.json"
     stored = json.loads(data)
-    assert stored["vectors"] == {"b1": f"pca/spaces/{space}/vectors/b1/{run}"}
+    assert stored["vectors"] == {"b1": f"vectors/{space}/b1/{run}"}
     assert stored["model"] == f"pca/spaces/{space}/model" and stored["k"] == 3
     moved = layout.resolve_record(stored, "s3://new-bucket/")
     assert moved["metrics"] == f"s3://new-bucket/pca/spaces/{space}/runs/{run}/metrics.json"

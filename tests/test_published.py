@@ -39,7 +39,7 @@ def test_a_batch_is_processed_only_once_the_current_space_commits_its_version(tm
     storage = LocalStorage(tmp_path)
     publish(storage, "b1", F1)
     put(tmp_path, f"pca/spaces/{P1}/runs/{P1}/metrics.json", b'{"k": 3}')
-    put(tmp_path, f"pca/spaces/{P1}/vectors/b1/{P1}/part-0.parquet")
+    put(tmp_path, f"vectors/{P1}/b1/{P1}/part-0.parquet")
     put(tmp_path, f"pca/_commits/.{P1}.json.tmp", b'{"space": "')  # being written
     assert published.current_space(storage) is None
     assert not published.is_processed(storage, "b1")
@@ -72,7 +72,7 @@ def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_p
     current = published.current_space(storage)
     assert current["space"] == P1 and current["commit"] == f"{tmp_path}/pca/_commits/{P2}.json"
     # its references resolved in this lake
-    assert current["vectors"]["b2"] == f"{tmp_path}/pca/spaces/{P1}/vectors/b2/{P2}"
+    assert current["vectors"]["b2"] == f"{tmp_path}/vectors/{P1}/b2/{P2}"
     assert published.latest_processed_batch(storage) == "b2"
     # a refit re-projects every batch and adds none: the last one the space took in is the newest
     space_commit(storage, P3, P3, {"b1": F1, "b2": F2}, added=[])

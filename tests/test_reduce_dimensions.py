@@ -291,7 +291,7 @@ def test_unseen_classes_start_a_new_space_and_every_batch_is_re_projected(spark,
     assert second["new_space"] and second["space"] != first["space"], second["drift"]
     assert "lose" in second["refit_reason"] and second["drift"]["residual_ratio"] > spaces.RESIDUAL_RATIO_MAX
     assert sorted(second["added"]) == ["d1", "d2"] and second["rows_read"] == 180 + len(x)
-    assert all(f"/spaces/{second['space']}/" in v for v in second["vectors"].values())
+    assert all(f"/vectors/{second['space']}/" in v for v in second["vectors"].values())
 
 
 def test_refit_always_a_new_k_and_never(spark, tmp_path):
@@ -353,7 +353,8 @@ def test_the_readme_snippet_reads_every_batch_once_in_one_space(spark, tmp_path)
     exec(snippet, scope)  # noqa: S102 - the README's own code, as a reader would run it
     table = scope["vectors"]
     assert table.num_rows == 48 + 36 and sorted(set(table.column("batch_id").to_pylist())) == ["d1", "d2"]
-    assert table.column_names == ["path", "label", "split", "batch_id", "pca"]
+    assert table.column_names == ["path", "label", "split", "batch_id", "pca", "space"]
+    assert len(set(table.column("space").to_pylist())) == 1
     assert len(set(table.column("path").to_pylist())) == 48 + 36
 
 
@@ -363,7 +364,7 @@ def test_hive_partitioned_readers_do_not_trip_on_the_space_folders(spark, tmp_pa
     features, out = tmp_path / "features", tmp_path / "pca"
     write_features(spark, features, {"2026-12-01": classes_data(3, 10, 16, seed=1)})
     metrics = run(spark, features, out, "--k", "3")
-    vectors = out / "spaces" / metrics["space"] / "vectors"
+    vectors = out.parent / "vectors" / metrics["space"]
     table = ds.dataset(vectors, format="parquet", partitioning="hive").to_table()
     assert table.column_names == ["path", "label", "split", "batch_id", "pca"]  # no partition column added
     assert spark.read.parquet(metrics["vectors"]["2026-12-01"]).columns == table.column_names
@@ -412,3 +413,59 @@ def test_a_batch_with_no_featurized_photo_stays_in_the_space_without_vectors(spa
     write_features(spark, features, {"d2": classes_data(4, 9, 16, seed=2)})
     second = run(spark, features, out, "--k", "3", "--refit", "never")
     assert second["added"] == ["d2"] and set(second["vectors"]) == {"d1", "d2"}
+
+
+def vectors_by_space_and_batch(table_path, version=None) -> dict:
+    """What a consumer reads: the vectors Delta table through its log, by DuckDB."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(table_path), version=version).to_pyarrow_dataset()  # noqa: F841 (DuckDB reads it by name)
+    found = duckdb.sql("SELECT space, batch_id, count(*), count(DISTINCT path) FROM rows GROUP BY ALL").fetchall()
+    return {(space, batch): (n, distinct) for space, batch, n, distinct in found}
+
+
+def test_the_vectors_table_holds_the_current_space_each_photo_once(spark, tmp_path):
+    """Issue 27: a consumer reads the vectors of every published batch once, all in one space, with no
+    code of ours: a kept space adds a day's partition; a re-published batch replaces its own; a new
+    space replaces them all in one commit, and the version before still reads the old space."""
+    from deltalake import DeltaTable
+
+    features, out = tmp_path / "features", tmp_path / "pca"
+    table = tmp_path / "vectors"
+    write_features(spark, features, {"d1": classes_data(4, 10, 16, seed=1)})
+    first = run(spark, features, out, "--k", "3")
+    write_features(spark, features, {"d2": classes_data(4, 6, 16, seed=2)})
+    second = run(spark, features, out, "--k", "3", "--refit", "never")
+    space = first["space"]
+    assert second["space"] == space
+    assert vectors_by_space_and_batch(table) == {(space, "d1"): (40, 40), (space, "d2"): (24, 24)}
+    write_features(spark, features, {"d2": classes_data(4, 5, 16, seed=3)})  # d2 re-published, smaller
+    run(spark, features, out, "--k", "3", "--refit", "never")
+    assert vectors_by_space_and_batch(table) == {(space, "d1"): (40, 40), (space, "d2"): (20, 20)}
+    refit = run(spark, features, out, "--k", "3", "--refit", "always")
+    assert vectors_by_space_and_batch(table) == {(refit["space"], "d1"): (40, 40), (refit["space"], "d2"): (20, 20)}
+    before = DeltaTable(str(table)).version() - 1
+    assert vectors_by_space_and_batch(table, before) == {(space, "d1"): (40, 40), (space, "d2"): (20, 20)}
+    assert refit["vectors_version"] == before + 1
+
+
+def test_a_space_from_before_the_vectors_table_is_projected_into_it_once(spark, tmp_path):
+    """A lake of today's main has no vectors table: the next run keeps the space and projects every
+    batch into the table, so the table starts whole; the run after adds only its day."""
+    import shutil
+
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"d1": classes_data(4, 10, 16, seed=1)})
+    first = run(spark, features, out, "--k", "3")
+    shutil.rmtree(tmp_path / "vectors" / "_delta_log")  # as before the table
+    write_features(spark, features, {"d2": classes_data(4, 6, 16, seed=2)})
+    second = run(spark, features, out, "--k", "3", "--refit", "never")
+    assert second["space"] == first["space"] and sorted(second["added"]) == ["d1", "d2"]
+    assert vectors_by_space_and_batch(tmp_path / "vectors") == {
+        (first["space"], "d1"): (40, 40),
+        (first["space"], "d2"): (24, 24),
+    }
+    write_features(spark, features, {"d3": classes_data(4, 2, 16, seed=4)})
+    third = run(spark, features, out, "--k", "3", "--refit", "never")
+    assert third["added"] == ["d3"]

@@ -216,18 +216,26 @@ def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
     spaces_uri = f"{pca_uri}/{layout.SPACES_DIR}"
     current = keep[-1]["space"]
     kept_spaces = {commit["space"] for commit in keep} | {keep[-1].get("previous_space")}
+    vectors_uri = layout.vectors_table(pca_uri)
+    retired = [s for s in hadoop_fs.list_names(spark, spaces_uri) if s not in kept_spaces and s < run_id]
+    # A space's vectors may outlive its folder (a run killed between the two deletes): listed too.
+    retired += [
+        s
+        for s in hadoop_fs.list_names(spark, vectors_uri)
+        if s not in kept_spaces and s < run_id and s not in retired and not s.startswith(("_", "."))
+    ]
+    for space in sorted(retired):
+        for uri in (layout.space_vectors(pca_uri, space), layout.space_folder(pca_uri, space)):
+            if hadoop_fs.exists(spark, uri):
+                drop(uri)
     for space in hadoop_fs.list_names(spark, spaces_uri):
         space_uri = layout.space_folder(pca_uri, space)
-        if space not in kept_spaces:
-            if space < run_id:
-                drop(space_uri)
-            continue
         if space != current:  # the previous space stays whole until the next switch
             continue
         # Only where the last two runs added: a run's leftovers are under the batches it was adding
         # (a killed refit's, in a space no commit names, go with it), so no listing per batch of the lake.
         for batch in sorted({b for commit in keep for b in commit.get("added", [])}):
-            for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.VECTORS_DIR}/{batch}"):
+            for run in hadoop_fs.list_names(spark, f"{layout.space_vectors(pca_uri, space)}/{batch}"):
                 if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
                     drop(layout.vectors_folder(pca_uri, space, batch, run))
         for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):

@@ -535,7 +535,7 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
             )
             continue
         folder = outputs[dataset.rstrip("/")]
-        files = [f"{folder}/{name}" for name in data_files(spark, folder)] if folder else []
+        files = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)] if folder else []
         versions[dataset] = tables.publish_batch(table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata)
     print(f"tables: batch {args.batch_id} published, table versions {versions}", file=sys.stderr)
     return versions
@@ -548,15 +548,8 @@ def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[st
     for batch, record in commits.current_by_batch(spark, features_uri).items():
         folder = record.get(dataset.rstrip("/"))
         if folder and commits.is_live(record, commits.read_lease(spark, root + layout.lease_key(batch))):
-            found[batch] = [f"{folder}/{name}" for name in data_files(spark, folder)]
+            found[batch] = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
     return found
-
-
-def data_files(spark, folder: str) -> list[str]:
-    """The Parquet files Spark wrote in a run's folder (not _SUCCESS, .crc or side files)."""
-    return [
-        name for name in hadoop_fs.list_names(spark, folder) if name.startswith("part-") and name.endswith(".parquet")
-    ]
 
 
 def lease_token(spark, lease_uri: str | None) -> str | None:

@@ -46,6 +46,11 @@ def list_names(spark, uri: str) -> list[str]:
     return sorted(status.getPath().getName() for status in fs.listStatus(path))
 
 
+def data_files(spark, folder: str) -> list[str]:
+    """The Parquet files Spark wrote in a folder (not _SUCCESS, .crc or side files), by name."""
+    return [name for name in list_names(spark, folder) if name.startswith("part-") and name.endswith(".parquet")]
+
+
 def read_text(spark, uri: str) -> str:
     stream = _fs(spark, uri).open(_path(spark, uri))
     try:

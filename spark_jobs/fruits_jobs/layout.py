@@ -21,6 +21,7 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
     models/<file>.weights.h5                           ImageNet weights for clusters without internet
     models/mobilenet_v2_<sha256>_<size>px_<exporter>.onnx  their ONNX export, made once by the features job
     features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run;
+                                                       features/ and rejects/ are Delta tables (tables.py);
     rejects/batch_id=<id>/run=<run>/                   features/batch_id=<id>/_commits/<run>.json, written
                                                        last, makes a run's features + rejects + summary the
                                                        batch's current version at once (commits.py)
@@ -31,8 +32,9 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
                                                        every published batch, its vectors in that space
     pca/spaces/<space>/                                one space (its id: the run that fitted it): model/
                                                        (Spark ML), basis.npz, fit-time plots, and
-    pca/spaces/<space>/vectors/<batch id>/<run>/       each batch's vectors in it (plain folder names: no
-                                                       key=value for hive-partitioned readers to trip on)
+    vectors/<space>/<batch id>/<run>/                  each batch's vectors in a space (plain folder names:
+                                                       no key=value for hive-partitioned readers to trip on);
+                                                       vectors/ is the vectors Delta table (tables.py)
     pca/spaces/<space>/runs/<run>/                     each run's metrics.json, state.npz (running totals),
                                                        class_quality.png, all named by its commit; and
                                                        run_report.json, which publish_summary writes after
@@ -68,7 +70,7 @@ MOMENTS_FILE = "_moments.npz"  # '_': Spark and pyarrow skip it when they read t
 SPACES_DIR = "spaces"
 BASIS_FILE = "basis.npz"  # components, spectrum and fitted mean, for readers without Spark (fruits similar)
 STATE_FILE = "state.npz"  # the space's running totals after a run: moments and per-class sums
-VECTORS_DIR = "vectors"
+VECTORS = "vectors/"  # the vectors Delta table, beside pca/: <space>/<batch>/<run>/ inside it
 SPACE_RUNS_DIR = "runs"
 INDEX_DIR = "index"
 PCA_PLOTS = {
@@ -215,9 +217,20 @@ def space_folder(pca: str, space: str) -> str:
     return f"{pca.rstrip('/')}/{SPACES_DIR}/{space}"
 
 
+def vectors_table(pca: str) -> str:
+    """The vectors Delta table, beside the pca folder (<root>/pca: <root>/vectors; the key pca/: vectors)."""
+    root = pca.rstrip("/").rpartition("/")[0]
+    return f"{root}/{VECTORS.rstrip('/')}" if root else VECTORS.rstrip("/")
+
+
+def space_vectors(pca: str, space: str) -> str:
+    """Every batch's vectors in one space, inside the vectors table."""
+    return f"{vectors_table(pca)}/{space}"
+
+
 def vectors_folder(pca: str, space: str, batch_id: str, run_id: str) -> str:
     """One batch's vectors in one space, as written by one run (a re-published batch: a new run)."""
-    return f"{space_folder(pca, space)}/{VECTORS_DIR}/{batch_id}/{run_id}"
+    return f"{space_vectors(pca, space)}/{batch_id}/{run_id}"
 
 
 def space_run_folder(pca: str, space: str, run_id: str) -> str:
@@ -264,7 +277,9 @@ def wheels_prefix(lock_sha256: str) -> str:
 # A commit names its outputs by their path under the lake's root ("features/batch_id=b/run=r"), and a
 # reader resolves them against the lake it was given: a copied, moved or restored lake reads (and
 # cleans) itself, never the one it was copied from.
-_IN_A_BATCH = re.compile(r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?|pca/spaces/[^/]+(?:/.*)?)$")
+_IN_A_BATCH = re.compile(
+    r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?|pca/spaces/[^/]+(?:/.*)?|vectors/[^/]+/[^/]+/[^/]+(?:/.*)?)$"
+)
 
 
 def lake_root(dataset_uri: str, dataset: str) -> str | None:

@@ -20,12 +20,13 @@ Projection is Spark ML's: uncentred (vectors = features x components), an affine
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from fruits_jobs import commits, hadoop_fs, layout, quality, spaces
+from fruits_jobs import commits, hadoop_fs, layout, quality, spaces, tables
 from fruits_jobs.common import UsageError, emit_summary, spark_session
 from fruits_jobs.contract import FEATURE_DIM
 from fruits_jobs.moments import BatchMoments, fold
@@ -243,6 +244,13 @@ def run(spark, args) -> dict:
         to_project = {batch: changed.get(batch) or commit_of(spark, features_uri, batch) for batch in batches}
         vectors: dict[str, str] = {}
         confusion: dict = {}
+    elif not tables.exists(layout.vectors_table(pca_uri)):
+        # A space from before the vectors table: its vectors lie outside it, so this run projects
+        # every batch again into the table (once; the space is kept).
+        assert space is not None
+        model = PCAModel.load(space["model"])
+        to_project = {batch: changed.get(batch) or commit_of(spark, features_uri, batch) for batch in batches}
+        vectors, confusion = {}, {}
     else:
         assert space is not None
         model = PCAModel.load(space["model"])
@@ -287,8 +295,33 @@ def run(spark, args) -> dict:
     # The switch: the space, every batch's vectors in it and the figures become current together.
     record = {key: value for key, value in metrics.items() if key != "confusion"}
     metrics["commit"] = commits.write_commit(spark, pca_uri, run_id, record)
+    metrics["vectors_version"] = publish_vectors(spark, pca_uri, metrics, whole=len(to_project) == len(batches))
     commits.clean_spaces(spark, pca_uri, run_id)
     return metrics
+
+
+def publish_vectors(spark, pca_uri: str, metrics: dict, whole: bool) -> int:
+    """The run's vectors into the vectors Delta table (tables.py), in one commit: the table holds the
+    current space only (a consumer reads one space, no filter), partitioned by space and batch. whole
+    (every batch projected: a new space, or the first run with the table): every file is replaced;
+    else the partitions of the batches this run added or withdrew."""
+    space = metrics["space"]
+    touched = set(metrics["added"]) | set(metrics["withdrawn"])
+    new_files = {
+        (space, batch): [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
+        for batch, folder in metrics["vectors"].items()
+        if whole or batch in touched
+    }
+    version = tables.publish(
+        layout.vectors_table(pca_uri),
+        tables.VECTORS_SCHEMA,
+        [tables.SPACE_COLUMN, layout.PARTITION_COLUMN],
+        new_files,
+        (lambda partition: True) if whole else (lambda partition: partition.get(layout.PARTITION_COLUMN) in touched),
+        {"run": metrics["run"], "space": space, "new_space": metrics["new_space"]},
+    )
+    print(f"tables: space {space} published to the vectors table, version {version}", file=sys.stderr)
+    return version
 
 
 def commit_of(spark, features_uri: str, batch: str) -> dict:

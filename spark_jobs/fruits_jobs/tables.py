@@ -42,6 +42,20 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 SCHEMAS = {layout.FEATURES: FEATURES_SCHEMA, layout.REJECTS: REJECTS_SCHEMA}
+# The vectors table holds the current space's vectors (a new space replaces them all in one commit),
+# partitioned by space and batch: the space is a column every reader gets, and Glue registers the
+# table once (README, "Reading the lake"). batch_id is also in the files, as the PCA job writes them.
+SPACE_COLUMN = "space"
+VECTORS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        (layout.PARTITION_COLUMN, pa.string()),
+        ("pca", pa.list_(pa.float32())),
+        (SPACE_COLUMN, pa.string()),
+    ]
+)
 
 
 def table_location(uri: str) -> str:

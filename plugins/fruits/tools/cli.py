@@ -10,7 +10,7 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
     fruits check                    every batch's commits readable and the outputs they name present
     fruits photo BATCH PATH > f.jpg  one stored photo, byte for byte (PATH: as in the landing folder)
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
-    fruits sql "QUERY" [--as-of T]  DuckDB SQL over the Delta tables features and rejects
+    fruits sql "QUERY" [--as-of T]  DuckDB SQL over the Delta tables features, rejects and vectors
 
 Everything is read through the batches' commits (what is published), never from half-written runs.
 """
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--per-class", type=int, default=6)
     demo.add_argument("--no-odd-files", action="store_true", help="only photos (no empty, hidden or broken files)")
-    query = sub.add_parser("sql", help="DuckDB SQL over the lake's Delta tables (features, rejects)")
+    query = sub.add_parser("sql", help="DuckDB SQL over the lake's Delta tables (features, rejects, vectors)")
     query.add_argument("query", help='e.g. "SELECT batch_id, count(*) FROM features GROUP BY 1"')
     query.add_argument("--as-of", help="read every table as it was at this time (ISO 8601; UTC by default)")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fruits_jobs import layout, tables
 
 # The tables a query may name, by their folder in the lake (fruits_jobs/tables.py).
-TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS}
+TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS, "vectors": layout.VECTORS}
 
 
 class SqlError(ValueError):
