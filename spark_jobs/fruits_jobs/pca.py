@@ -307,7 +307,7 @@ def publish_vectors(spark, pca_uri: str, metrics: dict, whole: bool) -> int:
     else the partitions of the batches this run added or withdrew."""
     space = metrics["space"]
     touched = set(metrics["added"]) | set(metrics["withdrawn"])
-    new_files = {
+    new_files: dict[tuple[str, ...], list[str]] = {
         (space, batch): [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
         for batch, folder in metrics["vectors"].items()
         if whole or batch in touched
