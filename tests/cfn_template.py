@@ -62,12 +62,17 @@ class Stack:
             return self.refs[name]
         resource = self.resources[name]
         kind, props = resource["Type"], resource["Properties"]
+        # What Ref returns, by type (CloudFormation's resource reference, "Return values"): a name.
         names = {
-            "AWS::IAM::Role": "RoleName",
-            "AWS::S3::Bucket": "BucketName",
-            "AWS::IAM::InstanceProfile": "InstanceProfileName",
+            "AWS::IAM::Role": ("RoleName",),
+            "AWS::S3::Bucket": ("BucketName",),
+            "AWS::IAM::InstanceProfile": ("InstanceProfileName",),
+            "AWS::Athena::WorkGroup": ("Name",),
+            "AWS::Glue::Database": ("DatabaseInput", "Name"),
         }
-        return self.resolve(props[names[kind]])
+        for key in names[kind]:
+            props = props[key]
+        return self.resolve(props)
 
     def _get_att(self, name: str, attribute: str) -> str:
         kind = self.resources[name]["Type"]

@@ -139,3 +139,38 @@ def test_outputs_are_the_settings_the_dag_needs_and_match_their_defaults():
     assert stack.resolve(outputs["FruitsEmrServiceRole"]["Value"]) == settings.DEFAULTS["emr_service_role"]
     assert stack.resolve(outputs["FruitsEmrInstanceProfile"]["Value"]) == settings.DEFAULTS["emr_instance_profile"]
     assert stack.resolve(outputs["FruitsProjectTag"]["Value"]) == settings.DEFAULTS["project_tag"]
+
+
+def test_the_lake_s_delta_tables_are_registered_once_for_athena_with_a_read_only_policy():
+    """Issue 27: Glue tables with only a location and table_type DELTA (Athena reads the rest from
+    the Delta log), at the lake's table folders; an enforced, encrypted workgroup writing into the
+    bucket; a reader policy that reads the tables and nothing else of the lake."""
+    from iam_eval import is_allowed
+
+    from fruits_jobs import layout
+
+    stack = Stack("fruits-lake-example", account="123456789012")
+    tables = {
+        stack.resolve(r["Properties"])["TableInput"]["Name"]: stack.resolve(r["Properties"])
+        for r in RESOURCES.values()
+        if r["Type"] == "AWS::Glue::Table"
+    }
+    assert set(tables) == {"features", "rejects", "vectors"}
+    for name, props in tables.items():
+        table = props["TableInput"]
+        assert table["Parameters"]["table_type"] == "DELTA" and props["DatabaseName"] == "fruits_lake"
+        assert table["StorageDescriptor"] == {"Location": f"s3://fruits-lake-example/{getattr(layout, name.upper())}"}
+    workgroup = stack.resolve(RESOURCES["LakeWorkGroup"]["Properties"])["WorkGroupConfiguration"]
+    assert workgroup["EnforceWorkGroupConfiguration"] is True
+    assert workgroup["ResultConfiguration"]["OutputLocation"] == "s3://fruits-lake-example/athena-results/"
+    reader = stack.policy("LakeReaderPolicy")
+
+    def s3(action: str, key: str) -> bool:
+        return is_allowed(reader, f"s3:{action}", f"arn:aws:s3:::fruits-lake-example/{key}", {})
+
+    assert s3("GetObject", "features/_delta_log/00000000000000000000.json")
+    assert s3("GetObject", "vectors/s1/b1/r1/part-00000.parquet") and s3("GetObject", "rejects/batch_id=b/run=r/x")
+    assert s3("PutObject", "athena-results/q.csv")
+    assert not s3("GetObject", "raw/batch_id=b1/shard-00000.parquet")  # never the photos
+    assert not s3("PutObject", "features/_delta_log/00000000000000000001.json")  # never a commit
+    assert not s3("DeleteObject", "vectors/s1/b1/r1/part-00000.parquet")
