@@ -145,9 +145,9 @@ def test_the_lake_s_delta_tables_are_registered_once_for_athena_with_a_read_only
     """Issue 27: Glue tables with only a location and table_type DELTA (Athena reads the rest from
     the Delta log), at the lake's table folders; an enforced, encrypted workgroup writing into the
     bucket; a reader policy that reads the tables and nothing else of the lake."""
-    from iam_eval import is_allowed
-
     from fruits_jobs import layout
+
+    from iam_eval import is_allowed
 
     stack = Stack("fruits-lake-example", account="123456789012")
     tables = {
