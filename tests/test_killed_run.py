@@ -86,3 +86,10 @@ def test_a_run_killed_with_sigkill_never_publishes_and_leaves_nothing_running(
     assert published.is_published(storage, "bx-2") and not published.is_published(storage, "bx-1")
     current = commits.read_current(spark, str(lake / "features"), "features").collect()
     assert len(current) == PHOTOS == len({row["sha256"] for row in current})
+    # ... and through the Delta tables (issue 27): the killed run added nothing to them.
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(lake / "features")).to_pyarrow_table(columns=["batch_id", "sha256"]).to_pylist()
+    assert {r["batch_id"] for r in rows} == {"bx-2"} and len({r["sha256"] for r in rows}) == len(rows) == PHOTOS
+    vectors = DeltaTable(str(lake / "vectors")).to_pyarrow_table(columns=["path", "batch_id"]).to_pylist()
+    assert {r["batch_id"] for r in vectors} == {"bx-2"} and len({r["path"] for r in vectors}) == PHOTOS
