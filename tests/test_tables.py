@@ -5,6 +5,7 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -256,3 +257,32 @@ def test_the_readme_s_reading_snippet_runs_as_written(published):
     assert scope["per_batch"] == [("day1", 2), ("day2", 2)]
     assert len(scope["frame"]) == 4 and scope["frame"]["path"].is_unique
     assert len(scope["before"]) == 5  # the version before the re-run of day1
+
+
+@pytest.mark.spark
+def test_fruits_check_names_a_missing_data_file_and_a_rerun_mends_it(published, spark, tmp_path, capsys):
+    """A data file the current version names, gone: every reader of the table fails on it. `fruits
+    check` names it and the batch to re-run; the re-run replaces the batch's partition."""
+    out = tmp_path / "lake"
+    shutil.copytree(published[0], out)
+    table = DeltaTable(str(out / "features"))
+    victim = next(uri for uri in table.file_uris() if "batch_id=day2" in uri)
+    Path(victim).unlink()
+    assert cli.main(["--lake", str(out), "check"]) == 1
+    printed = capsys.readouterr().out
+    assert f"table features: {victim} is missing" in printed and "re-run batch day2" in printed
+    run_job(spark, published[0].parent / "b", out, "day2")  # what the rerun param runs
+    assert cli.main(["--lake", str(out), "check"]) == 0
+    assert batch_counts(out / "features") == {"day1": 2, "day2": 2}
+
+
+@pytest.mark.spark
+def test_fruits_check_names_a_damaged_delta_log_entry(published, tmp_path, capsys):
+    out = tmp_path / "lake"
+    shutil.copytree(published[0], out)
+    newest = sorted((out / "rejects" / "_delta_log").glob("*.json"))[-1]
+    newest.write_text('{"add": {"path": ')  # half-written by hand, or damaged
+    assert cli.main(["--lake", str(out), "check"]) == 1
+    printed = capsys.readouterr().out
+    assert f"table rejects: its Delta log {out}/rejects/_delta_log/ cannot be read" in printed
+    assert f"newest entry {out}/rejects/_delta_log/{newest.name}" in printed and "Repairing a Delta log" in printed

@@ -3,11 +3,17 @@ they name hold files: `fruits check` (all batches) and `fruits batches` (a colum
 batch is mended by a re-run (the `rerun` param: README, "Repair")."""
 
 from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
 
 from fruits.lake.published import current_space, in_space, published_commit
 from fruits.lake.storage import LocalStorage, Storage
-from fruits_jobs import layout
+from fruits_jobs import layout, tables
 from fruits_jobs.commits import DamagedLake
+
+# The lake's Delta tables, by name: what `fruits check` reads through their logs.
+TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS, "vectors": layout.VECTORS}
 
 
 def holds_files(storage: Storage, uri: str) -> bool:
@@ -59,3 +65,33 @@ def known_batches(storage: Storage) -> list[str]:
     ingested = {layout.batch_of_manifest(key) for key in storage.sizes(layout.MANIFESTS)}
     committed = {layout.parse_commit_key(key, layout.FEATURES) for key in storage.sizes(layout.FEATURES)}
     return sorted({b for b in ingested if b} | {found[0] for found in committed if found})
+
+
+def table_problems(storage: Storage, name: str, folder: str) -> list[str]:
+    """What is wrong with a Delta table of the lake (nothing: an empty list; no table yet: nothing).
+    A log entry that cannot be read blocks every reader and writer, and no commit mends it: the
+    message names it and the README's manual repair. A data file the current version names that is
+    gone is mended by re-running its batch (its partition is then replaced)."""
+    from deltalake import DeltaTable
+
+    log = folder + "_delta_log/"
+    entries = storage.sizes(log)
+    if not entries:
+        return []
+    location = tables.table_location(storage.name + folder)
+    try:
+        table = DeltaTable(location, storage_options=tables.storage_options(location))
+        current = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    except Exception as exc:  # delta-rs raises several kinds for a damaged log: any is "unreadable"
+        newest = max(entries)
+        return [
+            f"table {name}: its Delta log {storage.name}{log} cannot be read ({str(exc).splitlines()[0]}); "
+            f"newest entry {storage.name}{newest}: README, 'Repairing a Delta log'"
+        ]
+    present = set(storage.sizes(folder))
+    return [
+        f"table {name}: {storage.name}{folder}{unquote(entry['path'])} is missing (its current version names "
+        f"it): re-run batch {entry.get('partition.' + layout.PARTITION_COLUMN)} (README, 'Repair')"
+        for entry in current
+        if folder + unquote(entry["path"]) not in present
+    ]

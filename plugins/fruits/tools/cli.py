@@ -24,7 +24,7 @@ import numpy as np
 
 from fruits.lake import vector_index
 from fruits.lake.folder import default_lake
-from fruits.lake.health import batch_problems, known_batches
+from fruits.lake.health import TABLES, batch_problems, known_batches, table_problems
 from fruits.lake.ingest import NotStored, stored_photo
 from fruits.lake.published import (
     committed_batches,
@@ -161,12 +161,17 @@ def index_lines(storage: Storage) -> list[str]:
 
 
 def check_lines(storage: Storage) -> tuple[list[str], bool]:
-    """One line per batch, ok or what is wrong; and whether all are ok."""
+    """One line per batch, ok or what is wrong, then what is wrong with a Delta table; and whether
+    all are ok."""
     lines, healthy = [], True
     for batch in known_batches(storage):
         problems = batch_problems(storage, batch)
         healthy &= not problems
         lines += [f"{batch}: ok"] if not problems else [f"{batch}: DAMAGED: {p}" for p in problems]
+    for name, folder in TABLES.items():
+        problems = table_problems(storage, name, folder)
+        healthy &= not problems
+        lines += [f"DAMAGED: {p}" for p in problems]
     return lines or [f"no batch in {storage.name}"], healthy
 
 

@@ -4,10 +4,8 @@ tables reach DuckDB as Arrow datasets."""
 
 from datetime import UTC, datetime
 
-from fruits_jobs import layout, tables
-
-# The tables a query may name, by their folder in the lake (fruits_jobs/tables.py).
-TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS, "vectors": layout.VECTORS}
+from fruits.lake.health import TABLES  # the tables a query may name, by their folder in the lake
+from fruits_jobs import tables
 
 
 class SqlError(ValueError):
