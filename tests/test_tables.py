@@ -154,31 +154,33 @@ def test_a_file_outside_the_table_is_refused_naming_it(tmp_path):
 
 
 @pytest.mark.spark
-def test_a_run_whose_lease_was_revoked_publishes_nothing_to_the_tables(spark, tmp_path):
+def test_a_run_whose_lease_was_revoked_publishes_nothing_to_the_tables(published, spark, tmp_path):
     """The lease rule holds for the tables too: a run given up on (its token no longer the lease's)
     leaves the tables as they were, though its files and commit exist."""
     import json
 
     from fruits_jobs import features
 
-    for i in range(2):
-        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
     out = tmp_path / "lake"
+    shutil.copytree(published[0], out)
     lease = out / layout.lease_key("day1")
-    lease.parent.mkdir(parents=True)
-    lease.write_text(json.dumps({"token": "t1"}))
-    summary = run_job(spark, tmp_path / "a", out, "day1", lease=lease)
-    assert batch_counts(out / "features") == {"day1": 2}
-    version = DeltaTable(str(out / "features")).version()
+    lease.parent.mkdir(parents=True, exist_ok=True)
     lease.write_text(json.dumps({"token": None, "revoked": "given up"}))
+    version = DeltaTable(str(out / "features")).version()
     args = features.parse_args(
-        ["--images", str(tmp_path / "a"), "--features", str(out / "features"), "--rejects", str(out / "rejects")]
+        ["--images", str(tmp_path), "--features", str(out / "features"), "--rejects", str(out / "rejects")]
         + ["--batch-id", "day1", "--weights", "random", "--lease", str(lease)]
     )
-    outputs = {"features": summary["features"], "rejects": None}
+    first = published[1]  # day1's first run: its folders are kept (the previous version)
+    folder = str(out / "features" / "batch_id=day1" / f"run={first['run']}")
     tables_uris = {layout.REJECTS: str(out / "rejects"), layout.FEATURES: str(out / "features")}
-    assert features.publish_tables(spark, args, tables_uris, outputs, summary) is None
+    summary = {**first, "token": "t1"}
+    assert features.publish_tables(spark, args, tables_uris, {"features": folder, "rejects": None}, summary) is None
     assert DeltaTable(str(out / "features")).version() == version
+    assert batch_counts(out / "features") == {"day1": 2, "day2": 2}
+    lease.write_text(json.dumps({"token": "t1"}))  # the same call while the lease holds its token: published
+    assert features.publish_tables(spark, args, tables_uris, {"features": folder, "rejects": None}, summary)
+    assert batch_counts(out / "features") == {"day1": 3, "day2": 2}
 
 
 def test_delta_rs_publishes_and_reads_on_s3_through_moto_s_server(tmp_path, monkeypatch):
@@ -225,23 +227,18 @@ def test_delta_rs_publishes_and_reads_on_s3_through_moto_s_server(tmp_path, monk
 
 
 @pytest.mark.spark
-def test_a_lake_published_before_the_tables_is_converted_at_its_next_run(spark, tmp_path):
+def test_a_lake_published_before_the_tables_is_converted_at_its_next_run(published, spark, tmp_path):
     """A lake of today's main has commits and run folders but no _delta_log: the next publish makes
     every batch's current (live) outputs the tables' first version, its own batch included."""
-    for i in range(2):
-        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
-        make_jpeg(tmp_path / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
-        make_jpeg(tmp_path / "c" / "Fig" / f"{i}.jpg", (30, 100 + 50 * i, 90))
-    (tmp_path / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
     out = tmp_path / "lake"
-    run_job(spark, tmp_path / "a", out, "day1")
-    run_job(spark, tmp_path / "a", out, "day1")  # re-published: only its current run counts
-    run_job(spark, tmp_path / "b", out, "day2")
+    shutil.copytree(published[0], out)
     for dataset in ("features", "rejects"):
         shutil.rmtree(out / dataset / "_delta_log")  # as before the tables
+    for i in range(2):
+        make_jpeg(tmp_path / "c" / "Fig" / f"{i}.jpg", (30, 100 + 50 * i, 90))
     run_job(spark, tmp_path / "c", out, "day3")
-    assert batch_counts(out / "features") == {"day1": 2, "day2": 2, "day3": 2}
-    assert batch_counts(out / "rejects") == {"day1": 1}
+    assert batch_counts(out / "features") == {"day1": 2, "day2": 2, "day3": 2}  # day1: its re-run only
+    assert batch_counts(out / "rejects") == {}
     assert DeltaTable(str(out / "features")).version() == 0
     assert DeltaTable(str(out / "features")).history(1)[0]["created_from"] == "commits"
 
@@ -286,3 +283,12 @@ def test_fruits_check_names_a_damaged_delta_log_entry(published, tmp_path, capsy
     printed = capsys.readouterr().out
     assert f"table rejects: its Delta log {out}/rejects/_delta_log/ cannot be read" in printed
     assert f"newest entry {out}/rejects/_delta_log/{newest.name}" in printed and "Repairing a Delta log" in printed
+
+
+def test_publishing_the_same_files_again_changes_nothing(tmp_path):
+    """A retried publish (the same run's files) is a no-op, not Delta's "add and remove the same path"."""
+    table = tmp_path / "rejects"
+    files = write_part(table, "b1", "r1", 2)
+    first = tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", files, {})
+    assert tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", files, {}) == first
+    assert batch_counts(table) == {"b1": 2}

@@ -198,8 +198,16 @@ def publish(
             if not DeltaTable.is_deltatable(table, storage_options=options):
                 raise
         delta = DeltaTable(table, storage_options=options)
+    # A file both current and new stays as it is (Delta refuses to remove and add one path in a commit):
+    # publishing the same files again changes nothing.
+    removes = remove_actions(delta, replaced)
+    kept = {action.path for action in removes} & {action.path for action in adds}
+    removes = [action for action in removes if action.path not in kept]
+    adds = [action for action in adds if action.path not in kept]
+    if not removes and not adds:
+        return delta.version()
     delta.create_write_transaction(
-        remove_actions(delta, replaced) + adds,
+        removes + adds,
         mode="append",
         schema=delta.schema(),
         partition_by=partition_by,
