@@ -48,6 +48,19 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "manifests/batch_id=*.lease", False, "leases.current_token"),
     *read("manifests/batch_id=*.lease", "leases.current_token"),
     Call("PutObject", "manifests/batch_id=*.lease", False, "leases.issue, revoke_lease (sensor, teardown)"),
+    # leases.fence_tables: a new lease of a batch that had one is recorded in the tables' logs, where
+    # they exist (listed first; then delta-rs, with the connection's credentials: delta_commit below)
+    Call("ListObjectsV2", "features/_delta_log/", False, "leases.fence_tables"),
+    Call("ListObjectsV2", "rejects/_delta_log/", False, "leases.fence_tables"),
+    *(
+        call
+        for table in ("features", "rejects")
+        for call in (
+            Call("GetObject", f"{table}/_delta_log/_last_checkpoint", True, "leases.fence_tables (delta-rs)"),
+            Call("GetObject", f"{table}/_delta_log/*", False, "leases.fence_tables (delta-rs)"),
+            Call("PutObject", f"{table}/_delta_log/*", False, "leases.fence_tables (delta-rs)"),
+        )
+    ),
     Call("ListObjectsV2", "raw/batch_id=*/", False, "ingest.ingest (what is there already)"),
     Call("PutObject", "raw/batch_id=*/*", False, "ingest.ingest (the photos)"),
     Call("CreateMultipartUpload", "raw/batch_id=*/*", False, "ingest.ingest (a photo over 8 MB)"),

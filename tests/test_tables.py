@@ -292,3 +292,60 @@ def test_publishing_the_same_files_again_changes_nothing(tmp_path):
     first = tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", files, {})
     assert tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", files, {}) == first
     assert batch_counts(table) == {"b1": 2}
+
+
+def test_a_commit_under_an_older_lease_generation_is_refused_by_the_log(tmp_path):
+    """Fencing in the log itself (issue 27, point 3): the batch's lease generation is a Delta
+    transaction version. A writer whose snapshot predates a newer generation's commit is refused by
+    delta-rs; one whose snapshot shows it is refused before committing."""
+    from deltalake.exceptions import CommitFailedError
+
+    table = tmp_path / "rejects"
+    tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", write_part(table, "b1", "r1", 1), {}, generation=1)
+    stale = DeltaTable(str(table))  # the job's snapshot, read while its generation (1) was current
+    tables.fence_table(str(table), "b1", 2, {"lease": "revoked"})  # the revoke, mid-commit
+    assert DeltaTable(str(table)).transaction_version(tables.lease_app_id("b1")) == 2
+    late = tables.add_actions(str(table), {"batch_id": "b1"}, tables.parquet_files(write_part(table, "b1", "r2", 3)))
+    with pytest.raises(CommitFailedError, match="Concurrent transaction"):
+        tables.commit_actions(stale, [], late, ["batch_id"], {}, (tables.lease_app_id("b1"), 1))
+    with pytest.raises(tables.GivenUp, match="generation 2 in the table's log, this run started under 1"):
+        tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", write_part(table, "b1", "r3", 2), {}, 1)
+    assert batch_counts(table) == {"b1": 1}  # neither landed
+    tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", write_part(table, "b1", "r4", 4), {}, 2)
+    assert batch_counts(table) == {"b1": 4}  # the new generation's run publishes
+
+
+@pytest.mark.spark
+def test_a_revoke_is_recorded_in_the_tables_logs_and_a_run_it_overtook_publishes_nothing(published, spark, tmp_path):
+    """The lease file and the log agree: leases.issue/revoke give each new lease the next generation
+    and fence both tables with it; a run that saw its lease live just before still cannot commit."""
+    import json
+
+    from fruits.lake import leases
+    from fruits.lake.storage import LocalStorage
+    from fruits_jobs import features
+
+    out = tmp_path / "lake"
+    shutil.copytree(published[0], out)
+    storage = LocalStorage(out)
+    token = leases.issue(storage, "day1")  # generation 1: no earlier lease, nothing to fence
+    lease = json.loads((out / layout.lease_key("day1")).read_text())
+    assert (lease["token"], lease["generation"]) == (token, 1)
+    leases.issue(storage, "day1")  # a new run's lease: generation 2, in both logs
+    for name in ("features", "rejects"):
+        assert DeltaTable(str(out / name)).transaction_version(tables.lease_app_id("day1")) == 2
+    leases.revoke(storage, "day1", "test")
+    assert json.loads((out / layout.lease_key("day1")).read_text())["generation"] == 3
+    assert DeltaTable(str(out / "features")).transaction_version(tables.lease_app_id("day1")) == 3
+    # A run of generation 2 that read its lease live (the file says so again) commits after the revoke.
+    (out / layout.lease_key("day1")).write_text(json.dumps({"token": "t2", "generation": 2}))
+    first = published[1]
+    args = features.parse_args(
+        ["--images", str(tmp_path), "--features", str(out / "features"), "--rejects", str(out / "rejects")]
+        + ["--batch-id", "day1", "--weights", "random", "--lease", str(out / layout.lease_key("day1"))]
+    )
+    folder = str(out / "features" / "batch_id=day1" / f"run={first['run']}")
+    uris = {layout.REJECTS: str(out / "rejects"), layout.FEATURES: str(out / "features")}
+    summary = {**first, "token": "t2", "lease_generation": 2}
+    assert features.publish_tables(spark, args, uris, {"features": folder, "rejects": None}, summary) is None
+    assert batch_counts(out / "features") == {"day1": 2, "day2": 2}  # still the re-run's rows

@@ -471,7 +471,7 @@ def run(spark, args) -> dict:
     # Hidden from readers by its leading '_'; named by the run, so a later run can tell it is older.
     staging_uri = f"{features_uri}/{layout.STAGING_DIR}/{run_id}"
     batch_folders = [layout.batch_folder(features_uri, args.batch_id), layout.batch_folder(rejects_uri, args.batch_id)]
-    token = lease_token(spark, args.lease)
+    token, generation = lease_token(spark, args.lease)
 
     warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
@@ -504,6 +504,7 @@ def run(spark, args) -> dict:
     seconds = time.perf_counter() - started
     warming.join()
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
+    summary["lease_generation"] = generation  # what the tables' log is fenced with (tables.commit_actions)
     # The switch: features, rejects and summary become the batch's current version together.
     summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
     publish_tables(spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, outputs, summary)
@@ -536,7 +537,14 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
             continue
         folder = outputs[dataset.rstrip("/")]
         files = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)] if folder else []
-        versions[dataset] = tables.publish_batch(table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata)
+        generation = summary.get("lease_generation")
+        try:
+            versions[dataset] = tables.publish_batch(
+                table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata, generation
+            )
+        except tables.GivenUp as exc:  # revoked while this run ran: the log refused it
+            print(f"WARNING: {exc}", file=sys.stderr)
+            return None
     print(f"tables: batch {args.batch_id} published, table versions {versions}", file=sys.stderr)
     return versions
 
@@ -552,14 +560,15 @@ def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[st
     return found
 
 
-def lease_token(spark, lease_uri: str | None) -> str | None:
-    """The token this run publishes under; a revoked lease means the run was given up: stop here."""
+def lease_token(spark, lease_uri: str | None) -> tuple[str | None, int | None]:
+    """The token this run publishes under and the lease's generation (read once, together: what the
+    tables' log is fenced with); a revoked lease means the run was given up: stop here."""
     lease = commits.read_lease(spark, hadoop_fs.qualify(spark, lease_uri)) if lease_uri else None
     if lease is not None and lease.get("token") is None:
         raise UsageError(
             f"--lease {lease_uri}: revoked ({lease.get('revoked')}); this run was given up, start a new one"
         )
-    return lease["token"] if lease else None
+    return (lease["token"], lease.get("generation")) if lease else (None, None)
 
 
 def batch_summary(

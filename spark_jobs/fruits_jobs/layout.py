@@ -201,6 +201,14 @@ def batch_of_manifest(key: str) -> str | None:
     return name[len(partition("")) : -len(".json")]
 
 
+def batch_of_lease(key: str) -> str:
+    """The batch of a lease's key (lease_key's inverse), or ValueError."""
+    name = key[len(MANIFESTS) :]
+    if not (key.startswith(MANIFESTS) and name.startswith(partition("")) and name.endswith(".lease")):
+        raise ValueError(f"{key} is not a batch's lease (manifests/batch_id=<id>.lease)")
+    return name[len(partition("")) : -len(".lease")]
+
+
 def lease_key(batch_id: str) -> str:
     """The batch's lease, beside its manifest (the same grants: Airflow writes, the jobs read)."""
     return f"{MANIFESTS}{partition(batch_id)}.lease"

@@ -153,6 +153,51 @@ def exists(table_uri: str) -> bool:
     return DeltaTable.is_deltatable(table, storage_options=storage_options(table))
 
 
+class GivenUp(RuntimeError):
+    """The table's log says the batch's lease moved past this run's generation: it publishes nothing."""
+
+
+def lease_app_id(batch_id: str) -> str:
+    """The Delta transaction identifier (txn appId) that carries a batch's lease generation."""
+    return f"fruits-lease:{batch_id}"
+
+
+Fence = tuple[str, int]  # (lease_app_id(batch), the lease generation the run started under)
+
+
+def check_fence(delta, fence: Fence | None) -> None:
+    if fence is None:
+        return
+    app_id, generation = fence
+    recorded = delta.transaction_version(app_id)
+    if recorded is not None and recorded > generation:
+        raise GivenUp(
+            f"{delta.table_uri}: the lease of {app_id.split(':', 1)[1]} is at generation {recorded} in the "
+            f"table's log, this run started under {generation}: it was given up and publishes nothing"
+        )
+
+
+def commit_actions(delta, removes: list, adds: list, partition_by: list[str], metadata, fence: Fence | None) -> int:
+    """One commit of removes + adds into the loaded table, fenced: it carries the run's lease
+    generation as the batch's Delta transaction (txn); a concurrent commit of a newer generation
+    (a revoke, a new run's lease) makes delta-rs refuse it ("Concurrent transaction failed"), and a
+    snapshot that already shows one refuses it here (GivenUp)."""
+    from deltalake import CommitProperties
+    from deltalake.transaction import Transaction
+
+    check_fence(delta, fence)
+    properties = CommitProperties(
+        custom_metadata={k: str(v) for k, v in metadata.items()},
+        max_commit_retries=10,
+        app_transactions=[Transaction(fence[0], fence[1])] if fence else None,
+    )
+    delta.create_write_transaction(
+        removes + adds, mode="append", schema=delta.schema(), partition_by=partition_by, commit_properties=properties
+    )
+    delta.update_incremental()
+    return delta.version()
+
+
 def publish(
     table_uri: str,
     schema: pa.Schema,
@@ -160,17 +205,19 @@ def publish(
     new_files: Mapping[tuple[str, ...], Iterable[str]],
     replaced: Callable[[dict], bool],
     metadata: Mapping[str, object],
+    fence: Fence | None = None,
 ) -> int:
     """One commit: the current files of every partition `replaced` names go, new_files ({partition
     values, in partition_by's order: Parquet files inside the table's folder}) come; the table is
     created by its first publish. Returns the version. metadata: what the commit records (run,
     counts) for `history()`; no reader needs it, since the log's cleanup drops old commit information.
     A concurrent writer's commit is retried over (delta-rs, max_commit_retries) unless it touched the
-    same files, which fails naming the conflict."""
+    same files, which fails naming the conflict. fence: the run's lease (commit_actions); GivenUp
+    when the log shows it was given up, before or during the commit."""
     from deltalake import CommitProperties, DeltaTable
     from deltalake import Schema as DeltaSchema
-    from deltalake.exceptions import TableNotFoundError
-    from deltalake.transaction import create_table_with_add_actions
+    from deltalake.exceptions import CommitFailedError, TableNotFoundError
+    from deltalake.transaction import Transaction, create_table_with_add_actions
 
     table = table_location(table_uri)
     options = storage_options(table)
@@ -179,7 +226,6 @@ def publish(
         for values, uris in new_files.items()
         for action in add_actions(table, dict(zip(partition_by, values, strict=True)), parquet_files(uris))
     ]
-    properties = CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()}, max_commit_retries=10)
     try:
         delta = DeltaTable(table, storage_options=options)
     except TableNotFoundError:
@@ -191,36 +237,70 @@ def publish(
                 mode="error",
                 partition_by=partition_by,
                 storage_options=options,
-                commit_properties=properties,
+                commit_properties=CommitProperties(
+                    custom_metadata={k: str(v) for k, v in metadata.items()},
+                    app_transactions=[Transaction(fence[0], fence[1])] if fence else None,
+                ),
             )
             return DeltaTable(table, storage_options=options).version()
         except Exception:  # another writer created it first: publish into its table
             if not DeltaTable.is_deltatable(table, storage_options=options):
                 raise
         delta = DeltaTable(table, storage_options=options)
-    # A file both current and new stays as it is (Delta refuses to remove and add one path in a commit):
-    # publishing the same files again changes nothing.
-    removes = remove_actions(delta, replaced)
-    kept = {action.path for action in removes} & {action.path for action in adds}
-    removes = [action for action in removes if action.path not in kept]
-    adds = [action for action in adds if action.path not in kept]
-    if not removes and not adds:
-        return delta.version()
-    delta.create_write_transaction(
-        removes + adds,
-        mode="append",
-        schema=delta.schema(),
-        partition_by=partition_by,
-        commit_properties=properties,
+    for attempt in range(3):
+        # A file both current and new stays as it is (Delta refuses to remove and add one path in a
+        # commit): publishing the same files again changes nothing.
+        removes = remove_actions(delta, replaced)
+        kept = {action.path for action in removes} & {action.path for action in adds}
+        todo_removes = [action for action in removes if action.path not in kept]
+        todo_adds = [action for action in adds if action.path not in kept]
+        if not todo_removes and not todo_adds:
+            check_fence(delta, fence)
+            return delta.version()
+        try:
+            return commit_actions(delta, todo_removes, todo_adds, partition_by, metadata, fence)
+        except CommitFailedError:
+            if attempt == 2:
+                raise
+            delta = DeltaTable(table, storage_options=options)  # what won: check the fence against it, retry
+    raise AssertionError("unreachable")
+
+
+def fence_table(
+    table_uri: str, batch_id: str, generation: int, metadata: Mapping[str, object], options=None
+) -> int | None:
+    """Record in the table's log that the batch's lease is at `generation` (a new run's lease, or a
+    revoke): an empty commit carrying the batch's txn at that version, so a run of an older generation
+    can no longer commit there (commit_actions). None when the table does not exist yet. options:
+    delta-rs's storage options (default: storage_options, the environment's credentials)."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.transaction import Transaction
+
+    table = table_location(table_uri)
+    options = options if options is not None else storage_options(table)
+    if not DeltaTable.is_deltatable(table, storage_options=options):
+        return None
+    delta = DeltaTable(table, storage_options=options)
+    properties = CommitProperties(
+        custom_metadata={k: str(v) for k, v in metadata.items()},
+        max_commit_retries=10,
+        app_transactions=[Transaction(lease_app_id(batch_id), generation)],
     )
+    delta.create_write_transaction([], mode="append", schema=delta.schema(), commit_properties=properties)
     delta.update_incremental()
     return delta.version()
 
 
 def publish_batch(
-    table_uri: str, schema: pa.Schema, batch_id: str, file_uris: Iterable[str], metadata: Mapping[str, object]
+    table_uri: str,
+    schema: pa.Schema,
+    batch_id: str,
+    file_uris: Iterable[str],
+    metadata: Mapping[str, object],
+    generation: int | None = None,
 ) -> int:
-    """A batch's new version in a table partitioned by batch_id: its old files out, file_uris in."""
+    """A batch's new version in a table partitioned by batch_id: its old files out, file_uris in;
+    fenced by the lease generation the run started under (None: a lake without leases)."""
     return publish(
         table_uri,
         schema,
@@ -228,6 +308,7 @@ def publish_batch(
         {(batch_id,): list(file_uris)},
         lambda partition: partition.get(layout.PARTITION_COLUMN) == batch_id,
         metadata,
+        None if generation is None else (lease_app_id(batch_id), generation),
     )
 
 

@@ -6,6 +6,11 @@ token (fruits_jobs.commits.is_live, the one rule, which the jobs apply too). The
 the lease when it gives up on a run: ingest, when another batch takes the photos of an unpublished
 one; on EMR, the features sensor when it is killed and the teardown when that sensor did not
 succeed. A job that outlives its run can still write its commit, never make it live.
+
+Each new lease (issued or revoked) has the next `generation`. The Delta tables carry it too: a new
+lease of a batch that had one is recorded in the features and rejects tables' logs as the batch's
+transaction version (tables.fence_table), and a job commits there only under the generation it
+started with, so a run given up on cannot publish to the tables even mid-commit (tables.commit_actions).
 """
 
 import json
@@ -13,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 
 from fruits.lake.storage import Storage
-from fruits_jobs import commits, layout
+from fruits_jobs import commits, layout, tables
 
 
 def read_lease(storage: Storage, batch_id: str) -> dict | None:
@@ -28,19 +33,40 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def next_generation(storage: Storage, batch_id: str) -> tuple[int, bool]:
+    """The generation of the batch's next lease, and whether it had one (else nothing to fence)."""
+    try:
+        lease = read_lease(storage, batch_id)
+    except commits.DamagedLake:
+        lease = {}  # a damaged lease is replaced; fence anyway
+    return int((lease or {}).get("generation") or 0) + 1, lease is not None
+
+
+def fence_tables(storage: Storage, batch_id: str, generation: int, why: str) -> None:
+    """Record the new generation in the logs of the tables a features run publishes to, where they
+    exist (listed through the storage first: no Delta call on a lake without tables)."""
+    for folder in (layout.REJECTS, layout.FEATURES):
+        if storage.sizes(folder + "_delta_log/"):
+            tables.fence_table(storage.name + folder, batch_id, generation, {"lease": why}, storage.delta_options())
+
+
 def issue(storage: Storage, batch_id: str) -> str:
     """A new token for the batch's next run: any earlier run's commit stops being publishable."""
     token = uuid.uuid4().hex
-    storage.put_bytes(
-        json.dumps({"batch_id": batch_id, "token": token, "issued_at": _now()}).encode(), layout.lease_key(batch_id)
-    )
+    generation, had_one = next_generation(storage, batch_id)
+    lease = {"batch_id": batch_id, "token": token, "generation": generation, "issued_at": _now()}
+    storage.put_bytes(json.dumps(lease).encode(), layout.lease_key(batch_id))
+    if had_one:
+        fence_tables(storage, batch_id, generation, "issued")
     return token
 
 
-def revoked(reason: str) -> bytes:
+def revoked(reason: str, generation: int = 0) -> bytes:
     """A lease that no commit matches: the batch stays unpublished until a new run's ingest."""
-    return json.dumps({"token": None, "revoked": reason, "revoked_at": _now()}).encode()
+    return json.dumps({"token": None, "generation": generation, "revoked": reason, "revoked_at": _now()}).encode()
 
 
 def revoke(storage: Storage, batch_id: str, reason: str) -> None:
-    storage.put_bytes(revoked(reason), layout.lease_key(batch_id))
+    generation, _ = next_generation(storage, batch_id)
+    storage.put_bytes(revoked(reason, generation), layout.lease_key(batch_id))
+    fence_tables(storage, batch_id, generation, f"revoked: {reason}")

@@ -48,6 +48,9 @@ class Storage(Protocol):
 
     def read_bytes(self, key: str) -> bytes: ...
 
+    # delta-rs's storage options for this store's Delta tables (None: its own defaults suffice)
+    def delta_options(self) -> dict[str, str] | None: ...
+
 
 class S3Storage:
     def __init__(self, bucket: str, aws_conn_id: str | None, transfer=None):
@@ -93,6 +96,23 @@ class S3Storage:
 
     def read_bytes(self, key: str) -> bytes:
         return self.hook.get_conn().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def delta_options(self) -> dict[str, str] | None:
+        """The connection's credentials and region for delta-rs, which talks to S3 itself (not through
+        boto3): the same identity as every other call of this store. Passed in memory, never logged."""
+        credentials = self.hook.get_credentials()
+        options = {
+            "AWS_ACCESS_KEY_ID": credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
+            "AWS_REGION": self.hook.conn_region_name or "",
+        }
+        if credentials.token:
+            options["AWS_SESSION_TOKEN"] = credentials.token
+        endpoint = self.hook.conn_config.endpoint_url
+        if endpoint:
+            options["AWS_ENDPOINT_URL"] = endpoint
+            options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
+        return {k: v for k, v in options.items() if v}
 
 
 _IN_PROGRESS = ".in-progress."
@@ -161,6 +181,9 @@ class LocalStorage:
 
     def read_bytes(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def delta_options(self) -> dict[str, str] | None:
+        return None
 
 
 def storage_at(root: str, bucket: str, aws_conn_id: str) -> Storage:

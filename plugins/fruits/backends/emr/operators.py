@@ -17,7 +17,9 @@ from fruits.backends.emr.aws import S3_DENIED, S3_NOT_FOUND, aws_error_code
 from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.clusters import live_cluster_of_run
 from fruits.backends.jobs import is_cause
-from fruits.lake.leases import revoked
+from fruits.lake import leases
+from fruits.lake.storage import S3Storage
+from fruits_jobs import layout
 from fruits_jobs.progress import format_line
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
@@ -29,9 +31,10 @@ STDERR_POLL_S = 20
 
 
 def revoke_lease(lease_uri: str, aws_conn_id: str | None, reason: str) -> None:
-    """The batch's lease without a token: the step's commit, whenever it lands, publishes nothing."""
+    """The batch's lease without a token: the step's commit, whenever it lands, publishes nothing
+    (nor does its Delta commit: leases.revoke fences the tables too)."""
     bucket, key = S3Hook.parse_s3_url(lease_uri)
-    S3Hook(aws_conn_id=aws_conn_id).load_bytes(revoked(reason), key, bucket, replace=True)
+    leases.revoke(S3Storage(bucket, aws_conn_id), layout.batch_of_lease(key), reason)
 
 
 def tail(data: bytes, lines: int = STDERR_LINES) -> str:
