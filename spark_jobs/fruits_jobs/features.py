@@ -551,11 +551,12 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
 
 def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[str]]:
     """{batch id: the data files of `dataset` its current live commit names}: what a table starts from."""
-    root = layout.root_of(features_uri, layout.FEATURES)
+    root = layout.lake_root(features_uri, layout.FEATURES)  # None: a folder outside a lake, without leases
     found = {}
     for batch, record in commits.current_by_batch(spark, features_uri).items():
         folder = record.get(dataset.rstrip("/"))
-        if folder and commits.is_live(record, commits.read_lease(spark, root + layout.lease_key(batch))):
+        lease = commits.read_lease(spark, root + layout.lease_key(batch)) if root else None
+        if folder and commits.is_live(record, lease):
             found[batch] = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
     return found
 
