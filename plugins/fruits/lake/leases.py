@@ -61,7 +61,7 @@ def issue(storage: Storage, batch_id: str) -> str:
     return token
 
 
-def revoked(reason: str, generation: int = 0) -> bytes:
+def revoked(reason: str, generation: int) -> bytes:
     """A lease that no commit matches: the batch stays unpublished until a new run's ingest."""
     return json.dumps({"token": None, "generation": generation, "revoked": reason, "revoked_at": _now()}).encode()
 
