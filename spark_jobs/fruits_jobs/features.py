@@ -531,7 +531,7 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
     for dataset, table_uri in table_uris.items():  # dict order: rejects, then features (the publication point)
         if not tables.exists(table_uri):  # a lake from before the tables: converted once, this run's batch included
             files_by_batch = published_files(spark, table_uris[layout.FEATURES], dataset)
-            versions[dataset] = tables.create_table(
+            versions[dataset.rstrip("/")] = tables.create_table(
                 table_uri, tables.SCHEMAS[dataset], files_by_batch, {**metadata, "created_from": "commits"}
             )
             continue
@@ -539,7 +539,7 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
         files = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)] if folder else []
         generation = summary.get("lease_generation")
         try:
-            versions[dataset] = tables.publish_batch(
+            versions[dataset.rstrip("/")] = tables.publish_batch(
                 table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata, generation
             )
         except tables.GivenUp as exc:  # revoked while this run ran: the log refused it
