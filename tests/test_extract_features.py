@@ -110,12 +110,17 @@ def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
     assert not np.allclose(lemon["features"], a["features"], rtol=1e-2, atol=0)  # random weights: tiny values
 
 
-def test_rerun_replaces_only_its_batch(spark, tmp_path):
+def two_landings(root: Path) -> None:
+    """root/a: 3 Kiwi photos and a broken file; root/b: 2 Plum photos (two days' landing folders)."""
     for i in range(3):
-        make_jpeg(tmp_path / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
+        make_jpeg(root / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
     for i in range(2):
-        make_jpeg(tmp_path / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
-    (tmp_path / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+        make_jpeg(root / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
+    (root / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+
+
+def test_rerun_replaces_only_its_batch(spark, tmp_path):
+    two_landings(tmp_path)
     out = tmp_path / "out"
     run_job(spark, tmp_path / "a", out, "day1")
     run_job(spark, tmp_path / "b", out, "day2")

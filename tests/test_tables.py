@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
-from test_extract_features import run_job
+from test_extract_features import run_job, two_landings
 
 from fruits.tools import cli
 from fruits_jobs import layout, tables
@@ -30,11 +30,7 @@ def batch_counts(table_path, version=None) -> dict[str, int]:
 def published(spark, tmp_path_factory):
     """Two batches, then the first again with one photo fewer and its bad file gone."""
     root = tmp_path_factory.mktemp("tables")
-    for i in range(3):
-        make_jpeg(root / "a" / "Kiwi" / f"{i}.jpg", (100 + 40 * i, 90, 50))
-    for i in range(2):
-        make_jpeg(root / "b" / "Plum" / f"{i}.jpg", (90, 30, 100 + 50 * i))
-    (root / "a" / "Kiwi" / "bad.jpg").write_bytes(b"garbage")
+    two_landings(root)
     out = root / "lake"
     first = run_job(spark, root / "a", out, "day1")
     run_job(spark, root / "b", out, "day2")

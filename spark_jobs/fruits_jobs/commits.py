@@ -143,16 +143,21 @@ def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = 
     return found
 
 
+def live_by_batch(spark, dataset_uri: str, root: str | None, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """{batch id: its current commit} for the batches whose commit is live (its lease holds its
+    token); root: the lake's, where the leases are (None: a folder outside a lake, without leases)."""
+    return {
+        batch: record
+        for batch, record in current_by_batch(spark, dataset_uri, batch_ids).items()
+        if is_live(record, read_lease(spark, root + layout.lease_key(batch)) if root else None)
+    }
+
+
 def read_current(spark, dataset_uri: str, output: str, batch_ids: Iterable[str] | None = None):
     """The current rows of `output` ("features" or "rejects", as named in the features job's
     commits under dataset_uri) for every published batch (its commit is live), or those asked for;
     None when there are none."""
-    root = layout.root_of(dataset_uri, layout.FEATURES)
-    live = {
-        batch: record
-        for batch, record in current_by_batch(spark, dataset_uri, batch_ids).items()
-        if is_live(record, read_lease(spark, root + layout.lease_key(batch)))
-    }
+    live = live_by_batch(spark, dataset_uri, layout.root_of(dataset_uri, layout.FEATURES), batch_ids)
     uris = [record[output] for record in live.values() if record.get(output)]
     if not uris:
         return None
@@ -216,32 +221,28 @@ def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
     spaces_uri = f"{pca_uri}/{layout.SPACES_DIR}"
     current = keep[-1]["space"]
     kept_spaces = {commit["space"] for commit in keep} | {keep[-1].get("previous_space")}
-    vectors_uri = layout.vectors_table(pca_uri)
-    retired = [s for s in hadoop_fs.list_names(spark, spaces_uri) if s not in kept_spaces and s < run_id]
+    spaces = set(hadoop_fs.list_names(spark, spaces_uri))
     # A space's vectors may outlive its folder (a run killed between the two deletes): listed too.
-    retired += [
-        s
-        for s in hadoop_fs.list_names(spark, vectors_uri)
-        if s not in kept_spaces and s < run_id and s not in retired and not s.startswith(("_", "."))
-    ]
-    for space in sorted(retired):
+    with_vectors = {
+        s for s in hadoop_fs.list_names(spark, layout.vectors_table(pca_uri)) if not s.startswith(("_", "."))
+    }
+    for space in sorted(s for s in spaces | with_vectors if s not in kept_spaces and s < run_id):
         for uri in (layout.space_vectors(pca_uri, space), layout.space_folder(pca_uri, space)):
             if hadoop_fs.exists(spark, uri):
                 drop(uri)
-    for space in hadoop_fs.list_names(spark, spaces_uri):
-        space_uri = layout.space_folder(pca_uri, space)
-        if space != current:  # the previous space stays whole until the next switch
-            continue
+    if current in spaces:  # the previous space stays whole until the next switch
+        space, space_uri = current, layout.space_folder(pca_uri, current)
         # Only where the last two runs added: a run's leftovers are under the batches it was adding
         # (a killed refit's, in a space no commit names, go with it), so no listing per batch of the lake.
-        for batch in sorted({b for commit in keep for b in commit.get("added", [])}):
+        added = sorted({b for commit in keep for b in commit.get("added", [])})
+        for batch in added:
             for run in hadoop_fs.list_names(spark, f"{layout.space_vectors(pca_uri, space)}/{batch}"):
                 if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
                     drop(layout.vectors_folder(pca_uri, space, batch, run))
         for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
             if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
                 drop(layout.space_run_folder(pca_uri, space, run))
-        for batch in sorted({b for commit in keep for b in commit.get("added", [])}):
+        for batch in added:
             for name in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}/{batch}"):
                 run = name.split(".", 1)[0]
                 if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:

@@ -515,9 +515,10 @@ def run(spark, args) -> dict:
 
 
 def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summary: dict) -> dict[str, int] | None:
-    """The run's files into the Delta tables (tables.py), rejects first, then features: a consumer
-    sees the batch's new rows once the features table's commit lands. Only while the run's commit
-    is live (its lease still holds its token): a run given up on publishes nothing there either."""
+    """The run's files into the Delta tables (tables.py; table_uris by dataset), rejects first, then
+    features: a consumer sees the batch's new rows once the features table's commit lands. Only while
+    the run's commit is live (its lease still holds its token): a run given up on publishes nothing
+    there either."""
     lease = commits.read_lease(spark, hadoop_fs.qualify(spark, args.lease)) if args.lease else None
     if not commits.is_live(summary, lease):
         print(
@@ -528,19 +529,19 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
         return None
     metadata = {"run": summary["run"], "token": summary["token"], "read": summary["read"]}
     versions = {}
-    for dataset, table_uri in table_uris.items():  # dict order: rejects, then features (the publication point)
+    for dataset in tables.BATCH_TABLES:  # rejects, then features (the publication point)
+        table_uri, name = table_uris[dataset], dataset.rstrip("/")
         if not tables.exists(table_uri):  # a lake from before the tables: converted once, this run's batch included
             files_by_batch = published_files(spark, table_uris[layout.FEATURES], dataset)
-            versions[dataset.rstrip("/")] = tables.create_table(
+            versions[name] = tables.create_table(
                 table_uri, tables.SCHEMAS[dataset], files_by_batch, {**metadata, "created_from": "commits"}
             )
             continue
-        folder = outputs[dataset.rstrip("/")]
-        files = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)] if folder else []
-        generation = summary.get("lease_generation")
+        folder = outputs[name]
+        files = [f"{folder}/{file}" for file in hadoop_fs.data_files(spark, folder)] if folder else []
         try:
-            versions[dataset.rstrip("/")] = tables.publish_batch(
-                table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata, generation
+            versions[name] = tables.publish_batch(
+                table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata, summary.get("lease_generation")
             )
         except tables.GivenUp as exc:  # revoked while this run ran: the log refused it
             print(f"WARNING: {exc}", file=sys.stderr)
@@ -552,13 +553,11 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
 def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[str]]:
     """{batch id: the data files of `dataset` its current live commit names}: what a table starts from."""
     root = layout.lake_root(features_uri, layout.FEATURES)  # None: a folder outside a lake, without leases
-    found = {}
-    for batch, record in commits.current_by_batch(spark, features_uri).items():
-        folder = record.get(dataset.rstrip("/"))
-        lease = commits.read_lease(spark, root + layout.lease_key(batch)) if root else None
-        if folder and commits.is_live(record, lease):
-            found[batch] = [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
-    return found
+    return {
+        batch: [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
+        for batch, record in commits.live_by_batch(spark, features_uri, root).items()
+        if (folder := record.get(dataset.rstrip("/")))
+    }
 
 
 def lease_token(spark, lease_uri: str | None) -> tuple[str | None, int | None]:

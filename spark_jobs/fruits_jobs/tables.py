@@ -42,6 +42,9 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 SCHEMAS = {layout.FEATURES: FEATURES_SCHEMA, layout.REJECTS: REJECTS_SCHEMA}
+# The tables a features run publishes to, in their publishing order: rejects, then features (the
+# consumers' publication point). Leases fence both (leases.fence_tables).
+BATCH_TABLES = (layout.REJECTS, layout.FEATURES)
 # The vectors table holds the current space's vectors (a new space replaces them all in one commit),
 # partitioned by space and batch: the space is a column every reader gets, and Glue registers the
 # table once (README, "Reading the lake"). batch_id is also in the files, as the PCA job writes them.
@@ -56,6 +59,8 @@ VECTORS_SCHEMA = pa.schema(
         (SPACE_COLUMN, pa.string()),
     ]
 )
+# Every table of the lake, by the name readers use (fruits sql, fruits check): its folder.
+TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS, "vectors": layout.VECTORS}
 
 
 def table_location(uri: str) -> str:
@@ -146,11 +151,20 @@ def remove_actions(delta, replaced: Callable[[dict], bool]) -> list:
     return removes
 
 
-def exists(table_uri: str) -> bool:
+def open_table(table_uri: str, options: dict[str, str] | None = None):
+    """The table's current version (deltalake's TableNotFoundError when there is none); options:
+    delta-rs's storage options (default: storage_options, the environment's credentials)."""
     from deltalake import DeltaTable
 
     table = table_location(table_uri)
-    return DeltaTable.is_deltatable(table, storage_options=storage_options(table))
+    return DeltaTable(table, storage_options=options if options is not None else storage_options(table))
+
+
+def exists(table_uri: str, options: dict[str, str] | None = None) -> bool:
+    from deltalake import DeltaTable
+
+    table = table_location(table_uri)
+    return DeltaTable.is_deltatable(table, storage_options=options if options is not None else storage_options(table))
 
 
 class GivenUp(RuntimeError):
@@ -163,6 +177,19 @@ def lease_app_id(batch_id: str) -> str:
 
 
 Fence = tuple[str, int]  # (lease_app_id(batch), the lease generation the run started under)
+
+
+def commit_properties(metadata: Mapping[str, object], fence: Fence | None = None):
+    """What every commit of ours records: the metadata (for `history()`), delta-rs's retries over a
+    concurrent writer's commit, and the run's lease generation as the batch's txn (commit_actions)."""
+    from deltalake import CommitProperties
+    from deltalake.transaction import Transaction
+
+    return CommitProperties(
+        custom_metadata={k: str(v) for k, v in metadata.items()},
+        max_commit_retries=10,
+        app_transactions=[Transaction(*fence)] if fence else None,
+    )
 
 
 def check_fence(delta, fence: Fence | None) -> None:
@@ -182,17 +209,13 @@ def commit_actions(delta, removes: list, adds: list, partition_by: list[str], me
     generation as the batch's Delta transaction (txn); a concurrent commit of a newer generation
     (a revoke, a new run's lease) makes delta-rs refuse it ("Concurrent transaction failed"), and a
     snapshot that already shows one refuses it here (GivenUp)."""
-    from deltalake import CommitProperties
-    from deltalake.transaction import Transaction
-
     check_fence(delta, fence)
-    properties = CommitProperties(
-        custom_metadata={k: str(v) for k, v in metadata.items()},
-        max_commit_retries=10,
-        app_transactions=[Transaction(fence[0], fence[1])] if fence else None,
-    )
     delta.create_write_transaction(
-        removes + adds, mode="append", schema=delta.schema(), partition_by=partition_by, commit_properties=properties
+        removes + adds,
+        mode="append",
+        schema=delta.schema(),
+        partition_by=partition_by,
+        commit_properties=commit_properties(metadata, fence),
     )
     delta.update_incremental()
     return delta.version()
@@ -214,10 +237,10 @@ def publish(
     A concurrent writer's commit is retried over (delta-rs, max_commit_retries) unless it touched the
     same files, which fails naming the conflict. fence: the run's lease (commit_actions); GivenUp
     when the log shows it was given up, before or during the commit."""
-    from deltalake import CommitProperties, DeltaTable
+    from deltalake import DeltaTable
     from deltalake import Schema as DeltaSchema
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
-    from deltalake.transaction import Transaction, create_table_with_add_actions
+    from deltalake.transaction import create_table_with_add_actions
 
     table = table_location(table_uri)
     options = storage_options(table)
@@ -227,7 +250,7 @@ def publish(
         for action in add_actions(table, dict(zip(partition_by, values, strict=True)), parquet_files(uris))
     ]
     try:
-        delta = DeltaTable(table, storage_options=options)
+        delta = open_table(table, options)
     except TableNotFoundError:
         try:
             create_table_with_add_actions(
@@ -237,16 +260,13 @@ def publish(
                 mode="error",
                 partition_by=partition_by,
                 storage_options=options,
-                commit_properties=CommitProperties(
-                    custom_metadata={k: str(v) for k, v in metadata.items()},
-                    app_transactions=[Transaction(fence[0], fence[1])] if fence else None,
-                ),
+                commit_properties=commit_properties(metadata, fence),
             )
-            return DeltaTable(table, storage_options=options).version()
+            return open_table(table, options).version()
         except Exception:  # another writer created it first: publish into its table
             if not DeltaTable.is_deltatable(table, storage_options=options):
                 raise
-        delta = DeltaTable(table, storage_options=options)
+        delta = open_table(table, options)
     for attempt in range(3):
         # A file both current and new stays as it is (Delta refuses to remove and add one path in a
         # commit): publishing the same files again changes nothing.
@@ -262,7 +282,7 @@ def publish(
         except CommitFailedError:
             if attempt == 2:
                 raise
-            delta = DeltaTable(table, storage_options=options)  # what won: check the fence against it, retry
+            delta = open_table(table, options)  # what won: check the fence against it, retry
     raise AssertionError("unreachable")
 
 
@@ -272,20 +292,14 @@ def fence_table(
     """Record in the table's log that the batch's lease is at `generation` (a new run's lease, or a
     revoke): an empty commit carrying the batch's txn at that version, so a run of an older generation
     can no longer commit there (commit_actions). None when the table does not exist yet. options:
-    delta-rs's storage options (default: storage_options, the environment's credentials)."""
-    from deltalake import CommitProperties, DeltaTable
-    from deltalake.transaction import Transaction
+    delta-rs's storage options (open_table)."""
+    from deltalake.exceptions import TableNotFoundError
 
-    table = table_location(table_uri)
-    options = options if options is not None else storage_options(table)
-    if not DeltaTable.is_deltatable(table, storage_options=options):
+    try:
+        delta = open_table(table_uri, options)
+    except TableNotFoundError:
         return None
-    delta = DeltaTable(table, storage_options=options)
-    properties = CommitProperties(
-        custom_metadata={k: str(v) for k, v in metadata.items()},
-        max_commit_retries=10,
-        app_transactions=[Transaction(lease_app_id(batch_id), generation)],
-    )
+    properties = commit_properties(metadata, (lease_app_id(batch_id), generation))
     delta.create_write_transaction([], mode="append", schema=delta.schema(), commit_properties=properties)
     delta.update_incremental()
     return delta.version()

@@ -12,9 +12,6 @@ from fruits.lake.storage import LocalStorage, Storage
 from fruits_jobs import layout, tables
 from fruits_jobs.commits import DamagedLake
 
-# The lake's Delta tables, by name: what `fruits check` reads through their logs.
-TABLES = {"features": layout.FEATURES, "rejects": layout.REJECTS, "vectors": layout.VECTORS}
-
 
 def holds_files(storage: Storage, uri: str) -> bool:
     """Whether a folder a commit names (resolved in this lake) holds anything."""
@@ -72,16 +69,12 @@ def table_problems(storage: Storage, name: str, folder: str) -> list[str]:
     A log entry that cannot be read blocks every reader and writer, and no commit mends it: the
     message names it and the README's manual repair. A data file the current version names that is
     gone is mended by re-running its batch (its partition is then replaced)."""
-    from deltalake import DeltaTable
-
     log = folder + "_delta_log/"
     entries = storage.sizes(log)
     if not entries:
         return []
-    location = tables.table_location(storage.name + folder)
     try:
-        table = DeltaTable(location, storage_options=tables.storage_options(location))
-        current = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+        current = pa.table(tables.open_table(storage.name + folder).get_add_actions(flatten=True)).to_pylist()
     except Exception as exc:  # delta-rs raises several kinds for a damaged log: any is "unreadable"
         newest = max(entries)
         return [

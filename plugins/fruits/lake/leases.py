@@ -45,7 +45,7 @@ def next_generation(storage: Storage, batch_id: str) -> tuple[int, bool]:
 def fence_tables(storage: Storage, batch_id: str, generation: int, why: str) -> None:
     """Record the new generation in the logs of the tables a features run publishes to, where they
     exist (listed through the storage first: no Delta call on a lake without tables)."""
-    for folder in (layout.REJECTS, layout.FEATURES):
+    for folder in tables.BATCH_TABLES:
         if storage.sizes(folder + "_delta_log/"):
             tables.fence_table(storage.name + folder, batch_id, generation, {"lease": why}, storage.delta_options())
 

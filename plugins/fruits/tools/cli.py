@@ -24,7 +24,7 @@ import numpy as np
 
 from fruits.lake import vector_index
 from fruits.lake.folder import default_lake
-from fruits.lake.health import TABLES, batch_problems, known_batches, table_problems
+from fruits.lake.health import batch_problems, known_batches, table_problems
 from fruits.lake.ingest import NotStored, stored_photo
 from fruits.lake.published import (
     committed_batches,
@@ -36,7 +36,7 @@ from fruits.lake.published import (
 from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images, sql
-from fruits_jobs import layout
+from fruits_jobs import layout, tables
 from fruits_jobs.commits import DamagedLake
 from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 from fruits_jobs.images import RejectedImage
@@ -168,7 +168,7 @@ def check_lines(storage: Storage) -> tuple[list[str], bool]:
         problems = batch_problems(storage, batch)
         healthy &= not problems
         lines += [f"{batch}: ok"] if not problems else [f"{batch}: DAMAGED: {p}" for p in problems]
-    for name, folder in TABLES.items():
+    for name, folder in tables.TABLES.items():
         problems = table_problems(storage, name, folder)
         healthy &= not problems
         lines += [f"DAMAGED: {p}" for p in problems]

@@ -4,7 +4,6 @@ tables reach DuckDB as Arrow datasets."""
 
 from datetime import UTC, datetime
 
-from fruits.lake.health import TABLES  # the tables a query may name, by their folder in the lake
 from fruits_jobs import tables
 
 
@@ -33,14 +32,12 @@ def version_at(history: list[dict], as_of: datetime) -> int | None:
 def open_tables(lake: str, as_of: datetime | None = None) -> dict:
     """{table name: its Arrow dataset} for the tables the lake has (lake: a folder with a trailing
     slash, or s3://bucket/); as_of: each table's newest version at or before that time."""
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     found = {}
-    for name, folder in TABLES.items():
-        location = tables.table_location(lake + folder)
+    for name, folder in tables.TABLES.items():
         try:
-            table = DeltaTable(location, storage_options=tables.storage_options(location))
+            table = tables.open_table(lake + folder)
         except TableNotFoundError:
             continue  # nothing published there yet: a query naming it gets DuckDB's "does not exist"
         if as_of is not None:
