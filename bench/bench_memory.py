@@ -44,7 +44,7 @@ from fruits_jobs.contract import FEATURE_DIM, PCA_ENTRYPOINT
 
 # bench/ is on sys.path (this script's folder): one place for the shared paths
 from bench_features import REPO, SAMPLE, WEIGHTS
-from measure import features_job, peak_rss
+from measure import features_job, peak_rss, publish_batch
 
 OUT = REPO / "artifacts" / "bench"
 CHUNK_ROWS = 10_000  # rows generated at a time and per row group: ~50 MB of float32
@@ -78,14 +78,15 @@ def chunk_table(first_row: int, labels: np.ndarray, x: np.ndarray) -> pa.Table:
 
 def synthetic_features(rows: int) -> Path:
     """OUT/pca-<rows>/ (generated once, then reused): written CHUNK_ROWS at a time, never n x d at
-    once, and published as the features job publishes a batch: one run folder and its commit."""
+    once, and published as the features job publishes a batch: one run folder, its record and the
+    features table's commit. Returns the features table's folder."""
     dest = OUT / f"pca-{rows}"
-    if list(dest.glob(f"batch_id=bench/{layout.COMMITS_DIR}/*.json")):
-        return dest
+    if (dest / "features" / "_delta_log").is_dir():
+        return dest / "features"
     partial = OUT / f"pca-{rows}.partial"  # renamed when complete: an interrupted run is not reused
     shutil.rmtree(partial, ignore_errors=True)
     run_id = commits.new_run_id()
-    run_folder = Path(layout.run_folder(layout.batch_folder(str(partial), "bench"), run_id))
+    run_folder = Path(layout.run_folder(layout.batch_folder(str(partial / "features"), "bench"), run_id))
     run_folder.mkdir(parents=True)
     fixed = np.random.default_rng(0)
     basis = np.linalg.qr(fixed.standard_normal((FEATURE_DIM, RANK)))[0].T.astype(np.float32)
@@ -105,13 +106,11 @@ def synthetic_features(rows: int) -> Path:
         x = z @ basis + bias + NOISE * rng.standard_normal((m, FEATURE_DIM), dtype=np.float32)
         writer.write_table(chunk_table(start, labels, np.maximum(x, 0)), row_group_size=CHUNK_ROWS)
     writer.close()
-    shutil.rmtree(dest, ignore_errors=True)  # a dataset of an older layout, without its commit
+    shutil.rmtree(dest, ignore_errors=True)  # a dataset of an older layout, without its table
     partial.rename(dest)
-    batch = layout.batch_folder(str(dest), "bench")
-    path, data = commits.commit_file(batch, run_id, {"features": layout.run_folder(batch, run_id)})
-    Path(path).parent.mkdir(parents=True)
-    Path(path).write_bytes(data)
-    return dest
+    features = dest / "features"
+    publish_batch(features, "bench", run_id, {"features": layout.run_folder(str(features / "batch_id=bench"), run_id)})
+    return features
 
 
 def link_images(src: Path, dest: Path, n: int) -> int:

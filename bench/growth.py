@@ -6,7 +6,8 @@
 Simulates a lake that grows by one batch a day. Each day, N synthetic 1280-d feature vectors are
 written as the features job publishes a batch (Parquet under features/batch_id=dayNN/run=<run>/:
 path, label, split, sha256, features array<float>; the batch's moments, BatchMoments computed with
-numpy, beside them as _moments.npz; then its commit naming both, with `featurized`), and the REAL
+numpy, as batch_runs/batch_id=dayNN/<run>.moments.npz; its record naming both, with `featurized`;
+then the features table's commit, measure.publish_batch), and the REAL
 PCA job (fruits_jobs.pca.run, `--variance 0.9`, `--refit auto`) runs in-process on one local Spark
 session, as the DAG runs it after each batch. At the end, one forced refit (`--refit always`).
 
@@ -48,6 +49,7 @@ from fruits_jobs.moments import BatchMoments
 # bench/ is on sys.path (this script's folder): one place for the shared paths and the schema
 from bench_features import REPO
 from bench_memory import FEATURES_TYPE, SCHEMA
+from measure import publish_batch
 
 OUT = REPO / "artifacts" / "bench"
 LAKE = OUT / "growth" / "lake"
@@ -83,7 +85,7 @@ class Generator:
 
 
 def publish_day(gen: Generator, day: int, photos: int, new_classes: bool) -> str:
-    """One batch, as the features job publishes it: run folder (Parquet), _moments.npz, commit."""
+    """One batch, as the features job publishes it: run folder (Parquet), moments, record, commit."""
     batch = f"day{day:02d}"
     folder = layout.batch_folder(str(LAKE / "features"), batch)
     run_id = commits.new_run_id()
@@ -110,20 +112,18 @@ def publish_day(gen: Generator, day: int, photos: int, new_classes: bool) -> str
         writer.write_table(table, row_group_size=CHUNK_ROWS)
     if writer:
         writer.close()
-    moments_path = layout.moments_path(str(run_folder))
-    Path(moments_path).write_bytes(acc.to_bytes())
+    moments_path = Path(layout.moments_path(layout.batch_runs_of(str(LAKE / "features")), batch, run_id))
+    moments_path.parent.mkdir(parents=True, exist_ok=True)
+    moments_path.write_bytes(acc.to_bytes())
     record = {
         "job": "extract_features",
-        "batch_id": batch,
         "features": str(run_folder),
-        "moments": moments_path,
+        "moments": str(moments_path),
         "featurized": photos,
         "read": photos,
         "rejected": 0,
     }
-    path, data = commits.commit_file(folder, run_id, record)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(data)
+    publish_batch(LAKE / "features", batch, run_id, record)
     return batch
 
 

@@ -1,5 +1,6 @@
-"""What the benchmarks share: the features job as the DAG's local backend launches it, and the peak
-memory of a running process tree, sampled in a thread."""
+"""What the benchmarks share: the features job as the DAG's local backend launches it, the peak
+memory of a running process tree, sampled in a thread, and a batch published as the features job
+publishes it from Parquet written here."""
 
 import threading
 import time
@@ -10,6 +11,7 @@ import psutil
 
 from fruits.backends.jobs import SparkJob
 from fruits.config.settings import REPO
+from fruits_jobs import commits, layout, tables
 from fruits_jobs.contract import FEATURES_ENTRYPOINT
 
 
@@ -76,3 +78,14 @@ def peak_rss(proc: psutil.Process, interval_s: float = 0.2):
     finally:
         done.set()
         sampler.join()
+
+
+def publish_batch(features: Path, batch_id: str, run_id: str, record: dict) -> None:
+    """As the features job publishes a batch whose files are already in its run folder (features/
+    batch_id=<id>/run=<run>/): its record under batch_runs/, then the features table's commit."""
+    folder = Path(layout.run_folder(layout.batch_folder(str(features), batch_id), run_id))
+    path = Path(layout.record_path(layout.batch_runs_of(str(features)), batch_id, run_id))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(commits.record_file(run_id, {"batch_id": batch_id, **record}, None))
+    files = [str(p) for p in sorted(folder.glob("*.parquet"))]
+    tables.publish_batch(str(features), tables.FEATURES_SCHEMA, batch_id, files, {"run": run_id})

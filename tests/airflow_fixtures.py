@@ -177,8 +177,21 @@ def s3_as_aws_answers(policy: dict, exists) -> list:
     ]
 
 
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 as a server, for delta-rs (which talks to S3 itself, not through boto3): in this
+    process, so it shares mock_aws's buckets. Its endpoint, for AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
-def aws(monkeypatch, airflow_policy):
+def aws(monkeypatch, airflow_policy, moto_server):
     """moto for S3 and EMR, an `aws_default` connection with the region, the account as the README
     deploys it, and a recorder: at the end, every call our code made (and what it implies: PassRole,
     AddTags) must be allowed by the Airflow policy of infra/aws/fruits.yaml, and every S3 call must be
@@ -194,6 +207,7 @@ def aws(monkeypatch, airflow_policy):
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}}))
     monkeypatch.setenv("FRUITS_BUCKET", BUCKET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)  # boto3 and delta-rs alike reach the same buckets
     calls = []
 
     def record(params, model, **_):

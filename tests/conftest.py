@@ -116,5 +116,5 @@ def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
             ]
         ),
     )
-    rows = commits.read_current(spark, str(out / "features"), "features", ["sample"]).collect()
+    rows = commits.read_current(spark, str(out / "features"), ["sample"]).collect()
     return summary, rows, out

@@ -28,6 +28,17 @@ def read(key: str, by: str, missing: bool = False) -> list[Call]:
     return [Call("HeadObject", key, missing, by), Call("GetObject", key, missing, by)]
 
 
+def delta_read(table: str, by: str) -> list[Call]:
+    """delta-rs loading a Delta table's current version (object_store, not boto3): _last_checkpoint
+    (missing until the first checkpoint), a listing of _delta_log/, the entries and checkpoint."""
+    log = f"{table}/_delta_log"
+    return [
+        Call("GetObject", f"{log}/_last_checkpoint", True, by),
+        Call("ListObjectsV2", f"{log}/", False, by),
+        Call("GetObject", f"{log}/*", False, by),
+    ]
+
+
 # ---- What Airflow's role does (the DAG's tasks, plugins/fruits) -------------------------------------
 AIRFLOW: list[Call] = [
     # preflight (plugins/fruits/backends/emr/preflight.py)
@@ -48,16 +59,13 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "manifests/batch_id=*.lease", False, "leases.current_token"),
     *read("manifests/batch_id=*.lease", "leases.current_token"),
     Call("PutObject", "manifests/batch_id=*.lease", False, "leases.issue, revoke_lease (sensor, teardown)"),
-    # leases.fence_tables: a new lease of a batch that had one is recorded in the tables' logs, where
-    # they exist (listed first; then delta-rs, with the connection's credentials: delta_commit below)
-    Call("ListObjectsV2", "features/_delta_log/", False, "leases.fence_tables"),
-    Call("ListObjectsV2", "rejects/_delta_log/", False, "leases.fence_tables"),
+    # leases.fence_tables: a new lease of a batch that had one is recorded in the tables' logs
+    # (delta-rs, with the connection's credentials; the first fence creates the tables)
     *(
         call
         for table in ("features", "rejects")
         for call in (
-            Call("GetObject", f"{table}/_delta_log/_last_checkpoint", True, "leases.fence_tables (delta-rs)"),
-            Call("GetObject", f"{table}/_delta_log/*", False, "leases.fence_tables (delta-rs)"),
+            *delta_read(table, "leases.fence_tables (delta-rs)"),
             Call("PutObject", f"{table}/_delta_log/*", False, "leases.fence_tables (delta-rs)"),
         )
     ),
@@ -71,11 +79,18 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "wheels/*/", False, "EmrBackend.stage (the wheelhouse)"),
     Call("PutObject", "wheels/*/*", False, "EmrBackend.stage"),
     # the sensors (plugins/fruits/backends/emr/operators.py): both may ask before the file exists
-    Call("GetObject", "features/_progress/batch_id=*.json", True, "StepSensor.log_progress"),
+    Call("GetObject", "batch_runs/_progress/batch_id=*.json", True, "StepSensor.log_progress"),
     Call("GetObject", "logs/emr/*/steps/*/stderr.gz", True, "StepSensor._stderr_tail"),
-    # published batches (plugins/fruits/lake/published.py, summary.py)
-    Call("ListObjectsV2", "features/batch_id=*/_commits/", False, "published.current_commit"),
-    *read("features/batch_id=*/_commits/*.json", "published.current_commit"),
+    # published batches (plugins/fruits/lake/published.py, summary.py): the features table's log names
+    # each batch's run, whose record is then read
+    *delta_read("features", "published.published_runs (delta-rs)"),
+    Call("ListObjectsV2", "batch_runs/batch_id=*/*.json", False, "published.read_record"),
+    *read("batch_runs/batch_id=*/*.json", "published.read_record"),
+    # the lake's layout marker (plugins/fruits/lake/migrate.py): read each run, written once; without
+    # it, one listing of features/ for commits of the layout before the tables
+    Call("ListObjectsV2", "batch_runs/_layout.json", False, "migrate.check_layout"),
+    Call("ListObjectsV2", "features/", False, "migrate.check_layout (once)"),
+    Call("PutObject", "batch_runs/_layout.json", False, "migrate.check_layout (once)"),
     # -- pca/: the current embedding space (issue 20), the run report beside its run's metrics, the index --
     Call("ListObjectsV2", "pca/_commits/", False, "published.current_space"),
     *read("pca/_commits/*.json", "published.current_space"),
@@ -132,6 +147,16 @@ def atomic_write(folder: str, name: str, by: str) -> list[Call]:
     return [*s3a_create(hidden, by), *s3a_rename(hidden, f"{folder}/{name}", by)]
 
 
+def delta_vacuum(table: str, by: str) -> list[Call]:
+    """delta-rs's full vacuum (tables.vacuum): a listing of the whole table folder, then a DELETE of
+    each file no version within the retention lists; its start and end are log entries."""
+    return [
+        Call("ListObjectsV2", f"{table}/", False, by),
+        Call("DeleteObject", f"{table}/*", False, by),
+        Call("PutObject", f"{table}/_delta_log/*", False, by),
+    ]
+
+
 def delta_commit(table: str, files: str, by: str) -> list[Call]:
     """delta-rs publishing into the Delta table at <table>/ (fruits_jobs/tables.py). It talks to S3
     itself (object_store, not boto3), so these are from its log store as documented and as seen
@@ -166,25 +191,28 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("models/*.weights.h5", FEATURES_JOB),
     *s3a_read("models/*.onnx", FEATURES_JOB),  # the ONNX cache, missing on a first run
     *atomic_write("models", "*.onnx", FEATURES_JOB),
-    *probe("features", FEATURES_JOB),  # commits.committed_batches: list_names(features/)
-    *probe("features/_progress", FEATURES_JOB),
-    *s3a_create("features/_progress/batch_id=*.json", FEATURES_JOB),
-    *s3a_tree("features/_staging/*", FEATURES_JOB),
+    *probe("batch_runs/_progress", FEATURES_JOB),
+    *s3a_create("batch_runs/_progress/batch_id=*.json", FEATURES_JOB),
+    *s3a_tree("batch_runs/_staging/*", FEATURES_JOB),  # and older runs' staging, past the retention
     *probe("features/batch_id=*", FEATURES_JOB),
     *s3a_tree("features/batch_id=*/run=*", FEATURES_JOB),
     *s3a_tree("rejects/batch_id=*/run=*", FEATURES_JOB),
     *probe("rejects/batch_id=*", FEATURES_JOB),
-    *probe("features/batch_id=*/_commits", FEATURES_JOB),
-    *s3a_read("features/batch_id=*/_commits/*.json", FEATURES_JOB),
-    *atomic_write("features/batch_id=*/_commits", "*.json", FEATURES_JOB),
-    Call("DeleteObject", "features/batch_id=*/_commits/*.json", False, FEATURES_JOB),  # superseded commits
+    # the run's record and moments (before the tables' commits), and the batch's older ones, past the retention
+    *atomic_write("batch_runs/batch_id=*", "*.json", FEATURES_JOB),
+    *atomic_write("batch_runs/batch_id=*", "*.moments.npz", FEATURES_JOB),
+    *probe("batch_runs/batch_id=*", FEATURES_JOB),
+    Call("DeleteObject", "batch_runs/batch_id=*/*", False, FEATURES_JOB),
     *delta_commit("rejects", "batch_id=*/run=*/*.parquet", FEATURES_JOB),  # the Delta tables: rejects first
     *delta_commit("features", "batch_id=*/run=*/*.parquet", FEATURES_JOB),
-    # the PCA job (spark_jobs/fruits_jobs/pca.py): the batches' commit names, new batches' moments and features
+    *delta_vacuum("rejects", FEATURES_JOB),
+    *delta_vacuum("features", FEATURES_JOB),
+    # the PCA job (spark_jobs/fruits_jobs/pca.py): the features table's log, the changed batches' records,
+    # moments and features files
     *probe("features", PCA_JOB),
-    *probe("features/batch_id=*/_commits", PCA_JOB),
-    *s3a_read("features/batch_id=*/_commits/*.json", PCA_JOB),
-    *s3a_read("manifests/batch_id=*.lease", PCA_JOB),
+    *delta_read("features", PCA_JOB),
+    *s3a_read("batch_runs/batch_id=*/*.json", PCA_JOB),
+    *s3a_read("batch_runs/batch_id=*/*.moments.npz", PCA_JOB),
     *s3a_read("features/batch_id=*/run=*/*", PCA_JOB),
     # -- pca/: the space's commits, its folders (model, basis, vectors, runs, index), the old layout --
     *probe("pca", PCA_JOB),
@@ -197,12 +225,13 @@ EMR_INSTANCE: list[Call] = [
     *probe("vectors", PCA_JOB),
     *s3a_tree("vectors/*", PCA_JOB),  # <space>/<batch>/<run>/, a retired space's vectors
     *delta_commit("vectors", "*/*/*/*.parquet", PCA_JOB),
+    *delta_vacuum("vectors", PCA_JOB),
     *s3a_read("pca/spaces/*/basis.npz", PCA_JOB),
     *atomic_write("pca/spaces/*", "basis.npz", PCA_JOB),
     *s3a_read("pca/spaces/*/runs/*/state.npz", PCA_JOB),
     *atomic_write("pca/spaces/*/runs/*", "state.npz", PCA_JOB),
     *s3a_read("pca/spaces/*/runs/*/metrics.json", PCA_JOB),
-    *s3a_read("vectors/*/*/*/_confusion.json", PCA_JOB),
+    *s3a_read("pca/spaces/*/confusion/*/*.json", PCA_JOB),
     *s3a_tree("pca/batch_id=*", PCA_JOB),  # the layout before spaces, deleted by the first space's run
 ]
 

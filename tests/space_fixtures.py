@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fruits.lake import published
-from fruits_jobs import commits, layout
+from fruits.lake.storage import LocalStorage
+from fruits_jobs import commits, layout, tables
 
 
 @functools.cache
@@ -58,6 +59,7 @@ def put_basis(storage, space: str, components: np.ndarray) -> str:
 
 def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, **extra) -> dict:
     """The PCA commit naming the space current, as the job writes it (commits.commit_file)."""
+    runs = published.published_runs(storage) if isinstance(storage, LocalStorage) else {}
     record = {
         "job": "reduce_dimensions",
         "space": space,
@@ -67,8 +69,9 @@ def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, *
         "metrics": f"{layout.space_run_folder(layout.PCA, space, run)}/{layout.PCA_METRICS_FILE}",
         "vectors": vectors,
         "added": sorted(vectors),
-        # which version of each batch the space holds: the batch's newest features commit, if any
-        "features_runs": {batch: published.newest_run(storage, batch) or "" for batch in vectors},
+        # which version of each batch the space holds: the batch's published run, if any (a folder
+        # lake's: delta-rs cannot reach moto's in-process S3)
+        "features_runs": {batch: runs.get(batch, "") for batch in vectors},
         "k": k,
         "k_rule": {"k": k, "variance": None},
         "input_dim": 1280,
@@ -80,4 +83,34 @@ def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, *
     }
     path, data = commits.commit_file(storage.name + layout.PCA.rstrip("/"), run, record)
     storage.put_bytes(data, path[len(storage.name) :])
+    return {**record, "run": run}
+
+
+def put_published(storage, batch_id: str, run: str, put=None, fence=None, **extra) -> dict:
+    """A batch published as the features job publishes it, without Spark: its manifest (as ingest
+    writes it), a features file without rows in its run folder, its record under batch_runs/, then
+    the features table's commit naming the file (the publication point). put(data, key): how the
+    job's files are written (default: through storage); fence: the run's (tables.commit_actions).
+    Returns the record."""
+    put = put or storage.put_bytes
+    if not storage.sizes(layout.manifest_key(batch_id)):
+        storage.put_bytes(b'{"files": []}', layout.manifest_key(batch_id))
+    folder = layout.run_folder(layout.batch_folder(layout.FEATURES, batch_id), run)
+    sink = io.BytesIO()
+    schema = tables.FEATURES_SCHEMA.remove(tables.FEATURES_SCHEMA.get_field_index(layout.PARTITION_COLUMN))
+    pq.write_table(schema.empty_table(), sink)
+    put(sink.getvalue(), f"{folder}/part-00000.snappy.parquet")
+    record = {"batch_id": batch_id, "features": storage.name + folder, "read": 0, "featurized": 0, "rejected": 0}
+    record.update(extra)
+    put(commits.record_file(run, record, storage.name), layout.record_path("batch_runs", batch_id, run))
+    tables.publish(
+        storage.name + layout.FEATURES,
+        tables.FEATURES_SCHEMA,
+        [layout.PARTITION_COLUMN],
+        {(batch_id,): [(f"{storage.name}{folder}/part-00000.snappy.parquet", len(sink.getvalue()), 0)]},
+        lambda partition: partition.get(layout.PARTITION_COLUMN) == batch_id,
+        {"run": run},
+        fence,
+        storage.delta_options(),
+    )
     return {**record, "run": run}

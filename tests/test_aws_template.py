@@ -103,7 +103,7 @@ def test_the_bucket_is_private_encrypted_tls_only_and_cleans_up():
     assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert all(props["PublicAccessBlockConfiguration"].values()) and len(props["PublicAccessBlockConfiguration"]) == 4
     rules = {r.get("Prefix"): r for r in props["LifecycleConfiguration"]["Rules"]}
-    assert rules["logs/"]["ExpirationInDays"] <= 90 and rules["features/_staging/"]["ExpirationInDays"] <= 14
+    assert rules["logs/"]["ExpirationInDays"] <= 90 and rules["batch_runs/_staging/"]["ExpirationInDays"] <= 14
     (deny,) = Stack("b").resolve(RESOURCES["LakeBucketPolicy"]["Properties"]["PolicyDocument"])["Statement"]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 

@@ -8,7 +8,7 @@ from PIL import Image
 from space_fixtures import put_basis, put_commit, put_vectors, run_id, vectors_table
 
 from fruits.lake import vector_index
-from fruits.lake.published import published_commit
+from fruits.lake.published import published_record
 from fruits.lake.storage import LocalStorage
 from fruits.lake.summary import readable
 from fruits.tools.cli import main
@@ -29,7 +29,7 @@ def a_space_of_the_features(spark, lake, k: int = 2) -> dict:
     """The current space of the lake's one batch, in the PCA job's format (issue 20), fitted here with
     numpy (uncentred projection on the centred covariance's axes), and its index pieces."""
     storage = LocalStorage(lake)
-    published = published_commit(storage, "b1")
+    published = published_record(storage, "b1")
     table = pq.read_table(readable(published["features"]), columns=["path", "label", "features"])
     stored = np.asarray(table.column("features").to_pylist(), dtype=np.float64)
     components = np.linalg.svd(stored - stored.mean(axis=0), full_matrices=False)[2][:k].T
@@ -194,8 +194,8 @@ def test_a_copied_lake_reads_and_runs_on_its_own_and_never_touches_the_original(
     assert snapshot(lake) == before
 
 
-def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_commit_is_named(lake, capsys, tmp_path):
-    """Deleting the run folder a commit names left `fruits batches` reporting the batch as fine."""
+def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_record_is_named(lake, capsys, tmp_path):
+    """Deleting the run folder a record names left `fruits batches` reporting the batch as fine."""
     import shutil
 
     copy = tmp_path / "lake"
@@ -210,11 +210,14 @@ def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_commit_is
     out = capsys.readouterr().out
     assert f"b1: DAMAGED: features: {run_folder} is missing" in out and "re-run the batch" in out
     assert run(capsys, copy, "batches")[1].endswith("DAMAGED (fruits check)")
-    (commit,) = (copy / "features" / "batch_id=b1" / "_commits").glob("*.json")
-    commit.write_text(commit.read_text()[:30])  # truncated
-    assert main(["--lake", str(copy), "batches"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{commit.name} is damaged" in err and "Traceback" not in err
+    (record,) = (copy / "batch_runs" / "batch_id=b1").glob("*.json")
+    record.write_text(record.read_text()[:30])  # truncated
+    assert main(["--lake", str(copy), "rejects", "b1"]) == 0  # the tables read on: a record is no table
+    capsys.readouterr()
+    assert main(["--lake", str(copy), "check"]) == 1
+    out = capsys.readouterr().out
+    assert f"b1: DAMAGED: {record} is damaged" in out and "re-run batch b1" in out and "Traceback" not in out
+    assert run(capsys, copy, "batches")[1].endswith("DAMAGED (fruits check)")
 
 
 def test_photo_gives_back_a_stored_photo_byte_for_byte_from_either_form(tmp_path, capsysbinary):

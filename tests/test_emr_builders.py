@@ -145,6 +145,8 @@ def test_steps_follow_the_jobs_contract():
         "s3://fruits-test/manifests/batch_id=2025-01-02.json",
         "--lease",
         "s3://fruits-test/manifests/batch_id=2025-01-02.lease",
+        "--retention-hours",
+        "168",
     ]
     p_args = pca["HadoopJarStep"]["Args"]
     job = p_args[p_args.index(code + "reduce_dimensions.py") + 1 :]
@@ -158,9 +160,11 @@ def test_steps_follow_the_jobs_contract():
         "0.9",
         "--refit",
         "auto",
+        "--retention-hours",
+        "168",
     ]
     with_k = emr_steps(dataclasses.replace(CFG, pca_k=12, pca_refit="never"))[1]["HadoopJarStep"]["Args"]
-    assert with_k[-4:] == ["--k", "12", "--refit", "never"] and "--variance" not in with_k
+    assert with_k[-6:-2] == ["--k", "12", "--refit", "never"] and "--variance" not in with_k
 
 
 def test_a_run_without_photos_has_the_pca_step_alone():

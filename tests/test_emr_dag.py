@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 from airflow.utils.state import DagRunState, TaskInstanceState
 from moto.emr.models import Cluster
-from space_fixtures import vectors_table
+from space_fixtures import put_published, vectors_table
 
 from fruits.config.params import build_params
-from fruits_jobs import commits, features, layout, pca, spaces
+from fruits.lake.storage import S3Storage
+from fruits_jobs import commits, features, layout, pca, spaces, tables
 from fruits_jobs.moments import BatchMoments
 
 from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, template_policy, xcom
@@ -91,26 +92,31 @@ def a_cluster(emr) -> str:
     )["JobFlowId"]
 
 
-def lease_token(batch_id):
-    """The token the batch's lease holds now: what its features job reads when it starts."""
+def lease_now(batch_id) -> dict:
+    """The batch's lease now: what its features job reads when it starts."""
     body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=layout.lease_key(batch_id))["Body"]
-    return json.loads(body.read())["token"]
+    return json.loads(body.read())
 
 
-def write_job_outputs(batch_id, token=None, run=RUN, kept=None):
+def lease_token(batch_id):
+    return lease_now(batch_id)["token"]
+
+
+def as_cluster(data: bytes, key: str) -> None:
+    """A write of the jobs (the cluster's role), not Airflow's."""
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body=data)
+
+
+def write_job_outputs(batch_id, started=None, run=RUN, kept=None):
     """What the two jobs publish for a batch of 12 photos (10 featurized, 2 rejected), written with the
-    jobs' own record builders and commit writer: a change of the commits' schema fails these tests.
-    The PCA's is the lake's first embedding space (issue 20), fitted at this run on the batch: its
-    commit pca/_commits/<run>.json, its run's metrics.json, and the batch's vectors in it (real
-    Parquet, which publish_summary indexes; write_space). token: what the features job read from the
-    lease at its start (default: the lease's now)."""
-    s3 = boto3.client("s3", region_name=REGION)
+    jobs' own record builder: its run's files and record, then the features table's commit (delta-rs,
+    on moto's server), fenced by the lease generation the run started under (started: the lease its
+    job read at its start; default: the lease's now): a run given up on publishes nothing, and no PCA
+    runs after it. The PCA's is the lake's first embedding space (issue 20), fitted at this run on the
+    batch: its commit pca/_commits/<run>.json, its run's metrics.json, and the batch's vectors in it
+    (real Parquet, which publish_summary indexes; write_space)."""
     root = f"s3://{BUCKET}/"
-    token = token or lease_token(batch_id)
-
-    def put(uri: str, data: bytes) -> None:
-        s3.put_object(Bucket=BUCKET, Key=uri[len(root) :], Body=data)
-
+    lease = started or lease_now(batch_id)
     args = features.parse_args(
         [
             "--images",
@@ -125,14 +131,20 @@ def write_job_outputs(batch_id, token=None, run=RUN, kept=None):
             "random",
         ]
     )
-    batch = layout.batch_folder(root + layout.FEATURES, batch_id)
     outputs = {
-        "features": layout.run_folder(batch, run),
+        "features": layout.run_folder(layout.batch_folder(root + layout.FEATURES, batch_id), run),
         "rejects": layout.run_folder(layout.batch_folder(root + layout.REJECTS, batch_id), run),
-        "moments": layout.moments_path(layout.run_folder(batch, run)),
+        "moments": layout.moments_path(root + "batch_runs", batch_id, run),
     }
-    summary = features.batch_summary(args, run, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, token)
-    put(*commits.commit_file(batch, run, summary))
+    summary = features.batch_summary(
+        args, run, outputs, 10, {"not_an_image": 1, "truncated": 1}, {}, 4.0, lease["token"]
+    )
+    fence = (tables.lease_app_id(batch_id), lease["generation"])
+    try:
+        record = {k: v for k, v in summary.items() if k not in ("batch_id", "run")}
+        put_published(S3Storage(BUCKET, "aws_default"), batch_id, run, put=as_cluster, fence=fence, **record)
+    except tables.GivenUp:
+        return
     write_space(batch_id, run, kept)
 
 
@@ -400,9 +412,9 @@ def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alon
     old = features.batch_summary(
         args, RUN, {"features": layout.run_folder(folder, RUN), "rejects": None}, 10, {}, {}, 1.0, None
     )
-    path, data = commits.commit_file(folder, RUN, old)  # published, without a lease: a lake from before leases
-    s3.put_object(Bucket=BUCKET, Key=layout.manifest_key("b-old"), Body=b'{"files": []}')  # ingest's, first
-    s3.put_object(Bucket=BUCKET, Key=path[len(f"s3://{BUCKET}/") :], Body=data)
+    as_cluster(b'{"files": []}', layout.manifest_key("b-old"))  # ingest's, first
+    record = {k: v for k, v in old.items() if k not in ("batch_id", "run")}
+    put_published(S3Storage(BUCKET, "aws_default"), "b-old", RUN, put=as_cluster, **record)  # published, no lease
     simulate_emr(monkeypatch, ["COMPLETED"], lambda: write_space("b-old"))
     (tmp_path / "empty").mkdir()
     dr, states = run(runnable_dag, tmp_path / "empty", "b-none")
@@ -649,11 +661,11 @@ def test_a_features_step_that_completes_after_its_run_gave_up_publishes_nothing(
 
     started_with = {}
     simulate_emr(  # with its stderr in the bucket: the failing sensor finds it at once
-        monkeypatch, ["FAILED", "CANCELLED"], lambda: started_with.update(token=lease_token("b-late")), stderr=b"x\n"
+        monkeypatch, ["FAILED", "CANCELLED"], lambda: started_with.update(lease=lease_now("b-late")), stderr=b"x\n"
     )
     dr, states = run(runnable_dag, landing, "b-late")
     assert states["emr.watch_extract_features"] == S.FAILED and states["emr.terminate_cluster"] == S.SUCCESS
-    write_job_outputs("b-late", token=started_with["token"])  # the late commit
+    write_job_outputs("b-late", started=started_with["lease"])  # the late commit: refused by the log
     storage = S3Storage(BUCKET, "aws_default")
     assert lease_token("b-late") is None and not published.is_published(storage, "b-late")
     assert "emr.watch_extract_features ended failed" in storage.read_text(layout.lease_key("b-late"))
@@ -667,7 +679,8 @@ def test_a_killed_features_sensor_revokes_the_lease_its_step_would_publish_under
     from fruits.lake.storage import S3Storage
 
     storage = S3Storage(BUCKET, "aws_default")
-    token = leases.issue(storage, "b-kill")
+    leases.issue(storage, "b-kill")
+    started = lease_now("b-kill")
     emr = boto3.client("emr", region_name=REGION)
     cluster = a_cluster(emr)
     lease_uri = f"s3://{BUCKET}/{layout.lease_key('b-kill')}"
@@ -679,7 +692,7 @@ def test_a_killed_features_sensor_revokes_the_lease_its_step_would_publish_under
         lease_uri=lease_uri,
         aws_conn_id="aws_default",
     ).on_kill()
-    write_job_outputs("b-kill", token=token)
+    write_job_outputs("b-kill", started=started)
     assert lease_token("b-kill") is None and not published.is_published(storage, "b-kill")
 
 
@@ -720,7 +733,7 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     from fruits.backends.emr.operators import StepSensor
 
     cluster, step = a_features_step()
-    uri = f"s3://{BUCKET}/features/_progress/batch_id=b.json"
+    uri = f"s3://{BUCKET}/batch_runs/_progress/batch_id=b.json"
     sensor = StepSensor(
         task_id="watch",
         job_flow_id=cluster,
@@ -733,7 +746,7 @@ def test_a_running_steps_sensor_shows_its_jobs_progress(aws, capfd):
     assert "extract_features: no progress yet" in "".join(capfd.readouterr())
     boto3.client("s3", region_name=REGION).put_object(
         Bucket=BUCKET,
-        Key="features/_progress/batch_id=b.json",
+        Key="batch_runs/_progress/batch_id=b.json",
         Body=json.dumps(
             {"done": 5000, "total": 20000, "percent": 25.0, "images_per_s": 310.5, "seconds_left": 48, "elapsed_s": 16}
         ),
@@ -759,12 +772,12 @@ def listing_by_prefix_only(policy: dict) -> dict:
 
 
 def half_written(s3):
-    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"done": 50')
+    s3.put_object(Bucket=BUCKET, Key="batch_runs/_progress/batch_id=b.json", Body=b'{"done": 50')
     return "is unreadable"
 
 
 def not_a_progress(s3):
-    s3.put_object(Bucket=BUCKET, Key="features/_progress/batch_id=b.json", Body=b'{"hello": 1}')
+    s3.put_object(Bucket=BUCKET, Key="batch_runs/_progress/batch_id=b.json", Body=b'{"hello": 1}')
     return "is unreadable"
 
 
@@ -795,7 +808,7 @@ def test_a_progress_file_that_cannot_be_read_never_fails_the_sensor(aws, capfd, 
         step_id=step,
         aws_conn_id="aws_default",
         job_name="extract_features",
-        progress_uris={"extract_features": f"s3://{BUCKET}/features/_progress/batch_id=b.json"},
+        progress_uris={"extract_features": f"s3://{BUCKET}/batch_runs/_progress/batch_id=b.json"},
     )
     assert sensor.poke({}) is False  # moto leaves the step PENDING: poke again
     log = "".join(capfd.readouterr())

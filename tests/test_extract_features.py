@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, contract, features, layout
+from fruits_jobs import commits, contract, features, layout, tables
 
 from conftest import REPO, make_jpeg
 
@@ -41,13 +41,13 @@ def run_job(spark, images, out, batch_id, weights="random", **extra):
 
 
 def read_batch(spark, out, output, batch_id):
-    """A batch's current features or rejects, read as readers must: through its commit."""
-    df = commits.read_current(spark, str(out / "features"), output, [batch_id])
+    """A batch's current features or rejects, read as readers must: through the table's log."""
+    df = commits.read_current(spark, str(out / output), [batch_id])
     return [] if df is None else df.collect()
 
 
 def counts_by_batch(spark, out, output="features"):
-    df = commits.read_current(spark, str(out / "features"), output)
+    df = commits.read_current(spark, str(out / output))
     return {} if df is None else {r["batch_id"]: r["count"] for r in df.groupBy("batch_id").count().collect()}
 
 
@@ -82,14 +82,16 @@ def test_sample_vectors_are_real_imagenet_features(sample_features):
     assert accuracy > 0.75
 
 
-def test_sample_summary_is_the_batch_commit(sample_features):
+def test_sample_summary_is_the_batch_s_run_record_and_the_table_names_its_run(sample_features):
     summary, _, out = sample_features
-    commit = out / "features" / "batch_id=sample" / "_commits" / f"{summary['run']}.json"
-    assert summary["commit"].endswith(str(commit))
-    stored = json.loads(commit.read_text())
+    record = out / "batch_runs" / "batch_id=sample" / f"{summary['run']}.json"
+    assert summary["record"].endswith(str(record))
+    stored = json.loads(record.read_text())
     assert stored["features"].startswith("features/batch_id=sample/run=")  # relative to its lake
     root = summary["features"][: -len(stored["features"])]
-    assert layout.resolve_record(stored, root) == {k: v for k, v in summary.items() if k != "commit"}
+    written_after = ("record", "table_versions")  # where it went, and the tables' commits that followed
+    assert layout.resolve_record(stored, root) == {k: v for k, v in summary.items() if k not in written_after}
+    assert tables.current_runs(str(out / "features")) == {"sample": summary["run"]}
 
 
 def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
@@ -143,9 +145,10 @@ def test_rerun_replaces_only_its_batch(spark, tmp_path):
     assert counts_by_batch(spark, out, "rejects") == {}
 
 
-def test_a_run_without_its_commit_is_never_read_and_the_next_run_removes_it(spark, tmp_path):
-    """Killed between writing its features and its rejects (or its commit), a run must change
-    nothing readers see: its folders exist but no commit names them."""
+def test_a_run_without_its_commit_is_never_read_and_a_vacuum_past_the_retention_removes_it(spark, tmp_path):
+    """Killed between writing its features and its rejects (or before the table's commit), a run must
+    change nothing readers see: its folders exist but no log names them. A later run's vacuum deletes
+    them once they are older than the retention (here 0 hours), never before."""
     for i in range(2):
         make_jpeg(tmp_path / "in" / "Fig" / f"{i}.jpg", (120, 60 + 60 * i, 90))
     out = tmp_path / "out"
@@ -156,14 +159,18 @@ def test_a_run_without_its_commit_is_never_read_and_the_next_run_removes_it(spar
         [("file:/x/Fig/9.jpg", "Fig", None, "h", [0.0])],
         "path string, label string, split string, sha256 string, features array<float>",
     ).write.parquet(str(orphan))
-    (out / "features" / "_staging" / killed).mkdir(parents=True)
+    (out / "batch_runs" / "_staging" / killed).mkdir(parents=True)
     assert sorted(r["path"] for r in read_batch(spark, out, "features", "b1")) == sorted(
         r["path"] for r in spark.read.parquet(first["features"]).collect()
     )
-    second = run_job(spark, tmp_path / "in", out, "b1")
+    second = run_job(spark, tmp_path / "in", out, "b1")  # the default retention: a week
     assert second["run"] > killed > first["run"]
-    assert not orphan.exists() and not (out / "features" / "_staging" / killed).exists()
+    assert orphan.exists() and (out / "batch_runs" / "_staging" / killed).exists()
     assert len(read_batch(spark, out, "features", "b1")) == 2
+    run_job(spark, tmp_path / "in", out, "b1", retention_hours=0)
+    assert not orphan.exists() and not (out / "batch_runs" / "_staging" / killed).exists()
+    assert len(read_batch(spark, out, "features", "b1")) == 2
+    assert len(list((out / "features" / "batch_id=b1").glob("run=*"))) == 1  # the replaced runs' too
 
 
 def test_every_bad_input_kind_is_a_reasoned_reject_and_counts_add_up(spark, tmp_path):
@@ -296,7 +303,7 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
     )
     try:
         deadline = time.time() + 240
-        staging = out / "features" / "_staging"
+        staging = out / "batch_runs" / "_staging"
         # the model pass has started writing once a task's temporary output appears
         while time.time() < deadline and not any(p.name.startswith("part-") for p in staging.rglob("*")):
             assert proc.poll() is None, "the job ended before it could be interrupted"
@@ -307,15 +314,16 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
         proc.wait()
     after = sorted(r["path"] for r in read_batch(spark, out, "features", "b1"))
     assert after == before
-    # the next run commits and removes what the killed one left (its staging and run folders)
+    # the next run commits; what the killed one left stays unread until it is older than the retention
     run_job(spark, src, out, "b1")
     assert len(read_batch(spark, out, "features", "b1")) == 300
-    assert [p.name for p in (out / "features" / "_staging").iterdir()] == []
     runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
-    assert len(runs) == 2  # the current run and the previous current one, kept for readers mid-read
-    third = run_job(spark, src, out, "b1")
+    assert len(runs) == 2  # the previous current one (kept for readers mid-read), the current
+    assert [p.name for p in (out / "batch_runs" / "_staging").iterdir()]  # the killed run's, until the retention
+    third = run_job(spark, src, out, "b1", retention_hours=0)
     runs = sorted(p.name for p in (out / "features" / "batch_id=b1").glob("run=*"))
-    assert runs[-1] == f"run={third['run']}" and len(runs) == 2
+    assert runs == [f"run={third['run']}"]
+    assert [p.name for p in (out / "batch_runs" / "_staging").iterdir()] == []
 
 
 def test_with_a_manifest_the_job_reads_exactly_the_files_it_lists(spark, tmp_path):
@@ -387,7 +395,7 @@ def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_we
     assert "exported to ONNX" in err
     # progress while the model pass runs: on stderr (the task log) and beside the features (the EMR sensor)
     assert "Spark UI: " in err and "progress: 2/2 images (100.0 %)" in err
-    assert json.loads((tmp_path / "o1" / "features" / "_progress" / "batch_id=b1.json").read_text())["done"] == 2
+    assert json.loads((tmp_path / "o1" / "batch_runs" / "_progress" / "batch_id=b1.json").read_text())["done"] == 2
     mtime = kept.stat().st_mtime_ns
     run_job(spark, tmp_path / "in", tmp_path / "o2", "b1", weights=weights_file, model_cache=cache)
     assert f"from {cache}/{kept.name}" in capfd.readouterr().err and kept.stat().st_mtime_ns == mtime

@@ -75,8 +75,10 @@ def test_cluster_conditions_use_the_documented_key():
 def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "raw/batch_id=1/"})
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "raw/batch_id=1/Banana/1.jpg"})
-    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/batch_id=1/_commits/r1.json"})
-    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "features/batch_id=1/_commits/"})
+    # which batches are published: the features table's log, then each published run's record
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/_delta_log/00000000000000000003.json"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "batch_runs/batch_id=1/r1.json"})
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "batch_runs/_layout.json"})
     # the current embedding space (issue 20): its commits, listed and read (has_work, publish_summary)
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "pca/_commits/"})
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"})
@@ -102,6 +104,8 @@ def test_the_calls_the_pipeline_makes_are_allowed():
             {"Bucket": BUCKET, "Key": "features/batch_id=1/run=r1/part-0.parquet"},
             TAGS,
         ),  # nor features
+        ("s3", "GetObject", {"Bucket": BUCKET, "Key": "batch_runs/batch_id=1/r1.moments.npz"}, TAGS),  # nor moments
+        ("s3", "PutObject", {"Bucket": BUCKET, "Key": "batch_runs/batch_id=1/r1.json"}, TAGS),  # records: the job's
         ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": "features/"}, TAGS),  # listing: our bucket only
         ("s3", "PutObject", {"Bucket": "someone-elses", "Key": "raw/x.jpg"}, TAGS),
         ("s3", "ListObjectsV2", {"Bucket": "someone-elses", "Prefix": ""}, TAGS),
@@ -168,8 +172,9 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
     [
         ("GetObject", "manifests/batch_id=1.json", True),  # the features job reads exactly its manifest
         ("GetObject", "raw/batch_id=1/Banana/1.jpg", True),
-        ("PutObject", "features/batch_id=1/_commits/r1.json", True),  # the jobs commit their runs
-        ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and delete old runs
+        ("PutObject", "batch_runs/batch_id=1/r1.json", True),  # the jobs record their runs
+        ("PutObject", "features/_delta_log/00000000000000000001.json", True),  # ... publish them
+        ("DeleteObject", "features/batch_id=1/run=r0/part-0.parquet", True),  # ... and vacuum old runs
         ("PutObject", "manifests/batch_id=1.json", False),  # only Airflow writes manifests
         ("DeleteObject", "raw/batch_id=1/Banana/1.jpg", False),  # photos are never deleted
         ("PutObject", "logs/emr/j-1/node/i-1/bootstrap-actions/1/stdout.gz", True),
@@ -182,7 +187,7 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
         ),
         ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
         # the PCA job reads the batches' moments, keeps the space, and retires the spaces before the last
-        ("GetObject", "features/batch_id=1/run=r1/_moments.npz", True),
+        ("GetObject", "batch_runs/batch_id=1/r1.moments.npz", True),
         ("GetObject", "pca/_commits/r1.json", True),
         ("PutObject", "pca/_commits/r2.json", True),
         ("GetObject", "pca/spaces/s1/runs/r1/state.npz", True),

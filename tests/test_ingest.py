@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from space_fixtures import put_published
 
 from fruits.lake import ingest as ingest_module
 from fruits.lake import leases, packing, published
 from fruits.lake.ingest import IngestRefused, next_free_batch_id, skip_reason
 from fruits.lake.storage import LocalStorage, S3Storage
-from fruits_jobs import commits, contract, layout
+from fruits_jobs import commits, contract, layout, tables
 
 from airflow_fixtures import BUCKET, make_landing
 
@@ -52,9 +53,6 @@ def landing(tmp_path):
     return root, expected
 
 
-RUN = "20260101T000000000Z-0000abcd"
-
-
 class CrashingStorage:
     """Forwards to the real storage; raises after `uploads` successful uploads (objects: photos, or shards)."""
 
@@ -77,21 +75,32 @@ class CrashingStorage:
         return getattr(self.inner, name)
 
 
-def publish(storage, batch_id, token=None):
-    """What the features job does when its run of the batch succeeds: commit, with the jobs' own
-    writer, under the token the batch's lease holds (or the one given: a run's, read at its start).
-    As the cluster, not as Airflow, whose role may not write there: hence not through `storage`."""
-    lease = leases.read_lease(storage, batch_id)
-    token = token or (lease["token"] if lease else None)
-    folder = layout.batch_folder(layout.FEATURES, batch_id)
-    key, data = commits.commit_file(folder, RUN, {"features": None, "token": token})
-    if isinstance(storage, LocalStorage):
-        (storage.root / key).parent.mkdir(parents=True, exist_ok=True)
-        (storage.root / key).write_bytes(data)
-    else:
-        import boto3
+def as_cluster(storage):
+    """put(data, key) as the cluster writes, not as Airflow, whose role may not write the jobs'
+    outputs: hence not through `storage`."""
 
-        boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)
+    def put(data, key):
+        if isinstance(storage, LocalStorage):
+            (storage.root / key).parent.mkdir(parents=True, exist_ok=True)
+            (storage.root / key).write_bytes(data)
+        else:
+            import boto3
+
+            boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=data)
+
+    return put
+
+
+def publish(storage, batch_id, started=None):
+    """What the features job does when its run of the batch succeeds: its files and record, then the
+    tables' commit under the lease its run started with (started: a lease read at an earlier run's
+    start; default: the lease now). A run given up on publishes nothing: the job finds its token gone
+    before committing, and the log refuses its lease generation (tables.GivenUp) after that."""
+    lease = started or leases.read_lease(storage, batch_id) or {}
+    if not commits.is_live({"token": lease.get("token")}, leases.read_lease(storage, batch_id)):
+        return
+    fence = (tables.lease_app_id(batch_id), lease["generation"]) if lease.get("generation") else None
+    put_published(storage, batch_id, commits.new_run_id(), put=as_cluster(storage), fence=fence)
 
 
 def raw_objects(storage, batch_id):
@@ -250,11 +259,11 @@ def test_a_batch_whose_photos_a_new_batch_took_can_never_publish_them_too(ingest
     published batch."""
     root, _ = landing
     ingest(root, storage, "bx-1")
-    token_of_killed_run = leases.read_lease(storage, "bx-1")["token"]  # what its job read at its start
+    lease_of_killed_run = leases.read_lease(storage, "bx-1")  # what its job read at its start
     report = ingest(root, storage, "bx-2")
     assert report["uploaded"] == 12 and leases.read_lease(storage, "bx-1")["token"] is None
     publish(storage, "bx-2")
-    publish(storage, "bx-1", token_of_killed_run)  # the late commit, after bx-2's ingest
+    publish(storage, "bx-1", lease_of_killed_run)  # the late commit, after bx-2's ingest
     assert published.is_published(storage, "bx-2") and not published.is_published(storage, "bx-1")
     assert ingest(root, storage, "bx-3")["already_held_by"] == {"bx-2": 12}
 
@@ -264,9 +273,9 @@ def test_a_new_run_of_a_batch_fences_the_earlier_runs_commit_and_a_published_bat
 ):
     root, _ = landing
     ingest(root, storage, "b")
-    first_token = leases.read_lease(storage, "b")["token"]
+    first_lease = leases.read_lease(storage, "b")
     ingest(root, storage, "b")  # a new run of the same, unpublished batch: a new token
-    publish(storage, "b", first_token)  # the first run's job, finishing late
+    publish(storage, "b", first_lease)  # the first run's job, finishing late
     assert not published.is_published(storage, "b")
     publish(storage, "b")  # the new run's job
     assert published.is_published(storage, "b")

@@ -5,6 +5,7 @@ Every photo must end in exactly one published batch, and nothing of the killed r
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from airflow.utils.state import DagRunState
 
 from fruits.lake import leases, published
 from fruits.lake.storage import LocalStorage
-from fruits_jobs import commits, layout
+from fruits_jobs import commits, layout, tables
 
 from airflow_fixtures import make_landing
 
@@ -59,7 +60,7 @@ def test_a_run_killed_with_sigkill_never_publishes_and_leaves_nothing_running(
         time.sleep(0.2)
     time.sleep(4)  # four seconds into the features step
     doomed = job_processes(psutil.Process(run.pid))
-    token = leases.read_lease(LocalStorage(lake), "bx-1")["token"]  # what the job read at its start
+    started = leases.read_lease(LocalStorage(lake), "bx-1")  # what the job read at its start
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(30)
 
@@ -71,24 +72,26 @@ def test_a_run_killed_with_sigkill_never_publishes_and_leaves_nothing_running(
     dr = runnable_dag.test(run_conf={**conf, "batch_id": "bx-2"})
     assert dr.state == DagRunState.SUCCESS
 
-    # 4. bx-1's job, had it survived, commits late: under the token it started with.
+    # 4. bx-1's job, had it survived, commits late: its files, under the lease generation it started
+    #    with, which bx-2's ingest fenced in the table's log (it revoked bx-1's lease).
     storage = LocalStorage(lake)
-    features_of_bx2 = published.published_commit(storage, "bx-2")["features"]
-    path, data = commits.commit_file(
-        str(lake / layout.batch_folder(layout.FEATURES, "bx-1")),
-        commits.new_run_id(),
-        {"features": features_of_bx2, "token": token},
-    )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(data)
+    from deltalake import DeltaTable
+
+    late_run = commits.new_run_id()
+    late = lake / layout.run_folder(layout.batch_folder(layout.FEATURES, "bx-1"), late_run) / "part-00000.parquet"
+    late.parent.mkdir(parents=True)
+    shutil.copy(DeltaTable(str(lake / "features")).file_uris()[0], late)
+    with pytest.raises(tables.GivenUp, match="given up and publishes nothing"):
+        table = str(lake / "features")
+        tables.publish_batch(
+            table, tables.FEATURES_SCHEMA, "bx-1", [str(late)], {"run": late_run}, started["generation"]
+        )
 
     # Every photo in exactly one published batch, whoever reads the lake.
     assert published.is_published(storage, "bx-2") and not published.is_published(storage, "bx-1")
-    current = commits.read_current(spark, str(lake / "features"), "features").collect()
+    current = commits.read_current(spark, str(lake / "features")).collect()
     assert len(current) == PHOTOS == len({row["sha256"] for row in current})
     # ... and through the Delta tables (issue 27): the killed run added nothing to them.
-    from deltalake import DeltaTable
-
     rows = DeltaTable(str(lake / "features")).to_pyarrow_table(columns=["batch_id", "sha256"]).to_pylist()
     assert {r["batch_id"] for r in rows} == {"bx-2"} and len({r["sha256"] for r in rows}) == len(rows) == PHOTOS
     vectors = DeltaTable(str(lake / "vectors")).to_pyarrow_table(columns=["path", "batch_id"]).to_pylist()

@@ -35,7 +35,12 @@ def test_what_is_not_a_commit_of_the_dataset_is_not_parsed_as_one(key):
 def test_keys_and_uris_are_the_same_paths_under_different_roots():
     run = layout.run_folder(layout.batch_folder("s3://b/" + layout.REJECTS, "b1"), "r1")
     assert run == "s3://b/" + layout.batch_prefix(layout.REJECTS, "b1") + "run=r1"
-    assert layout.progress_key("b1") == "features/_progress/batch_id=b1.json"
+    assert layout.progress_key("b1") == "batch_runs/_progress/batch_id=b1.json"
+    assert (
+        layout.batch_runs_of("s3://b/features") == "s3://b/batch_runs"
+        and layout.batch_runs_of("features/") == "batch_runs"
+    )
+    assert layout.record_path("batch_runs", "b1", "r1") == "batch_runs/batch_id=b1/r1.json"
     assert layout.batch_of_manifest(layout.manifest_key("b.1-x")) == "b.1-x"
 
 
@@ -65,9 +70,12 @@ def test_an_absolute_reference_from_before_or_from_another_lake_is_rebased_never
     assert layout.resolve(ref, "s3://new-bucket/") == "s3://new-bucket/features/batch_id=b1/run=r1"
 
 
-def test_a_lake_never_cleans_outside_itself():
-    with pytest.raises(ValueError, match="outside the lake"):
-        commits.clean_superseded(None, "/lakeM/features/batch_id=b1", ["/lake1/features/batch_id=b1"], "r")
+def test_a_table_file_names_its_batch_and_run_and_nothing_else_does():
+    """The features table's log is the publication point: the run= folder of a batch's files names its run."""
+    assert layout.run_of_file("batch_id=b1/run=r1/part-0.parquet") == ("b1", "r1")
+    assert layout.run_of_file("s3://b/features/batch_id=b.2/run=r2/part-0.parquet") == ("b.2", "r2")
+    assert layout.run_of_file("batch_id=b1/part-0.parquet") is None
+    assert layout.run_of_file("part-0.parquet") is None
 
 
 def test_a_space_keeps_its_files_under_pca_spaces_and_its_vectors_in_the_table_without_key_value_names():
@@ -81,7 +89,8 @@ def test_a_space_keeps_its_files_under_pca_spaces_and_its_vectors_in_the_table_w
     assert layout.space_run_folder(layout.PCA, space, run) == f"pca/spaces/{space}/runs/{run}"
     assert layout.index_piece(layout.PCA, space, "b1", run) == f"pca/spaces/{space}/index/b1/{run}"
     assert layout.commit_path(pca, run) == f"s3://b/pca/_commits/{run}.json"
-    assert layout.moments_path("/lake/features/batch_id=b1/run=r1/") == "/lake/features/batch_id=b1/run=r1/_moments.npz"
+    assert layout.moments_path("/lake/batch_runs", "b1", "r1") == "/lake/batch_runs/batch_id=b1/r1.moments.npz"
+    assert layout.confusion_path(vectors) == f"s3://b/pca/spaces/{space}/confusion/2026-12-02/{run}.json"
 
 
 def test_a_space_commit_names_its_folders_relative_to_its_lake():

@@ -72,10 +72,23 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
         "/lake/manifests/batch_id=b1.json",
         "--lease",
         "/lake/manifests/batch_id=b1.lease",
+        "--retention-hours",
+        "168",
     ]
     pca_cmd = local_runner.command(pca, "spark-submit")
     pca_tail = pca_cmd[pca_cmd.index("/lake/code/v1/reduce_dimensions.py") + 1 :]
-    assert pca_tail == ["--features", "/lake/features/", "--output", "/lake/pca/", "--k", "5", "--refit", "auto"]
+    assert pca_tail == [
+        "--features",
+        "/lake/features/",
+        "--output",
+        "/lake/pca/",
+        "--k",
+        "5",
+        "--refit",
+        "auto",
+        "--retention-hours",
+        "168",
+    ]
     # a run without photos (the space is behind): the same PCA command, alone
     assert [local_runner.command(j, "spark-submit") for j in jobs.plan_jobs(CFG, "v1", with_photos=False)] == [pca_cmd]
 

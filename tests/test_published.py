@@ -1,10 +1,13 @@
-"""The Airflow side reads the lake as the jobs publish it: through commits, never through files alone."""
+"""The Airflow side reads the lake as the jobs publish it: through the features table's log and the
+PCA's commits, never through files alone."""
 
-from space_fixtures import put_commit
+import pytest
+from space_fixtures import put_commit, put_published
 
 from fruits.lake import published
 from fruits.lake.storage import LocalStorage
-from fruits_jobs import commits, layout
+from fruits_jobs import layout
+from fruits_jobs.commits import DamagedLake
 
 
 def put(root, key, data=b"x"):
@@ -13,14 +16,7 @@ def put(root, key, data=b"x"):
     path.write_bytes(data)
 
 
-def publish(storage, batch_id: str, run: str, **extra) -> None:
-    """A features commit as the job writes it (batch_summary's batch_id and run; no lease: legacy),
-    after its manifest, as ingest writes it."""
-    storage.put_bytes(b'{"files": []}', layout.manifest_key(batch_id))
-    path, data = commits.commit_file(
-        layout.batch_folder(layout.FEATURES, batch_id), run, {"batch_id": batch_id, "features": "f", **extra}
-    )
-    storage.put_bytes(data, path)
+publish = put_published
 
 
 def space_commit(storage, run: str, space: str, features_runs: dict[str, str], added=None, k_rule=None) -> dict:
@@ -52,14 +48,30 @@ def test_a_batch_is_processed_only_once_the_current_space_commits_its_version(tm
     assert published.is_processed(storage, "b1")
 
 
-def test_a_commit_publishes_only_under_the_token_its_lease_holds(tmp_path):
+def test_a_batch_is_published_once_the_features_table_names_its_files(tmp_path):
+    """A run's files and record without the features table's commit (a run killed before it, or one
+    whose commit the log refused) publish nothing; the commit publishes the run its files' folder names."""
     storage = LocalStorage(tmp_path)
-    put(tmp_path, "features/batch_id=b1/_commits/20260101T000000000Z-f.json", b'{"features": "f", "token": "t1"}')
-    assert not published.is_published(storage, "b1")  # a token, but no lease issued it
-    put(tmp_path, "manifests/batch_id=b1.lease", b'{"token": "t1"}')
-    assert published.is_published(storage, "b1")
-    put(tmp_path, "manifests/batch_id=b1.lease", b'{"token": null, "revoked": "given up"}')
-    assert not published.is_published(storage, "b1") and published.published_commit(storage, "b1") is None
+    put(tmp_path, f"features/batch_id=b1/run={F2}/part-00000.snappy.parquet")
+    put(tmp_path, f"batch_runs/batch_id=b1/{F2}.json", b'{"features": "f", "read": 3}')
+    assert not published.is_published(storage, "b1") and published.published_record(storage, "b1") is None
+    publish(storage, "b1", F1, read=5)
+    assert published.published_runs(storage) == {"b1": F1}
+    record = published.published_record(storage, "b1")
+    assert record["read"] == 5 and record["run"] == F1
+    assert record["record"] == f"{tmp_path}/batch_runs/batch_id=b1/{F1}.json"
+    assert record["features"] == f"{tmp_path}/features/batch_id=b1/run={F1}"  # resolved in this lake
+
+
+def test_a_published_batch_whose_record_is_missing_or_damaged_is_named(tmp_path):
+    storage = LocalStorage(tmp_path)
+    publish(storage, "b1", F1)
+    (tmp_path / f"batch_runs/batch_id=b1/{F1}.json").write_text('{"features": "f", "re')  # truncated
+    with pytest.raises(DamagedLake, match=rf"batch_runs/batch_id=b1/{F1}.json is damaged.*re-run batch b1"):
+        published.published_record(storage, "b1")
+    (tmp_path / f"batch_runs/batch_id=b1/{F1}.json").unlink()
+    with pytest.raises(DamagedLake, match=rf"{F1}.json is missing \(the features table names run {F1} of batch b1\)"):
+        published.published_record(storage, "b1")
 
 
 def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_path):
@@ -97,34 +109,9 @@ def test_the_pca_has_work_when_a_published_batch_is_not_in_the_space_or_a_refit_
     publish(storage, "b1", F2)  # re-published, and a new batch: both are behind
     publish(storage, "b2", F2)
     assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1, b2"]
-    put(tmp_path, "manifests/batch_id=b2.lease", b'{"token": null, "revoked": "given up"}')
-    publish(storage, "b2", P1, token="t1")  # a run given up publishes nothing: no work for the PCA
-    assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1"]
-
-
-def test_only_files_named_by_a_run_id_are_commits_and_a_damaged_one_is_named(tmp_path, caplog):
-    """A note saved in _commits/ sorted after the run ids and became "the current commit": as text,
-    everything failed with a bare JSONDecodeError; as JSON without a `features` key, the batch
-    silently fell out of the PCA. Now it is ignored, with a warning naming it."""
-    import pytest
-
-    from fruits_jobs.commits import DamagedLake
-
-    storage = LocalStorage(tmp_path)
-    put(tmp_path, "features/batch_id=b1/_commits/20260101T000000000Z-a.json", b'{"features": "f", "read": 8}')
-    put(tmp_path, "features/batch_id=b1/_commits/notes.json", b'{"todo": "ask about b1"}')
-    assert published.current_commit(storage, "features/", "b1")["read"] == 8
-    assert "_commits/notes.json: not a commit" in caplog.text
-    put(tmp_path, "features/batch_id=b1/_commits/20260102T000000000Z-b.json", b'{"features": "f", "re')  # truncated
-    with pytest.raises(DamagedLake, match=r"batch_id=b1/_commits/20260102T000000000Z-b.json is damaged.*move it"):
-        published.is_published(storage, "b1")
 
 
 def test_only_a_run_id_names_a_space_commit_and_a_damaged_one_is_named(tmp_path, caplog):
-    import pytest
-
-    from fruits_jobs.commits import DamagedLake
-
     storage = LocalStorage(tmp_path)
     space_commit(storage, P1, P1, {})
     put(tmp_path, "pca/_commits/notes.json", b'{"space": "mine"}')

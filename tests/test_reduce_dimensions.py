@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, layout, pca, spaces
+from fruits_jobs import commits, hadoop_fs, layout, pca, spaces, tables
 from fruits_jobs.common import UsageError
 from fruits_jobs.moments import BatchMoments, Moments, fold
 
@@ -15,27 +15,29 @@ pytestmark = pytest.mark.spark
 
 
 def write_features(spark, root, batches, moments=True):
-    """A features dataset as the features job publishes it, from given matrices: per batch, one run's
-    folder, its moments (computed by the job's own fold, as the features job does) and its commit.
-    batches: {batch: (x, labels)} or {batch: (x, labels, splits)}."""
+    """A features table as the features job publishes it, from given matrices: per batch, one run's
+    folder, its moments (computed by the job's own fold, as the features job does) and record, then
+    the table's commit. batches: {batch: (x, labels)} or {batch: (x, labels, splits)}."""
     for batch_id, (x, labels, *rest) in batches.items():
         splits = rest[0] if rest else ["Training"] * len(x)
         rows = [
             (f"file:/img/{batch_id}/{label}/{i}.jpg", label, split, "h", [float(v) for v in vec])
             for i, (vec, label, split) in enumerate(zip(x, labels, splits, strict=True))
         ]
-        folder = layout.batch_folder(str(root), batch_id)
         run_id = commits.new_run_id()
-        uri = layout.run_folder(folder, run_id)
+        uri = layout.run_folder(layout.batch_folder(str(root), batch_id), run_id)
         spark.createDataFrame(
             rows, "path string, label string, split string, sha256 string, features array<float>"
-        ).write.parquet(uri)
+        ).coalesce(1).write.parquet(uri)
         record = {"features": uri, "batch_id": batch_id, "featurized": len(rows)}
-        if moments:
+        if moments and rows:
             _, found, _ = fold(spark.read.parquet(uri), len(x[0]))
-            record["moments"] = layout.moments_path(uri)
+            record["moments"] = layout.moments_path(layout.batch_runs_of(str(root)), batch_id, run_id)
+            Path(record["moments"]).parent.mkdir(parents=True, exist_ok=True)
             Path(record["moments"]).write_bytes(found.to_bytes())
-        commits.write_commit(spark, folder, run_id, record)
+        commits.write_record(spark, str(root), batch_id, run_id, record)
+        files = [f"{uri}/{name}" for name in hadoop_fs.data_files(spark, uri)]
+        tables.publish_batch(str(root), tables.FEATURES_SCHEMA, batch_id, files, {"run": run_id})
 
 
 def local(uri: str) -> Path:
@@ -234,7 +236,7 @@ def test_stored_moments_merged_equal_numpy_spectrum_on_the_concatenated_features
     parts = {f"b{i}": (correlated(30 + 7 * i, 12, seed=i), [f"c{j % 3}" for j in range(30 + 7 * i)]) for i in range(3)}
     write_features(spark, tmp_path / "features", parts)
     stored = [
-        BatchMoments.from_bytes(p.read_bytes()) for p in sorted((tmp_path / "features").glob("*/run=*/_moments.npz"))
+        BatchMoments.from_bytes(p.read_bytes()) for p in sorted((tmp_path / "batch_runs").glob("*/*.moments.npz"))
     ]
     total = BatchMoments.empty(12)
     for found in stored:
@@ -406,8 +408,7 @@ def test_real_sample_as_daily_batches_refits_on_unseen_fruit_only(spark, tmp_pat
 def test_a_batch_with_no_featurized_photo_stays_in_the_space_without_vectors(spark, tmp_path):
     features, out = tmp_path / "features", tmp_path / "pca"
     write_features(spark, features, {"d1": classes_data(4, 12, 16, seed=1)})
-    folder = layout.batch_folder(str(features), "empty")  # every photo rejected: no features folder
-    commits.write_commit(spark, folder, commits.new_run_id(), {"features": None, "batch_id": "empty", "featurized": 0})
+    write_features(spark, features, {"empty": (np.zeros((0, 16)), [])})  # every photo rejected: no row
     first = run(spark, features, out, "--k", "3")
     assert set(first["features_runs"]) == {"d1", "empty"} and set(first["vectors"]) == {"d1"}
     write_features(spark, features, {"d2": classes_data(4, 9, 16, seed=2)})

@@ -158,7 +158,8 @@ def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
     looked_up = []
     settings = config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name])
     config.resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
-    assert set(looked_up) == {"local_storage", "local_lake", "spark_master"} <= settings_module.ENV_ONLY
+    expected = {"local_storage", "local_lake", "spark_master", "table_retention_hours"}
+    assert set(looked_up) == expected <= settings_module.ENV_ONLY
     looked_up.clear()
     emr = config.resolve(
         _conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
@@ -187,3 +188,14 @@ def test_a_rerun_needs_no_landing_folder(tmp_path):
     assert cfg.rerun and cfg.batch_id == "t-1"
     with pytest.raises(InvalidParam, match="'landing_dir'.*not a folder"):
         config.resolve(_conf(batch_id="t-1", weights="random"), settings, "2025-01-02")
+
+
+@pytest.mark.parametrize("value", ["5", "-1", "nan", "a week", ""])
+def test_a_table_retention_shorter_than_the_longest_job_is_refused_naming_the_setting(value):
+    """A vacuum shorter than a running job would delete its files before its commit names them."""
+    with pytest.raises(
+        ValueError,
+        match=r"table_retention_hours=.*at least 6 \(the longest job's timeout\).*FRUITS_TABLE_RETENTION_HOURS",
+    ):
+        config.retention_hours(value)
+    assert config.retention_hours("6") == 6.0 and config.retention_hours("168") == 168.0

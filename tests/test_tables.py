@@ -17,8 +17,6 @@ from test_extract_features import run_job, two_landings
 from fruits.tools import cli
 from fruits_jobs import layout, tables
 
-from conftest import make_jpeg
-
 
 def batch_counts(table_path, version=None) -> dict[str, int]:
     """What a consumer runs: DuckDB SQL over the table's current (or an older) version."""
@@ -56,6 +54,31 @@ def test_a_consumer_reads_each_published_photo_once_and_the_previous_version(pub
     assert len(paths) == len(set(paths)) == 4
     stats = table.get_add_actions(flatten=True).column("num_records").to_pylist()
     assert sum(stats) == 4  # each file carries its row count
+
+
+@pytest.mark.spark
+def test_a_table_s_folder_holds_only_files_its_log_lists_and_the_side_files_live_outside(published):
+    """Point 2: the Delta log is where publishing happens, and a full vacuum deletes whatever a table's
+    folder holds that its log does not list, so nothing else lives there: the run's record and moments
+    are under batch_runs/, named by the run= folder of the batch's current files."""
+    out, _, rerun, _ = published
+    for name in ("features", "rejects"):
+        table = DeltaTable(str(out / name))
+        listed = {
+            Path(uri).relative_to(out / name).as_posix()
+            for version in range(table.version() + 1)
+            for uri in DeltaTable(str(out / name), version=version).file_uris()
+        }
+        on_disk = {
+            p.relative_to(out / name).as_posix()
+            for p in (out / name).rglob("*")
+            if p.is_file() and "_delta_log" not in p.parts and not p.name.startswith(".") and p.name != "_SUCCESS"
+        }
+        assert on_disk == listed, name  # every version's files (time travel), nothing else
+    runs = tables.current_runs(str(out / "features"))
+    assert set(runs) == {"day1", "day2"} and runs["day1"] == rerun["run"]
+    record = out / "batch_runs" / "batch_id=day1" / f"{rerun['run']}.json"
+    assert record.is_file() and (out / "batch_runs" / "batch_id=day1" / f"{rerun['run']}.moments.npz").is_file()
 
 
 @pytest.mark.spark
@@ -223,23 +246,6 @@ def test_delta_rs_publishes_and_reads_on_s3_through_moto_s_server(tmp_path, monk
 
 
 @pytest.mark.spark
-def test_a_lake_published_before_the_tables_is_converted_at_its_next_run(published, spark, tmp_path):
-    """A lake of today's main has commits and run folders but no _delta_log: the next publish makes
-    every batch's current (live) outputs the tables' first version, its own batch included."""
-    out = tmp_path / "lake"
-    shutil.copytree(published[0], out)
-    for dataset in ("features", "rejects"):
-        shutil.rmtree(out / dataset / "_delta_log")  # as before the tables
-    for i in range(2):
-        make_jpeg(tmp_path / "c" / "Fig" / f"{i}.jpg", (30, 100 + 50 * i, 90))
-    run_job(spark, tmp_path / "c", out, "day3")
-    assert batch_counts(out / "features") == {"day1": 2, "day2": 2, "day3": 2}  # day1: its re-run only
-    assert batch_counts(out / "rejects") == {}
-    assert DeltaTable(str(out / "features")).version() == 0
-    assert DeltaTable(str(out / "features")).history(1)[0]["created_from"] == "commits"
-
-
-@pytest.mark.spark
 def test_the_readme_s_reading_snippet_runs_as_written(published):
     from pathlib import Path
 
@@ -299,7 +305,7 @@ def test_a_commit_under_an_older_lease_generation_is_refused_by_the_log(tmp_path
     table = tmp_path / "rejects"
     tables.publish_batch(str(table), tables.REJECTS_SCHEMA, "b1", write_part(table, "b1", "r1", 1), {}, generation=1)
     stale = DeltaTable(str(table))  # the job's snapshot, read while its generation (1) was current
-    tables.fence_table(str(table), "b1", 2, {"lease": "revoked"})  # the revoke, mid-commit
+    tables.fence_table(str(table), tables.REJECTS_SCHEMA, "b1", 2, {"lease": "revoked"})  # the revoke, mid-commit
     assert DeltaTable(str(table)).transaction_version(tables.lease_app_id("b1")) == 2
     late = tables.add_actions(str(table), {"batch_id": "b1"}, tables.parquet_files(write_part(table, "b1", "r2", 3)))
     with pytest.raises(CommitFailedError, match="Concurrent transaction"):

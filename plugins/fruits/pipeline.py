@@ -12,7 +12,7 @@ from fruits.backends.run_report import format_report
 from fruits.config import run as config
 from fruits.config.params import InvalidParam
 from fruits.config.run import RunConfig, from_xcom
-from fruits.lake import ingest, published, summary, vector_index
+from fruits.lake import ingest, migrate, published, summary, vector_index
 from fruits.lake.storage import Storage, storage_at, upload_missing
 from fruits_jobs import layout
 from fruits_jobs.bundle import build_bundle
@@ -32,6 +32,7 @@ def run_date(context) -> str:
 
 def validate_params(context) -> dict:
     cfg = config.resolve(context["params"], config.read_settings(), run_date(context))
+    migrate.check_layout(storage_for(cfg))  # a lake from before the tables: `fruits migrate` first
     if not context["params"].get("batch_id"):  # named by the date: never reopen a published batch
         cfg = dataclasses.replace(cfg, batch_id=ingest.next_free_batch_id(storage_for(cfg), cfg.batch_id))
     if cfg.rerun and not published.is_published(storage_for(cfg), cfg.batch_id):

@@ -1,33 +1,30 @@
-"""How a batch's outputs switch as one unit, on a local disk and on S3 alike: runs and commits.
+"""Runs, records and commits: how a run's outputs become current as one unit.
 
-Each run of a job writes into folders of its own, `<dataset>/batch_id=<id>/run=<run id>/`, that
-nobody reads yet; then it writes ONE small commit file, `<batch folder>/_commits/<run id>.json`,
-naming everything the run produced (for the features job: its features, its rejects and its
-summary). The newest commit of a batch is its current version: a reader that resolves it sees
-that run's outputs, all of them, or (before the commit exists) the previous run's; never a mix,
-never nothing. A commit is written under a hidden name and renamed, so it appears whole: a local
-rename is atomic, and on S3 the renamed (copied) object appears at once.
+Each run of a job writes into folders of its own that nobody reads yet, then makes them current
+with ONE switch:
+- a features run: its record (`batch_runs/batch_id=<id>/<run>.json`: counts, inputs, weights, its
+  moments beside it), written first and never changed after, then the rejects table's commit, then
+  the features table's (tables.py): the features table's log is the publication point, and the run=
+  folder of a batch's current files there names its run, hence its record (published_records);
+- a PCA run: `pca/_commits/<run>.json`, written under a hidden name and renamed, so it appears whole
+  (the newest names the current space), then the vectors table's commit.
 
-Run ids start with the UTC time, so "newest" is the largest id. After its commit a run deletes
-what is older than itself and no longer current: runs that never committed (killed ones), and
-committed runs before the previous one (kept, so a reader that resolved it just before can finish).
+Run ids start with the UTC time, so "newest" is the largest id. Readers go through the tables
+(`published_records`, `read_current`) or the PCA's newest commit, never through a listing of run
+folders, which also hold runs that are not (or no longer) current.
 
-Readers go through `current_uris` / `read_current` (or the commit JSON), never through a bare
-listing of the dataset folder, which also holds runs that are not (or no longer) current.
-
-Fencing: a features commit carries the token of its batch's lease (layout.lease_key), which each
-run's ingest issues; it is the batch's published version only while that token is still the
-lease's (`is_live`). The Airflow side revokes the lease when it gives up on a run (README,
-"Publishing"), so a job that outlives its run can still write its commit, never make it live.
+Fencing: a batch's lease (layout.lease_key), which each run's ingest issues, carries a generation
+that the tables' logs record (leases.fence_tables); a features run commits only under the generation
+it started with (tables.commit_actions), so a run the orchestrator gave up on never publishes.
 """
 
 import json
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from fruits_jobs import hadoop_fs, layout
+from fruits_jobs import hadoop_fs, layout, tables
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +60,11 @@ def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time (to the millisecond), unique by its random tail."""
     now = now or datetime.now(UTC)
     return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
+
+
+def retention_cutoff(retention_hours: float, now: datetime | None = None) -> str:
+    """The run id before which a run's side files may go: older than the tables' retention."""
+    return new_run_id((now or datetime.now(UTC)) - timedelta(hours=retention_hours))[: len("YYYYmmddTHHMMSSfffZ")]
 
 
 def is_live(commit: dict, lease: dict | None) -> bool:
@@ -103,23 +105,11 @@ def committed_runs(spark, folder_uri: str) -> list[str]:
     return layout.committed_runs(names)
 
 
-def current(spark, folder_uri: str, dataset: str = layout.FEATURES) -> dict | None:
+def current(spark, folder_uri: str, dataset: str = layout.PCA) -> dict | None:
     """The newest commit of this folder, or None when no run of it ever committed (DamagedLake when
     it cannot be read: never silently left out of a lake-wide figure)."""
     runs = committed_runs(spark, folder_uri)
     return read_commit(spark, folder_uri, runs[-1], dataset) if runs else None
-
-
-def newest_runs(spark, dataset_uri: str) -> dict[str, str]:
-    """{batch id: the run id of its newest commit}, from file names alone (no commit is read)."""
-    prefix = layout.partition("")
-    found = {}
-    for name in hadoop_fs.list_names(spark, dataset_uri):
-        if name.startswith(prefix):
-            runs = committed_runs(spark, layout.batch_folder(dataset_uri, name[len(prefix) :]))
-            if runs:
-                found[name[len(prefix) :]] = runs[-1]
-    return found
 
 
 def read_commit(spark, folder_uri: str, run_id: str, dataset: str) -> dict:
@@ -129,70 +119,81 @@ def read_commit(spark, folder_uri: str, run_id: str, dataset: str) -> dict:
     return layout.resolve_record(record, root) if root else record
 
 
-def current_by_batch(spark, dataset_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
-    """{batch id: its current commit} for the batches of a dataset that have one."""
-    prefix = layout.partition("")
-    batches = [n[len(prefix) :] for n in hadoop_fs.list_names(spark, dataset_uri) if n.startswith(prefix)]
-    wanted = set(batch_ids) if batch_ids else None
+def record_file(run_id: str, record: dict, root: str | None) -> bytes:
+    """A run record's bytes: the record, its references relative to the lake's root, and the run id
+    (the one definition, for write_record and for anything that must write one)."""
+    text = json.dumps({**layout.refer_record(record, root), "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def write_record(spark, features_uri: str, batch_id: str, run_id: str, record: dict) -> str:
+    """A features run's record, before its tables' commits (which then name it): it appears whole."""
+    path = layout.record_path(layout.batch_runs_of(features_uri), batch_id, run_id)
+    hadoop_fs.write_bytes_atomically(spark, path, record_file(run_id, record, _root(features_uri)))
+    return path
+
+
+def _root(features_uri: str) -> str | None:
+    return layout.lake_root(features_uri, layout.FEATURES)  # None: a folder outside a lake's layout
+
+
+def read_record(spark, features_uri: str, batch_id: str, run_id: str) -> dict:
+    """The record of a batch's run, its references resolved in this lake, with where it is ("record");
+    DamagedLake naming it when it is missing or unreadable."""
+    path = layout.record_path(layout.batch_runs_of(features_uri), batch_id, run_id)
+    fix = f"re-run batch {batch_id} (README, 'Repair')"
+    if not hadoop_fs.exists(spark, path):
+        raise DamagedLake(f"{path} is missing (the features table names run {run_id} of batch {batch_id}); {fix}")
+    record = parse_record(hadoop_fs.read_text(spark, path), path, REQUIRED_KEYS[layout.FEATURES], fix)
+    root = _root(features_uri)
+    return {**(layout.resolve_record(record, root) if root else record), "record": path}
+
+
+def published_records(spark, features_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """{batch id: its current run's record, with "files": its features files} for every batch the
+    features table publishes (or those asked for): the table's log says which run is current."""
+    wanted = None if batch_ids is None else set(batch_ids)
     found = {}
-    for batch_id in sorted(batches):
-        if wanted is None or batch_id in wanted:
-            record = current(spark, layout.batch_folder(dataset_uri, batch_id))
-            if record is not None:
-                found[batch_id] = record
+    for batch, uris in sorted(tables.current_files(features_uri).items()):
+        if wanted is None or batch in wanted:
+            run = tables.run_of_files(features_uri, batch, uris)
+            found[batch] = {**read_record(spark, features_uri, batch, run), "files": uris}
     return found
 
 
-def live_by_batch(spark, dataset_uri: str, root: str | None, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
-    """{batch id: its current commit} for the batches whose commit is live (its lease holds its
-    token); root: the lake's, where the leases are (None: a folder outside a lake, without leases)."""
-    return {
-        batch: record
-        for batch, record in current_by_batch(spark, dataset_uri, batch_ids).items()
-        if is_live(record, read_lease(spark, root + layout.lease_key(batch)) if root else None)
-    }
-
-
-def read_current(spark, dataset_uri: str, output: str, batch_ids: Iterable[str] | None = None):
-    """The current rows of `output` ("features" or "rejects", as named in the features job's
-    commits under dataset_uri) for every published batch (its commit is live), or those asked for;
-    None when there are none."""
-    live = live_by_batch(spark, dataset_uri, layout.root_of(dataset_uri, layout.FEATURES), batch_ids)
-    uris = [record[output] for record in live.values() if record.get(output)]
+def read_current(spark, table_uri: str, batch_ids: Iterable[str] | None = None):
+    """The current rows of a table partitioned by batch_id (features, rejects) for every published
+    batch, or those asked for, read from the files its log lists; None when there are none."""
+    wanted = None if batch_ids is None else set(batch_ids)
+    uris = [
+        uri
+        for batch, files in tables.current_files(table_uri).items()
+        if wanted is None or batch in wanted
+        for uri in files
+    ]
     if not uris:
         return None
-    base = uris[0].rsplit("/", 2)[0]  # <dataset>: batch_id and run come back as columns
-    return spark.read.option("basePath", base).parquet(*uris)
+    return spark.read.option("basePath", table_uri.rstrip("/")).parquet(*uris)  # batch_id and run: columns
 
 
-def clean_superseded(spark, commit_folder: str, data_folders: Iterable[str], run_id: str) -> list[str]:
-    """After run_id committed in commit_folder: delete, in each data folder (the commit folder's
-    own outputs and any others the commit names, e.g. the rejects' batch folder), the runs older
-    than it that are neither current nor the previous current (killed runs, old versions), and
-    the older commits. Returns what went."""
-    root = layout.root_of_batch_folder(commit_folder)
-    outside = [folder for folder in data_folders if root and not folder.startswith(root)]
-    if outside:  # a copied lake's commit once sent an operator into the original: never delete there
-        raise ValueError(f"refusing to clean {outside}: outside the lake {root}")
-    runs = committed_runs(spark, commit_folder)
-    keep = set(runs[-2:]) | {run_id}
-    for old in runs[:-2]:
-        if old < run_id:
-            hadoop_fs.delete(spark, layout.commit_path(commit_folder, old))
-    deleted = []
-    prefix = f"{layout.RUN_PARTITION}="
-    for folder in data_folders:
-        for name in hadoop_fs.list_names(spark, folder):
-            if name.startswith(prefix) and name[len(prefix) :] < run_id and name[len(prefix) :] not in keep:
-                hadoop_fs.delete(spark, f"{folder.rstrip('/')}/{name}")
-                deleted.append(f"{folder.rstrip('/')}/{name}")
-    return deleted
+def clean_batch_runs(spark, features_uri: str, batch_id: str, current_run: str, cutoff: str) -> list[str]:
+    """After a features run published: delete the batch's records and moments of runs older than
+    cutoff (a run id: now less the tables' retention) other than its current run. Returns what went."""
+    folder = layout.batch_folder(layout.batch_runs_of(features_uri), batch_id)
+    gone = [
+        f"{folder}/{name}"
+        for name in hadoop_fs.list_names(spark, folder)
+        if name < cutoff and not name.startswith((current_run + ".", "."))
+    ]
+    for uri in gone:
+        hadoop_fs.delete(spark, uri)
+    return gone
 
 
-def clean_older_children(spark, parent_uri: str, run_id: str) -> list[str]:
-    """Delete the children of parent_uri named by a run id older than run_id (e.g. staging folders
-    of killed runs)."""
-    gone = [f"{parent_uri.rstrip('/')}/{name}" for name in hadoop_fs.list_names(spark, parent_uri) if name < run_id]
+def clean_older_children(spark, parent_uri: str, cutoff: str) -> list[str]:
+    """Delete the children of parent_uri named by a run id older than cutoff (e.g. staging folders
+    of killed runs; cutoff: now less the retention, so another batch's running job keeps its own)."""
+    gone = [f"{parent_uri.rstrip('/')}/{name}" for name in hadoop_fs.list_names(spark, parent_uri) if name < cutoff]
     for uri in gone:
         hadoop_fs.delete(spark, uri)
     return gone
@@ -201,8 +202,9 @@ def clean_older_children(spark, parent_uri: str, run_id: str) -> list[str]:
 def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
     """After run_id committed in pca/: delete what is older than run_id and that neither it nor the
     previous commit names, nor the previous space (kept whole, so a reader who resolved it just before
-    the switch can finish): older commits and spaces, vectors versions, run folders and index pieces,
-    killed runs' leftovers, and the per-batch PCA folders of the layout before spaces."""
+    the switch can finish): older commits and spaces, run folders, index pieces and confusion counts,
+    killed runs' leftovers, and the per-batch PCA folders of the layout before spaces. Vectors are the
+    vectors table's, which its vacuum cleans (tables.vacuum: time travel reads them within the retention)."""
     root = layout.root_of_batch_folder(pca_uri)
     runs = committed_runs(spark, pca_uri)
     keep = [read_commit(spark, pca_uri, run, layout.PCA) for run in runs[-2:]]
@@ -222,31 +224,22 @@ def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
     current = keep[-1]["space"]
     kept_spaces = {commit["space"] for commit in keep} | {keep[-1].get("previous_space")}
     spaces = set(hadoop_fs.list_names(spark, spaces_uri))
-    # A space's vectors may outlive its folder (a run killed between the two deletes): listed too.
-    with_vectors = {
-        s for s in hadoop_fs.list_names(spark, layout.vectors_table(pca_uri)) if not s.startswith(("_", "."))
-    }
-    for space in sorted(s for s in spaces | with_vectors if s not in kept_spaces and s < run_id):
-        for uri in (layout.space_vectors(pca_uri, space), layout.space_folder(pca_uri, space)):
-            if hadoop_fs.exists(spark, uri):
-                drop(uri)
+    for space in sorted(s for s in spaces if s not in kept_spaces and s < run_id):
+        drop(layout.space_folder(pca_uri, space))
     if current in spaces:  # the previous space stays whole until the next switch
         space, space_uri = current, layout.space_folder(pca_uri, current)
+        for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
+            if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
+                drop(layout.space_run_folder(pca_uri, space, run))
         # Only where the last two runs added: a run's leftovers are under the batches it was adding
         # (a killed refit's, in a space no commit names, go with it), so no listing per batch of the lake.
         added = sorted({b for commit in keep for b in commit.get("added", [])})
         for batch in added:
-            for run in hadoop_fs.list_names(spark, f"{layout.space_vectors(pca_uri, space)}/{batch}"):
-                if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
-                    drop(layout.vectors_folder(pca_uri, space, batch, run))
-        for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
-            if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
-                drop(layout.space_run_folder(pca_uri, space, run))
-        for batch in added:
-            for name in hadoop_fs.list_names(spark, f"{space_uri}/{layout.INDEX_DIR}/{batch}"):
-                run = name.split(".", 1)[0]
-                if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
-                    drop(f"{space_uri}/{layout.INDEX_DIR}/{batch}/{name}")
+            for kind in (layout.INDEX_DIR, layout.CONFUSION_DIR):
+                for name in hadoop_fs.list_names(spark, f"{space_uri}/{kind}/{batch}"):
+                    run = name.split(".", 1)[0]
+                    if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
+                        drop(f"{space_uri}/{kind}/{batch}/{name}")
     for name in hadoop_fs.list_names(spark, pca_uri):
         if name.startswith(layout.partition("")):  # pca/batch_id=<id>/: the layout before spaces
             drop(f"{pca_uri}/{name}")

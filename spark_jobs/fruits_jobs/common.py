@@ -1,18 +1,30 @@
 """What both jobs share: the Spark session, shipping this package, the closing JSON line."""
 
+import argparse
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from fruits_jobs import contract
+from fruits_jobs import contract, tables
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides real errors
 
 
 class UsageError(ValueError):
     """Bad arguments: reported on stderr with exit code 2, before any work starts."""
+
+
+def add_retention_argument(p: argparse.ArgumentParser) -> None:
+    """--retention-hours, both jobs': how long the tables keep what a newer version replaced (vacuum)."""
+    p.add_argument(
+        "--retention-hours",
+        type=float,
+        default=tables.DEFAULT_RETENTION_HOURS,
+        help="how long the tables keep replaced files, and the runs' side files (default "
+        f"{tables.DEFAULT_RETENTION_HOURS}): the time-travel window; at least the longest job's timeout",
+    )
 
 
 def check_batch_id(batch_id: str) -> str:

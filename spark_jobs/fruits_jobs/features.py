@@ -2,10 +2,11 @@
 
 Flow: list + read the batch with `binaryFile` -> decode/resize + model in an iterator pandas
 UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects into this
-run's own folders, with the batch's moments (moments.py) -> one commit naming them and the summary
-(commits.py): the batch switches to this run's outputs as one unit. The staging write is the only
-pass that runs the model; a run killed before its commit leaves the batch's current version as it
-was, and the next run deletes its leftovers.
+run's own folders inside the Delta tables' folders, with the batch's moments (moments.py) -> the
+run's record (batch_runs/) -> the rejects table's commit, then the features table's, which publishes
+the batch's new version as one unit (tables.py, commits.py). The staging write is the only pass that
+runs the model; a run killed before the features commit leaves the batch's current version as it
+was, and a later run's vacuum deletes its leftovers once they are older than the retention.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import pandas as pd
 
 from fruits_jobs import commits, contract, hadoop_fs, layout, moments, progress, tables
 from fruits_jobs import model as mobilenet
-from fruits_jobs.common import UsageError, check_batch_id, emit_summary, spark_session
+from fruits_jobs.common import UsageError, add_retention_argument, check_batch_id, emit_summary, spark_session
 from fruits_jobs.digests import file_digests
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
 from fruits_jobs.model import FEATURE_DIM, featurize, worker_infer_fn
@@ -73,9 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--lease",
-        help="the batch's lease (JSON, written by ingest): its token goes into the commit, which publishes "
-        "the batch only while the lease still holds that token (commits.is_live)",
+        help="the batch's lease (JSON, written by ingest): the run publishes only under the lease's "
+        "generation it started with, which the tables' logs fence (tables.commit_actions)",
     )
+    add_retention_argument(p)
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or mobilenet.DEFAULT_BATCH_SIZE[args.engine]
     check_batch_id(args.batch_id)
@@ -387,9 +389,10 @@ def listed_files(files_df) -> list[str]:
     return [uri_to_spark_path(u) for u in files_df.inputFiles()]
 
 
-def write_run(df, uri: str, rows: int) -> str | None:
-    """One output of this run, in its own folder; None when there is nothing to write."""
-    if rows == 0:
+def write_run(df, uri: str, rows: int, keep_empty: bool = False) -> str | None:
+    """One output of this run, in its own folder; None when there is nothing to write (unless
+    keep_empty: then one Parquet file without rows)."""
+    if rows == 0 and not keep_empty:
         return None
     df.coalesce(max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE))).write.mode("errorifexists").parquet(uri)
     return uri
@@ -467,17 +470,17 @@ def run(spark, args) -> dict:
         raise UsageError(f"--images {args.images}: no such folder")
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
     rejects_uri = hadoop_fs.qualify(spark, args.rejects).rstrip("/")
+    batch_runs = layout.batch_runs_of(features_uri)
     run_id = commits.new_run_id()
-    # Hidden from readers by its leading '_'; named by the run, so a later run can tell it is older.
-    staging_uri = f"{features_uri}/{layout.STAGING_DIR}/{run_id}"
-    batch_folders = [layout.batch_folder(features_uri, args.batch_id), layout.batch_folder(rejects_uri, args.batch_id)]
+    # Named by the run, so a later run can tell when it is older than the tables' retention.
+    staging_uri = f"{batch_runs}/{layout.STAGING_DIR}/{run_id}"
     token, generation = lease_token(spark, args.lease)
 
     warming = start_python_workers(spark, args.engine)
     model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
     started = time.perf_counter()  # throughput counts the data work, not loading the model
     ignored = stage_outcomes(
-        spark, args, root_uri, staging_uri, model_bc, f"{features_uri}/{layout.progress_name(args.batch_id)}"
+        spark, args, root_uri, staging_uri, model_bc, f"{batch_runs}/{layout.progress_name(args.batch_id)}"
     )
     staged = spark.read.parquet(staging_uri)
     # One pass over the staged outcomes counts them and folds the featurized vectors into the
@@ -485,79 +488,82 @@ def run(spark, args) -> dict:
     by_reason, batch_moments, _ = moments.fold(staged, FEATURE_DIM)
     featurized = by_reason.pop(None, 0)
     rejected = sum(by_reason.values())
-    # This run's folders: nobody reads them until the commit below names them.
+    # This run's folders, inside the tables' folders: nobody reads them until the tables' logs name them.
     outputs = {
+        # Written even with no row: a published batch always has files in the features table, whose
+        # run= folder names the batch's current run (tables.current_runs).
         "features": write_run(
             staged.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
-            layout.run_folder(batch_folders[0], run_id),
+            layout.run_folder(layout.batch_folder(features_uri, args.batch_id), run_id),
             featurized,
+            keep_empty=True,
         ),
         "rejects": write_run(
             staged.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
-            layout.run_folder(batch_folders[1], run_id),
+            layout.run_folder(layout.batch_folder(rejects_uri, args.batch_id), run_id),
             rejected,
         ),
     }
-    if outputs["features"]:
-        outputs["moments"] = moments_uri = layout.moments_path(outputs["features"])
+    if featurized:
+        outputs["moments"] = moments_uri = layout.moments_path(batch_runs, args.batch_id, run_id)
         hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes())
     seconds = time.perf_counter() - started
     warming.join()
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
     summary["lease_generation"] = generation  # what the tables' log is fenced with (tables.commit_actions)
-    # The switch: features, rejects and summary become the batch's current version together.
-    summary["commit"] = commits.write_commit(spark, batch_folders[0], run_id, summary)
-    publish_tables(spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, outputs, summary)
+    # The run's record first (the tables' commits then name it, through the run= folder of their files).
+    summary["record"] = commits.write_record(spark, features_uri, args.batch_id, run_id, summary)
+    summary["table_versions"] = publish_tables(
+        spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, outputs, summary
+    )
     hadoop_fs.delete(spark, staging_uri)
-    commits.clean_superseded(spark, batch_folders[0], batch_folders, run_id)
-    commits.clean_older_children(spark, f"{features_uri}/{layout.STAGING_DIR}", run_id)
+    clean_up(spark, args, features_uri, rejects_uri, run_id)
     return summary
+
+
+def clean_up(spark, args, features_uri: str, rejects_uri: str, run_id: str) -> None:
+    """What no version within the tables' retention needs: the tables' replaced and never-committed
+    files (vacuum), and the side files of runs older than the retention (records, moments, staging)."""
+    cutoff = commits.retention_cutoff(args.retention_hours)
+    current = tables.current_runs(features_uri).get(args.batch_id, run_id)
+    gone = [path for uri in (rejects_uri, features_uri) for path in tables.vacuum(uri, args.retention_hours)]
+    gone += commits.clean_batch_runs(spark, features_uri, args.batch_id, current, cutoff)
+    gone += commits.clean_older_children(spark, f"{layout.batch_runs_of(features_uri)}/{layout.STAGING_DIR}", cutoff)
+    if gone:
+        print(f"retention ({args.retention_hours:g} h): {len(gone)} file(s) or folder(s) deleted", file=sys.stderr)
 
 
 def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summary: dict) -> dict[str, int] | None:
     """The run's files into the Delta tables (tables.py; table_uris by dataset), rejects first, then
-    features: a consumer sees the batch's new rows once the features table's commit lands. Only while
-    the run's commit is live (its lease still holds its token): a run given up on publishes nothing
-    there either."""
+    features, the publication point: a consumer sees the batch's new rows once the features table's
+    commit lands, and `fruits` counts the batch published from then on. Fenced: a run given up on
+    (its lease revoked or re-issued) publishes nothing, which the log itself enforces."""
     lease = commits.read_lease(spark, hadoop_fs.qualify(spark, args.lease)) if args.lease else None
-    if not commits.is_live(summary, lease):
+    if not commits.is_live(summary, lease):  # given up already: no commit to attempt
         print(
-            f"WARNING: batch {args.batch_id}: its lease no longer holds this run's token: "
-            "nothing published to the tables",
+            f"WARNING: batch {args.batch_id}: its lease no longer holds this run's token: nothing published",
             file=sys.stderr,
         )
         return None
     metadata = {"run": summary["run"], "token": summary["token"], "read": summary["read"]}
     versions = {}
     for dataset in tables.BATCH_TABLES:  # rejects, then features (the publication point)
-        table_uri, name = table_uris[dataset], dataset.rstrip("/")
-        if not tables.exists(table_uri):  # a lake from before the tables: converted once, this run's batch included
-            files_by_batch = published_files(spark, table_uris[layout.FEATURES], dataset)
-            versions[name] = tables.create_table(
-                table_uri, tables.SCHEMAS[dataset], files_by_batch, {**metadata, "created_from": "commits"}
-            )
-            continue
-        folder = outputs[name]
+        folder = outputs[dataset.rstrip("/")]
         files = [f"{folder}/{file}" for file in hadoop_fs.data_files(spark, folder)] if folder else []
         try:
-            versions[name] = tables.publish_batch(
-                table_uri, tables.SCHEMAS[dataset], args.batch_id, files, metadata, summary.get("lease_generation")
+            versions[dataset.rstrip("/")] = tables.publish_batch(
+                table_uris[dataset],
+                tables.SCHEMAS[dataset],
+                args.batch_id,
+                files,
+                metadata,
+                summary.get("lease_generation"),
             )
         except tables.GivenUp as exc:  # revoked while this run ran: the log refused it
             print(f"WARNING: {exc}", file=sys.stderr)
             return None
     print(f"tables: batch {args.batch_id} published, table versions {versions}", file=sys.stderr)
     return versions
-
-
-def published_files(spark, features_uri: str, dataset: str) -> dict[str, list[str]]:
-    """{batch id: the data files of `dataset` its current live commit names}: what a table starts from."""
-    root = layout.lake_root(features_uri, layout.FEATURES)  # None: a folder outside a lake, without leases
-    return {
-        batch: [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
-        for batch, record in commits.live_by_batch(spark, features_uri, root).items()
-        if (folder := record.get(dataset.rstrip("/")))
-    }
 
 
 def lease_token(spark, lease_uri: str | None) -> tuple[str | None, int | None]:
@@ -574,7 +580,7 @@ def lease_token(spark, lease_uri: str | None) -> tuple[str | None, int | None]:
 def batch_summary(
     args, run_id: str, outputs: dict, featurized: int, by_reason: dict, ignored: dict, seconds: float, token: str | None
 ) -> dict:
-    """What the batch's commit holds besides its run id: the inputs, the outputs (features and
+    """What the batch's run record holds besides its run id: the inputs, the outputs (features and
     rejects folders), the counts and the rate, and the lease's token. Readers (publish_summary, the
     CLI) rely on these keys."""
     rejected = sum(by_reason.values())

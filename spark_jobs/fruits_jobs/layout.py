@@ -13,21 +13,24 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
     manifests/batch_id=<id>.held.parquet               the sha256 of every photo the batch lists (32 bytes
                                                        each), written just before the manifest: what
                                                        ingest reads to know which photos are held
-    manifests/batch_id=<id>.lease                      who may publish the batch: the token its run's ingest
-                                                       issued, or none once revoked (commits.is_live)
+    manifests/batch_id=<id>.lease                      who may publish the batch: the token and generation its
+                                                       run's ingest issued (none once revoked), which the
+                                                       tables' logs fence (tables.fence_table)
     code/<version>/...                                 the jobs' bundle; version = content hash, so a run
                                                        always executes the code it staged, never a newer one
     wheels/<lock sha256>/                              the jobs' wheels for clusters without internet
     models/<file>.weights.h5                           ImageNet weights for clusters without internet
     models/mobilenet_v2_<sha256>_<size>px_<exporter>.onnx  their ONNX export, made once by the features job
-    features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run;
-                                                       features/ and rejects/ are Delta tables (tables.py);
-    rejects/batch_id=<id>/run=<run>/                   features/batch_id=<id>/_commits/<run>.json, written
-                                                       last, makes a run's features + rejects + summary the
-                                                       batch's current version at once (commits.py)
-    features/_staging/<run>/, features/_progress/      the features job's one model pass, and its progress
-    features/batch_id=<id>/run=<run>/_moments.npz      the batch's moments (count, mean, scatter; per-class
-                                                       sums), named in its commit: what the PCA merges
+    features/batch_id=<id>/run=<run>/                  Spark outputs, one folder per batch and run, inside
+    rejects/batch_id=<id>/run=<run>/                   the features and rejects Delta tables (tables.py): a
+                                                       batch is published once the features table's log
+                                                       names its files; their run= folder names its run
+    batch_runs/batch_id=<id>/<run>.json                the run's record (counts, inputs, weights), written
+    batch_runs/batch_id=<id>/<run>.moments.npz         before the tables' commits, and its moments (count,
+                                                       mean, scatter; per-class sums: what the PCA merges).
+                                                       Outside the tables' folders, which a full vacuum
+                                                       empties of anything their log does not list
+    batch_runs/_staging/<run>/, batch_runs/_progress/  the features job's one model pass, and its progress
     pca/_commits/<run>.json                            the newest names the current embedding space and, for
                                                        every published batch, its vectors in that space
     pca/spaces/<space>/                                one space (its id: the run that fitted it): model/
@@ -35,6 +38,7 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
     vectors/<space>/<batch id>/<run>/                  each batch's vectors in a space (plain folder names:
                                                        no key=value for hive-partitioned readers to trip on);
                                                        vectors/ is the vectors Delta table (tables.py)
+    pca/spaces/<space>/confusion/<batch id>/<run>.json  those vectors' Test photos' (class, predicted) counts
     pca/spaces/<space>/runs/<run>/                     each run's metrics.json, state.npz (running totals),
                                                        class_quality.png, all named by its commit; and
                                                        run_report.json, which publish_summary writes after
@@ -59,6 +63,11 @@ WHEELS = "wheels/"
 MODELS = "models/"
 FEATURES = "features/"
 REJECTS = "rejects/"
+# The features job's side files: outside the tables' folders, since a table's full vacuum deletes
+# whatever its log does not list (tables.vacuum).
+BATCH_RUNS = "batch_runs/"
+# Written once a lake's layout is the tables' (fruits.lake.migrate): a run then reads this one key.
+LAYOUT_MARKER = BATCH_RUNS + "_layout.json"
 PCA = "pca/"
 EMR_LOGS = "logs/emr/"
 PCA_METRICS_FILE = "metrics.json"
@@ -66,13 +75,14 @@ PCA_METRICS_FILE = "metrics.json"
 # .crc beside it would no longer match, and the next job reading it fails its checksum).
 RUN_REPORT_FILE = "run_report.json"
 PCA_MODEL_DIR = "model"
-MOMENTS_FILE = "_moments.npz"  # '_': Spark and pyarrow skip it when they read the run's Parquet folder
+MOMENTS_SUFFIX = ".moments.npz"
 SPACES_DIR = "spaces"
 BASIS_FILE = "basis.npz"  # components, spectrum and fitted mean, for readers without Spark (fruits similar)
 STATE_FILE = "state.npz"  # the space's running totals after a run: moments and per-class sums
 VECTORS = "vectors/"  # the vectors Delta table, beside pca/: <space>/<batch>/<run>/ inside it
 SPACE_RUNS_DIR = "runs"
 INDEX_DIR = "index"
+CONFUSION_DIR = "confusion"
 PCA_PLOTS = {
     "explained_variance": "explained_variance.png",
     "scatter": "pca_scatter.png",
@@ -88,9 +98,9 @@ PARTITION_COLUMN = "batch_id"
 RUN_PARTITION = "run"
 COMMITS_DIR = "_commits"
 COMMIT_SUFFIX = ".json"
-STAGING_DIR = "_staging"  # <features>/_staging/<run id>/: the one model pass, before the split
+STAGING_DIR = "_staging"  # <batch_runs>/_staging/<run id>/: the one model pass, before the split
 # The features job's progress while it runs (images done, rate, time left), one small JSON per batch
-# under the features root, rewritten every few seconds: what the EMR sensor shows in its log.
+# under batch_runs/, rewritten every few seconds: what the EMR sensor shows in its log.
 PROGRESS_DIR = "_progress"
 
 
@@ -147,8 +157,35 @@ def parse_commit_key(key: str, dataset: str) -> tuple[str, str] | None:
 
 
 def progress_name(batch_id: str) -> str:
-    """The progress file of a batch, under the features root."""
+    """The progress file of a batch, under batch_runs/."""
     return f"{PROGRESS_DIR}/{partition(batch_id)}.json"
+
+
+def batch_runs_of(features: str) -> str:
+    """The batch_runs folder beside a features table (<root>/features: <root>/batch_runs; the key
+    features/: batch_runs); a features folder outside a lake's layout gets one beside it too."""
+    parent = features.rstrip("/").rpartition("/")[0]
+    return f"{parent}/{BATCH_RUNS.rstrip('/')}" if parent else BATCH_RUNS.rstrip("/")
+
+
+def record_path(batch_runs: str, batch_id: str, run_id: str) -> str:
+    """A features run's record: <batch_runs>/batch_id=<id>/<run>.json."""
+    return f"{batch_folder(batch_runs, batch_id)}/{run_id}{COMMIT_SUFFIX}"
+
+
+def moments_path(batch_runs: str, batch_id: str, run_id: str) -> str:
+    """A features run's moments, beside its record."""
+    return f"{batch_folder(batch_runs, batch_id)}/{run_id}{MOMENTS_SUFFIX}"
+
+
+def run_of_file(path: str) -> tuple[str, str] | None:
+    """(batch id, run id) of a table's data file (…/batch_id=<id>/run=<run>/part-…: a path relative to
+    the table, or a URI), else None: a batch's current run is the run= folder of its current files."""
+    parts = path.split("/")
+    batch, run = partition(""), f"{RUN_PARTITION}="
+    if len(parts) >= 3 and parts[-3].startswith(batch) and parts[-2].startswith(run):
+        return parts[-3][len(batch) :], parts[-2][len(run) :]
+    return None
 
 
 # ---- Keys of the bucket ------------------------------------------------------------------------
@@ -257,8 +294,12 @@ def index_piece(pca: str, space: str, batch_id: str, vectors_run: str) -> str:
     return f"{space_folder(pca, space)}/{INDEX_DIR}/{batch_id}/{vectors_run}"
 
 
-def moments_path(features_run_folder: str) -> str:
-    return f"{features_run_folder.rstrip('/')}/{MOMENTS_FILE}"
+def confusion_path(vectors_folder_uri: str) -> str:
+    """The confusion counts of a batch's vectors (vectors/<space>/<batch>/<run>), in the space's
+    folder: pca/spaces/<space>/confusion/<batch>/<run>.json (never inside the vectors table)."""
+    root, space, batch, run = vectors_folder_uri.rstrip("/").rsplit("/", 3)
+    pca = f"{root.rpartition('/')[0]}/{PCA.rstrip('/')}" if "/" in root else PCA.rstrip("/")
+    return f"{space_folder(pca, space)}/{CONFUSION_DIR}/{batch}/{run}{COMMIT_SUFFIX}"
 
 
 def commits_prefix(dataset: str, batch_id: str) -> str:
@@ -268,7 +309,7 @@ def commits_prefix(dataset: str, batch_id: str) -> str:
 
 def progress_key(batch_id: str) -> str:
     """Where the features job keeps its progress while it runs (the EMR sensor logs it)."""
-    return FEATURES + progress_name(batch_id)
+    return BATCH_RUNS + progress_name(batch_id)
 
 
 def staged_weights_key(sha256: str, suffix: str) -> str:
@@ -286,7 +327,7 @@ def wheels_prefix(lock_sha256: str) -> str:
 # reader resolves them against the lake it was given: a copied, moved or restored lake reads (and
 # cleans) itself, never the one it was copied from.
 _IN_A_BATCH = re.compile(
-    r"/((?:raw|features|rejects|pca)/batch_id=[^/]+(?:/.*)?|pca/spaces/[^/]+(?:/.*)?|vectors/[^/]+/[^/]+/[^/]+(?:/.*)?)$"
+    r"/((?:raw|features|rejects|batch_runs|pca)/batch_id=[^/]+(?:/.*)?|pca/spaces/[^/]+(?:/.*)?|vectors/[^/]+/[^/]+/[^/]+(?:/.*)?)$"
 )
 
 
@@ -335,7 +376,7 @@ REFERENCE_KEYS = (
     "state",
     "space_folder",
 )
-_BATCH_FOLDER = re.compile(r"^(.*/)(?:(?:features|rejects|pca)/batch_id=[^/]+|pca)/?$")
+_BATCH_FOLDER = re.compile(r"^(.*/)(?:(?:features|rejects|batch_runs|pca)/batch_id=[^/]+|pca)/?$")
 
 
 def root_of_batch_folder(folder_uri: str) -> str | None:

@@ -4,8 +4,8 @@ One space (a PCA basis, saved as a Spark ML PCAModel) holds the vectors of every
 one folder per batch; the newest `pca/_commits/<run>.json` names the current space and, for each
 batch, its vectors in it (layout.py). A run:
 
-1. finds the published batches the space lacks (new, or re-published), from the batches' commit
-   names, reading only their commits;
+1. finds the published batches the space lacks (new, or re-published), from the features table's
+   log (the run= folder of each batch's current files), reading only their run records;
 2. merges their moments (moments.py, kept by the features job) into the space's running totals:
    a fixed-size state, not the lake (a re-published batch: totals rebuilt from per-batch moments);
 3. judges drift (spaces.py) and, usually, projects only those batches into the current space;
@@ -27,13 +27,12 @@ import time
 import numpy as np
 
 from fruits_jobs import commits, hadoop_fs, layout, quality, spaces, tables
-from fruits_jobs.common import UsageError, emit_summary, spark_session
+from fruits_jobs.common import UsageError, add_retention_argument, emit_summary, spark_session
 from fruits_jobs.contract import FEATURE_DIM
 from fruits_jobs.moments import BatchMoments, fold
 from fruits_jobs.plots import plot_class_quality, plot_explained_variance, plot_scatter
 
 SCATTER_SAMPLE = 20_000  # points drawn in the scatter plot: enough to see structure, cheap to collect
-CONFUSION_FILE = "_confusion.json"  # per vectors folder: its Test photos' (class, predicted) counts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="auto: a new space on drift (default); always: a new space now; never: keep the current space",
     )
+    add_retention_argument(p)
     args = p.parse_args(argv)
     if args.k is not None and args.k < 1:
         raise UsageError(f"--k {args.k}: expected a positive integer")
@@ -64,22 +64,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- What the lake holds -----------------------------------------------------------------------
 
 
-def published_changes(spark, features_uri: str, in_space: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
-    """The live features commits of the batches whose current run the space does not hold (new or
-    re-published), and the space's batches that are no longer published. Reads commit names for every
-    batch (one listing each) but commit and lease files only for batches that changed."""
-    root = layout.root_of(features_uri, layout.FEATURES)
-    newest = commits.newest_runs(spark, features_uri)
-    changed, gone = {}, [batch for batch in in_space if batch not in newest]
-    for batch, run in sorted(newest.items()):
-        if in_space.get(batch) == run:
-            continue
-        commit = commits.read_commit(spark, layout.batch_folder(features_uri, batch), run, layout.FEATURES)
-        if commits.is_live(commit, commits.read_lease(spark, root + layout.lease_key(batch))):
-            changed[batch] = commit
-        elif batch in in_space:
-            gone.append(batch)  # its newest run was given up: it is no longer published
-    return changed, gone
+def published_changes(
+    spark, features_uri: str, published: dict[str, list[str]], in_space: dict[str, str]
+) -> tuple[dict[str, dict], list[str]]:
+    """The records (with their current files) of the published batches (published: the features
+    table's tables.current_files) whose current run the space does not hold (new or re-published),
+    and the space's batches that are no longer published. Records are read only for those that changed."""
+    changed = {
+        batch: commit_of(spark, features_uri, batch, published)
+        for batch, uris in sorted(published.items())
+        if in_space.get(batch) != tables.run_of_files(features_uri, batch, uris)
+    }
+    return changed, [batch for batch in in_space if batch not in published]
 
 
 def batch_moments(spark, commit: dict) -> BatchMoments:
@@ -89,9 +85,9 @@ def batch_moments(spark, commit: dict) -> BatchMoments:
 
     if commit.get("moments"):
         return BatchMoments.from_bytes(hadoop_fs.read_bytes(spark, commit["moments"]))
-    if not commit.get("features"):
+    if not commit.get("featurized"):
         return BatchMoments.empty(FEATURE_DIM)
-    features = spark.read.parquet(commit["features"])
+    features = spark.read.parquet(*commit["files"])
     first = features.select(F.size("features").alias("d")).first()
     dim = first["d"] if first else FEATURE_DIM
     _, found, bad = fold(features, dim)
@@ -150,7 +146,7 @@ def project_batch(spark, model, batch: str, commit: dict, out_uri: str, scoring:
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
 
-    features = spark.read.parquet(commit["features"]).select(
+    features = spark.read.parquet(*commit["files"]).select(
         "path", "label", "split", F.lit(batch).alias("batch_id"), array_to_vector(F.col("features")).alias("vec")
     )
     rows = commit.get("featurized") or features.count()
@@ -164,7 +160,7 @@ def project_batch(spark, model, batch: str, commit: dict, out_uri: str, scoring:
         if scoring.split is not None:
             evaluated = evaluated.where(F.col("split") == scoring.split)
         counts = quality.confusion(evaluated, scoring.centroids)
-    hadoop_fs.write_text(spark, f"{out_uri}/{CONFUSION_FILE}", json.dumps(quality.counts_to_json(counts)))
+    hadoop_fs.write_text(spark, layout.confusion_path(out_uri), json.dumps(quality.counts_to_json(counts)))
     return counts
 
 
@@ -203,7 +199,8 @@ def run(spark, args) -> dict:
     run_id = commits.new_run_id()
     space = commits.current(spark, pca_uri, layout.PCA)
     in_space = dict(space["features_runs"]) if space else {}
-    changed, gone = published_changes(spark, features_uri, in_space)
+    published = tables.current_files(features_uri)
+    changed, gone = published_changes(spark, features_uri, published, in_space)
     kept = {batch: run for batch, run in in_space.items() if batch not in changed and batch not in gone}
     batches = {**kept, **{batch: commit["run"] for batch, commit in changed.items()}}
     if not batches:
@@ -219,7 +216,7 @@ def run(spark, args) -> dict:
     if rebuilt:
         totals = new_total
         for batch in kept:
-            totals = totals.merge(batch_moments(spark, commit_of(spark, features_uri, batch)))
+            totals = totals.merge(batch_moments(spark, commit_of(spark, features_uri, batch, published)))
     else:
         assert space is not None
         totals = read_state(spark, space).merge(new_total)
@@ -241,7 +238,7 @@ def run(spark, args) -> dict:
         model = pca_model(spark, basis)
         model.write().save(f"{space_uri}/{layout.PCA_MODEL_DIR}")
         hadoop_fs.write_bytes_atomically(spark, f"{space_uri}/{layout.BASIS_FILE}", basis_bytes(basis))
-        to_project = {batch: changed.get(batch) or commit_of(spark, features_uri, batch) for batch in batches}
+        to_project = {b: changed.get(b) or commit_of(spark, features_uri, b, published) for b in batches}
         vectors: dict[str, str] = {}
         confusion: dict = {}
     elif not tables.exists(layout.vectors_table(pca_uri)):
@@ -249,7 +246,7 @@ def run(spark, args) -> dict:
         # every batch again into the table (once; the space is kept).
         assert space is not None
         model = PCAModel.load(space["model"])
-        to_project = {batch: changed.get(batch) or commit_of(spark, features_uri, batch) for batch in batches}
+        to_project = {b: changed.get(b) or commit_of(spark, features_uri, b, published) for b in batches}
         vectors, confusion = {}, {}
     else:
         assert space is not None
@@ -268,7 +265,7 @@ def run(spark, args) -> dict:
     rows_read = 0
     for batch, commit in sorted(to_project.items()):
         vectors[batch] = layout.vectors_folder(pca_uri, space_id, batch, run_id)
-        if commit.get("features"):
+        if commit.get("featurized"):
             counts = project_batch(spark, model, batch, commit, vectors[batch], scoring_or_none)
             confusion = add_counts(confusion, counts)
             rows_read += commit.get("featurized") or 0
@@ -297,6 +294,7 @@ def run(spark, args) -> dict:
     metrics["commit"] = commits.write_commit(spark, pca_uri, run_id, record)
     metrics["vectors_version"] = publish_vectors(spark, pca_uri, metrics, whole=len(to_project) == len(batches))
     commits.clean_spaces(spark, pca_uri, run_id)
+    tables.vacuum(layout.vectors_table(pca_uri), args.retention_hours)  # retired spaces' and killed runs' vectors
     return metrics
 
 
@@ -307,8 +305,8 @@ def publish_vectors(spark, pca_uri: str, metrics: dict, whole: bool) -> int:
     else the partitions of the batches this run added or withdrew."""
     space = metrics["space"]
     touched = set(metrics["added"]) | set(metrics["withdrawn"])
-    new_files: dict[tuple[str, ...], list[str]] = {
-        (space, batch): [f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder)]
+    new_files: dict[tuple[str, ...], list[tables.DataFile]] = {
+        (space, batch): tables.parquet_files(f"{folder}/{name}" for name in hadoop_fs.data_files(spark, folder))
         for batch, folder in metrics["vectors"].items()
         if whole or batch in touched
     }
@@ -324,15 +322,16 @@ def publish_vectors(spark, pca_uri: str, metrics: dict, whole: bool) -> int:
     return version
 
 
-def commit_of(spark, features_uri: str, batch: str) -> dict:
-    commit = commits.current(spark, layout.batch_folder(features_uri, batch))
-    if commit is None:
-        raise UsageError(f"--features {features_uri}: batch {batch} lost its commit; see `fruits check`")
-    return commit
+def commit_of(spark, features_uri: str, batch: str, published: dict[str, list[str]]) -> dict:
+    """A published batch's record, with its current files (published: tables.current_files)."""
+    if batch not in published:
+        raise UsageError(f"--features {features_uri}: batch {batch} is no longer published; see `fruits check`")
+    run = tables.run_of_files(features_uri, batch, published[batch])
+    return {**commits.read_record(spark, features_uri, batch, run), "files": published[batch]}
 
 
 def read_confusion(spark, vectors_uri: str) -> dict:
-    path = f"{vectors_uri}/{CONFUSION_FILE}"
+    path = layout.confusion_path(vectors_uri)
     return (
         quality.counts_from_json(json.loads(hadoop_fs.read_text(spark, path))) if hadoop_fs.exists(spark, path) else {}
     )

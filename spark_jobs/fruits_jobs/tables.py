@@ -11,9 +11,11 @@ DynamoDB lock (delta-io/delta-rs discussion #4482); it talks to S3 itself, not t
 """
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -111,7 +113,10 @@ def file_stats(num_records: int) -> str:
     return json.dumps({"numRecords": num_records})
 
 
-def parquet_files(file_uris: Iterable[str]) -> list[tuple[str, int, int]]:
+DataFile = tuple[str, int, int]  # (uri, size in bytes, rows): what an added file's action records
+
+
+def parquet_files(file_uris: Iterable[str]) -> list[DataFile]:
     """(uri, size in bytes, rows) of each Parquet file, from its footer (pyarrow reads local files
     and S3 alike; credentials from the default chain)."""
     import pyarrow.fs as pafs
@@ -127,7 +132,7 @@ def parquet_files(file_uris: Iterable[str]) -> list[tuple[str, int, int]]:
     return found
 
 
-def add_actions(table: str, partition: Mapping[str, str], files: Iterable[tuple[str, int, int]]) -> list:
+def add_actions(table: str, partition: Mapping[str, str], files: Iterable[DataFile]) -> list:
     from deltalake.transaction import AddAction
 
     now = int(time.time() * 1000)
@@ -225,13 +230,14 @@ def publish(
     table_uri: str,
     schema: pa.Schema,
     partition_by: list[str],
-    new_files: Mapping[tuple[str, ...], Iterable[str]],
+    new_files: Mapping[tuple[str, ...], Iterable[DataFile]],
     replaced: Callable[[dict], bool],
     metadata: Mapping[str, object],
     fence: Fence | None = None,
+    options: dict[str, str] | None = None,
 ) -> int:
     """One commit: the current files of every partition `replaced` names go, new_files ({partition
-    values, in partition_by's order: Parquet files inside the table's folder}) come; the table is
+    values, in partition_by's order: Parquet files inside the table's folder, parquet_files}) come; the table is
     created by its first publish. Returns the version. metadata: what the commit records (run,
     counts) for `history()`; no reader needs it, since the log's cleanup drops old commit information.
     A concurrent writer's commit is retried over (delta-rs, max_commit_retries) unless it touched the
@@ -243,11 +249,11 @@ def publish(
     from deltalake.transaction import create_table_with_add_actions
 
     table = table_location(table_uri)
-    options = storage_options(table)
+    options = options if options is not None else storage_options(table)
     adds = [
         action
-        for values, uris in new_files.items()
-        for action in add_actions(table, dict(zip(partition_by, values, strict=True)), parquet_files(uris))
+        for values, files in new_files.items()
+        for action in add_actions(table, dict(zip(partition_by, values, strict=True)), files)
     ]
     try:
         delta = open_table(table, options)
@@ -287,19 +293,37 @@ def publish(
 
 
 def fence_table(
-    table_uri: str, batch_id: str, generation: int, metadata: Mapping[str, object], options=None
-) -> int | None:
+    table_uri: str, schema: pa.Schema, batch_id: str, generation: int, metadata: Mapping[str, object], options=None
+) -> int:
     """Record in the table's log that the batch's lease is at `generation` (a new run's lease, or a
     revoke): an empty commit carrying the batch's txn at that version, so a run of an older generation
-    can no longer commit there (commit_actions). None when the table does not exist yet. options:
-    delta-rs's storage options (open_table)."""
+    can no longer commit there (commit_actions). A table that does not exist yet is created by it,
+    empty, so a fence is never lost to a table that a late run would create. options: delta-rs's
+    storage options (open_table). Returns the table's version."""
+    from deltalake import Schema as DeltaSchema
     from deltalake.exceptions import TableNotFoundError
+    from deltalake.transaction import create_table_with_add_actions
 
+    properties = commit_properties(metadata, (lease_app_id(batch_id), generation))
     try:
         delta = open_table(table_uri, options)
     except TableNotFoundError:
-        return None
-    properties = commit_properties(metadata, (lease_app_id(batch_id), generation))
+        table = table_location(table_uri)
+        try:
+            create_table_with_add_actions(
+                table,
+                DeltaSchema.from_arrow(schema),
+                [],
+                mode="error",
+                partition_by=[layout.PARTITION_COLUMN],
+                storage_options=options,
+                commit_properties=properties,
+            )
+            return open_table(table, options).version()
+        except Exception:  # another writer created it first: fence its table
+            if not exists(table, options):
+                raise
+        delta = open_table(table_uri, options)
     delta.create_write_transaction([], mode="append", schema=delta.schema(), commit_properties=properties)
     delta.update_incremental()
     return delta.version()
@@ -319,7 +343,7 @@ def publish_batch(
         table_uri,
         schema,
         [layout.PARTITION_COLUMN],
-        {(batch_id,): list(file_uris)},
+        {(batch_id,): parquet_files(file_uris)},
         lambda partition: partition.get(layout.PARTITION_COLUMN) == batch_id,
         metadata,
         None if generation is None else (lease_app_id(batch_id), generation),
@@ -327,7 +351,11 @@ def publish_batch(
 
 
 def create_table(
-    table_uri: str, schema: pa.Schema, files_by_batch: Mapping[str, Iterable[str]], metadata: Mapping[str, object]
+    table_uri: str,
+    schema: pa.Schema,
+    files_by_batch: Mapping[str, Iterable[DataFile]],
+    metadata: Mapping[str, object],
+    options: dict[str, str] | None = None,
 ) -> int:
     """The table's first version: every batch's files, in one commit (a lake published before the
     tables: its batches' current outputs). Another writer's table, created first, keeps its rows
@@ -339,4 +367,78 @@ def create_table(
         {(batch,): list(files) for batch, files in files_by_batch.items()},
         lambda partition: partition.get(layout.PARTITION_COLUMN) in files_by_batch,
         metadata,
+        options=options,
     )
+
+
+def current_files(table_uri: str, options: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """{batch id: the URIs of its Parquet files in the table's current version}, in table_uri's own
+    scheme (s3a:// stays s3a://): what Spark reads, since local Spark has no Delta reader. Empty when
+    the table does not exist yet."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        delta = open_table(table_uri, options)
+    except TableNotFoundError:
+        return {}
+    base, found = table_uri.rstrip("/"), dict[str, list[str]]()
+    for entry in pa.table(delta.get_add_actions(flatten=True)).to_pylist():
+        batch = entry.get(f"partition.{layout.PARTITION_COLUMN}")
+        found.setdefault(batch, []).append(f"{base}/{unquote(entry['path'])}")
+    return {batch: sorted(uris) for batch, uris in found.items()}
+
+
+def current_runs(table_uri: str, options: dict[str, str] | None = None) -> dict[str, str]:
+    """{batch id: its current run}, from the run= folder of its current files (a publish replaces a
+    batch's files whole, with one run's): for the features table, the one rule for "published"."""
+    return {batch: run_of_files(table_uri, batch, uris) for batch, uris in current_files(table_uri, options).items()}
+
+
+def run_of_files(table_uri: str, batch_id: str, uris: list[str]) -> str:
+    """The run whose folder holds a batch's current files (ValueError: files of several runs, or of
+    none, which no publish of ours makes)."""
+    found = [layout.run_of_file(uri) for uri in uris]
+    runs = {parsed[1] for parsed in found if parsed is not None}
+    if len(runs) != 1 or None in found:
+        raise ValueError(f"{table_uri}: batch {batch_id}'s current files are not one run's ({uris[:3]})")
+    return runs.pop()
+
+
+# delta-rs's default vacuum retention (168 hours): what the time-travel window is unless set.
+DEFAULT_RETENTION_HOURS = 168
+
+
+def vacuum(table_uri: str, retention_hours: float, options: dict[str, str] | None = None) -> list[str]:
+    """Delete what the table's folder holds that no version within the retention needs: files its
+    log removed more than retention_hours ago, and (full) files no version lists that are older than
+    that, e.g. a killed run's. The retention must outlive the longest job (a running job's files are
+    not in the log yet) and the slowest reader of the previous version; it is the time-travel window.
+    Returns the paths deleted (relative to the table). delta-rs records the vacuum in the log."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        delta = open_table(table_uri, options)
+    except TableNotFoundError:
+        return []
+    deleted = delta.vacuum(
+        retention_hours=max(0, math.ceil(retention_hours)),
+        dry_run=False,
+        enforce_retention_duration=False,  # the setting is ours (config), checked against the job timeouts
+        full=True,
+    )
+    location = table_location(table_uri)
+    if "://" not in location:  # a local table: the folders the vacuum emptied go too (S3 has none)
+        remove_empty_parents(location, deleted)
+    return deleted
+
+
+def remove_empty_parents(table: str, deleted: Iterable[str]) -> None:
+    """The folders of the deleted files (their run folders, past the retention: no job writes there),
+    once empty, and their parents up to the table's folder."""
+    for folder in sorted({os.path.dirname(path) for path in deleted}, key=len, reverse=True):
+        while folder:
+            try:
+                os.rmdir(os.path.join(table, folder))
+            except OSError:  # not empty (or gone): stop climbing
+                break
+            folder = os.path.dirname(folder)

@@ -74,6 +74,8 @@ def features_args(cfg: RunConfig) -> list[str]:
         cfg.uri(layout.manifest_key(cfg.batch_id)),
         "--lease",
         cfg.uri(layout.lease_key(cfg.batch_id)),
+        "--retention-hours",
+        f"{cfg.retention_hours:g}",
     ]
 
 
@@ -81,7 +83,17 @@ def pca_args(cfg: RunConfig) -> list[str]:
     # The lake's one embedding space under pca/: the job adds the batches it lacks (this run's), and
     # fits a new space only on drift, a new k rule or pca_refit=always (fruits_jobs/pca.py).
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
-    return ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.PCA), *size, "--refit", cfg.pca_refit]
+    return [
+        "--features",
+        cfg.uri(layout.FEATURES),
+        "--output",
+        cfg.uri(layout.PCA),
+        *size,
+        "--refit",
+        cfg.pca_refit,
+        "--retention-hours",
+        f"{cfg.retention_hours:g}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,11 @@ JOBS = (
     JobDef(FEATURES_JOB, contract.FEATURES_ENTRYPOINT, 6 * 3600, features_args),
     JobDef(PCA_JOB, contract.PCA_ENTRYPOINT, 2 * 3600, pca_args),
 )
+
+
+def longest_job_hours() -> float:
+    """The longest job's timeout, in hours: the least the tables' retention may be."""
+    return max(d.timeout_s for d in JOBS) / 3600
 
 
 def plan_jobs(cfg: RunConfig, code_version: str, with_photos: bool = True) -> list[SparkJob]:

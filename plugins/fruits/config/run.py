@@ -62,6 +62,7 @@ class RunConfig:
     root: str  # where the jobs find the bucket's keys: s3://<bucket>/, or the lake folder standing for it
     aws_conn_id: str = AWS_CONN_ID
     rerun: bool = False  # the jobs again on a published batch's stored photos (params.py)
+    retention_hours: float = float(DEFAULTS["table_retention_hours"] or 168)  # the tables' vacuum
     pca_refit: str = "auto"  # auto | always | never (params.py)
     emr: EmrConfig | None = None
     local: LocalConfig | None = None
@@ -171,8 +172,27 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         root=root,
         rerun=p["rerun"],
         pca_refit=p["pca_refit"],
+        retention_hours=retention_hours(settings["table_retention_hours"]),
         **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
     )
+
+
+def retention_hours(value: Any) -> float:
+    """The tables' retention (setting table_retention_hours): a number of hours no shorter than the
+    longest job's timeout, since a running job's files are not in a table's log until it commits and
+    a shorter vacuum would delete them (tables.vacuum)."""
+    from fruits.backends.jobs import longest_job_hours
+
+    try:
+        hours = float(value)
+    except (TypeError, ValueError):
+        hours = -1.0
+    if not hours >= longest_job_hours():  # also refuses NaN
+        raise ValueError(
+            f"setting table_retention_hours={value!r}: expected a number of hours of at least "
+            f"{longest_job_hours():g} (the longest job's timeout); set FRUITS_TABLE_RETENTION_HOURS"
+        )
+    return hours
 
 
 def check_landing(landing: Path, root: str) -> None:

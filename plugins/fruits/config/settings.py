@@ -70,6 +70,13 @@ SETTINGS = (
     ),
     Setting("idle_timeout_s", "3600", "AutoTerminationPolicy: the safety net if Airflow is gone"),
     Setting(
+        "table_retention_hours",
+        "168",
+        "how long the Delta tables keep what a newer version replaced (vacuum): the time-travel window; "
+        "at least the longest job's timeout (6 hours)",
+        env_only=True,
+    ),
+    Setting(
         "wheelhouse",
         None,
         "folder of the jobs' wheels (`make wheelhouse`) that stage_code uploads, so "

@@ -1,13 +1,14 @@
-"""Is what the lake publishes still there? For each batch, its commits can be read and the folders
-they name hold files: `fruits check` (all batches) and `fruits batches` (a column) say so. A damaged
-batch is mended by a re-run (the `rerun` param: README, "Repair")."""
+"""Is what the lake publishes still there? For each batch, its run record can be read and the
+folders it names hold files; each Delta table's log reads, and the files it names exist. `fruits
+check` (all batches) and `fruits batches` (a column) say so. A damaged batch is mended by a re-run
+(the `rerun` param: README, "Repair")."""
 
 from pathlib import Path
 from urllib.parse import unquote
 
 import pyarrow as pa
 
-from fruits.lake.published import current_space, in_space, published_commit
+from fruits.lake.published import current_space, in_space, published_record, published_runs
 from fruits.lake.storage import LocalStorage, Storage
 from fruits_jobs import layout, tables
 from fruits_jobs.commits import DamagedLake
@@ -35,10 +36,10 @@ def unreadable_part(storage: Storage, uri: str) -> str | None:
     return None
 
 
-def batch_problems(storage: Storage, batch_id: str) -> list[str]:
-    """What is wrong with a batch's published outputs (nothing: an empty list)."""
+def batch_problems(storage: Storage, batch_id: str, runs: dict[str, str] | None = None) -> list[str]:
+    """What is wrong with a batch's published outputs (nothing: an empty list); runs: published_runs."""
     try:
-        features = published_commit(storage, batch_id)
+        features = published_record(storage, batch_id, runs)
         space = current_space(storage)
     except DamagedLake as exc:
         return [str(exc)]
@@ -51,17 +52,17 @@ def batch_problems(storage: Storage, batch_id: str) -> list[str]:
         if not uri:
             continue
         if not holds_files(storage, uri):
-            problems.append(f"{name}: {uri} is missing (its commit names it): re-run the batch (README, 'Repair')")
+            problems.append(f"{name}: {uri} is missing (its record names it): re-run the batch (README, 'Repair')")
         elif bad := unreadable_part(storage, uri):
             problems.append(f"{name}: {uri} is unreadable ({bad}): re-run the batch (README, 'Repair')")
     return problems
 
 
-def known_batches(storage: Storage) -> list[str]:
-    """Every batch the lake knows of: it finished ingest (a manifest) or has a features commit."""
+def known_batches(storage: Storage, runs: dict[str, str] | None = None) -> list[str]:
+    """Every batch the lake knows of: it finished ingest (a manifest) or is published (runs:
+    published_runs, when the caller has it)."""
     ingested = {layout.batch_of_manifest(key) for key in storage.sizes(layout.MANIFESTS)}
-    committed = {layout.parse_commit_key(key, layout.FEATURES) for key in storage.sizes(layout.FEATURES)}
-    return sorted({b for b in ingested if b} | {found[0] for found in committed if found})
+    return sorted({b for b in ingested if b} | set(published_runs(storage) if runs is None else runs))
 
 
 def table_problems(storage: Storage, name: str, folder: str) -> list[str]:

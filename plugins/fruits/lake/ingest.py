@@ -129,11 +129,12 @@ def other_batches(
     listed: dict[str, set[str]] = {}
     keys = storage.sizes(layout.MANIFESTS)
     wanted = held_index.wanted(among)
+    published_now = published.published_runs(storage)
     for key in sorted(keys):
         other = layout.batch_of_manifest(key)
         if other is None or other == batch_id:
             continue
-        is_held = published.is_published(storage, other)
+        is_held = other in published_now
         if layout.held_index_key(other) in keys:
             hashes = read_held_index(storage, other, wanted)
         else:  # a batch ingested before the index existed
@@ -165,8 +166,8 @@ def manifest_hashes(manifest: dict, among: set[str] | None = None) -> list[str]:
 def next_free_batch_id(storage: Storage, base: str) -> str:
     """base, or base.2, base.3, ... : the first that is not published (for runs named by their date:
     a second folder landing the same day becomes a batch of its own, never part of a published one)."""
-    candidate, n = base, 1
-    while published.is_published(storage, candidate):
+    candidate, n, published_now = base, 1, published.published_runs(storage)
+    while candidate in published_now:
         n += 1
         candidate = f"{base}.{n}"
     return candidate

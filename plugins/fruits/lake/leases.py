@@ -1,16 +1,13 @@
 """Who may publish a batch: its lease, `manifests/batch_id=<id>.lease`, beside its manifest.
 
-Each run's ingest issues a fresh token for a batch that is not published yet; the features job
-copies it into its commit; the commit publishes the batch only while the lease still holds that
-token (fruits_jobs.commits.is_live, the one rule, which the jobs apply too). The Airflow side revokes
-the lease when it gives up on a run: ingest, when another batch takes the photos of an unpublished
-one; on EMR, the features sensor when it is killed and the teardown when that sensor did not
-succeed. A job that outlives its run can still write its commit, never make it live.
-
-Each new lease (issued or revoked) has the next `generation`. The Delta tables carry it too: a new
-lease of a batch that had one is recorded in the features and rejects tables' logs as the batch's
-transaction version (tables.fence_table), and a job commits there only under the generation it
-started with, so a run given up on cannot publish to the tables even mid-commit (tables.commit_actions).
+Each run's ingest issues a fresh lease (a token, the next `generation`) for a batch that is not
+published yet; the features job reads it at its start. Each new lease of a batch (issued or revoked)
+is recorded in the features and rejects tables' logs as the batch's Delta transaction version
+(fence_tables, tables.fence_table), and a job commits there only under the generation it started
+with (tables.commit_actions): a run given up on cannot publish, even mid-commit. The Airflow side
+revokes the lease when it gives up on a run: ingest, when another batch takes the photos of an
+unpublished one; on EMR, the features sensor when it is killed and the teardown when that sensor
+did not succeed. (The token lets the job see it was given up before it even tries: commits.is_live.)
 """
 
 import json
@@ -43,11 +40,12 @@ def next_generation(storage: Storage, batch_id: str) -> tuple[int, bool]:
 
 
 def fence_tables(storage: Storage, batch_id: str, generation: int, why: str) -> None:
-    """Record the new generation in the logs of the tables a features run publishes to, where they
-    exist (listed through the storage first: no Delta call on a lake without tables)."""
+    """Record the new generation in the logs of the tables a features run publishes to (creating
+    them when the lake has none yet: a fence is never lost)."""
     for folder in tables.BATCH_TABLES:
-        if storage.sizes(folder + "_delta_log/"):
-            tables.fence_table(storage.name + folder, batch_id, generation, {"lease": why}, storage.delta_options())
+        tables.fence_table(
+            storage.name + folder, tables.SCHEMAS[folder], batch_id, generation, {"lease": why}, storage.delta_options()
+        )
 
 
 def issue(storage: Storage, batch_id: str) -> str:

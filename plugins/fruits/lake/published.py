@@ -1,27 +1,51 @@
-"""What the lake holds as published, read the way the jobs publish it: through commits.
+"""What the lake holds as published, read the way the jobs publish it: through the Delta tables.
 
-A batch is *published* once the features job committed it (features, rejects and summary switch
-together) under the batch's lease (leases.py), and *processed* once the current embedding space holds
-that version (pca/_commits/<run>.json, the newest, names the space and every batch's vectors in it).
-The newest commit of a batch folder is its current version (fruits_jobs/commits.py writes them); a
-folder's files without a commit are a run in progress or a killed one, and a commit whose lease was
-revoked is a run given up: never something to read or count.
+A batch is *published* once the features table's log names its files (the features job commits the
+rejects table, then the features table, under the batch's lease: leases.py); the run= folder of those
+files names its run, whose record (batch_runs/batch_id=<id>/<run>.json, written before the commits)
+holds its counts and settings. It is *processed* once the current embedding space holds that run
+(pca/_commits/<run>.json, the newest, names the space and every batch's vectors in it). Files in a
+table's folder that its log does not name are a run in progress, a killed one or a replaced version:
+never something to read or count.
 """
 
 import logging
 
-from fruits.lake.leases import read_lease
 from fruits.lake.storage import Storage
-from fruits_jobs import commits, layout
+from fruits_jobs import commits, layout, tables
 
 log = logging.getLogger(__name__)
 
 
-def newest_run(storage: Storage, batch_id: str) -> str | None:
-    """The run id of the batch's newest features commit, from one listing of its names (none read)."""
-    prefix = layout.commits_prefix(layout.FEATURES, batch_id)
-    runs = layout.committed_runs(key[len(prefix) :] for key in storage.sizes(prefix))
-    return runs[-1] if runs else None
+def published_runs(storage: Storage) -> dict[str, str]:
+    """{batch id: its current run} for every published batch: one read of the features table's log."""
+    return tables.current_runs(storage.name + layout.FEATURES, storage.delta_options())
+
+
+def read_record(storage: Storage, batch_id: str, run_id: str) -> dict:
+    """A batch's run record, resolved in this lake (its references as URIs of it), with where it is
+    ("record"); DamagedLake naming it when it is missing or cannot be read."""
+    key = layout.record_path(layout.BATCH_RUNS.rstrip("/"), batch_id, run_id)
+    fix = f"re-run batch {batch_id} (README, 'Repair')"
+    if key not in storage.sizes(key):
+        raise commits.DamagedLake(
+            f"{storage.name}{key} is missing (the features table names run {run_id} of batch {batch_id}); {fix}"
+        )
+    record = commits.parse_record(
+        storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.FEATURES], fix
+    )
+    return {**layout.resolve_record(record, storage.name), "record": storage.name + key}
+
+
+def published_record(storage: Storage, batch_id: str, runs: dict[str, str] | None = None) -> dict | None:
+    """The record of the batch's published run, or None when it is not published (runs: published_runs,
+    when the caller has it)."""
+    runs = published_runs(storage) if runs is None else runs
+    return read_record(storage, batch_id, runs[batch_id]) if batch_id in runs else None
+
+
+def is_published(storage: Storage, batch_id: str) -> bool:
+    return batch_id in published_runs(storage)
 
 
 def newest_commit(storage: Storage, folder: str, parse) -> dict | None:
@@ -37,23 +61,6 @@ def newest_commit(storage: Storage, folder: str, parse) -> dict | None:
     key = layout.commit_path(folder, runs[-1])
     record = parse(storage.read_text(key), storage.name + key)
     return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
-
-
-def current_commit(storage: Storage, dataset: str, batch_id: str) -> dict | None:
-    """The batch's newest commit in dataset, or None; DamagedLake naming the file when it cannot be read."""
-    return newest_commit(
-        storage, layout.batch_folder(dataset, batch_id), lambda text, where: commits.parse_commit(text, where, dataset)
-    )
-
-
-def published_commit(storage: Storage, batch_id: str) -> dict | None:
-    """The batch's current features commit while it is live (its lease holds its token), else None."""
-    commit = current_commit(storage, layout.FEATURES, batch_id)
-    return commit if commit is not None and commits.is_live(commit, read_lease(storage, batch_id)) else None
-
-
-def is_published(storage: Storage, batch_id: str) -> bool:
-    return published_commit(storage, batch_id) is not None
 
 
 def current_space(storage: Storage) -> dict | None:
@@ -74,18 +81,8 @@ def in_space(space: dict | None, features: dict | None) -> bool:
 
 def is_processed(storage: Storage, batch_id: str) -> bool:
     """Published, and its published version is in the current space."""
-    return in_space(current_space(storage), published_commit(storage, batch_id))
-
-
-def committed_batches(storage: Storage, dataset: str) -> dict[str, str]:
-    """batch id -> its newest committed run id, for every *published* batch with a commit in dataset."""
-    newest: dict[str, str] = {}
-    for key in storage.sizes(dataset):
-        parsed = layout.parse_commit_key(key, dataset)
-        if parsed:
-            batch, run = parsed
-            newest[batch] = max(newest.get(batch, ""), run)
-    return {batch: run for batch, run in newest.items() if is_published(storage, batch)}
+    space, run = current_space(storage), published_runs(storage).get(batch_id)
+    return space is not None and run is not None and space["features_runs"].get(batch_id) == run
 
 
 def pca_pending(storage: Storage, refit: str, rule: dict) -> list[str]:
@@ -93,11 +90,7 @@ def pca_pending(storage: Storage, refit: str, rule: dict) -> list[str]:
     not hold, a refit asked for, or a k rule that differs from the space's (empty: nothing to do)."""
     space = current_space(storage)
     held = space["features_runs"] if space else {}
-    # The ingested batches (one listing of manifests/), each by its commits' names, and only a batch
-    # whose newest commit the space does not hold read further: never a listing of all of features/,
-    # whose part files grow with the lake (and which Airflow's policy does not grant).
-    ingested = sorted(b for b in (layout.batch_of_manifest(key) for key in storage.sizes(layout.MANIFESTS)) if b)
-    missing = [b for b in ingested if newest_run(storage, b) not in (None, held.get(b)) and is_published(storage, b)]
+    missing = sorted(batch for batch, run in published_runs(storage).items() if held.get(batch) != run)
     reasons = [f"published batches not in the current space: {', '.join(missing)}"] if missing else []
     if space is not None and refit == "always":
         reasons.append("pca_refit=always")
@@ -111,7 +104,7 @@ def latest_processed_batch(storage: Storage) -> str | None:
     space = current_space(storage)
     if space is None:
         return None
-    newest = committed_batches(storage, layout.FEATURES)
-    held = [b for b in space["features_runs"] if newest.get(b) == space["features_runs"][b]]
+    published = published_runs(storage)
+    held = [b for b in space["features_runs"] if published.get(b) == space["features_runs"][b]]
     added = [b for b in space.get("added", []) if b in held]
     return max(added or held, key=lambda b: space["features_runs"][b], default=None)

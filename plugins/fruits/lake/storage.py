@@ -108,7 +108,8 @@ class S3Storage:
         }
         if credentials.token:
             options["AWS_SESSION_TOKEN"] = credentials.token
-        endpoint = self.hook.conn_config.endpoint_url
+        # The connection's endpoint, else the one boto3 also takes from the environment (tests: moto's server)
+        endpoint = self.hook.conn_config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
         if endpoint:
             options["AWS_ENDPOINT_URL"] = endpoint
             options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from fruits.lake.published import current_space, in_space, published_commit
+from fruits.lake.published import current_space, in_space, published_record
 from fruits.lake.storage import Storage
 from fruits_jobs import layout
 
@@ -19,8 +19,8 @@ def readable(uri: str | None) -> str | None:
 
 def locations(root: str, batch_id: str | None, features: dict | None, space: dict) -> dict:
     """Where a batch's current outputs are, and the space's: root is the bucket (s3://bucket/) or the
-    lake folder (with a trailing slash); features (None: a run without a batch) and space are the
-    current commits."""
+    lake folder (with a trailing slash); features (None: a run without a batch) is the batch's
+    published run record, space the current PCA commit."""
     where: dict = {}
     if batch_id is not None and features is not None:
         where.update(
@@ -28,7 +28,7 @@ def locations(root: str, batch_id: str | None, features: dict | None, space: dic
             raw=root + layout.raw_prefix(batch_id),
             features=features.get("features"),  # None: no photo of the batch could be featurized
             rejects=features.get("rejects"),
-            features_commit=features["commit"],
+            features_record=features["record"],
             pca_vectors=space["vectors"].get(batch_id),
         )
     where.update(
@@ -45,10 +45,10 @@ def locations(root: str, batch_id: str | None, features: dict | None, space: dic
 
 
 def read_summary(storage: Storage, batch_id: str | None) -> dict:
-    """The batch's figures and outputs, and the current space's, from their commits (so never from a
-    half-run). batch_id None: a run that brought no photos (only the space changed)."""
+    """The batch's figures and outputs, and the current space's, from what is published (so never
+    from a half-run). batch_id None: a run that brought no photos (only the space changed)."""
     space = current_space(storage)
-    features = published_commit(storage, batch_id) if batch_id is not None else None
+    features = published_record(storage, batch_id) if batch_id is not None else None
     if space is None or (batch_id is not None and not in_space(space, features)):
         raise RuntimeError(
             f"batch {batch_id} is not {'published' if features is None else 'in the current embedding space'}: "
@@ -108,7 +108,7 @@ def asset_extras(result: dict) -> dict:
             **images,
             "features": where.get("features"),
             "rejects": where.get("rejects"),
-            "commit": where.get("features_commit"),
+            "record": where.get("features_record"),
         },
         PCA_ASSET_URI: {
             "batch_id": result["batch_id"],

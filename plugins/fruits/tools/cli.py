@@ -7,12 +7,13 @@ lake, without pandas, and demo photos. The local lake by default, `--lake DIR` f
     fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine in the current space)
     fruits index                    build the current space's missing index pieces (the DAG does it too)
     fruits where [--batch-id ID]    where a batch's outputs are (default: the batch processed last)
-    fruits check                    every batch's commits readable and the outputs they name present
+    fruits check                    every batch's record readable, the tables' logs too, their files present
+    fruits migrate                  convert a lake written before the Delta tables (once)
     fruits photo BATCH PATH > f.jpg  one stored photo, byte for byte (PATH: as in the landing folder)
     fruits demo DIR                 generate demo photos (and odd files) in a Fruits-360 layout
     fruits sql "QUERY" [--as-of T]  DuckDB SQL over the Delta tables features, rejects and vectors
 
-Everything is read through the batches' commits (what is published), never from half-written runs.
+Everything is read through the Delta tables' logs (what is published), never from half-written runs.
 """
 
 import argparse
@@ -22,17 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fruits.lake import vector_index
+from fruits.lake import migrate, vector_index
 from fruits.lake.folder import default_lake
 from fruits.lake.health import batch_problems, known_batches, table_problems
 from fruits.lake.ingest import NotStored, stored_photo
-from fruits.lake.published import (
-    committed_batches,
-    current_space,
-    in_space,
-    latest_processed_batch,
-    published_commit,
-)
+from fruits.lake.published import current_space, in_space, latest_processed_batch, published_record, published_runs
 from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images, sql
@@ -42,32 +37,25 @@ from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
 from fruits_jobs.images import RejectedImage
 
 
-def batch_ids(storage: Storage) -> list[str]:
-    """Published batches, oldest first (by their newest commit's run id)."""
-    newest = committed_batches(storage, layout.FEATURES)
-    return sorted(newest, key=lambda batch: newest[batch])
-
-
 def batches_table(storage: Storage) -> list[str]:
+    """Published batches, oldest first (by their current run's id), from the features table's log."""
     rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}  health"]
     space = current_space(storage)
-    for batch in batch_ids(storage):
-        features = published_commit(storage, batch) or {}
+    runs = published_runs(storage)
+    for batch in sorted(runs, key=lambda batch: runs[batch]):
+        try:
+            features = published_record(storage, batch, runs) or {}
+        except DamagedLake:
+            features = {}
         pca = space if space is not None and in_space(space, features) else {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
-        health = "DAMAGED (fruits check)" if batch_problems(storage, batch) else "ok"
+        health = "DAMAGED (fruits check)" if batch_problems(storage, batch, runs) else "ok"
         rows.append(
             f"{batch:<24} {features.get('read', '-'):>7} {features.get('featurized', '-'):>10} "
             f"{features.get('rejected', '-'):>8} "
             f"{pca.get('k', '-'):>5} {variance:>8}  {health}"
         )
     return rows
-
-
-def _read(uri: str, columns: list[str]) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(readable(uri), columns=columns).to_pylist()
 
 
 def landing_path(path: str, batch: str) -> str:
@@ -77,15 +65,23 @@ def landing_path(path: str, batch: str) -> str:
 
 
 def rejects_rows(storage: Storage, batch: str) -> list[str]:
-    features = published_commit(storage, batch)
-    if features is None:
-        raise SystemExit(f"no published batch {batch!r} in {storage.name}: see `python -m fruits batches`")
-    if not features.get("rejects"):
+    """The batch's current rows in the rejects table (read through its Delta log)."""
+    if batch not in published_runs(storage):
+        raise SystemExit(f"no published batch {batch!r} in {storage.name}: see `fruits batches`")
+    rows = table_rows(storage, layout.REJECTS, batch, ["path", "reason", "detail"])
+    if not rows:
         return [f"batch {batch}: no rejected file"]
-    rows = _read(features["rejects"], ["path", "reason", "detail"])
     return [
         f"{landing_path(r['path'], batch)}\t{r['reason']}\t{r['detail']}" for r in sorted(rows, key=lambda r: r["path"])
     ]
+
+
+def table_rows(storage: Storage, folder: str, batch: str, columns: list[str]) -> list[dict]:
+    """One batch's current rows of a lake table (none when the table does not exist yet)."""
+    if not tables.exists(storage.name + folder, storage.delta_options()):
+        return []
+    delta = tables.open_table(storage.name + folder, storage.delta_options())
+    return delta.to_pyarrow_table(partitions=[(layout.PARTITION_COLUMN, "=", batch)], columns=columns).to_pylist()
 
 
 def photo_features(photo: Path, weights: str, image_size: int, storage: Storage) -> np.ndarray:
@@ -115,10 +111,11 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
 
 def query_settings(storage: Storage, space: dict) -> tuple[str, int]:
     """The weights and image size the space's features were computed with: from its commit, else
-    from the published batches' features commits (a space written before it recorded them)."""
+    from the published batches' run records (a space written before it recorded them)."""
     if space.get("weights") and space.get("image_size"):
         return space["weights"], int(space["image_size"])
-    commits = [c for c in (published_commit(storage, b) for b in sorted(space["vectors"])) if c]
+    runs = published_runs(storage)
+    commits = [c for c in (published_record(storage, b, runs) for b in sorted(space["vectors"])) if c]
     settings = {(c["weights"], c["image_size"]) for c in commits}
     if len(settings) != 1:
         raise SystemExit(f"fruits similar: cannot tell the weights of space {space['space']}: {sorted(settings)}")
@@ -164,8 +161,12 @@ def check_lines(storage: Storage) -> tuple[list[str], bool]:
     """One line per batch, ok or what is wrong, then what is wrong with a Delta table; and whether
     all are ok."""
     lines, healthy = [], True
-    for batch in known_batches(storage):
-        problems = batch_problems(storage, batch)
+    try:
+        runs = published_runs(storage)
+    except Exception:  # a features log that cannot be read: table_problems below names it
+        runs = {}
+    for batch in known_batches(storage, runs):
+        problems = batch_problems(storage, batch, runs)
         healthy &= not problems
         lines += [f"{batch}: ok"] if not problems else [f"{batch}: DAMAGED: {p}" for p in problems]
     for name, folder in tables.TABLES.items():
@@ -229,7 +230,8 @@ def main(argv=None) -> int:
     sub.add_parser("index", help="build the current space's missing index pieces")
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
-    sub.add_parser("check", help="every batch's commits readable and the outputs they name present")
+    sub.add_parser("check", help="every batch's record and the tables' logs readable, the files they name present")
+    sub.add_parser("migrate", help="convert a lake written before the Delta tables (once; README, 'Migrating')")
     stored = sub.add_parser("photo", help="one stored photo's bytes on stdout (redirect them to a file)")
     stored.add_argument("batch")
     stored.add_argument("path", help="the photo's path in the landing folder, e.g. Training/Banana/1_100.jpg")
@@ -289,6 +291,8 @@ def answer(args, storage: Storage) -> int:
         except (LookupError, RuntimeError) as exc:
             print(exc, file=sys.stderr)
             return 1
+    elif args.command == "migrate":
+        lines = migrate.format_report(migrate.migrate(storage), storage.name)
     elif args.command == "check":
         lines, healthy = check_lines(storage)
         print("\n".join(lines))
