@@ -192,8 +192,8 @@ class PhaseTimer:
 
 
 def vector_rows(spark, pca_uri: str) -> tuple[int, dict[str, int]]:
-    """The rows of every vector folder the newest pca commit names, from their Parquet footers."""
-    commit = commits.current(spark, pca_uri, layout.PCA)
+    """The rows of every vector folder the current space names, from their Parquet footers."""
+    commit = commits.read_space(spark, pca_uri)
     assert commit is not None
     rows = {}
     for batch, uri in commit["vectors"].items():

@@ -92,8 +92,9 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "features/", False, "migrate.check_layout (once)"),
     Call("PutObject", "batch_runs/_layout.json", False, "migrate.check_layout (once)"),
     # -- pca/: the current embedding space (issue 20), the run report beside its run's metrics, the index --
-    Call("ListObjectsV2", "pca/_commits/", False, "published.current_space"),
-    *read("pca/_commits/*.json", "published.current_space"),
+    *delta_read("vectors", "published.current_space (delta-rs)"),
+    Call("ListObjectsV2", "pca/spaces/*/runs/*/metrics.json", False, "published.current_space"),
+    *read("pca/spaces/*/runs/*/metrics.json", "published.current_space"),
     Call("PutObject", "pca/spaces/*/runs/*/run_report.json", False, "summary.write_run_report"),
     Call("ListObjectsV2", "pca/spaces/*/index/", False, "vector_index.build_missing_pieces"),
     Call("ListObjectsV2", "vectors/*/*/*/", False, "vector_index.build_missing_pieces"),
@@ -214,12 +215,13 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("batch_runs/batch_id=*/*.json", PCA_JOB),
     *s3a_read("batch_runs/batch_id=*/*.moments.npz", PCA_JOB),
     *s3a_read("features/batch_id=*/run=*/*", PCA_JOB),
-    # -- pca/: the space's commits, its folders (model, basis, vectors, runs, index), the old layout --
+    # -- pca/: the current space (the vectors table's log, then the run's record), its folders (model,
+    # basis, runs, index, confusion), the layouts before (pca/_commits/, pca/batch_id=*/) deleted --
     *probe("pca", PCA_JOB),
+    *delta_read("vectors", PCA_JOB),
+    *atomic_write("pca/spaces/*/runs/*", "metrics.json", PCA_JOB),
     *probe("pca/_commits", PCA_JOB),
-    *s3a_read("pca/_commits/*.json", PCA_JOB),
-    *atomic_write("pca/_commits", "*.json", PCA_JOB),
-    Call("DeleteObject", "pca/_commits/*.json", False, PCA_JOB),  # superseded commits
+    Call("DeleteObject", "pca/_commits/*", False, PCA_JOB),  # the PCA commits before the vectors table
     *probe("pca/spaces", PCA_JOB),
     *s3a_tree("pca/spaces/*", PCA_JOB),  # model/, plots, runs/<run>/, retired spaces
     *probe("vectors", PCA_JOB),

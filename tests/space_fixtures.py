@@ -1,9 +1,10 @@
 """An embedding space written in the lake's contract (layout.py, issue 20), without Spark: vectors as
-Parquet folders, basis.npz, and the pca/_commits/<run>.json that makes it current. Through a
+Parquet folders, basis.npz, the run's record and the vectors table's commit that makes it current. Through a
 Storage, so the same helpers write a folder lake and a (moto) bucket."""
 
 import functools
 import io
+import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -58,15 +59,23 @@ def put_basis(storage, space: str, components: np.ndarray) -> str:
 
 
 def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, **extra) -> dict:
-    """The PCA commit naming the space current, as the job writes it (commits.commit_file)."""
+    """The PCA run `run` publishing the space as the job does: its record (metrics.json, written
+    first; commits.record_file's references), then one commit of the vectors table holding exactly
+    these batches' folders (a folder without files gets one without rows, as the job writes for a
+    batch without a featurized photo). As in the job, the run's own folders are the newest: the table
+    names its run through them (tables.current_space)."""
     runs = published.published_runs(storage) if isinstance(storage, LocalStorage) else {}
+    newest = max((folder.rstrip("/").rsplit("/", 1)[1] for folder in vectors.values()), default=None)
+    if newest != run:
+        raise ValueError(f"run {run}: the newest vectors folder is {newest}'s; a PCA run writes into its own")
     record = {
         "job": "reduce_dimensions",
+        "run": run,
         "space": space,
         "new_space": run == space,
         "model": f"{layout.space_folder(layout.PCA, space)}/{layout.PCA_MODEL_DIR}",
         "basis": f"{layout.space_folder(layout.PCA, space)}/{layout.BASIS_FILE}",
-        "metrics": f"{layout.space_run_folder(layout.PCA, space, run)}/{layout.PCA_METRICS_FILE}",
+        "metrics": layout.space_record_path(layout.PCA, space, run),
         "vectors": vectors,
         "added": sorted(vectors),
         # which version of each batch the space holds: the batch's published run, if any (a folder
@@ -81,9 +90,32 @@ def put_commit(storage, run: str, space: str, vectors: dict[str, str], k: int, *
         "plots": {},
         **extra,
     }
-    path, data = commits.commit_file(storage.name + layout.PCA.rstrip("/"), run, record)
-    storage.put_bytes(data, path[len(storage.name) :])
-    return {**record, "run": run}
+    storage.put_bytes(json.dumps(layout.refer_record(record, storage.name)).encode(), record["metrics"])
+    files = {}
+    for batch, folder in vectors.items():
+        found = [key for key in storage.sizes(folder.rstrip("/") + "/") if key.endswith(".parquet")]
+        if not found:
+            sink = io.BytesIO()
+            pq.write_table(
+                tables.VECTORS_SCHEMA.remove(tables.VECTORS_SCHEMA.get_field_index("space")).empty_table(), sink
+            )
+            storage.put_bytes(sink.getvalue(), f"{folder.rstrip('/')}/part-00000.snappy.parquet")
+            found = [f"{folder.rstrip('/')}/part-00000.snappy.parquet"]
+        files[(space, batch)] = [
+            (storage.name + key, len(data), pq.read_metadata(io.BytesIO(data)).num_rows)
+            for key in sorted(found)
+            for data in [storage.read_bytes(key)]
+        ]
+    tables.publish(
+        storage.name + layout.VECTORS,
+        tables.VECTORS_SCHEMA,
+        [tables.SPACE_COLUMN, layout.PARTITION_COLUMN],
+        files,
+        lambda partition: True,
+        {"run": run, "space": space},
+        options=storage.delta_options(),
+    )
+    return record
 
 
 def put_published(storage, batch_id: str, run: str, put=None, fence=None, **extra) -> dict:

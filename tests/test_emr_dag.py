@@ -26,7 +26,7 @@ from space_fixtures import put_published, vectors_table
 
 from fruits.config.params import build_params
 from fruits.lake.storage import S3Storage
-from fruits_jobs import commits, features, layout, pca, spaces, tables
+from fruits_jobs import features, layout, pca, spaces, tables
 from fruits_jobs.moments import BatchMoments
 
 from airflow_fixtures import BUCKET, REGION, emr_run_config, make_landing, template_policy, xcom
@@ -113,7 +113,7 @@ def write_job_outputs(batch_id, started=None, run=RUN, kept=None):
     on moto's server), fenced by the lease generation the run started under (started: the lease its
     job read at its start; default: the lease's now): a run given up on publishes nothing, and no PCA
     runs after it. The PCA's is the lake's first embedding space (issue 20), fitted at this run on the
-    batch: its commit pca/_commits/<run>.json, its run's metrics.json, and the batch's vectors in it
+    batch: its run's record (metrics.json), the batch's vectors in it and the vectors table's commit
     (real Parquet, which publish_summary indexes; write_space)."""
     root = f"s3://{BUCKET}/"
     lease = started or lease_now(batch_id)
@@ -151,7 +151,7 @@ def write_job_outputs(batch_id, started=None, run=RUN, kept=None):
 def write_space(batch_id, run=RUN, kept=None):
     """What the PCA job publishes when it fits the lake's first space on one batch of 10 featurized
     photos (its features run: run), with the job's own record builder (space_metrics); kept (the
-    current space's commit, as stored): a day without a refit, which adds the batch to that space."""
+    current space's record, as stored): a day without a refit, which adds the batch to that space."""
     s3 = boto3.client("s3", region_name=REGION)
     root = f"s3://{BUCKET}/"
 
@@ -190,8 +190,16 @@ def write_space(batch_id, run=RUN, kept=None):
     pq.write_table(vectors_table(batch_id, photos[:, :3], paths, ["Banana"] * 10), sink)
     put(f"{vectors}/part-00000.snappy.parquet", sink.getvalue())
     put(f"{vectors}/_SUCCESS", b"")
-    put(metrics["metrics"], json.dumps(metrics, allow_nan=False).encode())  # as the job writes it
-    put(*commits.commit_file(pca_uri, run, {k: v for k, v in metrics.items() if k != "confusion"}))
+    # as the job writes its record, then the vectors table's commit (delta-rs, on moto's server)
+    put(metrics["metrics"], json.dumps(layout.refer_record(metrics, root), allow_nan=False).encode())
+    tables.publish(
+        root + layout.VECTORS,
+        tables.VECTORS_SCHEMA,
+        [tables.SPACE_COLUMN, layout.PARTITION_COLUMN],
+        {(space_id, batch_id): [(f"{vectors}/part-00000.snappy.parquet", len(sink.getvalue()), 10)]},
+        (lambda partition: partition[layout.PARTITION_COLUMN] == batch_id) if kept else (lambda partition: True),
+        {"run": run, "space": space_id},
+    )
 
 
 def run(dag, landing, batch_id, **conf):
@@ -250,7 +258,6 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert summary["pca"]["refit_reason"] == "the lake's first space"
     space = f"s3://{BUCKET}/pca/spaces/{RUN}"
     assert summary["locations"]["metrics"] == f"{space}/runs/{RUN}/metrics.json"
-    assert summary["locations"]["pca_commit"] == f"s3://{BUCKET}/pca/_commits/{RUN}.json"
     assert summary["locations"]["pca_vectors"] == f"s3://{BUCKET}/vectors/{RUN}/b-ok/{RUN}"
     assert summary["locations"]["pca_model"] == f"{space}/model"
     # The run report (issue 11): the cluster, its timeline, images/s per step and the estimated cost.
@@ -280,7 +287,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
     assert {op for service, op, _ in aws if service == "emr"} == EMR_ACTIONS  # the policy grants no more
 
 
-def objects(prefixes=("features/", "rejects/", "pca/")) -> dict[str, bytes]:
+def objects(prefixes=("features/", "rejects/", "batch_runs/", "pca/", "vectors/")) -> dict[str, bytes]:
     s3 = boto3.client("s3", region_name=REGION)
     keys = [o["Key"] for p in prefixes for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=p).get("Contents", [])]
     return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
@@ -303,8 +310,8 @@ def test_day_after_day_the_files_the_jobs_wrote_never_change_and_each_run_has_it
         return write
 
     def current_space():
-        body = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=f"pca/_commits/{RUN}.json")
-        return json.loads(body["Body"].read())
+        record = f"pca/spaces/{RUN}/runs/{RUN}/metrics.json"
+        return json.loads(boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=record)["Body"].read())
 
     for day, (batch_id, run_id, kept) in enumerate([("b-1", RUN, None), ("b-2", day2, current_space)], 1):
         make_landing(tmp_path / f"day-{day}", n_good=10, seed=day)
@@ -320,7 +327,7 @@ def test_day_after_day_the_files_the_jobs_wrote_never_change_and_each_run_has_it
         assert changed == [], "publish_summary changed what the jobs wrote"
         report_key = f"pca/spaces/{RUN}/runs/{run_id}/run_report.json"
         assert report_key not in written and json.loads(stored[report_key]) == summary["run_report"]
-    assert set(json.loads(written[f"pca/_commits/{day2}.json"])["vectors"]) == {"b-1", "b-2"}
+    assert set(json.loads(written[f"pca/spaces/{RUN}/runs/{day2}/metrics.json"])["vectors"]) == {"b-1", "b-2"}
 
 
 def test_retried_cluster_and_step_tasks_ask_emr_for_nothing_twice(airflow_db, runnable_dag, aws, landing, monkeypatch):
@@ -433,7 +440,6 @@ def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alon
         "metrics": f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{RUN}/metrics.json",
         "run_report": f"s3://{BUCKET}/pca/spaces/{RUN}/runs/{RUN}/run_report.json",
         "plots": [],
-        "pca_commit": f"s3://{BUCKET}/pca/_commits/{RUN}.json",
     }
     report = summary["run_report"]
     assert report["wall_s"]["extract_features"] is None and report["wall_s"]["reduce_dimensions"] > 0

@@ -79,9 +79,9 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "features/_delta_log/00000000000000000003.json"})
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "batch_runs/batch_id=1/r1.json"})
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "batch_runs/_layout.json"})
-    # the current embedding space (issue 20): its commits, listed and read (has_work, publish_summary)
-    assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "pca/_commits/"})
-    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"})
+    # the current embedding space: the vectors table's log, then the run's record (has_work, publish_summary)
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "vectors/_delta_log/00000000000000000002.json"})
+    assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/metrics.json"})
     # publish_summary writes the run report beside the PCA run's metrics.json, which it never changes
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/run_report.json"})
     # ... then indexes the vectors the space's commit names, beside the space
@@ -188,8 +188,8 @@ INSTANCE_POLICY = template_policy("EmrInstancePolicy")
         ("PutObject", "models/mobilenet_v2_1.0_224_imagenet_no_top.weights.h5", False),  # the weights stay as staged
         # the PCA job reads the batches' moments, keeps the space, and retires the spaces before the last
         ("GetObject", "batch_runs/batch_id=1/r1.moments.npz", True),
-        ("GetObject", "pca/_commits/r1.json", True),
-        ("PutObject", "pca/_commits/r2.json", True),
+        ("PutObject", "pca/spaces/s1/runs/r2/metrics.json", True),
+        ("DeleteObject", "pca/_commits/r1.json", True),  # the commits before the vectors table
         ("GetObject", "pca/spaces/s1/runs/r1/state.npz", True),
         ("PutObject", "vectors/s2/b1/r2/part-0.parquet", True),
         ("PutObject", "vectors/_delta_log/00000000000000000001.json", True),  # the vectors table's commit

@@ -9,13 +9,14 @@ from fruits_jobs import commits, layout
 
 
 @pytest.mark.parametrize("root", ["", "s3://bucket/", "/lake/", "file:/tmp/lake/"])
-def test_a_commit_built_under_any_root_is_the_key_the_airflow_side_lists(root):
-    folder = layout.batch_folder(root + layout.FEATURES, "2026-12-01.2")
-    path, data = commits.commit_file(folder, "20261201T101010123Z-abcd1234", {"features": "x"})
-    key = path[len(root) :]
+def test_a_commit_of_the_layout_before_the_tables_is_found_under_any_root(root):
+    """What `fruits migrate` lists: features/batch_id=<id>/_commits/<run>.json."""
+    key = layout.commit_path(
+        layout.batch_folder(root + layout.FEATURES, "2026-12-01.2"), "20261201T101010123Z-abcd1234"
+    )
+    key = key[len(root) :]
     assert key.startswith(layout.commits_prefix(layout.FEATURES, "2026-12-01.2"))
     assert layout.parse_commit_key(key, layout.FEATURES) == ("2026-12-01.2", "20261201T101010123Z-abcd1234")
-    assert b'"run": "20261201T101010123Z-abcd1234"' in data
 
 
 @pytest.mark.parametrize(
@@ -44,15 +45,15 @@ def test_keys_and_uris_are_the_same_paths_under_different_roots():
     assert layout.batch_of_manifest(layout.manifest_key("b.1-x")) == "b.1-x"
 
 
-def test_a_commit_names_its_outputs_relative_to_its_lake_and_a_reader_resolves_them_in_its_own():
-    folder = layout.batch_folder("file:/data/lake1/" + layout.FEATURES, "b1")
+def test_a_record_names_its_outputs_relative_to_its_lake_and_a_reader_resolves_them_in_its_own():
     outputs = {
         "features": "file:/data/lake1/features/batch_id=b1/run=r1",
         "read": 3,
         "images": "file:/data/lake1/raw/batch_id=b1/",
     }
-    _, data = commits.commit_file(folder, "20261201T101010123Z-abcd1234", outputs)
+    data = commits.record_file("20261201T101010123Z-abcd1234", outputs, "file:/data/lake1/")
     stored = json.loads(data)
+    assert stored["run"] == "20261201T101010123Z-abcd1234"
     assert stored["features"] == "features/batch_id=b1/run=r1" and stored["images"] == "raw/batch_id=b1/"
     copy = layout.resolve_record(stored, "/data/lakeM/")
     assert copy["features"] == "/data/lakeM/features/batch_id=b1/run=r1" and copy["read"] == 3
@@ -93,8 +94,8 @@ def test_a_space_keeps_its_files_under_pca_spaces_and_its_vectors_in_the_table_w
     assert layout.confusion_path(vectors) == f"s3://b/pca/spaces/{space}/confusion/2026-12-02/{run}.json"
 
 
-def test_a_space_commit_names_its_folders_relative_to_its_lake():
-    pca, space, run = "file:/data/lake1/pca", "20261201T000000000Z-s", "20261202T000000000Z-r"
+def test_a_space_record_names_its_folders_relative_to_its_lake():
+    pca, space, run = "file:/data/lake1/pca", "20261201T000000000Z-5a", "20261202T000000000Z-7b"
     record = {
         "space": space,
         "model": f"{layout.space_folder(pca, space)}/model",
@@ -104,9 +105,10 @@ def test_a_space_commit_names_its_folders_relative_to_its_lake():
         "k": 3,
     }
     assert layout.root_of_batch_folder(pca) == "file:/data/lake1/"
-    path, data = commits.commit_file(pca, run, record)
-    assert path == f"file:/data/lake1/pca/_commits/{run}.json"
-    stored = json.loads(data)
+    stored = layout.refer_record(record, layout.root_of_batch_folder(pca))  # as the PCA job writes it
+    assert layout.space_record_path(pca, space, run) == record["metrics"]
+    file = f"{layout.vectors_folder(pca, space, 'b1', run)}/part-0.parquet"
+    assert layout.vectors_of_file(file) == (space, "b1", run) and layout.vectors_of_file("b1/part-0.parquet") is None
     assert stored["vectors"] == {"b1": f"vectors/{space}/b1/{run}"}
     assert stored["model"] == f"pca/spaces/{space}/model" and stored["k"] == 3
     moved = layout.resolve_record(stored, "s3://new-bucket/")

@@ -34,9 +34,8 @@ def test_a_batch_is_processed_only_once_the_current_space_commits_its_version(tm
     Nor is a batch whose published version is not the one the current space holds."""
     storage = LocalStorage(tmp_path)
     publish(storage, "b1", F1)
-    put(tmp_path, f"pca/spaces/{P1}/runs/{P1}/metrics.json", b'{"k": 3}')
-    put(tmp_path, f"vectors/{P1}/b1/{P1}/part-0.parquet")
-    put(tmp_path, f"pca/_commits/.{P1}.json.tmp", b'{"space": "')  # being written
+    put(tmp_path, f"pca/spaces/{P3}/runs/{P3}/metrics.json", b'{"k": 3}')  # a PCA run killed before its commit
+    put(tmp_path, f"vectors/{P3}/b1/{P3}/part-0.parquet")
     assert published.current_space(storage) is None
     assert not published.is_processed(storage, "b1")
     space_commit(storage, P1, P1, {"b1": F1})
@@ -82,7 +81,7 @@ def test_the_newest_commit_is_current_and_names_the_latest_processed_batch(tmp_p
     assert published.latest_processed_batch(storage) == "b1"
     space_commit(storage, P2, P1, {"b1": F1, "b2": F2}, added=["b2"])
     current = published.current_space(storage)
-    assert current["space"] == P1 and current["commit"] == f"{tmp_path}/pca/_commits/{P2}.json"
+    assert current["space"] == P1 and current["record"] == f"{tmp_path}/pca/spaces/{P1}/runs/{P2}/metrics.json"
     # its references resolved in this lake
     assert current["vectors"]["b2"] == f"{tmp_path}/vectors/{P1}/b2/{P2}"
     assert published.latest_processed_batch(storage) == "b2"
@@ -111,12 +110,14 @@ def test_the_pca_has_work_when_a_published_batch_is_not_in_the_space_or_a_refit_
     assert published.pca_pending(storage, "auto", rule) == ["published batches not in the current space: b1, b2"]
 
 
-def test_only_a_run_id_names_a_space_commit_and_a_damaged_one_is_named(tmp_path, caplog):
+def test_a_space_whose_record_is_damaged_or_missing_is_named(tmp_path):
+    """The vectors table names the run; its record (metrics.json) is what readers need of the space."""
     storage = LocalStorage(tmp_path)
-    space_commit(storage, P1, P1, {})
-    put(tmp_path, "pca/_commits/notes.json", b'{"space": "mine"}')
-    assert published.current_space(storage)["space"] == P1
-    assert "pca/_commits/notes.json: not a commit" in caplog.text
-    put(tmp_path, f"pca/_commits/{P2}.json", b'{"space": "s", "model": "m"}')  # no metrics, vectors, k
-    with pytest.raises(DamagedLake, match=rf"pca/_commits/{P2}.json is damaged \(no metrics, vectors, k\)"):
+    space_commit(storage, P1, P1, {"b1": F1})
+    record = tmp_path / f"pca/spaces/{P1}/runs/{P1}/metrics.json"
+    record.write_text('{"space": "s", "model": "m"}')  # no metrics, vectors, k
+    with pytest.raises(DamagedLake, match=rf"runs/{P1}/metrics.json is damaged \(no metrics, vectors, k\)"):
+        published.current_space(storage)
+    record.unlink()
+    with pytest.raises(DamagedLake, match=rf"metrics.json is missing \(the vectors table names run {P1}"):
         published.current_space(storage)

@@ -228,8 +228,9 @@ def classes_data(n_classes, per_class, d, seed, first_class=0):
 
 
 def current_commit(pca_folder: Path) -> dict:
-    newest = sorted((pca_folder / "_commits").glob("*.json"))[-1]
-    return json.loads(newest.read_text())
+    """The current space's record, found as readers find it: the vectors table's newest run."""
+    space, run, _ = tables.current_space(str(pca_folder.parent / "vectors"))
+    return json.loads((pca_folder / "spaces" / space / "runs" / run / "metrics.json").read_text())
 
 
 def test_stored_moments_merged_equal_numpy_spectrum_on_the_concatenated_features(spark, tmp_path):
@@ -306,9 +307,9 @@ def test_refit_always_a_new_k_and_never(spark, tmp_path):
     assert new_k["new_space"] and new_k["k"] == 4 and "k=4 instead of the space's k=5" in new_k["refit_reason"]
     with pytest.raises(UsageError, match="pca_refit is 'never'"):
         run(spark, features, out, "--k", "6", "--refit", "never")
-    kept = run(spark, features, out, "--k", "4", "--refit", "never")
+    kept = run(spark, features, out, "--k", "4", "--refit", "never", "--retention-hours", "0")
     assert not kept["new_space"] and kept["space"] == new_k["space"] and kept["rows_read"] == 0
-    # Old spaces retire as runs do: the current and the previous one stay, older ones go.
+    # Old spaces retire past the retention (here 0): the current and the previous one stay, older ones go.
     assert sorted(p.name for p in (out / "spaces").iterdir()) == sorted({new_k["space"], again["space"]})
     assert first["space"] not in {p.name for p in (out / "spaces").iterdir()}
 
@@ -405,15 +406,22 @@ def test_real_sample_as_daily_batches_refits_on_unseen_fruit_only(spark, tmp_pat
     assert len(paths) == len(set(paths)) == len(rows)
 
 
-def test_a_batch_with_no_featurized_photo_stays_in_the_space_without_vectors(spark, tmp_path):
+def test_a_batch_with_no_featurized_photo_stays_in_the_space_with_a_vectors_file_without_rows(spark, tmp_path):
+    """Its file names the run that added it in the vectors table, like any batch's: a run adding only
+    such a batch is the space's current run all the same (tables.current_space)."""
     features, out = tmp_path / "features", tmp_path / "pca"
     write_features(spark, features, {"d1": classes_data(4, 12, 16, seed=1)})
     write_features(spark, features, {"empty": (np.zeros((0, 16)), [])})  # every photo rejected: no row
     first = run(spark, features, out, "--k", "3")
-    assert set(first["features_runs"]) == {"d1", "empty"} and set(first["vectors"]) == {"d1"}
+    assert set(first["features_runs"]) == {"d1", "empty"} and set(first["vectors"]) == {"d1", "empty"}
     write_features(spark, features, {"d2": classes_data(4, 9, 16, seed=2)})
     second = run(spark, features, out, "--k", "3", "--refit", "never")
-    assert second["added"] == ["d2"] and set(second["vectors"]) == {"d1", "d2"}
+    assert second["added"] == ["d2"] and set(second["vectors"]) == {"d1", "empty", "d2"}
+    write_features(spark, features, {"empty2": (np.zeros((0, 16)), [])})
+    third = run(spark, features, out, "--k", "3", "--refit", "never")
+    assert third["added"] == ["empty2"] and current_commit(out)["run"] == third["run"]
+    assert vectors_by_space_and_batch(tmp_path / "vectors")[(first["space"], "d1")] == (48, 48)
+    assert (first["space"], "empty2") not in vectors_by_space_and_batch(tmp_path / "vectors")  # no row
 
 
 def vectors_by_space_and_batch(table_path, version=None) -> dict:
@@ -451,22 +459,22 @@ def test_the_vectors_table_holds_the_current_space_each_photo_once(spark, tmp_pa
     assert refit["vectors_version"] == before + 1
 
 
-def test_a_space_from_before_the_vectors_table_is_projected_into_it_once(spark, tmp_path):
-    """A lake of today's main has no vectors table: the next run keeps the space and projects every
-    batch into the table, so the table starts whole; the run after adds only its day."""
+def test_a_space_from_before_the_vectors_table_gives_way_to_one_in_the_table(spark, tmp_path):
+    """A lake whose space predates the vectors table has no space a reader can find (the table's log
+    names it): the next run fits one from every published batch, into the table; the next adds its day."""
     import shutil
 
     features, out = tmp_path / "features", tmp_path / "pca"
     write_features(spark, features, {"d1": classes_data(4, 10, 16, seed=1)})
     first = run(spark, features, out, "--k", "3")
-    shutil.rmtree(tmp_path / "vectors" / "_delta_log")  # as before the table
+    shutil.rmtree(tmp_path / "vectors")  # as before the table
     write_features(spark, features, {"d2": classes_data(4, 6, 16, seed=2)})
     second = run(spark, features, out, "--k", "3", "--refit", "never")
-    assert second["space"] == first["space"] and sorted(second["added"]) == ["d1", "d2"]
+    assert second["new_space"] and second["space"] != first["space"] and sorted(second["added"]) == ["d1", "d2"]
     assert vectors_by_space_and_batch(tmp_path / "vectors") == {
-        (first["space"], "d1"): (40, 40),
-        (first["space"], "d2"): (24, 24),
+        (second["space"], "d1"): (40, 40),
+        (second["space"], "d2"): (24, 24),
     }
     write_features(spark, features, {"d3": classes_data(4, 2, 16, seed=4)})
     third = run(spark, features, out, "--k", "3", "--refit", "never")
-    assert third["added"] == ["d3"]
+    assert third["added"] == ["d3"] and third["space"] == second["space"]

@@ -29,13 +29,13 @@ def add_batch(storage, batch: str, run: str, vectors: np.ndarray, tag: str = "")
     return put_vectors(storage, SPACE, batch, run, vectors_table(batch, vectors, paths, labels))
 
 
-def a_space(storage, days: dict[str, int], n: int = 300, commit_day: int = 5) -> tuple[dict, dict]:
-    """A space holding one batch per entry (batch -> the day its vectors were written); the commit
-    and each batch's vectors."""
+def a_space(storage, days: dict[str, int], n: int = 300) -> tuple[dict, dict]:
+    """A space holding one batch per entry (batch -> the day its vectors were written), published by
+    the run of the newest day; the run's record and each batch's vectors."""
     vectors = {batch: clustered(n, seed) for seed, batch in enumerate(sorted(days))}
     folders = {batch: add_batch(storage, batch, run_id(day), vectors[batch]) for batch, day in days.items()}
     put_basis(storage, SPACE, np.eye(1280, K))
-    return put_commit(storage, run_id(commit_day), SPACE, folders, K), vectors
+    return put_commit(storage, run_id(max(days.values())), SPACE, folders, K), vectors
 
 
 def exact_top(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list[tuple[str, int]]:
@@ -123,12 +123,16 @@ def test_a_piece_of_an_older_run_of_the_batch_is_never_searched(lake):
     assert all("/new" in m.path for m in found)
 
 
-def test_the_current_space_is_the_newest_pca_commit(lake):
+def test_the_current_space_is_the_vectors_table_s_newest_run(lake):
     with pytest.raises(vector_index.NoSpace, match="no embedding space"):
         vector_index.current_space(lake)
-    first, _ = a_space(lake, {"b1": 2}, commit_day=3)
-    later = put_commit(lake, run_id(4), SPACE, {**first["vectors"]}, K, added=[])
-    lake.put_bytes(b"{}", "pca/_commits/notes.json")  # not a run id: not a commit
+    first, _ = a_space(lake, {"b1": 3})
+    b2 = add_batch(lake, "b2", run_id(4), clustered(10, seed=2))
+    later = put_commit(lake, run_id(4), SPACE, {**first["vectors"], "b2": b2}, K, added=["b2"])
+    current = vector_index.current_space(lake)
+    assert current["run"] == later["run"] and current["record"] == f"{lake.name}{later['metrics']}"
+    assert current["vectors"] == {b: lake.name + folder for b, folder in later["vectors"].items()}
+    lake.put_bytes(b"{}", "pca/_commits/notes.json")  # the layout before the vectors table: not read
     assert vector_index.current_space(lake)["run"] == later["run"]
 
 
@@ -174,11 +178,12 @@ def test_lake_refuses_an_s3_prefix(capsys):
 
 
 @pytest.fixture
-def bucket(monkeypatch):
+def bucket(monkeypatch, moto_server):
     import boto3
     from moto import mock_aws
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)  # boto3 and delta-rs alike reach the same buckets
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
         boto3.client("s3").create_bucket(

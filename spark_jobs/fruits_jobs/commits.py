@@ -79,44 +79,22 @@ def read_lease(spark, lease_uri: str) -> dict | None:
     return json.loads(hadoop_fs.read_text(spark, lease_uri)) if hadoop_fs.exists(spark, lease_uri) else None
 
 
-def commit_file(folder_uri: str, run_id: str, record: dict) -> tuple[str, bytes]:
-    """The commit of a run: where it goes and what it holds (the record, its references relative to
-    the lake, and the run id). Pure: the one definition of a commit's bytes, for write_commit and
-    for anything that must write one."""
-    record = layout.refer_record(record, layout.root_of_batch_folder(folder_uri))
-    text = json.dumps({**record, "run": run_id}, indent=2, sort_keys=True, allow_nan=False)
-    return layout.commit_path(folder_uri, run_id), text.encode("utf-8")
-
-
-def write_commit(spark, folder_uri: str, run_id: str, record: dict) -> str:
-    """Make the run current: its commit file appears whole (hidden name, then rename)."""
-    final, data = commit_file(folder_uri, run_id, record)
-    hadoop_fs.write_bytes_atomically(spark, final, data)
-    return final
-
-
-def committed_runs(spark, folder_uri: str) -> list[str]:
-    """The run ids with a commit in this folder, oldest first (anything else there: a warning)."""
-    names = hadoop_fs.list_names(spark, layout.commits_folder(folder_uri))
-    for stray in layout.stray_names(names):
-        log.warning(
-            "ignoring %s/%s: not a commit (commits are named <run id>.json)", layout.commits_folder(folder_uri), stray
-        )
-    return layout.committed_runs(names)
-
-
-def current(spark, folder_uri: str, dataset: str = layout.PCA) -> dict | None:
-    """The newest commit of this folder, or None when no run of it ever committed (DamagedLake when
-    it cannot be read: never silently left out of a lake-wide figure)."""
-    runs = committed_runs(spark, folder_uri)
-    return read_commit(spark, folder_uri, runs[-1], dataset) if runs else None
-
-
-def read_commit(spark, folder_uri: str, run_id: str, dataset: str) -> dict:
-    path = layout.commit_path(folder_uri, run_id)
-    record = parse_commit(hadoop_fs.read_text(spark, path), path, dataset)
-    root = layout.root_of_batch_folder(folder_uri)
-    return layout.resolve_record(record, root) if root else record
+def read_space(spark, pca_uri: str) -> dict | None:
+    """The current space's record, or None when the lake has none yet: the vectors table's newest run
+    (tables.current_space) names it, pca/spaces/<space>/runs/<run>/metrics.json, its references
+    resolved in this lake, with where it is ("record") and the table's vectors folders ("vectors");
+    DamagedLake naming the file when it is missing or cannot be read."""
+    found = tables.current_space(layout.vectors_table(pca_uri))
+    if found is None:
+        return None
+    space, run, folders = found
+    path = layout.space_record_path(pca_uri, space, run)
+    fix = "run the PCA with pca_refit=always (a new space from every published batch)"
+    if not hadoop_fs.exists(spark, path):
+        raise DamagedLake(f"{path} is missing (the vectors table names run {run} of space {space}); {fix}")
+    record = parse_record(hadoop_fs.read_text(spark, path), path, REQUIRED_KEYS[layout.PCA], fix)
+    root = layout.root_of_batch_folder(pca_uri)
+    return {**(layout.resolve_record(record, root) if root else record), "record": path, "vectors": folders}
 
 
 def record_file(run_id: str, record: dict, root: str | None) -> bytes:
@@ -199,54 +177,40 @@ def clean_older_children(spark, parent_uri: str, cutoff: str) -> list[str]:
     return gone
 
 
-def clean_spaces(spark, pca_uri: str, run_id: str) -> list[str]:
-    """After run_id committed in pca/: delete what is older than run_id and that neither it nor the
-    previous commit names, nor the previous space (kept whole, so a reader who resolved it just before
-    the switch can finish): older commits and spaces, run folders, index pieces and confusion counts,
-    killed runs' leftovers, and the per-batch PCA folders of the layout before spaces. Vectors are the
-    vectors table's, which its vacuum cleans (tables.vacuum: time travel reads them within the retention)."""
+def clean_spaces(spark, pca_uri: str, space: dict, cutoff: str) -> list[str]:
+    """After a PCA run published `space` (its record): delete what no reader within the retention
+    needs (cutoff: a run id, now less the retention): spaces other than it and its previous one, its
+    runs other than the current one, and, for the batches it added, index pieces and confusion counts
+    of vectors it no longer names; also the PCA commits of the layout before the vectors table and
+    the per-batch PCA folders of the layout before spaces. Vectors are the vectors table's, which its
+    vacuum cleans (tables.vacuum)."""
     root = layout.root_of_batch_folder(pca_uri)
-    runs = committed_runs(spark, pca_uri)
-    keep = [read_commit(spark, pca_uri, run, layout.PCA) for run in runs[-2:]]
-    named = {uri.rstrip("/") for commit in keep for uri in _named_uris(commit)}
-    for old in runs[:-2]:
-        if old < run_id:
-            hadoop_fs.delete(spark, layout.commit_path(pca_uri, old))
     deleted = []
 
     def drop(uri: str) -> None:
-        if root and not uri.startswith(root):  # never outside the lake (a copied lake's commit)
+        if root and not uri.startswith(root):  # never outside the lake (a copied lake's record)
             raise ValueError(f"refusing to clean {uri}: outside the lake {root}")
         hadoop_fs.delete(spark, uri)
         deleted.append(uri)
 
-    spaces_uri = f"{pca_uri}/{layout.SPACES_DIR}"
-    current = keep[-1]["space"]
-    kept_spaces = {commit["space"] for commit in keep} | {keep[-1].get("previous_space")}
-    spaces = set(hadoop_fs.list_names(spark, spaces_uri))
-    for space in sorted(s for s in spaces if s not in kept_spaces and s < run_id):
-        drop(layout.space_folder(pca_uri, space))
-    if current in spaces:  # the previous space stays whole until the next switch
-        space, space_uri = current, layout.space_folder(pca_uri, current)
-        for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
-            if run < run_id and layout.space_run_folder(pca_uri, space, run) not in named:
-                drop(layout.space_run_folder(pca_uri, space, run))
-        # Only where the last two runs added: a run's leftovers are under the batches it was adding
-        # (a killed refit's, in a space no commit names, go with it), so no listing per batch of the lake.
-        added = sorted({b for commit in keep for b in commit.get("added", [])})
-        for batch in added:
-            for kind in (layout.INDEX_DIR, layout.CONFUSION_DIR):
-                for name in hadoop_fs.list_names(spark, f"{space_uri}/{kind}/{batch}"):
-                    run = name.split(".", 1)[0]
-                    if run < run_id and layout.vectors_folder(pca_uri, space, batch, run) not in named:
-                        drop(f"{space_uri}/{kind}/{batch}/{name}")
+    current, space_uri = space["space"], layout.space_folder(pca_uri, space["space"])
+    named = {uri.rstrip("/") for uri in space["vectors"].values()}
+    for other in hadoop_fs.list_names(spark, f"{pca_uri}/{layout.SPACES_DIR}"):
+        if other not in (current, space.get("previous_space")) and other < cutoff:
+            drop(layout.space_folder(pca_uri, other))
+    for run in hadoop_fs.list_names(spark, f"{space_uri}/{layout.SPACE_RUNS_DIR}"):
+        if run < cutoff and run != space["run"]:
+            drop(layout.space_run_folder(pca_uri, current, run))
+    # Only where this run added: a run's leftovers are under the batches it was adding, so no listing
+    # per batch of the lake (a batch's older pieces wait for its next re-publish, or its space's end).
+    for batch in space.get("added", []):
+        for kind in (layout.INDEX_DIR, layout.CONFUSION_DIR):
+            for name in hadoop_fs.list_names(spark, f"{space_uri}/{kind}/{batch}"):
+                run = name.split(".", 1)[0]
+                if run < cutoff and layout.vectors_folder(pca_uri, current, batch, run) not in named:
+                    drop(f"{space_uri}/{kind}/{batch}/{name}")
+    deleted += clean_older_children(spark, layout.commits_folder(pca_uri), cutoff)
     for name in hadoop_fs.list_names(spark, pca_uri):
         if name.startswith(layout.partition("")):  # pca/batch_id=<id>/: the layout before spaces
             drop(f"{pca_uri}/{name}")
     return deleted
-
-
-def _named_uris(commit: dict) -> list[str]:
-    """The folders and files a PCA commit names (its references, resolved)."""
-    found = [commit["state"].rsplit("/", 1)[0], *commit["vectors"].values()]
-    return found

@@ -31,18 +31,18 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
                                                        Outside the tables' folders, which a full vacuum
                                                        empties of anything their log does not list
     batch_runs/_staging/<run>/, batch_runs/_progress/  the features job's one model pass, and its progress
-    pca/_commits/<run>.json                            the newest names the current embedding space and, for
-                                                       every published batch, its vectors in that space
     pca/spaces/<space>/                                one space (its id: the run that fitted it): model/
                                                        (Spark ML), basis.npz, fit-time plots, and
     vectors/<space>/<batch id>/<run>/                  each batch's vectors in a space (plain folder names:
                                                        no key=value for hive-partitioned readers to trip on);
                                                        vectors/ is the vectors Delta table (tables.py)
     pca/spaces/<space>/confusion/<batch id>/<run>.json  those vectors' Test photos' (class, predicted) counts
-    pca/spaces/<space>/runs/<run>/                     each run's metrics.json, state.npz (running totals),
-                                                       class_quality.png, all named by its commit; and
+    pca/spaces/<space>/runs/<run>/                     each run's metrics.json (its record: the space, each
+                                                       batch's vectors and features run in it), state.npz
+                                                       (running totals), class_quality.png; the vectors
+                                                       table's newest run names the current one; and
                                                        run_report.json, which publish_summary writes after
-                                                       the commit (no commit names it, no job reads it)
+                                                       (nothing names it, no job reads it)
     pca/spaces/<space>/index/<batch id>/<run>.*        each batch's piece of the vector index (fruits similar)
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
@@ -281,6 +281,20 @@ def vectors_folder(pca: str, space: str, batch_id: str, run_id: str) -> str:
 def space_run_folder(pca: str, space: str, run_id: str) -> str:
     """What one run of the PCA job leaves in the space: metrics.json, state.npz, class_quality.png."""
     return f"{space_folder(pca, space)}/{SPACE_RUNS_DIR}/{run_id}"
+
+
+def space_record_path(pca: str, space: str, run_id: str) -> str:
+    """A PCA run's record, its metrics.json: written before the vectors table's commit, which names
+    the run through its files' folders (vectors_of_file)."""
+    return f"{space_run_folder(pca, space, run_id)}/{PCA_METRICS_FILE}"
+
+
+def vectors_of_file(path: str) -> tuple[str, str, str] | None:
+    """(space, batch id, run id) of a vectors table file (…/<space>/<batch>/<run>/part-…), else None."""
+    parts = path.split("/")
+    if len(parts) < 4 or not RUN_ID.fullmatch(parts[-2]) or not RUN_ID.fullmatch(parts[-4]):
+        return None
+    return parts[-4], parts[-3], parts[-2]
 
 
 def run_report_path(metrics_uri: str) -> str:

@@ -1,8 +1,9 @@
 """Step 2: the lake's embedding space, brought up to date in O(the new photos).
 
 One space (a PCA basis, saved as a Spark ML PCAModel) holds the vectors of every published batch,
-one folder per batch; the newest `pca/_commits/<run>.json` names the current space and, for each
-batch, its vectors in it (layout.py). A run:
+one folder per batch, in the vectors Delta table: its current version is the current space, and the
+newest run among its files' folders names the run whose record (pca/spaces/<space>/runs/<run>/
+metrics.json) describes it (commits.read_space). A run:
 
 1. finds the published batches the space lacks (new, or re-published), from the features table's
    log (the run= folder of each batch's current files), reading only their run records;
@@ -11,8 +12,9 @@ batch, its vectors in it (layout.py). A run:
 3. judges drift (spaces.py) and, usually, projects only those batches into the current space;
    on drift, a changed k rule, pca_refit=always or the lake's first run it fits a new space from
    the totals and re-projects every batch (the one step that grows with the lake);
-4. commits: the new vectors, the totals, the metrics (explained variance from the moments,
-   per-class quality from running class sums) become current together, in one file.
+4. publishes: the new vectors, the totals, the metrics (explained variance from the moments,
+   per-class quality from running class sums) written first, then one commit of the vectors table
+   makes them current together.
 
 Projection is Spark ML's: uncentred (vectors = features x components), an affine map of features.
 """
@@ -140,6 +142,9 @@ def read_basis(spark, uri: str) -> spaces.Basis:
         return spaces.Basis(np.array(z["components"]), np.array(z["spectrum"]), np.array(z["mean"]))
 
 
+VECTORS_COLUMNS = "path string, label string, split string, batch_id string, pca array<float>"
+
+
 def project_batch(spark, model, batch: str, commit: dict, out_uri: str, scoring: "Scoring | None") -> dict:
     """Write one batch's vectors (path, label, split, batch_id, pca) into out_uri, and the (class,
     predicted) counts of its evaluated photos beside them; returns those counts."""
@@ -197,7 +202,7 @@ def run(spark, args) -> dict:
     if not hadoop_fs.exists(spark, features_uri):
         raise UsageError(f"--features {args.features}: no such dataset")
     run_id = commits.new_run_id()
-    space = commits.current(spark, pca_uri, layout.PCA)
+    space = commits.read_space(spark, pca_uri)
     in_space = dict(space["features_runs"]) if space else {}
     published = tables.current_files(features_uri)
     changed, gone = published_changes(spark, features_uri, published, in_space)
@@ -241,13 +246,6 @@ def run(spark, args) -> dict:
         to_project = {b: changed.get(b) or commit_of(spark, features_uri, b, published) for b in batches}
         vectors: dict[str, str] = {}
         confusion: dict = {}
-    elif not tables.exists(layout.vectors_table(pca_uri)):
-        # A space from before the vectors table: its vectors lie outside it, so this run projects
-        # every batch again into the table (once; the space is kept).
-        assert space is not None
-        model = PCAModel.load(space["model"])
-        to_project = {b: changed.get(b) or commit_of(spark, features_uri, b, published) for b in batches}
-        vectors, confusion = {}, {}
     else:
         assert space is not None
         model = PCAModel.load(space["model"])
@@ -269,8 +267,8 @@ def run(spark, args) -> dict:
             counts = project_batch(spark, model, batch, commit, vectors[batch], scoring_or_none)
             confusion = add_counts(confusion, counts)
             rows_read += commit.get("featurized") or 0
-        else:
-            del vectors[batch]  # a batch with no featurized photo has no vectors (and stays in the space)
+        else:  # no featurized photo: one file without rows, so the table names this run (tables.current_space)
+            spark.createDataFrame([], VECTORS_COLUMNS).coalesce(1).write.mode("errorifexists").parquet(vectors[batch])
     run_uri = layout.space_run_folder(pca_uri, space_id, run_id)
     hadoop_fs.write_bytes_atomically(spark, f"{run_uri}/{layout.STATE_FILE}", totals.to_bytes())
     metrics = space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, drift, rows_read)
@@ -288,13 +286,16 @@ def run(spark, args) -> dict:
     )
     write_plots(spark, metrics, space, space_uri, run_uri, basis, reason is not None, list(vectors.values()))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    hadoop_fs.write_text(spark, metrics["metrics"], json.dumps(metrics, indent=2, allow_nan=False))
-    # The switch: the space, every batch's vectors in it and the figures become current together.
-    record = {key: value for key, value in metrics.items() if key != "confusion"}
-    metrics["commit"] = commits.write_commit(spark, pca_uri, run_id, record)
+    # The run's record, whole, before the switch: the vectors table's commit then names this run (its
+    # files' folders), so the space, every batch's vectors in it and the figures become current together.
+    stored = layout.refer_record(metrics, layout.root_of_batch_folder(pca_uri))
+    hadoop_fs.write_bytes_atomically(spark, metrics["metrics"], json.dumps(stored, indent=2, allow_nan=False).encode())
+    metrics["record"] = metrics["metrics"]
     metrics["vectors_version"] = publish_vectors(spark, pca_uri, metrics, whole=len(to_project) == len(batches))
-    commits.clean_spaces(spark, pca_uri, run_id)
-    tables.vacuum(layout.vectors_table(pca_uri), args.retention_hours)  # retired spaces' and killed runs' vectors
+    current = commits.read_space(spark, pca_uri)  # this run's, unless its commit changed nothing
+    if current is not None:
+        commits.clean_spaces(spark, pca_uri, current, commits.retention_cutoff(args.retention_hours))
+    tables.vacuum(layout.vectors_table(pca_uri), args.retention_hours)  # replaced and killed runs' vectors
     return metrics
 
 

@@ -404,6 +404,34 @@ def run_of_files(table_uri: str, batch_id: str, uris: list[str]) -> str:
     return runs.pop()
 
 
+def current_space(table_uri: str, options: dict[str, str] | None = None) -> tuple[str, str, dict[str, str]] | None:
+    """Of the vectors table's current version: (its space, the newest run that committed there, {batch
+    id: its vectors folder URI}); None when the table does not exist or is empty. Every PCA run adds
+    files under its own run's folder (a batch without a featurized photo: one file without rows), so
+    the newest run among the current files is the run that published the space's current version,
+    and its record (layout.space_record_path) is the space's. ValueError: files of two spaces."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        delta = open_table(table_uri, options)
+    except TableNotFoundError:
+        return None
+    base, found = table_uri.rstrip("/"), set()
+    for entry in pa.table(delta.get_add_actions(flatten=True)).select(["path"]).to_pylist():
+        parsed = layout.vectors_of_file(unquote(entry["path"]))
+        if parsed is None:
+            raise ValueError(f"{base}/{entry['path']}: not in the vectors table's layout (<space>/<batch>/<run>/)")
+        found.add(parsed)
+    if not found:
+        return None
+    spaces = {space for space, _, _ in found}
+    if len(spaces) != 1:
+        raise ValueError(f"{table_uri}: its current version holds vectors of spaces {sorted(spaces)}, not one")
+    (space,) = spaces
+    folders = {batch: f"{base}/{space}/{batch}/{run}" for _, batch, run in sorted(found)}
+    return space, max(run for _, _, run in found), folders
+
+
 # delta-rs's default vacuum retention (168 hours): what the time-travel window is unless set.
 DEFAULT_RETENTION_HOURS = 168
 

@@ -3,10 +3,11 @@
 A batch is *published* once the features table's log names its files (the features job commits the
 rejects table, then the features table, under the batch's lease: leases.py); the run= folder of those
 files names its run, whose record (batch_runs/batch_id=<id>/<run>.json, written before the commits)
-holds its counts and settings. It is *processed* once the current embedding space holds that run
-(pca/_commits/<run>.json, the newest, names the space and every batch's vectors in it). Files in a
-table's folder that its log does not name are a run in progress, a killed one or a replaced version:
-never something to read or count.
+holds its counts and settings. It is *processed* once the current embedding space holds that run:
+the vectors table's current version is the space, and the newest run among its files' folders names
+the PCA run whose record (its metrics.json) lists the batches' runs it holds. Files in a table's
+folder that its log does not name are a run in progress, a killed one or a replaced version: never
+something to read or count.
 """
 
 import logging
@@ -48,30 +49,23 @@ def is_published(storage: Storage, batch_id: str) -> bool:
     return batch_id in published_runs(storage)
 
 
-def newest_commit(storage: Storage, folder: str, parse) -> dict | None:
-    """The newest commit in <folder>/_commits/ (folder: a key), resolved in this lake, or None; parse
-    (text, where) -> record raises DamagedLake naming the file when it cannot be read."""
-    prefix = layout.commits_folder(folder) + "/"
-    names = [key[len(prefix) :] for key in storage.sizes(prefix) if "/" not in key[len(prefix) :]]
-    for stray in layout.stray_names(names):
-        log.warning("ignoring %s%s%s: not a commit (commits are named <run id>.json)", storage.name, prefix, stray)
-    runs = layout.committed_runs(names)
-    if not runs:
-        return None
-    key = layout.commit_path(folder, runs[-1])
-    record = parse(storage.read_text(key), storage.name + key)
-    return {**layout.resolve_record(record, storage.name), "commit": storage.name + key}
-
-
 def current_space(storage: Storage) -> dict | None:
-    """The newest pca/_commits/<run>.json, resolved in this lake (its references as URIs of it), or
-    None when the lake has no space yet; DamagedLake naming the file when it cannot be read."""
-    fix = "move it out of pca/_commits/ (the previous commit, if any, becomes current) and run with pca_refit=always"
-    return newest_commit(
-        storage,
-        layout.PCA,
-        lambda text, where: commits.parse_record(text, where, commits.REQUIRED_KEYS[layout.PCA], fix),
-    )
+    """The current space's record, or None when the lake has none yet: the vectors table's newest run
+    (tables.current_space) names pca/spaces/<space>/runs/<run>/metrics.json, resolved in this lake
+    (its references as URIs of it), with where it is ("record") and the table's vectors folders;
+    DamagedLake naming the file when it is missing or cannot be read."""
+    found = tables.current_space(storage.name + layout.VECTORS, storage.delta_options())
+    if found is None:
+        return None
+    space, run, folders = found
+    key = layout.space_record_path(layout.PCA, space, run)
+    fix = "run the PCA with pca_refit=always (a new space from every published batch)"
+    if key not in storage.sizes(key):
+        raise commits.DamagedLake(
+            f"{storage.name}{key} is missing (the vectors table names run {run} of space {space}); {fix}"
+        )
+    record = commits.parse_record(storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.PCA], fix)
+    return {**layout.resolve_record(record, storage.name), "record": storage.name + key, "vectors": folders}
 
 
 def in_space(space: dict | None, features: dict | None) -> bool:

@@ -36,7 +36,6 @@ def locations(root: str, batch_id: str | None, features: dict | None, space: dic
         metrics=space["metrics"],
         run_report=layout.run_report_path(space["metrics"]),  # written by publish_summary, after the commit
         plots=list(space["plots"].values()),
-        pca_commit=space["commit"],
     )
     return {
         name: [readable(u) for u in value] if isinstance(value, list) else readable(value)
@@ -121,7 +120,7 @@ def asset_extras(result: dict) -> dict:
             "vectors": where.get("pca_vectors"),
             "model": where["pca_model"],
             "metrics": where["metrics"],
-            "commit": where["pca_commit"],
+            "table": layout.VECTORS.rstrip("/"),  # the vectors Delta table, every batch's vectors in the space
         },
     }
 

@@ -41,7 +41,7 @@ WHAT_TO_RUN = "run `fruits index` (or the DAG's index step after the PCA)"
 
 
 class NoSpace(LookupError):
-    """The lake has no embedding space yet (no pca/_commits/<run>.json)."""
+    """The lake has no embedding space yet (no vectors table)."""
 
 
 class MissingPiece(LookupError):

@@ -81,7 +81,12 @@ def table_rows(storage: Storage, folder: str, batch: str, columns: list[str]) ->
     if not tables.exists(storage.name + folder, storage.delta_options()):
         return []
     delta = tables.open_table(storage.name + folder, storage.delta_options())
-    return delta.to_pyarrow_table(partitions=[(layout.PARTITION_COLUMN, "=", batch)], columns=columns).to_pylist()
+    try:
+        table = delta.to_pyarrow_table(partitions=[(layout.PARTITION_COLUMN, "=", batch)], columns=columns)
+    except (OSError, ValueError) as exc:  # a data file gone or cut short (pyarrow's ArrowInvalid is a ValueError)
+        first = str(exc).splitlines()[0]
+        raise DamagedLake(f"table {folder.rstrip('/')}: {first}; re-run batch {batch} (README, 'Repair')") from None
+    return table.to_pylist()
 
 
 def photo_features(photo: Path, weights: str, image_size: int, storage: Storage) -> np.ndarray:
