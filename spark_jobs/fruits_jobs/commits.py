@@ -6,12 +6,14 @@ with ONE switch:
   moments beside it), written first and never changed after, then the rejects table's commit, then
   the features table's (tables.py): the features table's log is the publication point, and the run=
   folder of a batch's current files there names its run, hence its record (published_records);
-- a PCA run: `pca/_commits/<run>.json`, written under a hidden name and renamed, so it appears whole
-  (the newest names the current space), then the vectors table's commit.
+- a PCA run: its record (`pca/spaces/<space>/runs/<run>/metrics.json`), then the vectors table's
+  commit, the publication point, which adds files under the run's own folders only: the newest run
+  among the table's current files names the space's record (read_space).
+Records are written under a hidden name and renamed, so they appear whole.
 
 Run ids start with the UTC time, so "newest" is the largest id. Readers go through the tables
-(`published_records`, `read_current`) or the PCA's newest commit, never through a listing of run
-folders, which also hold runs that are not (or no longer) current.
+(`published_records`, `read_current`, `read_space`), never through a listing of run folders, which
+also hold runs that are not (or no longer) current.
 
 Fencing: a batch's lease (layout.lease_key), which each run's ingest issues, carries a generation
 that the tables' logs record (leases.fence_tables); a features run commits only under the generation
@@ -56,6 +58,22 @@ def parse_commit(text: str, where: str, dataset: str) -> dict:
     return parse_record(text, where, REQUIRED_KEYS.get(dataset, ()), fix)
 
 
+def parse_batch_record(text: str | None, where: str, batch_id: str, run_id: str) -> dict:
+    """A batch's run record (text None: the file is missing), or DamagedLake naming it and the fix."""
+    fix = f"re-run batch {batch_id} (README, 'Repair')"
+    if text is None:
+        raise DamagedLake(f"{where} is missing (the features table names run {run_id} of batch {batch_id}); {fix}")
+    return parse_record(text, where, REQUIRED_KEYS[layout.FEATURES], fix)
+
+
+def parse_space_record(text: str | None, where: str, space: str, run_id: str) -> dict:
+    """A PCA run's record, its metrics.json (text None: missing), or DamagedLake naming it and the fix."""
+    fix = "run the PCA with pca_refit=always (a new space from every published batch)"
+    if text is None:
+        raise DamagedLake(f"{where} is missing (the vectors table names run {run_id} of space {space}); {fix}")
+    return parse_record(text, where, REQUIRED_KEYS[layout.PCA], fix)
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time (to the millisecond), unique by its random tail."""
     now = now or datetime.now(UTC)
@@ -89,10 +107,8 @@ def read_space(spark, pca_uri: str) -> dict | None:
         return None
     space, run, folders = found
     path = layout.space_record_path(pca_uri, space, run)
-    fix = "run the PCA with pca_refit=always (a new space from every published batch)"
-    if not hadoop_fs.exists(spark, path):
-        raise DamagedLake(f"{path} is missing (the vectors table names run {run} of space {space}); {fix}")
-    record = parse_record(hadoop_fs.read_text(spark, path), path, REQUIRED_KEYS[layout.PCA], fix)
+    text = hadoop_fs.read_text(spark, path) if hadoop_fs.exists(spark, path) else None
+    record = parse_space_record(text, path, space, run)
     root = layout.root_of_batch_folder(pca_uri)
     return {**(layout.resolve_record(record, root) if root else record), "record": path, "vectors": folders}
 
@@ -119,10 +135,8 @@ def read_record(spark, features_uri: str, batch_id: str, run_id: str) -> dict:
     """The record of a batch's run, its references resolved in this lake, with where it is ("record");
     DamagedLake naming it when it is missing or unreadable."""
     path = layout.record_path(layout.batch_runs_of(features_uri), batch_id, run_id)
-    fix = f"re-run batch {batch_id} (README, 'Repair')"
-    if not hadoop_fs.exists(spark, path):
-        raise DamagedLake(f"{path} is missing (the features table names run {run_id} of batch {batch_id}); {fix}")
-    record = parse_record(hadoop_fs.read_text(spark, path), path, REQUIRED_KEYS[layout.FEATURES], fix)
+    text = hadoop_fs.read_text(spark, path) if hadoop_fs.exists(spark, path) else None
+    record = parse_batch_record(text, path, batch_id, run_id)
     root = _root(features_uri)
     return {**(layout.resolve_record(record, root) if root else record), "record": path}
 

@@ -74,26 +74,21 @@ def features_args(cfg: RunConfig) -> list[str]:
         cfg.uri(layout.manifest_key(cfg.batch_id)),
         "--lease",
         cfg.uri(layout.lease_key(cfg.batch_id)),
-        "--retention-hours",
-        f"{cfg.retention_hours:g}",
+        *retention_args(cfg),
     ]
+
+
+def retention_args(cfg: RunConfig) -> list[str]:
+    """Both jobs vacuum the tables they publish to, with the deployment's retention."""
+    return ["--retention-hours", f"{cfg.retention_hours:g}"]
 
 
 def pca_args(cfg: RunConfig) -> list[str]:
     # The lake's one embedding space under pca/: the job adds the batches it lacks (this run's), and
     # fits a new space only on drift, a new k rule or pca_refit=always (fruits_jobs/pca.py).
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
-    return [
-        "--features",
-        cfg.uri(layout.FEATURES),
-        "--output",
-        cfg.uri(layout.PCA),
-        *size,
-        "--refit",
-        cfg.pca_refit,
-        "--retention-hours",
-        f"{cfg.retention_hours:g}",
-    ]
+    lake = ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.PCA)]
+    return [*lake, *size, "--refit", cfg.pca_refit, *retention_args(cfg)]
 
 
 @dataclass(frozen=True)

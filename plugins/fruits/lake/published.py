@@ -27,14 +27,8 @@ def read_record(storage: Storage, batch_id: str, run_id: str) -> dict:
     """A batch's run record, resolved in this lake (its references as URIs of it), with where it is
     ("record"); DamagedLake naming it when it is missing or cannot be read."""
     key = layout.record_path(layout.BATCH_RUNS.rstrip("/"), batch_id, run_id)
-    fix = f"re-run batch {batch_id} (README, 'Repair')"
-    if key not in storage.sizes(key):
-        raise commits.DamagedLake(
-            f"{storage.name}{key} is missing (the features table names run {run_id} of batch {batch_id}); {fix}"
-        )
-    record = commits.parse_record(
-        storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.FEATURES], fix
-    )
+    text = storage.read_text(key) if key in storage.sizes(key) else None
+    record = commits.parse_batch_record(text, storage.name + key, batch_id, run_id)
     return {**layout.resolve_record(record, storage.name), "record": storage.name + key}
 
 
@@ -59,12 +53,8 @@ def current_space(storage: Storage) -> dict | None:
         return None
     space, run, folders = found
     key = layout.space_record_path(layout.PCA, space, run)
-    fix = "run the PCA with pca_refit=always (a new space from every published batch)"
-    if key not in storage.sizes(key):
-        raise commits.DamagedLake(
-            f"{storage.name}{key} is missing (the vectors table names run {run} of space {space}); {fix}"
-        )
-    record = commits.parse_record(storage.read_text(key), storage.name + key, commits.REQUIRED_KEYS[layout.PCA], fix)
+    text = storage.read_text(key) if key in storage.sizes(key) else None
+    record = commits.parse_space_record(text, storage.name + key, space, run)
     return {**layout.resolve_record(record, storage.name), "record": storage.name + key, "vectors": folders}
 
 
