@@ -15,7 +15,7 @@ from fruits_jobs.commits import DamagedLake
 
 
 def holds_files(storage: Storage, uri: str) -> bool:
-    """Whether a folder a commit names (resolved in this lake) holds anything."""
+    """Whether a folder a record names (resolved in this lake) holds anything."""
     if not uri.startswith(storage.name):
         return False
     return bool(storage.sizes(uri[len(storage.name) :].rstrip("/") + "/"))

@@ -20,7 +20,7 @@ def readable(uri: str | None) -> str | None:
 def locations(root: str, batch_id: str | None, features: dict | None, space: dict) -> dict:
     """Where a batch's current outputs are, and the space's: root is the bucket (s3://bucket/) or the
     lake folder (with a trailing slash); features (None: a run without a batch) is the batch's
-    published run record, space the current PCA commit."""
+    published run record, space the current space's record."""
     where: dict = {}
     if batch_id is not None and features is not None:
         where.update(
@@ -34,7 +34,7 @@ def locations(root: str, batch_id: str | None, features: dict | None, space: dic
     where.update(
         pca_model=space["model"],
         metrics=space["metrics"],
-        run_report=layout.run_report_path(space["metrics"]),  # written by publish_summary, after the commit
+        run_report=layout.run_report_path(space["metrics"]),  # written by publish_summary, after the PCA
         plots=list(space["plots"].values()),
     )
     return {
@@ -76,8 +76,8 @@ def read_summary(storage: Storage, batch_id: str | None) -> dict:
 
 def write_run_report(storage: Storage, metrics_uri: str, report: dict) -> str:
     """Write the run report beside the PCA run's metrics.json (metrics_uri, as `locations` gives it),
-    in run_report.json: a file no commit names, so the committed metrics.json stays as the job wrote
-    it. Returns the report's URI."""
+    in run_report.json: a file nothing names, so the run's record (metrics.json) stays as the job
+    wrote it. Returns the report's URI."""
     uri = layout.run_report_path(metrics_uri)
     if not uri.startswith(storage.name):
         raise RuntimeError(f"{metrics_uri} is not in {storage.name}: the PCA wrote outside the lake")

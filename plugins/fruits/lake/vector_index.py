@@ -7,7 +7,7 @@ One piece per batch, beside the space, at layout.index_piece(pca/, space, batch,
 
 A day adds the pieces of its batches and never rewrites another; a new space builds all of them
 anew. A piece is named by the run that wrote its vectors, so one built from an older run of a
-re-published batch never matches what the current commit names: it is never searched. The rows
+re-published batch never matches what the current space's record names: it is never searched. The rows
 file is written first and the graph last: a graph present means a whole piece.
 
 Memory is one piece's graph (memory-mapped) and one Parquet row group of vectors at a time: never
@@ -45,7 +45,7 @@ class NoSpace(LookupError):
 
 
 class MissingPiece(LookupError):
-    """A batch of the current space has no index piece for the vectors its commit names."""
+    """A batch of the current space has no index piece for the vectors its record names."""
 
 
 class Match(NamedTuple):
@@ -59,7 +59,7 @@ class Match(NamedTuple):
 
 
 def current_space(storage: Storage) -> dict:
-    """The current space's commit (published.current_space); NoSpace when the lake has none."""
+    """The current space's record (published.current_space); NoSpace when the lake has none."""
     space = published.current_space(storage)
     if space is None:
         raise NoSpace(f"no embedding space in {storage.name} yet: run the pipeline (its PCA step makes one)")
@@ -67,7 +67,7 @@ def current_space(storage: Storage) -> dict:
 
 
 def lake_key(storage: Storage, ref: str) -> str:
-    """A commit's reference (relative, or already resolved against this lake) as a key of storage."""
+    """A record's reference (relative, or already resolved against this lake) as a key of storage."""
     return layout.refer(layout.resolve(ref, storage.name), storage.name).rstrip("/")
 
 
@@ -76,28 +76,28 @@ def vectors_run(vectors_ref: str) -> str:
     return vectors_ref.rstrip("/").rsplit("/", 1)[-1]
 
 
-def pieces(pca_commit: dict) -> dict[str, str]:
+def pieces(space_record: dict) -> dict[str, str]:
     """batch id -> the key (no suffix) of the piece its current vectors need."""
-    space = pca_commit["space"]
+    space = space_record["space"]
     return {
         batch: layout.index_piece(layout.PCA, space, batch, vectors_run(ref))
-        for batch, ref in sorted(pca_commit["vectors"].items())
+        for batch, ref in sorted(space_record["vectors"].items())
     }
 
 
-def index_listing(storage: Storage, pca_commit: dict) -> dict[str, int]:
+def index_listing(storage: Storage, space_record: dict) -> dict[str, int]:
     """key -> size of every file in the space's index folder: one listing."""
-    return storage.sizes(f"{layout.space_folder(layout.PCA, pca_commit['space'])}/{layout.INDEX_DIR}/")
+    return storage.sizes(f"{layout.space_folder(layout.PCA, space_record['space'])}/{layout.INDEX_DIR}/")
 
 
-def present_pieces(storage: Storage, pca_commit: dict) -> set[str]:
+def present_pieces(storage: Storage, space_record: dict) -> set[str]:
     """The pieces (keys, no suffix) whose graph is in the space's index folder."""
-    return {key[: -len(INDEX_SUFFIX)] for key in index_listing(storage, pca_commit) if key.endswith(INDEX_SUFFIX)}
+    return {key[: -len(INDEX_SUFFIX)] for key in index_listing(storage, space_record) if key.endswith(INDEX_SUFFIX)}
 
 
-def missing_batches(storage: Storage, pca_commit: dict) -> list[str]:
-    present = present_pieces(storage, pca_commit)
-    return [batch for batch, piece in pieces(pca_commit).items() if piece not in present]
+def missing_batches(storage: Storage, space_record: dict) -> list[str]:
+    present = present_pieces(storage, space_record)
+    return [batch for batch, piece in pieces(space_record).items() if piece not in present]
 
 
 # ---- Building --------------------------------------------------------------------------------
@@ -160,15 +160,15 @@ def build_piece(storage: Storage, vectors_key: str, piece: str, k: int) -> int:
     return count
 
 
-def build_missing_pieces(storage: Storage, pca_commit: dict) -> list[str]:
-    """Build the pieces the commit's vectors lack, reading only those batches' vectors; the pieces
+def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
+    """Build the pieces the record's vectors lack, reading only those batches' vectors; the pieces
     built (keys, no suffix). Idempotent: a second call finds them and builds nothing."""
-    present = present_pieces(storage, pca_commit)
+    present = present_pieces(storage, space_record)
     built = []
-    for batch, piece in pieces(pca_commit).items():
+    for batch, piece in pieces(space_record).items():
         if piece in present:
             continue
-        count = build_piece(storage, lake_key(storage, pca_commit["vectors"][batch]), piece, int(pca_commit["k"]))
+        count = build_piece(storage, lake_key(storage, space_record["vectors"][batch]), piece, int(space_record["k"]))
         log.info("indexed batch %s: %d vectors in %s%s%s", batch, count, storage.name, piece, INDEX_SUFFIX)
         built.append(piece)
     return built
@@ -177,10 +177,10 @@ def build_missing_pieces(storage: Storage, pca_commit: dict) -> list[str]:
 # ---- Searching -------------------------------------------------------------------------------
 
 
-def read_components(storage: Storage, pca_commit: dict) -> np.ndarray:
+def read_components(storage: Storage, space_record: dict) -> np.ndarray:
     """The space's basis (d x k): a photo's features @ it = its vector, as the PCA job projects."""
     with tempfile.TemporaryDirectory(prefix="fruits-basis-") as scratch:
-        with np.load(storage.local_file(lake_key(storage, pca_commit["basis"]), Path(scratch))) as basis:
+        with np.load(storage.local_file(lake_key(storage, space_record["basis"]), Path(scratch))) as basis:
             return np.asarray(basis["components"])
 
 
@@ -189,14 +189,14 @@ def project(features: np.ndarray, components: np.ndarray) -> np.ndarray:
     return (np.asarray(features, dtype=np.float64) @ components).astype(np.float32)
 
 
-def require_pieces(storage: Storage, pca_commit: dict, batches: list[str]) -> None:
+def require_pieces(storage: Storage, space_record: dict, batches: list[str]) -> None:
     """MissingPiece naming the first batch without its piece, and what to run."""
-    missing = [b for b in missing_batches(storage, pca_commit) if b in batches]
+    missing = [b for b in missing_batches(storage, space_record) if b in batches]
     if missing:
-        piece = pieces(pca_commit)[missing[0]]
+        piece = pieces(space_record)[missing[0]]
         more = f" (and {len(missing) - 1} more batches)" if len(missing) > 1 else ""
         raise MissingPiece(
-            f"batch {missing[0]}{more} has no index piece in space {pca_commit['space']} "
+            f"batch {missing[0]}{more} has no index piece in space {space_record['space']} "
             f"({storage.name}{piece}{INDEX_SUFFIX}): {WHAT_TO_RUN}"
         )
 
@@ -269,7 +269,7 @@ def search_piece(get: Callable[[str, Path], Path], where: str, piece: str, batch
 
 def search(
     storage: Storage,
-    pca_commit: dict,
+    space_record: dict,
     query_vector: np.ndarray,
     k: int,
     batches: list[str] | None = None,
@@ -279,12 +279,12 @@ def search(
     top k of each piece (every batch, or only `batches`), merged. MissingPiece before any search
     when a batch's piece is not built. cache: a folder keeping downloaded pieces between searches
     (an S3 lake; None downloads each piece for each search)."""
-    wanted = sorted(pca_commit["vectors"]) if batches is None else sorted(batches)
-    require_pieces(storage, pca_commit, wanted)
-    listing = index_listing(storage, pca_commit)
+    wanted = sorted(space_record["vectors"]) if batches is None else sorted(batches)
+    require_pieces(storage, space_record, wanted)
+    listing = index_listing(storage, space_record)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        current = {p + suffix for p in pieces(pca_commit).values() for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)}
+        current = {p + suffix for p in pieces(space_record).values() for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)}
         prune_cache(cache, current)
 
     def get(key: str, scratch: Path) -> Path:
@@ -293,6 +293,6 @@ def search(
     query = np.asarray(query_vector, dtype=np.float32)
     found: list[Match] = []
     for batch in wanted:
-        found += search_piece(get, storage.name, pieces(pca_commit)[batch], batch, query, k)
+        found += search_piece(get, storage.name, pieces(space_record)[batch], batch, query, k)
         found = heapq.nlargest(k, found, key=lambda m: m.similarity)
     return found
