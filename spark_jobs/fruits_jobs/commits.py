@@ -5,14 +5,14 @@ with ONE switch:
 - a features run: its record (`batch_runs/batch_id=<id>/<run>.json`: counts, inputs, weights, its
   moments beside it), written first and never changed after, then the rejects table's commit, then
   the features table's (tables.py): the features table's log is the publication point, and the run=
-  folder of a batch's current files there names its run, hence its record (published_records);
+  folder of a batch's current files there names its run, hence its record (read_record);
 - a PCA run: its record (`pca/spaces/<space>/runs/<run>/metrics.json`), then the vectors table's
   commit, the publication point, which adds files under the run's own folders only: the newest run
   among the table's current files names the space's record (read_space).
 Records are written under a hidden name and renamed, so they appear whole.
 
 Run ids start with the UTC time, so "newest" is the largest id. Readers go through the tables
-(`published_records`, `read_current`, `read_space`), never through a listing of run folders, which
+(`tables.current_files`, `read_record`, `read_current`, `read_space`), never through a listing of run folders, which
 also hold runs that are not (or no longer) current.
 
 Fencing: a batch's lease (layout.lease_key), which each run's ingest issues, carries a generation
@@ -139,18 +139,6 @@ def read_record(spark, features_uri: str, batch_id: str, run_id: str) -> dict:
     record = parse_batch_record(text, path, batch_id, run_id)
     root = _root(features_uri)
     return {**(layout.resolve_record(record, root) if root else record), "record": path}
-
-
-def published_records(spark, features_uri: str, batch_ids: Iterable[str] | None = None) -> dict[str, dict]:
-    """{batch id: its current run's record, with "files": its features files} for every batch the
-    features table publishes (or those asked for): the table's log says which run is current."""
-    wanted = None if batch_ids is None else set(batch_ids)
-    found = {}
-    for batch, uris in sorted(tables.current_files(features_uri).items()):
-        if wanted is None or batch in wanted:
-            run = tables.run_of_files(features_uri, batch, uris)
-            found[batch] = {**read_record(spark, features_uri, batch, run), "files": uris}
-    return found
 
 
 def read_current(spark, table_uri: str, batch_ids: Iterable[str] | None = None):
