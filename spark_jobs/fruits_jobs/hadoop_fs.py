@@ -6,6 +6,7 @@ credentials and S3 client (EMRFS on EMR) as Spark itself.
 
 import uuid
 
+from fruits_jobs import layout
 from fruits_jobs.contract import spark_skips_name
 
 
@@ -48,7 +49,7 @@ def list_names(spark, uri: str) -> list[str]:
 
 def data_files(spark, folder: str) -> list[str]:
     """The Parquet files Spark wrote in a folder (not _SUCCESS, .crc or side files), by name."""
-    return [name for name in list_names(spark, folder) if name.startswith("part-") and name.endswith(".parquet")]
+    return [name for name in list_names(spark, folder) if layout.is_data_file(name)]
 
 
 def read_text(spark, uri: str) -> str:

@@ -178,6 +178,11 @@ def moments_path(batch_runs: str, batch_id: str, run_id: str) -> str:
     return f"{batch_folder(batch_runs, batch_id)}/{run_id}{MOMENTS_SUFFIX}"
 
 
+def is_data_file(name: str) -> bool:
+    """A Parquet file Spark wrote (part-…parquet), not _SUCCESS, a .crc or a side file: what a table adds."""
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
 def run_of_file(path: str) -> tuple[str, str] | None:
     """(batch id, run id) of a table's data file (…/batch_id=<id>/run=<run>/part-…: a path relative to
     the table, or a URI), else None: a batch's current run is the run= folder of its current files."""

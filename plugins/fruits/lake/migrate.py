@@ -102,7 +102,7 @@ def data_files(storage: Storage, folder_uri: str, rows: int | None) -> list[tabl
     found = {
         key: size
         for key, size in storage.sizes(prefix).items()
-        if "/" not in key[len(prefix) :] and key.endswith(".parquet") and not key[len(prefix) :].startswith(("_", "."))
+        if "/" not in key[len(prefix) :] and layout.is_data_file(key[len(prefix) :])
     }
     if len(found) == 1 and rows is not None:
         ((key, size),) = found.items()
