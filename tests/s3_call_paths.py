@@ -45,6 +45,10 @@ AIRFLOW: list[Call] = [
     Call("GetBucketLocation", "", False, "preflight.check_bucket"),
     Call("ListObjectsV2", "models/*", False, "preflight.check_weights"),
     Call("ListObjectsV2", "code/*/", False, "preflight.check_code, stage_code (upload_missing)"),
+    # the first task names a weights file by its bytes' sha256 (plugins/fruits/lake/extractor.py;
+    # download_file: HEAD, then GET)
+    *read("models/*.weights.h5", "extractor.weights_sha256"),
+    *read("models/*.onnx", "extractor.weights_sha256"),
     # ingest and leases (plugins/fruits/lake/ingest.py, leases.py): listings first, then reads
     Call("ListObjectsV2", "manifests/", False, "ingest.next_free_batch_id"),
     Call("ListObjectsV2", "manifests/batch_id=*.json", False, "ingest.stored_manifest"),

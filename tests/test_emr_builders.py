@@ -139,6 +139,8 @@ def test_steps_follow_the_jobs_contract():
         "2025-01-02",
         "--weights",
         "s3://fruits-test/models/w.weights.h5",
+        "--precision",
+        "fp32",
         "--model-cache",
         "s3://fruits-test/models/",
         "--manifest",

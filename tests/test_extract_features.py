@@ -112,6 +112,25 @@ def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
     assert not np.allclose(lemon["features"], a["features"], rtol=1e-2, atol=0)  # random weights: tiny values
 
 
+def test_each_batch_s_record_moments_and_commit_carry_the_extractor_that_made_its_features(spark, tmp_path):
+    from fruits_jobs import extractors, model
+    from fruits_jobs.moments import BatchMoments
+
+    make_jpeg(tmp_path / "in" / "Apple" / "a.jpg", (180, 40, 40))
+    summary = run_job(spark, tmp_path / "in", tmp_path / "o", "b1")
+    made_by = summary["extractor"]
+    assert made_by == extractors.extractor(
+        f"random:seed-{extractors.RANDOM_SEED}", 96, "onnxruntime", "fp32", model.export_name("onnxruntime", False)
+    )
+    record = json.loads((tmp_path / "o" / "batch_runs" / "batch_id=b1" / f"{summary['run']}.json").read_text())
+    assert record["extractor"] == made_by
+    assert BatchMoments.extractor_of(Path(summary["moments"].removeprefix("file:")).read_bytes()) == made_by
+    commit = tables.open_table(str(tmp_path / "o" / "features")).history(1)[0]
+    assert commit["extractor"] == made_by["id"]
+    other = run_job(spark, tmp_path / "in", tmp_path / "o", "b1", image_size=64)["extractor"]
+    assert other["id"] != made_by["id"] and extractors.differences(made_by, other) == ["image_size: 96 -> 64"]
+
+
 def two_landings(root: Path) -> None:
     """root/a: 3 Kiwi photos and a broken file; root/b: 2 Plum photos (two days' landing folders)."""
     for i in range(3):

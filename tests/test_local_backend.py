@@ -66,6 +66,8 @@ def test_the_jobs_become_local_spark_submits_on_the_lake_folder():
         "b1",
         "--weights",
         "random",
+        "--precision",
+        "fp32",
         "--model-cache",
         "/lake/models/",
         "--manifest",

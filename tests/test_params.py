@@ -27,6 +27,8 @@ def test_params_form(pipeline_dag):
         "pca_variance",
         "pca_refit",
         "weights",
+        "precision",
+        "change_extractor",
         "rerun",
         "instance_type",
         "core_count",

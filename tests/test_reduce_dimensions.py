@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_jobs import commits, hadoop_fs, layout, pca, spaces, tables
-from fruits_jobs.common import UsageError
-from fruits_jobs.moments import BatchMoments, Moments, fold
+from fruits_jobs import commits, extractors, hadoop_fs, layout, pca, spaces, tables
+from fruits_jobs.common import UsageError, run_main
+from fruits_jobs.moments import FOLD_ROWS, BatchMoments, Moments, MomentsBuilder, fold, half_of
 
 pytestmark = pytest.mark.spark
 
 
-def write_features(spark, root, batches, moments=True):
+def write_features(spark, root, batches, moments=True, extractor=None):
     """A features table as the features job publishes it, from given matrices: per batch, one run's
     folder, its moments (computed by the job's own fold, as the features job does) and record, then
-    the table's commit. batches: {batch: (x, labels)} or {batch: (x, labels, splits)}."""
+    the table's commit. batches: {batch: (x, labels)} or {batch: (x, labels, splits)}; extractor: the
+    record's (extractors.py), None as before extractors were recorded."""
     for batch_id, (x, labels, *rest) in batches.items():
         splits = rest[0] if rest else ["Training"] * len(x)
         rows = [
@@ -29,9 +30,9 @@ def write_features(spark, root, batches, moments=True):
         spark.createDataFrame(
             rows, "path string, label string, split string, sha256 string, features array<float>"
         ).coalesce(1).write.parquet(uri)
-        record = {"features": uri, "batch_id": batch_id, "featurized": len(rows)}
+        record = {"features": uri, "batch_id": batch_id, "featurized": len(rows), "extractor": extractor}
         if moments and rows:
-            _, found, _ = fold(spark.read.parquet(uri), len(x[0]))
+            found = fold(spark.read.parquet(uri), len(x[0])).moments
             record["moments"] = layout.moments_path(layout.batch_runs_of(str(root)), batch_id, run_id)
             Path(record["moments"]).parent.mkdir(parents=True, exist_ok=True)
             Path(record["moments"]).write_bytes(found.to_bytes())
@@ -150,6 +151,45 @@ def test_moments_merged_in_any_split_equal_numpy_covariance():
     assert total.n == 101
     np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(total.m2 / 100, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-10)
+
+
+def test_moments_built_in_blocks_equal_numpy_on_features_far_from_zero():
+    # Features sit far from the origin (ReLU outputs): a scatter about zero would lose the small
+    # eigenvalues; the builder's shift (the first block's mean) keeps them.
+    x = correlated(5000, 16, seed=4) + 1000.0
+    paths = [f"p{i}" for i in range(len(x))]
+    builder = MomentsBuilder(16, block_rows=700)
+    for part in np.array_split(np.arange(len(x)), 37):  # many small batches, as Arrow may hand them
+        builder.add(x[part], ["Training"] * len(part), ["a" if i % 3 else "b" for i in part], [paths[i] for i in part])
+    built = builder.result()
+    assert builder.updates <= 5000 // 700 + 1  # blocks of at least 700 rows, not one update per batch (37)
+    whole = built.moments
+    np.testing.assert_allclose(whole.mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole.m2 / 4999, np.cov(x, rowvar=False), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(built.class_means("Training")["b"], x[::3].mean(axis=0), rtol=1e-12)
+    by_half = [x[[half_of(p) == h for p in paths]] for h in (0, 1)]
+    np.testing.assert_allclose(built.halves[1].m2, Moments.of(by_half[1]).m2, rtol=1e-8, atol=1e-6)
+
+
+def test_the_fold_reads_large_arrow_batches_whatever_the_session_s(spark):
+    # The features job runs its model pass with Arrow batches of the model's size (8): the fold
+    # must not inherit it (two d x d scatter merges per 8 rows cost 2.7 ms a row).
+    x = correlated(5000, 8, seed=5)
+    rows = [(f"file:/img/c/{i}.jpg", "c", "Training", [float(v) for v in vec], None) for i, vec in enumerate(x)]
+    df = spark.createDataFrame(rows, "path string, label string, split string, features array<float>, reason string")
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "8")
+    try:
+        folded = fold(df.coalesce(1), 8)
+        assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "8"  # restored
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    assert folded.largest_batch == FOLD_ROWS
+    assert folded.updates == 3  # 5000 rows in blocks of 2048
+    assert folded.outcomes == {None: 5000}
+    np.testing.assert_allclose(
+        folded.moments.moments.m2 / 4999, np.cov(x.astype(np.float32), rowvar=False), rtol=1e-5, atol=1e-6
+    )
 
 
 def strict_json(text):
@@ -478,3 +518,67 @@ def test_a_space_from_before_the_vectors_table_gives_way_to_one_in_the_table(spa
     write_features(spark, features, {"d3": classes_data(4, 2, 16, seed=4)})
     third = run(spark, features, out, "--k", "3", "--refit", "never")
     assert third["added"] == ["d3"] and third["space"] == second["space"]
+
+
+# ---- One extractor per space (extractors.py) -------------------------------------------------------
+
+AT_224 = extractors.extractor("sha256:" + "a" * 64, 224, "onnxruntime", "fp32", "onnx_tf2onnx-x")
+AT_128 = extractors.extractor("sha256:" + "a" * 64, 128, "onnxruntime", "fp32", "onnx_tf2onnx-x")
+
+
+def test_a_batch_featurized_differently_never_joins_the_space_which_stays_as_it_was(spark, tmp_path):
+    # The reproduced case: e-1 at 224 px in a space, e-2 (same classes) at 128 px, --refit auto again.
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"e-1": classes_data(6, 30, 24, seed=1)}, extractor=AT_224)
+    first = run(spark, features, out, "--k", "5")
+    assert first["extractor"] == AT_224
+    version = tables.open_table(str(tmp_path / "vectors")).version()
+    write_features(spark, features, {"e-2": classes_data(6, 30, 24, seed=2)}, extractor=AT_128)
+    with pytest.raises(UsageError) as refused:
+        run(spark, features, out, "--k", "5", "--refit", "auto")
+    message = str(refused.value)
+    assert "batch e-2" in message and "does not join" in message and "image_size: 224 -> 128" in message
+    assert AT_224["id"] in message and AT_128["id"] in message and "change_extractor" in message
+    assert tables.open_table(str(tmp_path / "vectors")).version() == version  # the space as it was
+    assert current_commit(out)["run"] == first["run"] and set(current_commit(out)["vectors"]) == {"e-1"}
+    argv = ["--features", str(features), "--output", str(out), "--k", "5"]
+    assert run_main(lambda a: pca.run(spark, pca.parse_args(a)), argv) == 2  # the job's exit code
+
+
+def test_a_new_extractor_s_space_starts_once_every_published_batch_has_its_features(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    d1, d2 = classes_data(6, 30, 24, seed=1), classes_data(6, 20, 24, seed=2)
+    write_features(spark, features, {"d1": d1, "d2": d2}, extractor=AT_224)
+    first = run(spark, features, out, "--k", "5")
+    write_features(spark, features, {"d1": d1}, extractor=AT_128)  # re-featurized: d2 not yet
+    with pytest.raises(UsageError, match=r"1 published batch\(es\) still have features .* \(e.g. d2\)"):
+        run(spark, features, out, "--k", "5", "--change-extractor")
+    assert current_commit(out)["run"] == first["run"]
+    write_features(spark, features, {"d2": d2}, extractor=AT_128)
+    switched = run(spark, features, out, "--k", "5", "--change-extractor")
+    assert switched["new_space"] and switched["space"] != first["space"]
+    assert switched["refit_reason"] == "extractor changed (image_size: 224 -> 128)"
+    assert switched["extractor"] == AT_128 and sorted(switched["added"]) == ["d1", "d2"]
+    assert current_commit(out)["extractor"] == AT_128
+    again = run(spark, features, out, "--k", "5", "--refit", "never")  # the new space takes its own batches
+    assert again["space"] == switched["space"] and again["added"] == []
+
+
+def test_batches_featurized_differently_never_start_a_space_together(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"a": classes_data(6, 30, 24, seed=1)}, extractor=AT_224)
+    write_features(spark, features, {"b": classes_data(6, 30, 24, seed=2)}, extractor=AT_128)
+    with pytest.raises(UsageError, match="batches a and b were featurized differently"):
+        run(spark, features, out, "--k", "5")
+    assert not (tmp_path / "vectors").exists() or tables.current_space(str(tmp_path / "vectors")) is None
+
+
+def test_a_space_from_before_extractors_takes_its_next_batches_extractor(spark, tmp_path):
+    features, out = tmp_path / "features", tmp_path / "pca"
+    write_features(spark, features, {"d1": classes_data(6, 30, 24, seed=1)})  # no extractor recorded
+    assert run(spark, features, out, "--k", "5")["extractor"] is None
+    write_features(spark, features, {"d2": classes_data(6, 20, 24, seed=2)}, extractor=AT_224)
+    assert run(spark, features, out, "--k", "5", "--refit", "never")["extractor"] == AT_224
+    write_features(spark, features, {"d3": classes_data(6, 20, 24, seed=3)}, extractor=AT_128)
+    with pytest.raises(UsageError, match="does not join"):
+        run(spark, features, out, "--k", "5")

@@ -158,7 +158,7 @@ def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
     looked_up = []
     settings = config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name])
     config.resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
-    expected = {"local_storage", "local_lake", "spark_master", "table_retention_hours"}
+    expected = {"local_storage", "local_lake", "spark_master", "table_retention_hours", "precision"}
     assert set(looked_up) == expected <= settings_module.ENV_ONLY
     looked_up.clear()
     emr = config.resolve(

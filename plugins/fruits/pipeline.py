@@ -7,14 +7,16 @@ import logging
 import tempfile
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from fruits.backends import backend_named, jobs
 from fruits.backends.run_report import format_report
 from fruits.config import run as config
 from fruits.config.params import InvalidParam
 from fruits.config.run import RunConfig, from_xcom
-from fruits.lake import ingest, migrate, published, summary, vector_index
+from fruits.lake import extractor, ingest, migrate, published, summary, vector_index
 from fruits.lake.storage import Storage, storage_at, upload_missing
-from fruits_jobs import layout
+from fruits_jobs import extractors, layout
 from fruits_jobs.bundle import build_bundle
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,36 @@ def validate_params(context) -> dict:
             f"'never' keeps the current space ({space['space']}, k rule {space['k_rule']}), but pca_k/pca_variance "
             f"ask for {cfg.pca_rule}: pass the space's values, or set pca_refit to auto",
         )
+    check_extractor(cfg, space)
     log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
     return cfg.to_dict()
+
+
+def check_extractor(cfg: RunConfig, space: dict | None) -> None:
+    """One extractor per space (fruits_jobs/extractors.py): a run whose params would featurize
+    differently from the current space is refused here, before anything runs, unless it asks to
+    change the extractor; one that asks must bring a change."""
+    if not (space or {}).get("extractor") and not cfg.change_extractor:
+        return  # nothing to compare with: the weights are not read
+    local_weights = backend_named(cfg.backend).weights_to_stage(cfg)
+    try:
+        sha256 = extractor.weights_sha256(cfg.weights, local_weights, storage_for(cfg), cfg.uri())
+    except (OSError, ClientError) as exc:  # missing or unreadable: the backend's checks and the job say so
+        log.warning("weights %s cannot be read here (%s): the PCA job checks the extractor", cfg.weights, exc)
+        return
+    planned = extractor.planned(cfg.weights, sha256, cfg.precision)
+    if planned is None:
+        log.info("weights %s: outside the lake's bucket, named by the features job (the PCA job checks)", cfg.weights)
+        return
+    refused = extractors.refusal(space, planned)
+    if refused and not cfg.change_extractor:
+        raise InvalidParam(*refused)
+    if cfg.change_extractor and not refused:
+        raise InvalidParam(
+            "change_extractor",
+            f"this run featurizes with {extractors.describe(planned)}, as the current space does "
+            f"({'none yet' if space is None else space['space']}): nothing to change; unset change_extractor",
+        )
 
 
 @from_xcom

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from fruits_jobs import contract, tables
@@ -43,6 +44,18 @@ def spark_session(app_name: str, conf: dict):
     spark.sparkContext.setLogLevel("WARN")
     ship_package(spark)
     return spark
+
+
+@contextmanager
+def session_conf(spark, key: str, value: str):
+    """A Spark SQL setting for the queries run inside the block (read when each query executes),
+    restored after it."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key) if previous is None else spark.conf.set(key, previous)
 
 
 def ship_package(spark) -> None:

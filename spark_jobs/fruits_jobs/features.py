@@ -18,16 +18,27 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from fruits_jobs import commits, contract, hadoop_fs, layout, moments, progress, tables
+from fruits_jobs import commits, contract, extractors, hadoop_fs, layout, moments, progress, tables
 from fruits_jobs import model as mobilenet
-from fruits_jobs.common import UsageError, add_retention_argument, check_batch_id, emit_summary, spark_session
+from fruits_jobs.common import (
+    UsageError,
+    add_retention_argument,
+    check_batch_id,
+    emit_summary,
+    session_conf,
+    spark_session,
+)
 from fruits_jobs.digests import file_digests
 from fruits_jobs.images import DEFAULT_MAX_PIXELS, decode_many
 from fruits_jobs.model import FEATURE_DIM, featurize, worker_infer_fn
+
+if TYPE_CHECKING:
+    from pyspark import Accumulator
 
 DEFAULT_MAX_FILE_BYTES = contract.DEFAULT_MAX_FILE_BYTES  # larger files are rejected unread
 ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
@@ -53,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--engine",
         choices=mobilenet.ENGINES,
-        default="onnxruntime",
+        default=extractors.DEFAULT_ENGINE,
         help="what runs the model in the workers (default onnxruntime; tensorflow: the frozen graph)",
     )
     p.add_argument(
@@ -61,7 +72,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="folder (e.g. s3://bucket/models/) keeping the ONNX export of a weights "
         "file, by content: later runs with the same weights skip the export",
     )
-    p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=extractors.DEFAULT_IMAGE_SIZE,
+        help=f"model input size in pixels (default {extractors.DEFAULT_IMAGE_SIZE})",
+    )
+    p.add_argument(
+        "--precision",
+        choices=extractors.PRECISIONS,
+        default=extractors.DEFAULT_PRECISION,
+        help="fp32 (default) or int8: the ONNX graph quantized statically (engine onnxruntime only)",
+    )
     p.add_argument(
         "--batch-size", type=int, help=f"images per model call (default: the engine's, {mobilenet.DEFAULT_BATCH_SIZE})"
     )
@@ -83,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_batch_id(args.batch_id)
     if not 32 <= args.image_size <= 1024:
         raise UsageError(f"--image-size {args.image_size}: expected 32..1024")
+    if args.precision != "fp32" and args.engine != "onnxruntime":
+        raise UsageError(f"--precision {args.precision}: runs with --engine onnxruntime only")
     if not 1 <= args.batch_size <= 4096:
         raise UsageError(f"--batch-size {args.batch_size}: expected 1..4096")
     return args
@@ -98,7 +122,21 @@ def _task_cpus() -> int:
         return 1
 
 
-def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: int, progress_folder: str):
+class WorkerSeconds(NamedTuple):
+    """Spark accumulators of the seconds the Python workers spent decoding and in the model (summed
+    over workers): with the driver's timings, the job's time split (make bench)."""
+
+    decode: "Accumulator"
+    model: "Accumulator"
+
+    @classmethod
+    def of(cls, spark) -> "WorkerSeconds":
+        return cls(spark.sparkContext.accumulator(0.0), spark.sparkContext.accumulator(0.0))
+
+
+def make_featurize_udf(
+    model_bc, image_size: int, batch_size: int, max_pixels: int, progress_folder: str, seconds: WorkerSeconds
+):
     from pyspark.sql.functions import pandas_udf
 
     key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
@@ -107,10 +145,14 @@ def make_featurize_udf(model_bc, image_size: int, batch_size: int, max_pixels: i
     def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         infer, counter = None, progress.WorkerCounter(progress_folder)
         for contents in batches:
+            started = time.perf_counter()
             images, errors = decode_many(contents, image_size, max_pixels)
             if len(images) and infer is None:  # a batch of only bad files never loads TensorFlow
                 infer = worker_infer_fn(key, lambda: model_bc.value, _task_cpus())
+            decoded = time.perf_counter()
             vectors = iter(featurize(infer, images, batch_size) if len(images) else ())
+            seconds.decode.add(decoded - started)
+            seconds.model.add(time.perf_counter() - decoded)
             features, reasons, details = [], [], []
             for err in errors:
                 vec = None if err else next(vectors)
@@ -151,7 +193,9 @@ def manifest_paths(spark, manifest_uri: str, root_uri: str) -> list[str]:
     return [f"{root_uri.rstrip('/')}/{entry['path']}" for entry in manifest["files"]]
 
 
-def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progress_uri: str) -> dict:
+def stage_outcomes(
+    spark, args, root_uri: str, staging_uri: str, model_bc, progress_uri: str, seconds: WorkerSeconds
+) -> dict:
     """The one pass that reads the images and runs the model; writes every file's outcome, and its
     progress to progress_uri while it runs. Returns what was found under the root but is not the
     batch's (not in its manifest)."""
@@ -159,7 +203,7 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
 
     manifest = json.loads(hadoop_fs.read_text(spark, args.manifest)) if args.manifest else None
     if manifest is not None and manifest.get("layout") == contract.PACKED:
-        return stage_packed_outcomes(spark, args, manifest, root_uri, staging_uri, model_bc, progress_uri)
+        return stage_packed_outcomes(spark, args, manifest, root_uri, staging_uri, model_bc, progress_uri, seconds)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
@@ -179,7 +223,9 @@ def stage_outcomes(spark, args, root_uri: str, staging_uri: str, model_bc, progr
     reporter = progress.Reporter(
         spark, len(listed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
     )
-    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder)
+    featurize_udf = make_featurize_udf(
+        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, seconds
+    )
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
@@ -309,7 +355,9 @@ def packed_photos(spark, shard_uris: list[str], root_uri: str, wanted: list[tupl
     return rows.join(F.broadcast(where), ["path", "shard"], "left_semi").select("path", "length", "content")
 
 
-def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_uri: str, model_bc, progress_uri) -> dict:
+def stage_packed_outcomes(
+    spark, args, manifest: dict, root_uri: str, staging_uri: str, model_bc, progress_uri, seconds: WorkerSeconds
+) -> dict:
     """stage_outcomes for a batch packed in Parquet shards (the manifest's "layout"): every photo it
     lists ends featurized or rejected, as a loose batch's would, under the same `path`."""
     from pyspark.sql import functions as F
@@ -320,15 +368,14 @@ def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_ur
     stored = [name for name in names if hadoop_fs.exists(spark, root + name)]
     cores = spark.sparkContext.defaultParallelism
     sizes = {s["key"].rpartition("/")[2]: s["size"] for s in manifest.get("shards", [])}
-    # For the model pass only (the scan is planned when it runs); the job's other reads keep theirs.
-    split_key = "spark.sql.files.maxPartitionBytes"
-    previous_split = spark.conf.get(split_key, None)
-    spark.conf.set(split_key, str(split_bytes(sum(sizes.get(n, 0) for n in stored), len(packed), cores)))
+    task_bytes = str(split_bytes(sum(sizes.get(n, 0) for n in stored), len(packed), cores))
     photos = packed_photos(spark, [root + name for name in stored], root_uri, packed)
     reporter = progress.Reporter(
         spark, len(packed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
     )
-    featurize_udf = make_featurize_udf(model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder)
+    featurize_udf = make_featurize_udf(
+        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, seconds
+    )
     label, split = path_columns(root_uri)
     length = F.col("length")
     limit = manifest.get("max_file_bytes", contract.DEFAULT_MAX_FILE_BYTES)
@@ -354,11 +401,9 @@ def stage_packed_outcomes(spark, args, manifest: dict, root_uri: str, staging_ur
     for more in outcomes[1:]:  # the cheap branches first, as in stage_outcomes
         staged = staged.unionByName(more)
     spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
-    try:
-        with reporter:
-            staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
-    finally:
-        spark.conf.unset(split_key) if previous_split is None else spark.conf.set(split_key, previous_split)
+    # For the model pass only (the scan is planned when it runs); the job's other reads keep theirs.
+    with reporter, session_conf(spark, "spark.sql.files.maxPartitionBytes", task_bytes):
+        staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
     spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     # Listed, but in a shard that is gone or without its row: rejected, so read == the manifest's count.
     missing = spark.createDataFrame([(p,) for p, _ in packed], "path string").join(
@@ -428,38 +473,66 @@ def start_python_workers(spark, engine: str) -> threading.Thread:
     return thread
 
 
-def driver_model(spark, args) -> mobilenet.EngineModel:
-    """The model the workers will run, from --weights and --engine: an .onnx file as it is; a
-    weights file's ONNX export from --model-cache when one was made with the same weights, size
-    and exporter (no TensorFlow on this side then); else loaded in Keras and exported (ONNX:
-    checked against Keras on a probe batch, then kept in --model-cache) or frozen (tensorflow)."""
+def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
+    """The model the workers will run, from --weights and --engine, and its extractor (extractors.py):
+    an .onnx file as it is; a weights file's ONNX export from --model-cache when one was made with the
+    same weights, size and exporter (no TensorFlow on this side then); else loaded in Keras and
+    exported (ONNX: checked against Keras on a probe batch, then kept in --model-cache) or frozen
+    (tensorflow). A weights file is fetched once, for its digest and for loading."""
 
     def fetch(uri, local):
         hadoop_fs.copy_to_local(spark, uri, local)
 
-    if contract.weights_suffix(args.weights) == contract.ONNX_SUFFIX:
-        if args.engine != "onnxruntime":
-            raise UsageError(f"--weights {args.weights} is an ONNX model: it runs with --engine onnxruntime only")
-        local = mobilenet.local_copy(args.weights, fetch)
-        with open(local, "rb") as f:
-            return mobilenet.onnx_model(f.read(), args.image_size, args.weights)
+    source, sha256 = args.weights, None
+    if source not in ("imagenet", "random"):
+        source = mobilenet.local_copy(source, fetch)
+        sha256 = file_digests(source, "sha256")[0]
+    given_onnx = contract.weights_suffix(args.weights) == contract.ONNX_SUFFIX
+    if given_onnx and args.engine != "onnxruntime":
+        raise UsageError(f"--weights {args.weights} is an ONNX model: it runs with --engine onnxruntime only")
+    made_by = extractors.extractor(
+        extractors.weights_name(args.weights, args.image_size, sha256),
+        args.image_size,
+        args.engine,
+        args.precision,
+        mobilenet.export_name(args.engine, given_onnx),
+    )
+    print(f"model: extractor {extractors.describe(made_by)}", file=sys.stderr)
+    if given_onnx:
+        with open(source, "rb") as f:
+            return mobilenet.onnx_model(f.read(), args.image_size, args.weights), made_by
     if args.engine == "tensorflow":
-        return mobilenet.freeze_model(mobilenet.load_model(args.weights, args.image_size, fetch))
-    source, cached = args.weights, None
-    if args.model_cache and source not in ("imagenet", "random"):
-        source = mobilenet.local_copy(source, fetch)  # fetched once, for the hash and for Keras
-        name = mobilenet.onnx_cache_name(file_digests(source, "sha256")[0], args.image_size)
-        cached = f"{args.model_cache.rstrip('/')}/{name}"
+        return mobilenet.freeze_model(mobilenet.load_model(source, args.image_size, fetch)), made_by
+    cached = None
+    if args.model_cache and sha256:
+        cached = f"{args.model_cache.rstrip('/')}/{mobilenet.onnx_cache_name(sha256, args.image_size)}"
         if hadoop_fs.exists(spark, cached):
             print(f"model: the ONNX export of {args.weights} from {cached}", file=sys.stderr)
-            return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached)
+            return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached), made_by
     keras_model = mobilenet.load_model(source, args.image_size, fetch)
     exported = mobilenet.export_onnx(keras_model)
     cosine = mobilenet.check_export(keras_model, exported)
     print(f"model: exported to ONNX, cosine to Keras on the probe batch {cosine:.7f}", file=sys.stderr)
     if cached:
         hadoop_fs.write_bytes_atomically(spark, cached, exported.graph)
-    return exported
+    return exported, made_by
+
+
+class Stopwatch:
+    """Wall-clock laps of the driver's steps (seconds, by name) and their total."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[f"{name}_s"] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.started
 
 
 def run(spark, args) -> dict:
@@ -477,15 +550,25 @@ def run(spark, args) -> dict:
     token, generation = lease_token(spark, args.lease)
 
     warming = start_python_workers(spark, args.engine)
-    model_bc = spark.sparkContext.broadcast(driver_model(spark, args))
-    started = time.perf_counter()  # throughput counts the data work, not loading the model
+    engine_model, made_by = driver_model(spark, args)
+    model_bc = spark.sparkContext.broadcast(engine_model)
+    clock, worker_seconds = Stopwatch(), WorkerSeconds.of(spark)  # the data work, not loading the model
     ignored = stage_outcomes(
-        spark, args, root_uri, staging_uri, model_bc, f"{batch_runs}/{layout.progress_name(args.batch_id)}"
+        spark,
+        args,
+        root_uri,
+        staging_uri,
+        model_bc,
+        f"{batch_runs}/{layout.progress_name(args.batch_id)}",
+        worker_seconds,
     )
+    clock.lap("model_pass")
     staged = spark.read.parquet(staging_uri)
     # One pass over the staged outcomes counts them and folds the featurized vectors into the
     # batch's moments, which the PCA merges instead of re-reading this batch (moments.py).
-    by_reason, batch_moments, _ = moments.fold(staged, FEATURE_DIM)
+    folded = moments.fold(staged, FEATURE_DIM)
+    by_reason, batch_moments = dict(folded.outcomes), folded.moments
+    clock.lap("fold")
     featurized = by_reason.pop(None, 0)
     rejected = sum(by_reason.values())
     # This run's folders, inside the tables' folders: nobody reads them until the tables' logs name them.
@@ -506,10 +589,16 @@ def run(spark, args) -> dict:
     }
     if featurized:
         outputs["moments"] = moments_uri = layout.moments_path(batch_runs, args.batch_id, run_id)
-        hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes())
-    seconds = time.perf_counter() - started
+        hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes(made_by))
+    clock.lap("write")
     warming.join()
-    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, seconds, token)
+    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, clock.total, token)
+    summary["timings"] = clock.laps | {
+        "decode_worker_s": round(worker_seconds.decode.value, 2),
+        "model_worker_s": round(worker_seconds.model.value, 2),
+        "cores": spark.sparkContext.defaultParallelism,
+    }
+    summary["extractor"] = made_by  # how these features were made: a space takes only its own (pca.py)
     summary["lease_generation"] = generation  # what the tables' log is fenced with (tables.commit_actions)
     # The run's record first (the tables' commits then name it, through the run= folder of their files).
     summary["record"] = commits.write_record(spark, features_uri, args.batch_id, run_id, summary)
@@ -546,6 +635,7 @@ def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summa
         )
         return None
     metadata = {"run": summary["run"], "token": summary["token"], "read": summary["read"]}
+    metadata["extractor"] = summary["extractor"]["id"]
     versions = {}
     for dataset in tables.BATCH_TABLES:  # rejects, then features (the publication point)
         folder = outputs[dataset.rstrip("/")]

@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from fruits_jobs.contract import FEATURE_DIM
+from fruits_jobs.extractors import RANDOM_SEED
 from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE, MODELS
 
-RANDOM_SEED = 1234
 WEIGHTS_HELP = (
     "pass --weights with a Keras weights file of MobileNetV2 (alpha 1.0, no top), or an ONNX model this "
     f"job exported from one (models/*.onnx), as a local path or an s3:// URI, e.g. --weights "
@@ -68,22 +68,31 @@ def local_copy(source: str, fetch: Callable[[str, str], None] | None = None) -> 
     return local
 
 
-def exporter_versions() -> str:
-    """What an exported ONNX graph depends on besides the weights, read without importing TensorFlow."""
+def package_version(*dists: str) -> str:
+    """The installed version of the first of dists found, read without importing it."""
     from importlib import metadata
 
-    def version(*dists):
-        for dist in dists:
-            try:
-                return metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
-        return "none"
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
 
+
+def exporter_versions() -> str:
+    """What an exported ONNX graph depends on besides the weights, read without importing TensorFlow."""
     return (
-        f"tf2onnx-{version('tf2onnx')}_opset-{ONNX_OPSET}_tf-{version('tensorflow-cpu', 'tensorflow')}"
-        f"_keras-{version('keras')}"
+        f"tf2onnx-{package_version('tf2onnx')}_opset-{ONNX_OPSET}_tf-{package_version('tensorflow-cpu', 'tensorflow')}"
+        f"_keras-{package_version('keras')}"
     )
+
+
+def export_name(engine: str, given_onnx: bool) -> str:
+    """The extractor's export part (extractors.py): what turned the weights into the workers' graph."""
+    if engine == "tensorflow":
+        return f"frozen_tf-{package_version('tensorflow-cpu', 'tensorflow')}_keras-{package_version('keras')}"
+    return "onnx-given" if given_onnx else f"onnx_{exporter_versions()}"
 
 
 def onnx_cache_name(weights_sha256: str, image_size: int) -> str:

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from fruits_jobs import commits, hadoop_fs, layout, quality, spaces, tables
+from fruits_jobs import commits, extractors, hadoop_fs, layout, quality, spaces, tables
 from fruits_jobs.common import UsageError, add_retention_argument, emit_summary, spark_session
 from fruits_jobs.contract import FEATURE_DIM
 from fruits_jobs.moments import BatchMoments, fold
@@ -53,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=spaces.REFIT_CHOICES,
         default="auto",
         help="auto: a new space on drift (default); always: a new space now; never: keep the current space",
+    )
+    p.add_argument(
+        "--change-extractor",
+        action="store_true",
+        help="take batches featurized with another extractor than the current space's: a new space, once "
+        "every published batch has features from that extractor (else exit 2); without it such a batch "
+        "is refused (exit 2) and the space stays as it was",
     )
     add_retention_argument(p)
     args = p.parse_args(argv)
@@ -80,6 +87,56 @@ def published_changes(
     return changed, [batch for batch in in_space if batch not in published]
 
 
+def space_extractor(
+    space: dict | None, changed: dict[str, dict], kept: dict[str, str], change_asked: bool
+) -> tuple[dict | None, str | None]:
+    """The extractor (extractors.py) of the space this run publishes, and the refit reason when it is
+    a new extractor's space; UsageError (exit 2, the space untouched) for a batch that may not join:
+    changed batches made differently from each other, or from the current space unless
+    --change-extractor, and then only once every published batch has the new extractor's features."""
+    made = {batch: record.get("extractor") for batch, record in sorted(changed.items())}
+    ids = {batch: (found or {}).get("id") for batch, found in made.items()}
+    if len(set(ids.values())) > 1:
+        first = next(iter(made))
+        other = next(b for b in made if ids[b] != ids[first])
+        raise UsageError(
+            f"batches {first} and {other} were featurized differently ({extractors.describe(made[first])} vs "
+            f"{extractors.describe(made[other])}): one space holds one extractor's features; re-run one of "
+            "them with the other's settings (rerun=true)"
+        )
+    current = space.get("extractor") if space else None
+    if not made:
+        return current, None
+    new = next(iter(made.values()))
+    if space is None or new == current or (new or {}).get("id") == (current or {}).get("id"):
+        return new, None
+    if current is None:  # a space fitted before extractors were recorded: it takes its next batches'
+        print(
+            f"WARNING: space {space['space']} has no extractor on record (fitted before they were): it takes "
+            f"{extractors.describe(new)}, that of the batches this run adds",
+            file=sys.stderr,
+        )
+        return new, None
+    batch = next(iter(made))
+    change = "; ".join(extractors.differences(current, new or {}))
+    if not change_asked:
+        raise UsageError(
+            f"batch {batch} was featurized with extractor {extractors.describe(new)}, the current space "
+            f"{space['space']} with {extractors.describe(current)} ({change}): it does not join the space, "
+            "which stays as it was. Re-run the batch with the space's settings (rerun=true), or change the "
+            "extractor on purpose: change_extractor=true re-featurizes every published batch, then fits a "
+            "new space (README, 'Changing the extractor')"
+        )
+    if kept:
+        lagging = sorted(kept)
+        raise UsageError(
+            f"--change-extractor: {len(lagging)} published batch(es) still have features of the space's "
+            f"extractor {extractors.describe(current)} (e.g. {', '.join(lagging[:3])}): a new extractor's "
+            "space starts once every published batch is re-featurized with it (change_extractor=true does that)"
+        )
+    return new, f"extractor changed ({change})"
+
+
 def batch_moments(spark, commit: dict) -> BatchMoments:
     """A batch's moments: kept by its features job, or (a batch featurized before they were)
     computed here from its features, once per run that needs them."""
@@ -92,10 +149,12 @@ def batch_moments(spark, commit: dict) -> BatchMoments:
     features = spark.read.parquet(*commit["files"])
     first = features.select(F.size("features").alias("d")).first()
     dim = first["d"] if first else FEATURE_DIM
-    _, found, bad = fold(features, dim)
-    if bad:
-        raise UsageError(f"--features: {bad} does not hold {dim} finite numbers; re-run its batch (rerun=true)")
-    return found
+    folded = fold(features, dim)
+    if folded.bad_path:
+        raise UsageError(
+            f"--features: {folded.bad_path} does not hold {dim} finite numbers; re-run its batch (rerun=true)"
+        )
+    return folded.moments
 
 
 def read_state(spark, space: dict) -> BatchMoments:
@@ -210,6 +269,9 @@ def run(spark, args) -> dict:
     batches = {**kept, **{batch: commit["run"] for batch, commit in changed.items()}}
     if not batches:
         raise UsageError(f"--features {args.features}: no committed features (run the features job first)")
+    made_by, extractor_change = space_extractor(space, changed, kept, args.change_extractor)
+    if extractor_change and args.refit == "never":
+        raise UsageError("--refit never keeps the current space, but --change-extractor needs a new one")
 
     # 2. The running totals: the space's state plus the new batches, or rebuilt when a batch of the
     #    space was replaced or withdrawn (never counted twice).
@@ -231,7 +293,7 @@ def run(spark, args) -> dict:
     basis = read_basis(spark, space["basis"]) if space else None
     drift = spaces.measure_drift(space, basis, new_total, totals)
     try:
-        reason = spaces.refit_reason(space, args.refit, rule, drift)
+        reason = extractor_change or spaces.refit_reason(space, args.refit, rule, drift)
         if reason is not None:
             basis = spaces.fit_basis(totals.moments, rule)
     except spaces.SpaceError as exc:
@@ -273,6 +335,7 @@ def run(spark, args) -> dict:
     hadoop_fs.write_bytes_atomically(spark, f"{run_uri}/{layout.STATE_FILE}", totals.to_bytes())
     metrics = space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, drift, rows_read)
     metrics.update(
+        extractor=made_by,
         added=sorted(to_project),
         withdrawn=sorted(gone),
         vectors=dict(sorted(vectors.items())),

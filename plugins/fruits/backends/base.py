@@ -54,6 +54,10 @@ class Backend(ABC):
     def stage(self, cfg: RunConfig, storage: Storage) -> None:  # noqa: B027 (optional: most need nothing more)
         """What the backend needs in the bucket besides the code bundle (none by default)."""
 
+    def weights_to_stage(self, cfg: RunConfig) -> str | None:
+        """A file on this machine that stage() uploads as the run's weights (none by default)."""
+        return None
+
     def render(self, cfg: RunConfig, jobs: list[SparkJob], version: str, run_id: str) -> dict:
         """The run's jobs in the backend's own terms, kept in plan_jobs' XCom (none by default)."""
         return {}

@@ -68,6 +68,8 @@ def features_args(cfg: RunConfig) -> list[str]:
         cfg.batch_id,
         "--weights",
         cfg.weights,
+        "--precision",
+        cfg.precision,
         "--model-cache",
         cfg.uri(layout.MODELS),
         "--manifest",
@@ -88,7 +90,8 @@ def pca_args(cfg: RunConfig) -> list[str]:
     # fits a new space only on drift, a new k rule or pca_refit=always (fruits_jobs/pca.py).
     size = ["--k", str(cfg.pca_k)] if cfg.pca_k is not None else ["--variance", str(cfg.pca_variance)]
     lake = ["--features", cfg.uri(layout.FEATURES), "--output", cfg.uri(layout.PCA)]
-    return [*lake, *size, "--refit", cfg.pca_refit, *retention_args(cfg)]
+    change = ["--change-extractor"] if cfg.change_extractor else []
+    return [*lake, *size, "--refit", cfg.pca_refit, *change, *retention_args(cfg)]
 
 
 @dataclass(frozen=True)

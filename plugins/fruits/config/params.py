@@ -18,7 +18,7 @@ from airflow.sdk import Param
 
 from fruits.backends import BACKENDS
 from fruits.config.settings import setting_from_env
-from fruits_jobs import contract, layout
+from fruits_jobs import contract, extractors, layout
 
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline
 MAX_NODES = 50  # guards against a typo starting a huge cluster
@@ -114,6 +114,24 @@ def build_params() -> dict:
             f"s3://<bucket>/{layout.MODELS}{layout.DEFAULT_WEIGHTS_FILE} "
             "on emr (clusters need no internet); locally the genuine weights in "
             f"../shared/{layout.MODELS} when present (as make run), else imagenet.",
+        ),
+        "precision": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *extractors.PRECISIONS],
+            title="Model precision",
+            description="fp32, or int8: the model quantized once per weights (calibrated on Training photos), "
+            "faster on CPUs, slightly different features (README, 'Precision'). Empty: env FRUITS_PRECISION, "
+            "else fp32. A value other than the current space's is refused unless change_extractor is set.",
+        ),
+        "change_extractor": Param(
+            False,
+            type="boolean",
+            title="Change the extractor",
+            description="Featurize with weights or a precision other than the current space's on purpose: "
+            "every published batch is featurized again from its stored photos, then a new space is fitted, "
+            "and both switch at once (README, 'Changing the extractor'). Off: such a run is refused before "
+            "anything runs.",
         ),
         "rerun": Param(
             False,

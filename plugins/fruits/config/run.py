@@ -17,6 +17,7 @@ from typing import Any
 from fruits.backends import backend_named
 from fruits.config.params import InvalidParam, check_weights, validate
 from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
+from fruits_jobs import extractors
 from fruits_jobs.commits import DamagedLake
 from fruits_jobs.spaces import k_rule
 
@@ -64,6 +65,8 @@ class RunConfig:
     rerun: bool = False  # the jobs again on a published batch's stored photos (params.py)
     retention_hours: float = float(DEFAULTS["table_retention_hours"] or 168)  # the tables' vacuum
     pca_refit: str = "auto"  # auto | always | never (params.py)
+    precision: str = "fp32"  # the model's: fp32 | int8 (params.py)
+    change_extractor: bool = False  # re-featurize every published batch, then a new space (params.py)
     emr: EmrConfig | None = None
     local: LocalConfig | None = None
 
@@ -172,9 +175,18 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         root=root,
         rerun=p["rerun"],
         pca_refit=p["pca_refit"],
+        precision=p["precision"] or precision(settings["precision"]),
+        change_extractor=p["change_extractor"],
         retention_hours=retention_hours(settings["table_retention_hours"]),
         **{backend.name: section},  # type: ignore[arg-type]  # the section its backend names
     )
+
+
+def precision(value: Any) -> str:
+    """The precision setting (FRUITS_PRECISION), checked as the param is."""
+    if value not in extractors.PRECISIONS:
+        raise ValueError(f"setting precision={value!r}: expected one of {extractors.PRECISIONS}; set FRUITS_PRECISION")
+    return value
 
 
 def retention_hours(value: Any) -> float:

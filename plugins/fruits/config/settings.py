@@ -77,6 +77,12 @@ SETTINGS = (
         env_only=True,
     ),
     Setting(
+        "precision",
+        "fp32",
+        "default of the precision param: fp32 or int8 (the model quantized; README, 'Precision')",
+        env_only=True,
+    ),
+    Setting(
         "wheelhouse",
         None,
         "folder of the jobs' wheels (`make wheelhouse`) that stage_code uploads, so "

@@ -84,6 +84,9 @@ class EmrBackend(Backend):
                 storage.upload_file(Path(emr.weights_file), key)
             log.info("weights %s staged at %s", emr.weights_file, cfg.weights)
 
+    def weights_to_stage(self, cfg: RunConfig) -> str | None:
+        return emr_of(cfg).weights_file
+
     def render(self, cfg: RunConfig, jobs: list[SparkJob], version: str, run_id: str) -> dict:
         wheels = cfg.uri(wheels_prefix()) if emr_of(cfg).wheelhouse else None
         return {
