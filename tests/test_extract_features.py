@@ -131,6 +131,48 @@ def test_each_batch_s_record_moments_and_commit_carry_the_extractor_that_made_it
     assert other["id"] != made_by["id"] and extractors.differences(made_by, other) == ["image_size: 96 -> 64"]
 
 
+def test_int8_is_made_once_per_weights_size_and_calibration_set_and_stays_close_to_fp32(
+    spark, weights_file, sample_dir, tmp_path, capfd
+):
+    from fruits_jobs import model
+
+    calibration, photos = tmp_path / "calibration", tmp_path / "in"
+    for jpg in sorted((sample_dir / "Training").rglob("*.jpg"))[::25]:
+        (calibration / "Training" / jpg.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(jpg, calibration / "Training" / jpg.parent.name / jpg.name)
+    (calibration / "Test").mkdir()
+    shutil.copy(next((sample_dir / "Test").rglob("*.jpg")), calibration / "Test" / "never-calibrates.jpg")
+    for jpg in sorted((sample_dir / "Test").rglob("*.jpg"))[::40]:
+        (photos / jpg.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(jpg, photos / jpg.parent.name / jpg.name)
+    cache = tmp_path / "models"
+    common = {"weights": weights_file, "model_cache": cache}
+    fp32 = run_job(spark, photos, tmp_path / "fp32", "b1", **common)
+    int8 = run_job(spark, photos, tmp_path / "int8", "b1", precision="int8", calibration=calibration, **common)
+    err = capfd.readouterr().err
+    assert "quantized to INT8 on 42 calibration photos" in err  # the Training ones only
+    assert int8["extractor"]["precision"] == "int8" and "+int8-qdq" in int8["extractor"]["export"]
+    assert (
+        int8["extractor"]["weights"] == fp32["extractor"]["weights"]
+        and int8["extractor"]["id"] != fp32["extractor"]["id"]
+    )
+    (kept,) = [p for p in cache.iterdir() if "_int8-" in p.name and not p.name.startswith(".")]
+    again = run_job(spark, photos, tmp_path / "again", "b1", precision="int8", calibration=calibration, **common)
+    assert f"the INT8 graph from {kept}" in capfd.readouterr().err and again["extractor"] == int8["extractor"]
+    a, b = (
+        {r["path"]: r["features"] for r in read_batch(spark, tmp_path / o, "features", "b1")} for o in ("fp32", "int8")
+    )
+    assert a.keys() == b.keys() and len(a) > 5
+    paths = sorted(a)
+    assert model.cosines(np.array([b[p] for p in paths]), np.array([a[p] for p in paths])).mean() > 0.9
+    (calibration / "Training" / "Extra").mkdir()
+    shutil.copy(next((sample_dir / "Training").rglob("*.jpg")), calibration / "Training" / "Extra" / "x.jpg")
+    changed = run_job(spark, photos, tmp_path / "changed", "b1", precision="int8", calibration=calibration, **common)
+    assert changed["extractor"]["id"] != int8["extractor"]["id"]  # another calibration set, another extractor
+    with pytest.raises(features.UsageError, match="--precision int8 needs --calibration"):
+        run_job(spark, photos, tmp_path / "none", "b1", precision="int8", **common)
+
+
 def two_landings(root: Path) -> None:
     """root/a: 3 Kiwi photos and a broken file; root/b: 2 Plum photos (two days' landing folders)."""
     for i in range(3):

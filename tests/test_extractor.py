@@ -2,16 +2,18 @@
 digest, and the first task refusing a run whose features the current space could not take."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from test_run_config import _settings
 
 from fruits import pipeline
+from fruits.backends import jobs
 from fruits.config import run as config
 from fruits.config.params import InvalidParam
 from fruits.lake.extractor import weights_sha256
 from fruits.lake.storage import S3Storage
-from fruits_jobs import extractors
+from fruits_jobs import extractors, layout
 
 from airflow_fixtures import BUCKET
 from test_params import form_conf
@@ -110,3 +112,15 @@ def test_a_weights_object_in_the_lake_s_bucket_is_named_by_its_bytes(aws):
     assert weights_sha256(f"{root}models/mine.weights.h5", None, storage, root) == hashlib.sha256(data).hexdigest()
     assert weights_sha256("s3://another-bucket/models/w.weights.h5", None, storage, root) is None
     assert weights_sha256("imagenet", None, storage, root) is None
+
+
+def test_int8_is_refused_before_anything_runs_without_calibration_photos_in_the_lake(tmp_path):
+    cfg = resolved(tmp_path, weights="random", precision="int8")
+    with pytest.raises(InvalidParam, match=r"'precision': int8 calibrates on Training photos in .*models/calibration/"):
+        pipeline.check_calibration(cfg)
+    photo = Path(cfg.uri(layout.CALIBRATION)) / "Training" / "Kiwi" / "1.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(b"a photo")
+    pipeline.check_calibration(cfg)
+    assert jobs.features_args(cfg)[jobs.features_args(cfg).index("--calibration") + 1] == cfg.uri(layout.CALIBRATION)
+    assert "--calibration" not in jobs.features_args(resolved(tmp_path, weights="random"))

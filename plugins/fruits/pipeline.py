@@ -47,8 +47,19 @@ def validate_params(context) -> dict:
             f"ask for {cfg.pca_rule}: pass the space's values, or set pca_refit to auto",
         )
     check_extractor(cfg, space)
+    check_calibration(cfg)
     log.info("run config: %s", json.dumps(cfg.to_dict(), indent=1))
     return cfg.to_dict()
+
+
+def check_calibration(cfg: RunConfig) -> None:
+    """precision=int8 calibrates on the lake's calibration photos: refused before anything runs without them."""
+    if cfg.precision == "int8" and not storage_for(cfg).sizes(layout.CALIBRATION):
+        raise InvalidParam(
+            "precision",
+            f"int8 calibrates on Training photos in {cfg.uri(layout.CALIBRATION)}, which holds none: copy a few "
+            "hundred Training photos of your classes there (README, 'Precision'), or use fp32",
+        )
 
 
 def check_extractor(cfg: RunConfig, space: dict | None) -> None:

@@ -87,6 +87,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--batch-size", type=int, help=f"images per model call (default: the engine's, {mobilenet.DEFAULT_BATCH_SIZE})"
     )
+    p.add_argument(
+        "--calibration",
+        help="--precision int8: a folder (path or s3:// URI) of Training photos the quantizer calibrates on "
+        f"({mobilenet.CALIBRATION_PHOTOS} at most, spread over the sorted paths)",
+    )
     p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument(
@@ -474,11 +479,8 @@ def start_python_workers(spark, engine: str) -> threading.Thread:
 
 
 def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
-    """The model the workers will run, from --weights and --engine, and its extractor (extractors.py):
-    an .onnx file as it is; a weights file's ONNX export from --model-cache when one was made with the
-    same weights, size and exporter (no TensorFlow on this side then); else loaded in Keras and
-    exported (ONNX: checked against Keras on a probe batch, then kept in --model-cache) or frozen
-    (tensorflow). A weights file is fetched once, for its digest and for loading."""
+    """The model the workers will run, from --weights, --engine and --precision, and its extractor
+    (extractors.py). A weights file is fetched once, for its digest and for loading."""
 
     def fetch(uri, local):
         hadoop_fs.copy_to_local(spark, uri, local)
@@ -490,32 +492,83 @@ def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
     given_onnx = contract.weights_suffix(args.weights) == contract.ONNX_SUFFIX
     if given_onnx and args.engine != "onnxruntime":
         raise UsageError(f"--weights {args.weights} is an ONNX model: it runs with --engine onnxruntime only")
+    export = mobilenet.export_name(args.engine, given_onnx)
+    model = fp32_model(spark, args, source, sha256, given_onnx)
+    if args.precision == "int8":
+        model, export = int8_model(spark, args, model, sha256, export)
     made_by = extractors.extractor(
         extractors.weights_name(args.weights, args.image_size, sha256),
         args.image_size,
         args.engine,
         args.precision,
-        mobilenet.export_name(args.engine, given_onnx),
+        export,
     )
     print(f"model: extractor {extractors.describe(made_by)}", file=sys.stderr)
+    return model, made_by
+
+
+def fp32_model(spark, args, source: str, sha256: str | None, given_onnx: bool) -> mobilenet.EngineModel:
+    """An .onnx file as it is; a weights file's ONNX export from --model-cache when one was made with
+    the same weights, size and exporter (no TensorFlow on this side then); else loaded in Keras and
+    exported (ONNX: checked against Keras on a probe batch, then kept in --model-cache) or frozen
+    (tensorflow)."""
     if given_onnx:
         with open(source, "rb") as f:
-            return mobilenet.onnx_model(f.read(), args.image_size, args.weights), made_by
+            return mobilenet.onnx_model(f.read(), args.image_size, args.weights)
     if args.engine == "tensorflow":
-        return mobilenet.freeze_model(mobilenet.load_model(source, args.image_size, fetch)), made_by
+        return mobilenet.freeze_model(mobilenet.load_model(source, args.image_size))
     cached = None
     if args.model_cache and sha256:
         cached = f"{args.model_cache.rstrip('/')}/{mobilenet.onnx_cache_name(sha256, args.image_size)}"
         if hadoop_fs.exists(spark, cached):
             print(f"model: the ONNX export of {args.weights} from {cached}", file=sys.stderr)
-            return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached), made_by
-    keras_model = mobilenet.load_model(source, args.image_size, fetch)
+            return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached)
+    keras_model = mobilenet.load_model(source, args.image_size)
     exported = mobilenet.export_onnx(keras_model)
     cosine = mobilenet.check_export(keras_model, exported)
     print(f"model: exported to ONNX, cosine to Keras on the probe batch {cosine:.7f}", file=sys.stderr)
     if cached:
         hadoop_fs.write_bytes_atomically(spark, cached, exported.graph)
-    return exported, made_by
+    return exported
+
+
+def int8_model(
+    spark, args, fp32: mobilenet.EngineModel, sha256: str | None, fp32_export: str
+) -> tuple[mobilenet.EngineModel, str]:
+    """--precision int8: the FP32 graph quantized, calibrated on --calibration's Training photos and
+    checked against FP32 on them; made once per weights, image size and calibration set, kept in
+    --model-cache beside the FP32 export. Returns it and its export name."""
+    if not args.calibration:
+        raise UsageError(
+            "--precision int8 needs --calibration: a folder of a few hundred Training photos of your classes"
+        )
+    root = hadoop_fs.qualify(spark, args.calibration)
+    uris, calibration = mobilenet.calibration_sample(hadoop_fs.list_files(spark, root), root)
+    if not uris:
+        raise UsageError(f"--calibration {args.calibration}: no photo there; copy a few hundred Training photos in")
+    export = mobilenet.int8_export_name(fp32_export, calibration)
+    cached = None
+    if args.model_cache and sha256:
+        name = mobilenet.int8_cache_name(sha256, args.image_size, calibration)
+        cached = f"{args.model_cache.rstrip('/')}/{name}"
+        if hadoop_fs.exists(spark, cached):
+            print(f"model: the INT8 graph from {cached}", file=sys.stderr)
+            return fp32._replace(graph=hadoop_fs.read_bytes(spark, cached)), export
+    # One photo at a time, decoded at once: a few hundred model-sized images on the driver, never the files.
+    decoded = [decode_many([hadoop_fs.read_bytes(spark, uri)], args.image_size, args.max_pixels) for uri in uris]
+    images = np.concatenate([found for found, _ in decoded])
+    if not len(images):
+        raise UsageError(f"--calibration {args.calibration}: none of its {len(uris)} files decodes as a photo")
+    int8 = mobilenet.quantize_int8(fp32, images)
+    mean, worst = mobilenet.check_int8(fp32, int8, images)
+    print(
+        f"model: quantized to INT8 on {len(images)} calibration photos; cosine to FP32 on them: mean {mean:.4f}, "
+        f"smallest {worst:.4f}",
+        file=sys.stderr,
+    )
+    if cached:
+        hadoop_fs.write_bytes_atomically(spark, cached, int8.graph)
+    return int8, export
 
 
 class Stopwatch:

@@ -47,6 +47,18 @@ def list_names(spark, uri: str) -> list[str]:
     return sorted(status.getPath().getName() for status in fs.listStatus(path))
 
 
+def list_files(spark, uri: str) -> list[tuple[str, int]]:
+    """(URI, size) of every file under uri, at any depth, sorted; [] when it does not exist."""
+    fs, path = _fs(spark, uri), _path(spark, uri)
+    if not fs.exists(path):
+        return []
+    found, files = [], fs.listFiles(path, True)
+    while files.hasNext():
+        status = files.next()
+        found.append((status.getPath().toString(), int(status.getLen())))
+    return sorted(found)
+
+
 def data_files(spark, folder: str) -> list[str]:
     """The Parquet files Spark wrote in a folder (not _SUCCESS, .crc or side files), by name."""
     return [name for name in list_names(spark, folder) if layout.is_data_file(name)]

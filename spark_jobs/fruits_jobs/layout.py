@@ -61,6 +61,8 @@ MANIFESTS = "manifests/"
 CODE = "code/"
 WHEELS = "wheels/"
 MODELS = "models/"
+# Training photos --precision int8 calibrates on (a few hundred; fruits_jobs/model.py, quantize_int8)
+CALIBRATION = f"{MODELS}calibration/"
 FEATURES = "features/"
 REJECTS = "rejects/"
 # The features job's side files: outside the tables' folders, since a table's full vacuum deletes

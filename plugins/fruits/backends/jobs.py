@@ -70,6 +70,7 @@ def features_args(cfg: RunConfig) -> list[str]:
         cfg.weights,
         "--precision",
         cfg.precision,
+        *(["--calibration", cfg.uri(layout.CALIBRATION)] if cfg.precision == "int8" else []),
         "--model-cache",
         cfg.uri(layout.MODELS),
         "--manifest",
