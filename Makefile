@@ -6,6 +6,7 @@
 #   make ui     Airflow's UI on this machine (no Docker): prints the URL and a login; Ctrl-C stops it
 #   make bench  throughput of our features job vs the seed notebook vs raw TensorFlow and ONNX Runtime loops
 #   make bench-sizes   image size (224..128) against images/s and feature quality on the shared sample
+#   make bench-precision  FP32 vs INT8 at 224 and 160 px on the shared sample: images/s, memory, 1-NN, time by part
 #   make bench-pca     PCA of 250,000 synthetic feature vectors under the default 1 GB driver heap
 #   make bench-memory  bench-pca, plus the features job's peak memory at 10,000 vs 50,000 images
 #   make bench-index   fruits similar's vector index: usearch vs faiss-cpu on 200,000 vectors of k=100
@@ -33,7 +34,7 @@ AIRFLOW_QUIET := ignore:Could not import graphviz:UserWarning,ignore:'HTTP_422_U
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False PYTHONWARNINGS="$(AIRFLOW_QUIET)" \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test test-fast lint format ui bench bench-sizes bench-pca bench-memory bench-index bench-growth bench-ingest lock wheelhouse clean
+.PHONY: install run test test-fast lint format ui bench bench-sizes bench-precision bench-pca bench-memory bench-index bench-growth bench-ingest lock wheelhouse clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -95,6 +96,9 @@ bench: install
 
 bench-sizes: install
 	$(BIN)/python bench/image_sizes.py
+
+bench-precision: install
+	$(BIN)/python bench/precision.py
 
 bench-pca: install
 	$(BIN)/python bench/bench_memory.py --pca-rows 250000

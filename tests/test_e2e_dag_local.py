@@ -200,3 +200,49 @@ def test_a_damaged_batch_is_mended_by_a_rerun_of_the_same_batch(runnable_dag, pi
     assert xcom(repair, "ingest_new_photos")["uploaded"] == 0  # from its stored photos
     assert cli.main(["--lake", str(lake), "check"]) == 0
     assert xcom(repair, "publish_summary")["images"] == summary["images"]  # the same batch, again
+
+
+def test_a_new_extractor_is_refused_then_switches_every_batch_and_the_space_at_once_when_asked(
+    runnable_dag, pipeline_run, weights_file, tmp_path
+):
+    """Issue 28: other weights than the space's are refused before anything runs; with
+    change_extractor, every published batch is featurized again from its stored photos and published
+    with the day's in one commit of the features table, then a new space is fitted on them."""
+    import re
+
+    from deltalake import DeltaTable
+
+    from fruits_jobs import tables
+
+    _, lake, _, _ = pipeline_run
+    storage = LocalStorage(lake)
+    old_space, old_runs = published.current_space(storage), published.published_runs(storage)
+    landing = tmp_path / "new"
+    make_landing(landing, n_good=4, bad=False, seed=28)
+    conf = {**CONF, "landing_dir": str(landing), "batch_id": "switch", "weights": str(weights_file)}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FRUITS_LOCAL_LAKE", str(lake))
+        refused = runnable_dag.test(run_conf=conf)
+        assert refused.state == DagRunState.FAILED
+        states = {ti.task_id: ti.state for ti in refused.get_task_instances()}
+        assert states["validate_params"] == S.FAILED and states["ingest_new_photos"] != S.SUCCESS
+        assert published.published_runs(storage) == old_runs
+        switched = runnable_dag.test(run_conf={**conf, "change_extractor": True})
+    assert switched.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in switched.get_task_instances()}
+    result = xcom(switched, "publish_summary")
+    new_space = published.current_space(storage)
+    assert result["pca"]["new_space"] and result["pca"]["refit_reason"].startswith("extractor changed (weights: random")
+    assert new_space["extractor"]["weights"].startswith("sha256:") and set(new_space["features_runs"]) == {
+        *old_runs,
+        "switch",
+    }
+    runs = published.published_runs(storage)
+    assert len(set(runs.values())) == 1 and not set(runs.values()) & set(old_runs.values())  # one run, all batches
+    features = tables.open_table(str(lake / "features"))
+    assert features.history(1)[0]["run"] == runs["switch"]  # the switch: one commit
+    before = DeltaTable(str(lake / "features"), version=features.version() - 1)
+    runs_before = {re.search(r"/run=([^/]+)/", uri).group(1) for uri in before.file_uris()}
+    assert runs_before == set(old_runs.values())  # the version before it: every batch's old features
+    read = sum(published.read_record(storage, batch, run)["read"] for batch, run in runs.items())
+    assert result["run_report"]["images"]["extract_features"] == read  # what the switch featurized
+    assert old_space["space"] != new_space["space"]

@@ -173,6 +173,50 @@ def test_int8_is_made_once_per_weights_size_and_calibration_set_and_stays_close_
         run_job(spark, photos, tmp_path / "none", "b1", precision="int8", **common)
 
 
+def test_refeaturize_published_switches_every_batch_in_one_commit_of_each_table(spark, tmp_path):
+    from deltalake import DeltaTable
+
+    lake = tmp_path / "lake"
+
+    def store(batch, colour, broken=True):  # a batch's photos as ingest stores them, and its manifest
+        make_jpeg(lake / "raw" / f"batch_id={batch}" / "Apple" / "a.jpg", colour)
+        files = [{"path": "Apple/a.jpg"}]
+        if broken:
+            (lake / "raw" / f"batch_id={batch}" / "Apple" / "broken.jpg").write_bytes(b"not a photo")
+            files.append({"path": "Apple/broken.jpg"})
+        manifest = lake / "manifests" / f"batch_id={batch}.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"files": files}))
+        return lake / "raw" / f"batch_id={batch}", manifest
+
+    for batch, colour in (("d1", (180, 40, 40)), ("d2", (40, 180, 40))):
+        images, manifest = store(batch, colour)
+        run_job(spark, images, lake, batch, manifest=manifest)
+    old_runs = tables.current_runs(str(lake / "features"))
+    versions = {name: DeltaTable(str(lake / name)).version() for name in ("features", "rejects")}
+    images, manifest = store("d3", (230, 220, 60), broken=False)
+    switch = run_job(spark, images, lake, "d3", manifest=manifest, image_size=64, refeaturize_published=lake)
+    assert switch["batch_id"] == "d3" and switch["refeaturized"]["batches"] == ["d3", "d1", "d2"]
+    assert (switch["refeaturized"]["read"], switch["refeaturized"]["featurized"]) == (5, 3)
+    # One commit of each table switched the three batches: no version shows a mix of extractors.
+    assert {name: DeltaTable(str(lake / name)).version() for name in ("features", "rejects")} == {
+        name: v + 1 for name, v in versions.items()
+    }
+    assert tables.current_runs(str(lake / "features")) == dict.fromkeys(("d1", "d2", "d3"), switch["run"])
+    for batch in ("d1", "d2"):
+        record = json.loads((lake / "batch_runs" / f"batch_id={batch}" / f"{switch['run']}.json").read_text())
+        assert record["extractor"]["image_size"] == 64 and record["token"] is None and record["read"] == 2
+        assert [r["reason"] for r in read_batch(spark, lake, "rejects", batch)] == ["not_an_image"]
+        assert old_runs[batch] != switch["run"]
+    # With no batch of the day: every published batch again, and nothing else.
+    common = ["--features", str(lake / "features"), "--rejects", str(lake / "rejects"), "--weights", "random"]
+    alone = features.run(spark, features.parse_args([*common, "--refeaturize-published", str(lake)]))
+    assert "batch_id" not in alone and alone["refeaturized"]["batches"] == ["d1", "d2", "d3"]
+    assert tables.current_runs(str(lake / "features")) == dict.fromkeys(("d1", "d2", "d3"), alone["run"])
+    with pytest.raises(features.UsageError, match="--images and --batch-id are required"):
+        features.parse_args(common)
+
+
 def two_landings(root: Path) -> None:
     """root/a: 3 Kiwi photos and a broken file; root/b: 2 Plum photos (two days' landing folders)."""
     for i in range(3):

@@ -194,11 +194,11 @@ def test_a_run_whose_lease_was_revoked_publishes_nothing_to_the_tables(published
     folder = str(out / "features" / "batch_id=day1" / f"run={first['run']}")
     tables_uris = {layout.REJECTS: str(out / "rejects"), layout.FEATURES: str(out / "features")}
     summary = {**first, "token": "t1"}
-    assert features.publish_tables(spark, args, tables_uris, {"features": folder, "rejects": None}, summary) is None
+    assert features.publish_tables(spark, args, tables_uris, [{**summary, "features": folder, "rejects": None}]) is None
     assert DeltaTable(str(out / "features")).version() == version
     assert batch_counts(out / "features") == {"day1": 2, "day2": 2}
     lease.write_text(json.dumps({"token": "t1"}))  # the same call while the lease holds its token: published
-    assert features.publish_tables(spark, args, tables_uris, {"features": folder, "rejects": None}, summary)
+    assert features.publish_tables(spark, args, tables_uris, [{**summary, "features": folder, "rejects": None}])
     assert batch_counts(out / "features") == {"day1": 3, "day2": 2}
 
 
@@ -349,5 +349,5 @@ def test_a_revoke_is_recorded_in_the_tables_logs_and_a_run_it_overtook_publishes
     folder = str(out / "features" / "batch_id=day1" / f"run={first['run']}")
     uris = {layout.REJECTS: str(out / "rejects"), layout.FEATURES: str(out / "features")}
     summary = {**first, "token": "t2", "lease_generation": 2}
-    assert features.publish_tables(spark, args, uris, {"features": folder, "rejects": None}, summary) is None
+    assert features.publish_tables(spark, args, uris, [{**summary, "features": folder, "rejects": None}]) is None
     assert batch_counts(out / "features") == {"day1": 2, "day2": 2}  # still the re-run's rows

@@ -103,6 +103,8 @@ def has_work(cfg: RunConfig, report: dict) -> bool:
     if report["files"] == 0:
         held = ", ".join(f"{n} in {b}" for b, n in sorted(report["already_held_by"].items())) or "none"
         pending = published.pca_pending(storage_for(cfg), cfg.pca_refit, cfg.pca_rule)
+        if cfg.change_extractor:
+            pending.insert(0, "change_extractor: every published batch is featurized again, then a new space")
         log.warning(
             "No new photos for batch %s in %s (already in published batches: %s; %d skipped, "
             "reasons in the manifest): %s.",
@@ -116,7 +118,7 @@ def has_work(cfg: RunConfig, report: dict) -> bool:
     if cfg.rerun:
         log.warning("Re-running published batch %s from its %d stored photos (rerun).", cfg.batch_id, report["files"])
         return True
-    if report["uploaded"] == 0 and published.is_processed(storage_for(cfg), cfg.batch_id):
+    if report["uploaded"] == 0 and not cfg.change_extractor and published.is_processed(storage_for(cfg), cfg.batch_id):
         log.warning("Batch %s is already processed and nothing new was uploaded: nothing to do.", cfg.batch_id)
         return False
     return True
@@ -161,7 +163,9 @@ def publish_summary(cfg: RunConfig, report: dict, backend_result) -> dict:
     result = summary.read_summary(storage, batch_id)
     images, pca = result["images"], result["pca"]
     processed = {jobs.PCA_JOB: pca["n_images"], **({jobs.FEATURES_JOB: images["read"]} if images else {})}
-    run_report = backend.run_report(cfg, backend_result, processed)
+    if cfg.change_extractor:  # every batch of the new space was featurized again: what the run paid for
+        processed[jobs.FEATURES_JOB] = summary.photos_read(storage, published.current_space(storage) or {})
+    run_report = {**backend.run_report(cfg, backend_result, processed), "images": processed}
     summary.write_run_report(storage, result["locations"]["metrics"], run_report)
     result["run_report"] = run_report
     built = vector_index.build_missing_pieces(storage, published.current_space(storage) or {})

@@ -51,10 +51,10 @@ RESULT_SCHEMA = "features array<float>, reason string, detail string"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="extract_features.py", description=__doc__.split("\n")[0])
-    p.add_argument("--images", required=True, help="folder of <[split/]Class>/<file> images (path, file:// or s3://)")
+    p.add_argument("--images", help="folder of <[split/]Class>/<file> images (path, file:// or s3://)")
     p.add_argument("--features", required=True, help="features dataset root (Parquet, partitioned by batch_id)")
     p.add_argument("--rejects", required=True, help="rejects dataset root (Parquet, partitioned by batch_id)")
-    p.add_argument("--batch-id", required=True, help="the batch's id: its partition in both datasets")
+    p.add_argument("--batch-id", help="the batch's id: its partition in both datasets")
     p.add_argument(
         "--weights",
         required=True,
@@ -104,10 +104,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the batch's lease (JSON, written by ingest): the run publishes only under the lease's "
         "generation it started with, which the tables' logs fence (tables.commit_actions)",
     )
+    p.add_argument(
+        "--refeaturize-published",
+        metavar="LAKE",
+        help="also every batch the features table publishes, featurized again from its stored photos "
+        "(LAKE's raw/ and manifests/), all published with this run's batch in one commit of each table: "
+        "how the extractor changes (README, 'Changing the extractor'); --images and --batch-id optional",
+    )
     add_retention_argument(p)
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or mobilenet.DEFAULT_BATCH_SIZE[args.engine]
-    check_batch_id(args.batch_id)
+    if not (args.images and args.batch_id) and not args.refeaturize_published:
+        raise UsageError("--images and --batch-id are required (unless --refeaturize-published)")
+    if bool(args.images) != bool(args.batch_id):
+        raise UsageError("--images and --batch-id go together: the batch's photos and its id")
+    if args.batch_id:
+        check_batch_id(args.batch_id)
     if not 32 <= args.image_size <= 1024:
         raise UsageError(f"--image-size {args.image_size}: expected 32..1024")
     if args.precision != "fp32" and args.engine != "onnxruntime":
@@ -589,22 +601,70 @@ class Stopwatch:
 
 
 def run(spark, args) -> dict:
-    from pyspark.sql import functions as F
-
-    root_uri = hadoop_fs.qualify(spark, args.images)
-    if not hadoop_fs.exists(spark, root_uri):
-        raise UsageError(f"--images {args.images}: no such folder")
     features_uri = hadoop_fs.qualify(spark, args.features).rstrip("/")
     rejects_uri = hadoop_fs.qualify(spark, args.rejects).rstrip("/")
-    batch_runs = layout.batch_runs_of(features_uri)
+    batches = batches_to_featurize(spark, args, features_uri)
     run_id = commits.new_run_id()
-    # Named by the run, so a later run can tell when it is older than the tables' retention.
-    staging_uri = f"{batch_runs}/{layout.STAGING_DIR}/{run_id}"
     token, generation = lease_token(spark, args.lease)
 
     warming = start_python_workers(spark, args.engine)
     engine_model, made_by = driver_model(spark, args)
     model_bc = spark.sparkContext.broadcast(engine_model)
+    results = [featurize_batch(spark, batch, run_id, model_bc, made_by, features_uri, rejects_uri) for batch in batches]
+    warming.join()
+    stagings = [summary.pop("staging") for summary in results]
+    for batch, summary in zip(batches, results, strict=True):
+        own = batch.batch_id == args.batch_id  # the day's batch: the run's lease is its own
+        summary.update(token=token if own else None, lease_generation=generation if own else None)
+        # Each run's record first (the tables' commits then name it, through the run= folder of its files).
+        summary["record"] = commits.write_record(spark, features_uri, batch.batch_id, run_id, summary)
+    versions = publish_tables(spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, results)
+    for summary, staging in zip(results, stagings, strict=True):
+        summary["table_versions"] = versions
+        hadoop_fs.delete(spark, staging)
+    clean_up(spark, args, features_uri, rejects_uri, run_id, [batch.batch_id for batch in batches])
+    summary = results[0] if args.batch_id else {"job": "extract_features", "run": run_id, "extractor": made_by}
+    if args.refeaturize_published:
+        summary["refeaturized"] = refeaturized(results)
+    return summary
+
+
+def batches_to_featurize(spark, args, features_uri: str) -> list[argparse.Namespace]:
+    """The run's batches, each as the job's arguments for it: the day's (--batch-id), then with
+    --refeaturize-published every other batch the features table publishes, from its stored photos
+    and its manifest in that lake."""
+    batches = [args] if args.batch_id else []
+    if args.refeaturize_published:
+        lake = hadoop_fs.qualify(spark, args.refeaturize_published).rstrip("/") + "/"
+        for batch in sorted(set(tables.current_runs(features_uri)) - {args.batch_id}):
+            stored = {"images": lake + layout.raw_prefix(batch), "manifest": lake + layout.manifest_key(batch)}
+            batches.append(argparse.Namespace(**{**vars(args), "batch_id": batch, "lease": None, **stored}))
+    if not batches:
+        raise UsageError(f"--refeaturize-published: {args.features} publishes no batch, and no --batch-id was given")
+    return batches
+
+
+def refeaturized(results: list[dict]) -> dict:
+    """What featurizing every published batch again cost (the run report's figures)."""
+    return {
+        "batches": [summary["batch_id"] for summary in results],
+        "read": sum(summary["read"] for summary in results),
+        "featurized": sum(summary["featurized"] for summary in results),
+        "seconds": round(sum(summary["seconds"] for summary in results), 2),
+    }
+
+
+def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_uri: str, rejects_uri: str) -> dict:
+    """One batch through the model into this run's folders in the tables' folders, its moments and
+    its summary (the record to be); nothing is published here."""
+    from pyspark.sql import functions as F
+
+    root_uri = hadoop_fs.qualify(spark, args.images)
+    if not hadoop_fs.exists(spark, root_uri):
+        raise UsageError(f"--images {args.images}: no such folder")
+    batch_runs = layout.batch_runs_of(features_uri)
+    # Named by the run, so a later run can tell when it is older than the tables' retention.
+    staging_uri = f"{batch_runs}/{layout.STAGING_DIR}/{run_id}.{args.batch_id}"
     clock, worker_seconds = Stopwatch(), WorkerSeconds.of(spark)  # the data work, not loading the model
     ignored = stage_outcomes(
         spark,
@@ -619,7 +679,8 @@ def run(spark, args) -> dict:
     staged = spark.read.parquet(staging_uri)
     # One pass over the staged outcomes counts them and folds the featurized vectors into the
     # batch's moments, which the PCA merges instead of re-reading this batch (moments.py).
-    folded = moments.fold(staged, FEATURE_DIM)
+    staged_bytes = sum(size for _, size in hadoop_fs.list_files(spark, staging_uri))
+    folded = moments.fold(staged, FEATURE_DIM, moments.fold_tasks(staged_bytes, spark.sparkContext.defaultParallelism))
     by_reason, batch_moments = dict(folded.outcomes), folded.moments
     clock.lap("fold")
     featurized = by_reason.pop(None, 0)
@@ -644,68 +705,65 @@ def run(spark, args) -> dict:
         outputs["moments"] = moments_uri = layout.moments_path(batch_runs, args.batch_id, run_id)
         hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes(made_by))
     clock.lap("write")
-    warming.join()
-    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, clock.total, token)
+    summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, clock.total, None)
     summary["timings"] = clock.laps | {
         "decode_worker_s": round(worker_seconds.decode.value, 2),
         "model_worker_s": round(worker_seconds.model.value, 2),
         "cores": spark.sparkContext.defaultParallelism,
     }
     summary["extractor"] = made_by  # how these features were made: a space takes only its own (pca.py)
-    summary["lease_generation"] = generation  # what the tables' log is fenced with (tables.commit_actions)
-    # The run's record first (the tables' commits then name it, through the run= folder of their files).
-    summary["record"] = commits.write_record(spark, features_uri, args.batch_id, run_id, summary)
-    summary["table_versions"] = publish_tables(
-        spark, args, {layout.REJECTS: rejects_uri, layout.FEATURES: features_uri}, outputs, summary
-    )
-    hadoop_fs.delete(spark, staging_uri)
-    clean_up(spark, args, features_uri, rejects_uri, run_id)
+    summary["staging"] = staging_uri  # deleted once published (not part of the record)
     return summary
 
 
-def clean_up(spark, args, features_uri: str, rejects_uri: str, run_id: str) -> None:
+def clean_up(spark, args, features_uri: str, rejects_uri: str, run_id: str, batches: list[str]) -> None:
     """What no version within the tables' retention needs: the tables' replaced and never-committed
     files (vacuum), and the side files of runs older than the retention (records, moments, staging)."""
     cutoff = commits.retention_cutoff(args.retention_hours)
-    current = tables.current_runs(features_uri).get(args.batch_id, run_id)
+    current_runs = tables.current_runs(features_uri)
     gone = [path for uri in (rejects_uri, features_uri) for path in tables.vacuum(uri, args.retention_hours)]
-    gone += commits.clean_batch_runs(spark, features_uri, args.batch_id, current, cutoff)
+    for batch in batches:
+        gone += commits.clean_batch_runs(spark, features_uri, batch, current_runs.get(batch, run_id), cutoff)
     gone += commits.clean_older_children(spark, f"{layout.batch_runs_of(features_uri)}/{layout.STAGING_DIR}", cutoff)
     if gone:
         print(f"retention ({args.retention_hours:g} h): {len(gone)} file(s) or folder(s) deleted", file=sys.stderr)
 
 
-def publish_tables(spark, args, table_uris: dict[str, str], outputs: dict, summary: dict) -> dict[str, int] | None:
+def publish_tables(spark, args, table_uris: dict[str, str], results: list[dict]) -> dict[str, int] | None:
     """The run's files into the Delta tables (tables.py; table_uris by dataset), rejects first, then
-    features, the publication point: a consumer sees the batch's new rows once the features table's
-    commit lands, and `fruits` counts the batch published from then on. Fenced: a run given up on
-    (its lease revoked or re-issued) publishes nothing, which the log itself enforces."""
+    features, the publication point: a consumer sees the batches' new rows once the features table's
+    commit lands, all the run's batches in one commit (a change of extractor switches every batch at
+    once), and `fruits` counts them published from then on. Fenced: a run given up on (the day's
+    batch's lease revoked or re-issued) publishes nothing, which the log itself enforces."""
+    own = next((summary for summary in results if summary["batch_id"] == args.batch_id), None)
     lease = commits.read_lease(spark, hadoop_fs.qualify(spark, args.lease)) if args.lease else None
-    if not commits.is_live(summary, lease):  # given up already: no commit to attempt
+    if own is not None and not commits.is_live(own, lease):  # given up already: no commit to attempt
         print(
             f"WARNING: batch {args.batch_id}: its lease no longer holds this run's token: nothing published",
             file=sys.stderr,
         )
         return None
-    metadata = {"run": summary["run"], "token": summary["token"], "read": summary["read"]}
-    metadata["extractor"] = summary["extractor"]["id"]
+    first = results[0]
+    metadata = {"run": first["run"], "token": first["token"], "read": sum(summary["read"] for summary in results)}
+    if first.get("extractor"):
+        metadata["extractor"] = first["extractor"]["id"]
+    fence = None if own is None or own["lease_generation"] is None else (args.batch_id, own["lease_generation"])
     versions = {}
     for dataset in tables.BATCH_TABLES:  # rejects, then features (the publication point)
-        folder = outputs[dataset.rstrip("/")]
-        files = [f"{folder}/{file}" for file in hadoop_fs.data_files(spark, folder)] if folder else []
+        files_by_batch = {}
+        for summary in results:
+            folder = summary[dataset.rstrip("/")]
+            files_by_batch[summary["batch_id"]] = (
+                [f"{folder}/{file}" for file in hadoop_fs.data_files(spark, folder)] if folder else []
+            )
         try:
-            versions[dataset.rstrip("/")] = tables.publish_batch(
-                table_uris[dataset],
-                tables.SCHEMAS[dataset],
-                args.batch_id,
-                files,
-                metadata,
-                summary.get("lease_generation"),
+            versions[dataset.rstrip("/")] = tables.publish_batches(
+                table_uris[dataset], tables.SCHEMAS[dataset], files_by_batch, metadata, fence
             )
         except tables.GivenUp as exc:  # revoked while this run ran: the log refused it
             print(f"WARNING: {exc}", file=sys.stderr)
             return None
-    print(f"tables: batch {args.batch_id} published, table versions {versions}", file=sys.stderr)
+    print(f"tables: batch(es) {', '.join(files_by_batch)} published, table versions {versions}", file=sys.stderr)
     return versions
 
 

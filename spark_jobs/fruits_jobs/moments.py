@@ -258,7 +258,9 @@ def fold_udf(dim: int):
                 labels = [None if pd.isna(v) else v for v in kept["label"]]
                 splits = [None if pd.isna(v) else v for v in kept["split"]]
                 builder.add(np.stack(vectors), splits, labels, [str(p) for p in kept["path"]])
-        moments = builder.result().to_bytes()
+        # A partition of rejects only sends no moments: two d x d float64 halves are 26 MB of zeros.
+        folded = builder.result()
+        moments = folded.to_bytes() if builder.updates else b""
         yield pd.DataFrame(
             {
                 "outcomes": [json.dumps(outcomes)],
@@ -275,6 +277,16 @@ def fold_udf(dim: int):
 FOLD_SCHEMA = "outcomes string, moments binary, bad_path string, largest_batch long, updates long"
 
 
+# Staged bytes per fold task: ~50,000 rows of 1280 floats, ~3 s of BLAS on one core, against ~5 min
+# of model time for those rows. Each more task costs a Spark job and 26 MB to the driver (~0.4 s).
+FOLD_BYTES_PER_TASK = 256 << 20
+
+
+def fold_tasks(staged_bytes: int, cores: int) -> int:
+    """Tasks for folding staged outcomes of this size: one per FOLD_BYTES_PER_TASK, one per core at most."""
+    return max(1, min(cores, -(-staged_bytes // FOLD_BYTES_PER_TASK)))
+
+
 class Folded(NamedTuple):
     """What one pass of fold() found: outcome counts ({reason: n}, featurized under None), the
     BatchMoments of the featurized rows, the first bad path, and how it read them (the largest
@@ -287,10 +299,11 @@ class Folded(NamedTuple):
     updates: int
 
 
-def fold(df, dim: int) -> Folded:
+def fold(df, dim: int, tasks: int | None = None) -> Folded:
     """One pass over df (path, label, split, features[, reason]) in Arrow batches of FOLD_ROWS,
-    whatever the session's batch size (the features job keeps the model's, 8, for its model pass);
-    partitions reach the driver one at a time (toLocalIterator)."""
+    whatever the session's batch size (the features job keeps the model's, 8, for its model pass),
+    in `tasks` Spark tasks (default: one per core; fold_tasks), whose moments reach the driver one
+    at a time (toLocalIterator)."""
     from pyspark.sql import functions as F
 
     from fruits_jobs.common import session_conf
@@ -300,11 +313,16 @@ def fold(df, dim: int) -> Folded:
     columns = df.select("path", "label", "split", "features", "reason")
     total, bad, largest, updates = BatchMoments.empty(dim), None, 0, 0
     outcomes: dict[str | None, int] = {}
+    # Partitions merged (no shuffle): each sends its moments (26 MB) to the driver, where
+    # toLocalIterator runs one Spark job per partition; the next one's runs while this one merges.
+    tasks = tasks or df.sparkSession.sparkContext.defaultParallelism
+    columns = columns.coalesce(max(1, min(columns.rdd.getNumPartitions(), tasks)))
     with session_conf(df.sparkSession, "spark.sql.execution.arrow.maxRecordsPerBatch", str(FOLD_ROWS)):
-        for row in columns.mapInPandas(fold_udf(dim), FOLD_SCHEMA).toLocalIterator():
+        for row in columns.mapInPandas(fold_udf(dim), FOLD_SCHEMA).toLocalIterator(prefetchPartitions=True):
             for reason, n in json.loads(row["outcomes"]).items():
                 outcomes[reason or None] = outcomes.get(reason or None, 0) + n
-            total = total.merge(BatchMoments.from_bytes(row["moments"]))
+            if row["moments"]:
+                total = total.merge(BatchMoments.from_bytes(row["moments"]))
             bad = bad or row["bad_path"]
             largest, updates = max(largest, row["largest_batch"]), updates + row["updates"]
     return Folded({reason: n for reason, n in outcomes.items() if n}, total, bad, largest, updates)

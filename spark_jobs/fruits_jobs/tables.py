@@ -339,14 +339,28 @@ def publish_batch(
 ) -> int:
     """A batch's new version in a table partitioned by batch_id: its old files out, file_uris in;
     fenced by the lease generation the run started under (None: a lake without leases)."""
+    fence = None if generation is None else (batch_id, generation)
+    return publish_batches(table_uri, schema, {batch_id: file_uris}, metadata, fence)
+
+
+def publish_batches(
+    table_uri: str,
+    schema: pa.Schema,
+    files_by_batch: Mapping[str, Iterable[str]],
+    metadata: Mapping[str, object],
+    fence: tuple[str, int] | None = None,
+) -> int:
+    """Several batches' new versions in one commit (publish_batch's, for each), fenced by one batch's
+    lease (batch id, generation) when given."""
+    batches = set(files_by_batch)
     return publish(
         table_uri,
         schema,
         [layout.PARTITION_COLUMN],
-        {(batch_id,): parquet_files(file_uris)},
-        lambda partition: partition.get(layout.PARTITION_COLUMN) == batch_id,
+        {(batch,): parquet_files(uris) for batch, uris in files_by_batch.items()},
+        lambda partition: partition.get(layout.PARTITION_COLUMN) in batches,
         metadata,
-        None if generation is None else (lease_app_id(batch_id), generation),
+        None if fence is None else (lease_app_id(fence[0]), fence[1]),
     )
 
 

@@ -57,15 +57,27 @@ def submit_args(job: SparkJob) -> list[str]:
 
 
 def features_args(cfg: RunConfig) -> list[str]:
-    return [
+    batch = [
         "--images",
         cfg.uri(layout.raw_prefix(cfg.batch_id)),
+        "--batch-id",
+        cfg.batch_id,
+        "--manifest",
+        cfg.uri(layout.manifest_key(cfg.batch_id)),
+        "--lease",
+        cfg.uri(layout.lease_key(cfg.batch_id)),
+    ]
+    return [*batch, *refeaturize_args(cfg)]
+
+
+def refeaturize_args(cfg: RunConfig) -> list[str]:
+    """The features job's arguments but the day's batch: all of them for a change_extractor run that
+    brought no photos (every published batch featurized again, then one switch)."""
+    return [
         "--features",
         cfg.uri(layout.FEATURES),
         "--rejects",
         cfg.uri(layout.REJECTS),
-        "--batch-id",
-        cfg.batch_id,
         "--weights",
         cfg.weights,
         "--precision",
@@ -73,10 +85,7 @@ def features_args(cfg: RunConfig) -> list[str]:
         *(["--calibration", cfg.uri(layout.CALIBRATION)] if cfg.precision == "int8" else []),
         "--model-cache",
         cfg.uri(layout.MODELS),
-        "--manifest",
-        cfg.uri(layout.manifest_key(cfg.batch_id)),
-        "--lease",
-        cfg.uri(layout.lease_key(cfg.batch_id)),
+        *(["--refeaturize-published", cfg.uri()] if cfg.change_extractor else []),
         *retention_args(cfg),
     ]
 
@@ -121,17 +130,18 @@ def longest_job_hours() -> float:
 
 def plan_jobs(cfg: RunConfig, code_version: str, with_photos: bool = True) -> list[SparkJob]:
     """The run's jobs, running the code staged under code/<code_version>/ of the run's bucket; without
-    photos (a run that only brings the space up to date), the PCA alone."""
+    photos (a run that only brings the space up to date), the PCA alone, or for change_extractor the
+    features job on the published batches alone, then the PCA."""
     code = cfg.uri(layout.code_prefix(code_version))
     return [
         SparkJob(
             name=d.name,
             entrypoint=code + d.entrypoint,
             py_files=(code + contract.PY_FILES_ZIP,),
-            args=tuple(d.args(cfg)),
+            args=tuple(refeaturize_args(cfg) if d.name == FEATURES_JOB and not with_photos else d.args(cfg)),
             conf={},
             timeout_s=d.timeout_s,
         )
         for d in JOBS
-        if with_photos or d.name != FEATURES_JOB
+        if with_photos or d.name != FEATURES_JOB or cfg.change_extractor
     ]

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from fruits.lake.published import current_space, in_space, published_record
+from fruits.lake.published import current_space, in_space, published_record, read_record
 from fruits.lake.storage import Storage
 from fruits_jobs import layout
 
@@ -72,6 +72,14 @@ def read_summary(storage: Storage, batch_id: str | None) -> dict:
         },
         "locations": locations(storage.name, batch_id, features, space),
     }
+
+
+def photos_read(storage: Storage, space: dict) -> int:
+    """The photos the space's batches' current runs read: what a change_extractor run featurized again
+    (one record read per batch: that run alone touches the whole lake)."""
+    return sum(
+        read_record(storage, batch, run).get("read") or 0 for batch, run in space.get("features_runs", {}).items()
+    )
 
 
 def write_run_report(storage: Storage, metrics_uri: str, report: dict) -> str:
