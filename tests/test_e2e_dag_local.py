@@ -220,6 +220,7 @@ def test_a_new_extractor_is_refused_then_switches_every_batch_and_the_space_at_o
     landing = tmp_path / "new"
     make_landing(landing, n_good=4, bad=False, seed=28)
     conf = {**CONF, "landing_dir": str(landing), "batch_id": "switch", "weights": str(weights_file)}
+    conf.update(rerun=False, pca_refit="auto")  # dag.test keeps an earlier run's conf as the params' values
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FRUITS_LOCAL_LAKE", str(lake))
         refused = runnable_dag.test(run_conf=conf)
