@@ -48,9 +48,11 @@ def quality(df: pd.DataFrame, k: int = 50) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="224,192,160,128")
+def sample_bench(description: str, sizes: str, name: str) -> tuple[argparse.Namespace, Path, dict]:
+    """A benchmark on the shared sample with the genuine weights, by image size: its arguments, a
+    scratch folder and the jobs' environment (bench-sizes, bench-precision)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--sizes", default=sizes)
     ap.add_argument("--images", type=Path, default=SAMPLE)
     ap.add_argument("--weights", default=str(WEIGHTS))
     ap.add_argument("--master", default="local[2]")
@@ -58,8 +60,12 @@ def main() -> None:
     args = ap.parse_args()
     if not args.images.is_dir() or not Path(args.weights).is_file():
         raise SystemExit(f"needs the shared sample ({args.images}) and the genuine weights ({args.weights})")
-    work = Path(tempfile.mkdtemp(prefix="fruits-sizes-"))
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+    return args, Path(tempfile.mkdtemp(prefix=f"fruits-{name}-")), env
+
+
+def main() -> None:
+    args, work, env = sample_bench(__doc__.split("\n")[0], "224,192,160,128", "sizes")
     spark_submit = str(Path(sys.executable).with_name("spark-submit"))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:

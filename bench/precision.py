@@ -11,21 +11,18 @@ default: INT8 only if its 1-NN is within 0.5 point of FP32's and the job is at l
     python bench/precision.py [--sizes 224,160] [--images DIR] [--weights FILE]
 """
 
-import argparse
 import glob
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from fruits.backends.local.runner import command
 
-from bench_features import SAMPLE, WEIGHTS, run_measured, time_split
-from image_sizes import quality
+from bench_features import run_measured, time_split
+from image_sizes import quality, sample_bench
 from measure import features_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,17 +55,7 @@ def measure(images: Path, weights: str, size: int, precision: str, work: Path, e
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="224,160")
-    ap.add_argument("--images", type=Path, default=SAMPLE)
-    ap.add_argument("--weights", default=str(WEIGHTS))
-    ap.add_argument("--master", default="local[2]")
-    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
-    args = ap.parse_args()
-    if not args.images.is_dir() or not Path(args.weights).is_file():
-        raise SystemExit(f"needs the shared sample ({args.images}) and the genuine weights ({args.weights})")
-    work = Path(tempfile.mkdtemp(prefix="fruits-precision-"))
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+    args, work, env = sample_bench(__doc__.split("\n")[0], "224,160", "precision")
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         for precision in ("fp32", "int8"):

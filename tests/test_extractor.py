@@ -124,3 +124,14 @@ def test_int8_is_refused_before_anything_runs_without_calibration_photos_in_the_
     pipeline.check_calibration(cfg)
     assert jobs.features_args(cfg)[jobs.features_args(cfg).index("--calibration") + 1] == cfg.uri(layout.CALIBRATION)
     assert "--calibration" not in jobs.features_args(resolved(tmp_path, weights="random"))
+
+
+def test_an_int8_extractor_names_its_calibration_set_so_fruits_similar_finds_the_kept_graph():
+    from fruits_jobs import model
+
+    export = model.int8_export_name("onnx_tf2onnx-1_opset-17", "0123456789ab")
+    assert model.calibration_of(export) == "0123456789ab" and model.calibration_of("onnx_tf2onnx-1") is None
+    name = model.int8_cache_name("ab" * 32, 224, "0123456789ab")
+    assert (
+        name.startswith(model.onnx_cache_name("ab" * 32, 224).removesuffix(".onnx")) and "_int8-0123456789ab_" in name
+    )

@@ -559,6 +559,7 @@ def test_a_new_extractor_s_space_starts_once_every_published_batch_has_its_featu
     assert switched["new_space"] and switched["space"] != first["space"]
     assert switched["refit_reason"] == "extractor changed (image_size: 224 -> 128)"
     assert switched["extractor"] == AT_128 and sorted(switched["added"]) == ["d1", "d2"]
+    assert switched["image_size"] == 128  # what `fruits similar` featurizes a query photo at
     assert current_commit(out)["extractor"] == AT_128
     again = run(spark, features, out, "--k", "5", "--refit", "never")  # the new space takes its own batches
     assert again["space"] == switched["space"] and again["added"] == []
@@ -582,3 +583,8 @@ def test_a_space_from_before_extractors_takes_its_next_batches_extractor(spark, 
     write_features(spark, features, {"d3": classes_data(6, 20, 24, seed=3)}, extractor=AT_128)
     with pytest.raises(UsageError, match="does not join"):
         run(spark, features, out, "--k", "5")
+    # A migrated lake's first space: batches from before the records with one that has one.
+    features, out = tmp_path / "migrated" / "features", tmp_path / "migrated" / "pca"
+    write_features(spark, features, {"old": classes_data(6, 30, 24, seed=1)})
+    write_features(spark, features, {"new": classes_data(6, 20, 24, seed=2)}, extractor=AT_224)
+    assert run(spark, features, out, "--k", "5")["extractor"] == AT_224

@@ -12,6 +12,7 @@ TensorFlow graph (weights as constants), run by TensorFlow in the workers.
 """
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -329,6 +330,12 @@ def calibration_sample(files: list[tuple[str, int]], root: str, count: int = CAL
 def int8_export_name(fp32_export: str, calibration: str) -> str:
     """The export part of an INT8 extractor: the FP32 export's, the quantizer's and the calibration set's."""
     return f"{fp32_export}+int8-qdq-perchannel-minmax_calib-{calibration}_ort-{package_version('onnxruntime')}"
+
+
+def calibration_of(export: str) -> str | None:
+    """The calibration set's name in an INT8 export name (int8_export_name), None in another."""
+    found = re.search(r"_calib-([0-9a-f]+)_", export)
+    return found.group(1) if found else None
 
 
 def int8_cache_name(weights_sha256: str, image_size: int, calibration: str) -> str:

@@ -94,8 +94,9 @@ def space_extractor(
     a new extractor's space; UsageError (exit 2, the space untouched) for a batch that may not join:
     changed batches made differently from each other, or from the current space unless
     --change-extractor, and then only once every published batch has the new extractor's features."""
-    made = {batch: record.get("extractor") for batch, record in sorted(changed.items())}
-    ids = {batch: (found or {}).get("id") for batch, found in made.items()}
+    # A batch featurized before extractors were recorded names none: it is taken as it was before.
+    made = {batch: record["extractor"] for batch, record in sorted(changed.items()) if record.get("extractor")}
+    ids = {batch: found["id"] for batch, found in made.items()}
     if len(set(ids.values())) > 1:
         first = next(iter(made))
         other = next(b for b in made if ids[b] != ids[first])
@@ -108,7 +109,7 @@ def space_extractor(
     if not made:
         return current, None
     new = next(iter(made.values()))
-    if space is None or new == current or (new or {}).get("id") == (current or {}).get("id"):
+    if space is None or new["id"] == (current or {}).get("id"):
         return new, None
     if current is None:  # a space fitted before extractors were recorded: it takes its next batches'
         print(
@@ -118,7 +119,7 @@ def space_extractor(
         )
         return new, None
     batch = next(iter(made))
-    change = "; ".join(extractors.differences(current, new or {}))
+    change = "; ".join(extractors.differences(current, new))
     if not change_asked:
         raise UsageError(
             f"batch {batch} was featurized with extractor {extractors.describe(new)}, the current space "
@@ -334,8 +335,12 @@ def run(spark, args) -> dict:
     run_uri = layout.space_run_folder(pca_uri, space_id, run_id)
     hadoop_fs.write_bytes_atomically(spark, f"{run_uri}/{layout.STATE_FILE}", totals.to_bytes())
     metrics = space_metrics(args, space, space_id, run_id, basis, rule, totals, reason, drift, rows_read)
+    # What `fruits similar` featurizes a query photo with: the space's batches' weights and size.
+    weights = next((r["weights"] for _, r in sorted(changed.items()) if r.get("weights")), (space or {}).get("weights"))
     metrics.update(
         extractor=made_by,
+        weights=weights,
+        image_size=(made_by or {}).get("image_size") or (space or {}).get("image_size"),
         added=sorted(to_project),
         withdrawn=sorted(gone),
         vectors=dict(sorted(vectors.items())),

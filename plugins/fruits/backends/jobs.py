@@ -57,27 +57,26 @@ def submit_args(job: SparkJob) -> list[str]:
 
 
 def features_args(cfg: RunConfig) -> list[str]:
-    batch = [
-        "--images",
-        cfg.uri(layout.raw_prefix(cfg.batch_id)),
-        "--batch-id",
-        cfg.batch_id,
-        "--manifest",
-        cfg.uri(layout.manifest_key(cfg.batch_id)),
-        "--lease",
-        cfg.uri(layout.lease_key(cfg.batch_id)),
-    ]
-    return [*batch, *refeaturize_args(cfg)]
+    return features_job_args(cfg, with_batch=True)
 
 
 def refeaturize_args(cfg: RunConfig) -> list[str]:
-    """The features job's arguments but the day's batch: all of them for a change_extractor run that
-    brought no photos (every published batch featurized again, then one switch)."""
+    """The features job's arguments without a batch of the day: a change_extractor run that brought
+    no photos (every published batch featurized again, then one switch)."""
+    return features_job_args(cfg, with_batch=False)
+
+
+def features_job_args(cfg: RunConfig, with_batch: bool) -> list[str]:
+    def batch(*args: str) -> list[str]:
+        return list(args) if with_batch else []
+
     return [
+        *batch("--images", cfg.uri(layout.raw_prefix(cfg.batch_id))),
         "--features",
         cfg.uri(layout.FEATURES),
         "--rejects",
         cfg.uri(layout.REJECTS),
+        *batch("--batch-id", cfg.batch_id),
         "--weights",
         cfg.weights,
         "--precision",
@@ -85,6 +84,8 @@ def refeaturize_args(cfg: RunConfig) -> list[str]:
         *(["--calibration", cfg.uri(layout.CALIBRATION)] if cfg.precision == "int8" else []),
         "--model-cache",
         cfg.uri(layout.MODELS),
+        *batch("--manifest", cfg.uri(layout.manifest_key(cfg.batch_id))),
+        *batch("--lease", cfg.uri(layout.lease_key(cfg.batch_id))),
         *(["--refeaturize-published", cfg.uri()] if cfg.change_extractor else []),
         *retention_args(cfg),
     ]

@@ -89,15 +89,23 @@ def table_rows(storage: Storage, folder: str, batch: str, columns: list[str]) ->
     return table.to_pylist()
 
 
-def photo_features(photo: Path, weights: str, image_size: int, storage: Storage) -> np.ndarray:
+def photo_features(
+    photo: Path, weights: str, image_size: int, storage: Storage, extractor: dict | None = None
+) -> np.ndarray:
     """The features of one photo, computed as the batch's were (same weights and size): from the
-    ONNX export the features job kept in models/ when there is one, else exported here."""
+    ONNX export the features job kept in models/ when there is one, else exported here; for a space
+    of INT8 features (extractor), the INT8 graph the job kept."""
     from fruits_jobs import model as mobilenet
     from fruits_jobs.digests import file_digests
     from fruits_jobs.images import decode_image
 
     image = decode_image(photo.read_bytes(), image_size)[None]
-    exported = None
+    if extractor and extractor.get("precision") == "int8":
+        int8 = kept_int8_graph(storage, extractor, image_size)
+        return mobilenet.featurize(
+            mobilenet.worker_infer_fn(("cli", extractor["id"]), lambda: int8, cores=1), image, 1
+        )[0]
+    exported: mobilenet.EngineModel | None = None
     if weights not in ("imagenet", "random") and Path(weights).is_file():
         if weights_suffix(weights) == ONNX_SUFFIX:
             exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
@@ -112,6 +120,18 @@ def photo_features(photo: Path, weights: str, image_size: int, storage: Storage)
     if exported is None:
         exported = mobilenet.export_onnx(mobilenet.load_model(weights, image_size))
     return mobilenet.featurize(mobilenet.worker_infer_fn(("cli", weights), lambda: exported, cores=1), image, 1)[0]
+
+
+def kept_int8_graph(storage: Storage, extractor: dict, image_size: int):
+    """The INT8 graph the features job made for a space's extractor and kept in the lake's models/."""
+    from fruits_jobs import model as mobilenet
+
+    calibration = mobilenet.calibration_of(extractor["export"]) or ""
+    name = mobilenet.int8_cache_name(extractor["weights"].removeprefix("sha256:"), image_size, calibration)
+    kept = Path(storage.name) / layout.MODELS / name
+    if not kept.is_file():
+        raise SystemExit(f"fruits similar: the space's INT8 graph {kept} is not in the lake's models/")
+    return mobilenet.onnx_model(kept.read_bytes(), image_size, str(kept))
 
 
 def query_settings(storage: Storage, space: dict) -> tuple[str, int]:
@@ -137,7 +157,8 @@ def similar_rows(storage: Storage, photo: Path, k: int, batch: str | None = None
     vector_index.require_pieces(storage, space, batches or sorted(space["vectors"]))  # before the model loads
     weights, image_size = query_settings(storage, space)
     query = vector_index.project(
-        photo_features(photo, weights, image_size, storage), vector_index.read_components(storage, space)
+        photo_features(photo, weights, image_size, storage, space.get("extractor")),
+        vector_index.read_components(storage, space),
     )
     return [
         f"{rank}\t{m.similarity:.4f}\t{m.label}\t{readable(layout.resolve(m.path, storage.name))}"
