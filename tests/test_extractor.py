@@ -135,3 +135,20 @@ def test_an_int8_extractor_names_its_calibration_set_so_fruits_similar_finds_the
     assert (
         name.startswith(model.onnx_cache_name("ab" * 32, 224).removesuffix(".onnx")) and "_int8-0123456789ab_" in name
     )
+
+
+def test_the_calibration_set_is_training_photos_spread_over_the_paths_and_named_by_them():
+    from fruits_jobs import model
+
+    files = [(f"s3://b/cal/Training/C{c}/{i}.jpg", 1000 + i) for c in range(10) for i in range(100)]
+    files += [
+        ("s3://b/cal/Test/C0/t.jpg", 5),
+        ("s3://b/cal/Training/C0/.DS_Store", 9),
+        ("s3://b/cal/Training/C1/e.jpg", 0),
+    ]
+    uris, name = model.calibration_sample(sorted(files), "s3://b/cal", count=300)
+    assert len(uris) == 300 and not [u for u in uris if "/Test/" in u or "DS_Store" in u or u.endswith("/e.jpg")]
+    assert len({u.split("/")[-2] for u in uris}) == 10  # spread over the classes
+    assert model.calibration_sample(sorted(files), "s3://b/cal", count=300)[1] == name  # by the listing alone
+    more = sorted([*files, ("s3://b/cal/Training/C9/new.jpg", 7)])
+    assert model.calibration_sample(more, "s3://b/cal", count=300)[1] != name  # another set, another name

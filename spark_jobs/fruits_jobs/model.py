@@ -321,8 +321,7 @@ def calibration_sample(files: list[tuple[str, int]], root: str, count: int = CAL
     photos = [f for f in relative if contract.unreadable_name_reason(f[0].rsplit("/", 1)[-1]) is None and f[2] > 0]
     training = [f for f in photos if "Training" in f[0].split("/")[:-1]]
     chosen = training or photos
-    step = max(1, -(-len(chosen) // count))
-    chosen = chosen[::step][:count]
+    chosen = [chosen[i * len(chosen) // count] for i in range(count)] if len(chosen) > count else chosen
     name = hashlib.sha256("\n".join(f"{rel}\t{size}" for rel, _, size in chosen).encode()).hexdigest()[:12]
     return [uri for _, uri, _ in chosen], name
 
