@@ -211,6 +211,9 @@ def test_refeaturize_published_switches_every_batch_in_one_commit_of_each_table(
     assert tables.current_runs(str(lake / "features")) == dict.fromkeys(("d1", "d2", "d3"), alone["run"])
     with pytest.raises(features.UsageError, match="--images and --batch-id are required"):
         features.parse_args(common)
+    local = "spark.sql.sources.parallelPartitionDiscovery.threshold"  # the session main() builds for it
+    assert local in features.spark_conf(features.parse_args([*common, "--refeaturize-published", str(lake)]))
+    assert local not in features.spark_conf(features.parse_args([*common, "--refeaturize-published", "s3://b/"]))
 
 
 def two_landings(root: Path) -> None:

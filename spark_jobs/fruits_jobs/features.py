@@ -818,7 +818,8 @@ def spark_conf(args) -> dict:
         # The job prints its own progress (images, rate, time left); Spark's bar would garble the log.
         "spark.ui.showConsoleProgress": "false",
     }
-    if "://" not in args.images or args.images.startswith("file:"):
+    photos = args.images or args.refeaturize_published  # where the photos are: the day's, or the lake's
+    if "://" not in photos or photos.startswith("file:"):
         # Listing a local disk takes milliseconds; Spark's default lists folders with >32
         # subfolders in a Spark job per level (~1.5 s each here). Kept for s3://, where it pays.
         conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = "1000000"
@@ -827,7 +828,7 @@ def spark_conf(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    spark = spark_session(f"fruits-extract-features-{args.batch_id}", spark_conf(args))
+    spark = spark_session(f"fruits-extract-features-{args.batch_id or 'every-published-batch'}", spark_conf(args))
     try:
         summary = run(spark, args)
     finally:
