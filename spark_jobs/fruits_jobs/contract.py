@@ -127,6 +127,7 @@ FEATURE_DIM = 1280  # MobileNetV2's pooled output: the most principal components
 # What --weights may name besides imagenet/random: Keras weights, or an ONNX model the features
 # job exported from such weights (it keeps them in models/, model.onnx_cache_name).
 KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX = ".weights.h5", ".onnx"
+NAMED_WEIGHTS = ("imagenet", "random")  # --weights that name no file: Keras' download, a seeded init
 WEIGHTS_SUFFIXES = (KERAS_WEIGHTS_SUFFIX, ONNX_SUFFIX)
 
 

@@ -498,7 +498,7 @@ def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
         hadoop_fs.copy_to_local(spark, uri, local)
 
     source, sha256 = args.weights, None
-    if source not in ("imagenet", "random"):
+    if source not in contract.NAMED_WEIGHTS:
         source = mobilenet.local_copy(source, fetch)
         sha256 = file_digests(source, "sha256")[0]
     given_onnx = contract.weights_suffix(args.weights) == contract.ONNX_SUFFIX

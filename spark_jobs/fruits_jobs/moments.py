@@ -259,8 +259,8 @@ def fold_udf(dim: int):
                 splits = [None if pd.isna(v) else v for v in kept["split"]]
                 builder.add(np.stack(vectors), splits, labels, [str(p) for p in kept["path"]])
         # A partition of rejects only sends no moments: two d x d float64 halves are 26 MB of zeros.
-        folded = builder.result()
-        moments = folded.to_bytes() if builder.updates else b""
+        builder.flush()
+        moments = builder.result().to_bytes() if builder.updates else b""
         yield pd.DataFrame(
             {
                 "outcomes": [json.dumps(outcomes)],

@@ -212,7 +212,7 @@ def validate(conf: Mapping[str, Any]) -> dict:
 
 def check_weights(weights: str, backend: str) -> None:
     """weights must be something the backend's workers can load (a local run's file must exist)."""
-    if weights in ("imagenet", "random"):
+    if weights in contract.NAMED_WEIGHTS:
         return
     if contract.weights_suffix(weights) is None:
         raise InvalidParam("weights", f"expected imagenet, random, a .weights.h5 or an .onnx file, got {weights!r}")

@@ -17,7 +17,7 @@ from typing import Any
 from fruits.backends import backend_named
 from fruits.config.params import InvalidParam, check_weights, validate
 from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
-from fruits_jobs import extractors
+from fruits_jobs import contract, extractors
 from fruits_jobs.commits import DamagedLake
 from fruits_jobs.spaces import k_rule
 
@@ -160,7 +160,7 @@ def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str)
         check_landing(landing, root)
     weights = p.get("weights") or settings["weights"] or backend.default_weights(bucket)
     weights = backend.weights_for_jobs(weights, root)
-    if not weights.startswith(("s3://", "imagenet", "random")):
+    if not weights.startswith(("s3://", *contract.NAMED_WEIGHTS)):
         weights = str(Path(weights).expanduser().resolve())  # the job's cwd is not ours
     check_weights(weights, backend.name)
     section, weights = backend.section(p, settings, bucket, weights)

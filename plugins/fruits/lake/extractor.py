@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from fruits.lake.storage import Storage
-from fruits_jobs import extractors
+from fruits_jobs import contract, extractors
 from fruits_jobs.digests import file_digests
 
 
@@ -13,7 +13,7 @@ def weights_sha256(weights: str, local_file: str | None, storage: Storage, root:
     """The sha256 of a weights file's bytes: a file on this machine (local_file: one the run will
     stage), or an object of the lake's bucket (read once, ~9 MB); None for imagenet, random, and an
     object in another bucket (then the PCA job is the one to check)."""
-    if weights in ("imagenet", "random"):
+    if weights in contract.NAMED_WEIGHTS:
         return None
     if local_file or not weights.startswith("s3://"):
         return file_digests(local_file or weights, "sha256")[0]
@@ -26,7 +26,7 @@ def weights_sha256(weights: str, local_file: str | None, storage: Storage, root:
 def planned(weights: str, sha256: str | None, precision: str) -> dict | None:
     """The part of the run's extractor its params choose (the jobs' lock chooses the export); None
     when the weights cannot be named here."""
-    if sha256 is None and weights not in ("imagenet", "random"):
+    if sha256 is None and weights not in contract.NAMED_WEIGHTS:
         return None
     size = extractors.DEFAULT_IMAGE_SIZE
     name = extractors.weights_name(weights, size, sha256)

@@ -33,7 +33,7 @@ from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images, sql
 from fruits_jobs import layout, tables
 from fruits_jobs.commits import DamagedLake
-from fruits_jobs.contract import ONNX_SUFFIX, weights_suffix
+from fruits_jobs.contract import NAMED_WEIGHTS, ONNX_SUFFIX, weights_suffix
 from fruits_jobs.images import RejectedImage
 
 
@@ -106,7 +106,7 @@ def photo_features(
             mobilenet.worker_infer_fn(("cli", extractor["id"]), lambda: int8, cores=1), image, 1
         )[0]
     exported: mobilenet.EngineModel | None = None
-    if weights not in ("imagenet", "random") and Path(weights).is_file():
+    if weights not in NAMED_WEIGHTS and Path(weights).is_file():
         if weights_suffix(weights) == ONNX_SUFFIX:
             exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
         else:

@@ -45,7 +45,7 @@ class EmrBackend(Backend):
     ) -> tuple[EmrConfig, str]:
         check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
         weights_file = None
-        if not weights.startswith(("s3://", "imagenet", "random")):
+        if not weights.startswith(("s3://", *contract.NAMED_WEIGHTS)):
             # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
             # the job reads it there (no cluster boots to find the weights missing).
             weights_file, weights = (
