@@ -94,6 +94,28 @@ def test_sample_summary_is_the_batch_s_run_record_and_the_table_names_its_run(sa
     assert tables.current_runs(str(out / "features")) == {"sample": summary["run"]}
 
 
+def test_the_batch_s_moments_are_folded_in_its_model_pass_and_equal_its_published_features(sample_features):
+    # Folded where the vectors are born, in blocks of MODEL_PASS_ROWS (the model pass reads Arrow
+    # batches of 8): no second pass over the staged vectors, and each vector counted once.
+    from fruits_jobs.moments import MODEL_PASS_ROWS, BatchMoments, half_of
+
+    summary, rows, _ = sample_features
+    timings = summary["timings"]
+    assert "fold_s" not in timings and timings["fold_worker_s"] > 0
+    tasks = features.task_count(summary["read"], timings["cores"])
+    assert 1 <= timings["fold_blocks"] <= summary["featurized"] // MODEL_PASS_ROWS + tasks
+    stored = BatchMoments.from_bytes(Path(summary["moments"].removeprefix("file:")).read_bytes())
+    x = np.array([r["features"] for r in rows], dtype=np.float32).astype(np.float64)
+    assert stored.moments.n == summary["featurized"] == len(x)
+    np.testing.assert_allclose(stored.moments.mean, x.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stored.moments.m2 / (len(x) - 1), np.cov(x, rowvar=False), rtol=1e-6, atol=1e-9)
+    half = np.array([half_of(r["path"]) for r in rows])
+    assert [h.n for h in stored.halves] == [int((half == 0).sum()), int((half == 1).sum())]
+    test_apples = [i for i, r in enumerate(rows) if r["split"] == "Test" and r["label"] == "Apple Braeburn"]
+    np.testing.assert_allclose(stored.class_means("Test")["Apple Braeburn"], x[test_apples].mean(axis=0), rtol=1e-9)
+    assert sum(n for n, _ in stored.classes.values()) == len(x)
+
+
 def test_same_image_same_vector_across_runs_and_folders(spark, tmp_path):
     src = make_jpeg(tmp_path / "in" / "Apple" / "a.jpg", (180, 40, 40))
     shutil.copy(src, tmp_path / "in" / "Apple" / "copy.jpg")

@@ -1,12 +1,13 @@
 """Step 1: images -> 1280-d MobileNetV2 features (Parquet by batch_id) + rejects with reasons.
 
-Flow: list + read the batch with `binaryFile` -> decode/resize + model in an iterator pandas
-UDF -> ONE write of every outcome to a hidden staging folder -> features and rejects into this
-run's own folders inside the Delta tables' folders, with the batch's moments (moments.py) -> the
-run's record (batch_runs/) -> the rejects table's commit, then the features table's, which publishes
-the batch's new version as one unit (tables.py, commits.py). The staging write is the only pass that
-runs the model; a run killed before the features commit leaves the batch's current version as it
-was, and a later run's vacuum deletes its leftovers once they are older than the retention.
+Flow: list + read the batch with `binaryFile` -> decode/resize + model in mapInPandas, which folds
+the vectors into the batch's moments as they are born (moments.py) -> ONE write of every outcome to
+a hidden staging folder -> features and rejects into this run's own folders inside the Delta
+tables' folders, with the batch's moments -> the run's record (batch_runs/) -> the rejects table's
+commit, then the features table's, which publishes the batch's new version as one unit (tables.py,
+commits.py). The staging write is the only pass that runs the model; a run killed before the
+features commit leaves the batch's current version as it was, and a later run's vacuum deletes its
+leftovers once they are older than the retention.
 """
 
 import argparse
@@ -46,7 +47,12 @@ ROWS_PER_OUTPUT_FILE = 50_000  # ~250 MB of features per Parquet file
 # Python round trip, a Parquet file, scheduling: measured), so Spark's default of ~30 small
 # files per task wasted a third of the run; 2,000 images is ~20-40 s of model time, cheap to retry.
 IMAGES_PER_TASK = 2000
-RESULT_SCHEMA = "features array<float>, reason string, detail string"
+# The staged outcomes: one row per photo, and per model-pass task one row of its moments (no path).
+OUTCOME_SCHEMA = (
+    "path string, label string, split string, sha256 string, features array<float>, reason string, "
+    "detail string, moments binary"
+)
+OUTCOME_COLUMNS = [column.split()[0] for column in OUTCOME_SCHEMA.split(", ")]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,49 +145,74 @@ def _task_cpus() -> int:
         return 1
 
 
-class WorkerSeconds(NamedTuple):
-    """Spark accumulators of the seconds the Python workers spent decoding and in the model (summed
-    over workers): with the driver's timings, the job's time split (make bench)."""
+class WorkerTally(NamedTuple):
+    """Spark accumulators of what the Python workers did (summed over workers): seconds decoding, in
+    the model and folding the moments, and the fold's scatter updates; with the driver's laps, the
+    job's time split (make bench)."""
 
     decode: "Accumulator"
     model: "Accumulator"
+    fold: "Accumulator"
+    fold_blocks: "Accumulator"
 
     @classmethod
-    def of(cls, spark) -> "WorkerSeconds":
-        return cls(spark.sparkContext.accumulator(0.0), spark.sparkContext.accumulator(0.0))
+    def of(cls, spark) -> "WorkerTally":
+        sc = spark.sparkContext
+        return cls(sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0))
 
 
-def make_featurize_udf(
-    model_bc, image_size: int, batch_size: int, max_pixels: int, progress_folder: str, seconds: WorkerSeconds
+def make_featurize_fn(
+    model_bc, image_size: int, batch_size: int, max_pixels: int, progress_folder: str, tally: WorkerTally
 ):
-    from pyspark.sql.functions import pandas_udf
-
+    """mapInPandas function over (path, label, split, sha256, content): each photo's outcome (its
+    features, or its reject), then one row more per task holding the moments of the task's vectors
+    (`moments` set, no path). Folded here, where the vectors are born, in blocks of
+    moments.MODEL_PASS_ROWS: no second pass over them, and the task's moments are committed with its
+    outcomes by Spark's output commit, so a retried task counts once."""
     key = ("mobilenet_v2", uuid.uuid4().hex, image_size)  # new job, new model in a reused worker
+    no_class = contract.reject_reason("no_class_folder")
 
-    @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]  # a DDL string: accepted, not in pyspark's stubs
-    def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def featurize_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         infer, counter = None, progress.WorkerCounter(progress_folder)
-        for contents in batches:
+        builder = moments.MomentsBuilder(FEATURE_DIM, moments.MODEL_PASS_ROWS)
+        for pdf in batches:
             started = time.perf_counter()
-            images, errors = decode_many(contents, image_size, max_pixels)
-            if len(images) and infer is None:  # a batch of only bad files never loads TensorFlow
+            labelled = pdf["label"].notna().to_numpy()
+            # A photo outside a class folder is rejected undecoded: it has no label to learn from.
+            images, errors = decode_many(pdf["content"].to_numpy()[labelled], image_size, max_pixels)
+            if len(images) and infer is None:  # a batch of only bad files never loads the model
                 infer = worker_infer_fn(key, lambda: model_bc.value, _task_cpus())
             decoded = time.perf_counter()
             vectors = iter(featurize(infer, images, batch_size) if len(images) else ())
-            seconds.decode.add(decoded - started)
-            seconds.model.add(time.perf_counter() - decoded)
+            modelled = time.perf_counter()
+            outcomes = iter(errors)
             features, reasons, details = [], [], []
-            for err in errors:
+            for has_label in labelled:
+                err = next(outcomes) if has_label else (no_class, contract.REJECT_REASONS[no_class])
                 vec = None if err else next(vectors)
                 if vec is not None and not np.isfinite(vec).all():
                     err, vec = (contract.reject_reason("non_finite_features"), "model output has NaN/Inf"), None
                 features.append(vec)
                 reasons.append(err[0] if err else None)
                 details.append(err[1] if err else None)
-            counter.add(len(errors))
-            yield pd.DataFrame({"features": features, "reason": reasons, "detail": details})
+            out = pdf.drop(columns="content").assign(features=features, reason=reasons, detail=details, moments=None)
+            kept = out[out["reason"].isna()]
+            if len(kept):
+                splits = [v if isinstance(v, str) else None for v in kept["split"]]
+                builder.add(np.stack(kept["features"].to_numpy()), splits, kept["label"], kept["path"])
+            tally.decode.add(decoded - started)
+            tally.model.add(modelled - decoded)
+            tally.fold.add(time.perf_counter() - modelled)
+            counter.add(len(pdf))
+            yield out
+        started = time.perf_counter()
+        builder.flush()
+        tally.fold.add(time.perf_counter() - started)
+        tally.fold_blocks.add(builder.updates)
+        if builder.updates:  # a task of rejects only sends no moments (26 MB of zeros)
+            yield pd.DataFrame([dict.fromkeys(OUTCOME_COLUMNS) | {"moments": builder.result().to_bytes()}])
 
-    return featurize_udf
+    return featurize_partition
 
 
 def path_columns(root_uri: str):
@@ -211,7 +242,7 @@ def manifest_paths(spark, manifest_uri: str, root_uri: str) -> list[str]:
 
 
 def stage_outcomes(
-    spark, args, root_uri: str, staging_uri: str, model_bc, progress_uri: str, seconds: WorkerSeconds
+    spark, args, root_uri: str, staging_uri: str, model_bc, progress_uri: str, tally: WorkerTally
 ) -> dict:
     """The one pass that reads the images and runs the model; writes every file's outcome, and its
     progress to progress_uri while it runs. Returns what was found under the root but is not the
@@ -220,7 +251,7 @@ def stage_outcomes(
 
     manifest = json.loads(hadoop_fs.read_text(spark, args.manifest)) if args.manifest else None
     if manifest is not None and manifest.get("layout") == contract.PACKED:
-        return stage_packed_outcomes(spark, args, manifest, root_uri, staging_uri, model_bc, progress_uri, seconds)
+        return stage_packed_outcomes(spark, args, manifest, root_uri, staging_uri, model_bc, progress_uri, tally)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root_uri)
     listed = listed_files(files)
     skipped = hadoop_fs.list_skipped_by_spark(spark, root_uri)
@@ -240,15 +271,15 @@ def stage_outcomes(
     reporter = progress.Reporter(
         spark, len(listed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
     )
-    featurize_udf = make_featurize_udf(
-        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, seconds
+    featurize_fn = make_featurize_fn(
+        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, tally
     )
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
     # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
     # into the reader, so oversized files are never loaded.
-    decoded = decoded_outcomes(files.where(F.col("length") <= args.max_file_bytes), label, split, featurize_udf)
+    decoded = decoded_outcomes(files.where(F.col("length") <= args.max_file_bytes), label, split, featurize_fn)
 
     def rejected(df, code: str, detail):
         return rejected_outcomes(df, label, split, code, detail)
@@ -300,22 +331,13 @@ def stage_outcomes(
     return {}
 
 
-def decoded_outcomes(files, label, split, featurize_udf):
-    """Each photo of files (path, content) through the model: features, or the decoder's reject."""
+def decoded_outcomes(files, label, split, featurize_fn):
+    """Each photo of files (path, content) through the model (make_featurize_fn): its features or its
+    reject, and the tasks' moments rows."""
     from pyspark.sql import functions as F
 
-    unlabeled = F.col("label").isNull()
-    no_class = contract.reject_reason("no_class_folder")
-    return files.select(
-        "path", label, split, F.sha2("content", 256).alias("sha256"), featurize_udf("content").alias("r")
-    ).select(
-        "path",
-        "label",
-        "split",
-        "sha256",
-        F.when(unlabeled, F.lit(None)).otherwise(F.col("r.features")).alias("features"),
-        F.when(unlabeled, F.lit(no_class)).otherwise(F.col("r.reason")).alias("reason"),
-        F.when(unlabeled, F.lit(contract.REJECT_REASONS[no_class])).otherwise(F.col("r.detail")).alias("detail"),
+    return files.select("path", label, split, F.sha2("content", 256).alias("sha256"), "content").mapInPandas(
+        featurize_fn, OUTCOME_SCHEMA
     )
 
 
@@ -331,6 +353,7 @@ def rejected_outcomes(df, label, split, code: str, detail):
         F.lit(None).cast("array<float>").alias("features"),
         F.lit(contract.reject_reason(code)).alias("reason"),
         detail.alias("detail"),
+        F.lit(None).cast("binary").alias("moments"),
     )
 
 
@@ -373,7 +396,7 @@ def packed_photos(spark, shard_uris: list[str], root_uri: str, wanted: list[tupl
 
 
 def stage_packed_outcomes(
-    spark, args, manifest: dict, root_uri: str, staging_uri: str, model_bc, progress_uri, seconds: WorkerSeconds
+    spark, args, manifest: dict, root_uri: str, staging_uri: str, model_bc, progress_uri, tally: WorkerTally
 ) -> dict:
     """stage_outcomes for a batch packed in Parquet shards (the manifest's "layout"): every photo it
     lists ends featurized or rejected, as a loose batch's would, under the same `path`."""
@@ -390,8 +413,8 @@ def stage_packed_outcomes(
     reporter = progress.Reporter(
         spark, len(packed), publish=lambda text: hadoop_fs.write_text(spark, progress_uri, text)
     )
-    featurize_udf = make_featurize_udf(
-        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, seconds
+    featurize_fn = make_featurize_fn(
+        model_bc, args.image_size, args.batch_size, args.max_pixels, reporter.folder, tally
     )
     label, split = path_columns(root_uri)
     length = F.col("length")
@@ -412,7 +435,7 @@ def stage_packed_outcomes(
             "file_too_large",
             F.concat(length.cast("string"), F.lit(f" bytes > {args.max_file_bytes}")),
         ),
-        decoded_outcomes(photos.where((length > 0) & (length <= args.max_file_bytes)), label, split, featurize_udf),
+        decoded_outcomes(photos.where((length > 0) & (length <= args.max_file_bytes)), label, split, featurize_fn),
     ]
     staged = outcomes[0]
     for more in outcomes[1:]:  # the cheap branches first, as in stage_outcomes
@@ -665,7 +688,7 @@ def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_
     batch_runs = layout.batch_runs_of(features_uri)
     # Named by the run, so a later run can tell when it is older than the tables' retention.
     staging_uri = f"{batch_runs}/{layout.STAGING_DIR}/{run_id}.{args.batch_id}"
-    clock, worker_seconds = Stopwatch(), WorkerSeconds.of(spark)  # the data work, not loading the model
+    clock, tally = Stopwatch(), WorkerTally.of(spark)  # the data work, not loading the model
     ignored = stage_outcomes(
         spark,
         args,
@@ -673,30 +696,29 @@ def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_
         staging_uri,
         model_bc,
         f"{batch_runs}/{layout.progress_name(args.batch_id)}",
-        worker_seconds,
+        tally,
     )
     clock.lap("model_pass")
     staged = spark.read.parquet(staging_uri)
-    # One pass over the staged outcomes counts them and folds the featurized vectors into the
-    # batch's moments, which the PCA merges instead of re-reading this batch (moments.py).
-    staged_bytes = sum(size for _, size in hadoop_fs.list_files(spark, staging_uri))
-    folded = moments.fold(staged, FEATURE_DIM, moments.fold_tasks(staged_bytes, spark.sparkContext.defaultParallelism))
-    by_reason, batch_moments = dict(folded.outcomes), folded.moments
-    clock.lap("fold")
+    photos = staged.where(F.col("moments").isNull())
+    by_reason, batch_moments = outcome_counts(photos), gathered_moments(staged)
+    clock.lap("gather")
     featurized = by_reason.pop(None, 0)
+    if batch_moments.moments.n != featurized:  # Spark commits a task's rows and moments together
+        raise RuntimeError(f"batch {args.batch_id}: moments of {batch_moments.moments.n} vectors for {featurized}")
     rejected = sum(by_reason.values())
     # This run's folders, inside the tables' folders: nobody reads them until the tables' logs name them.
     outputs = {
         # Written even with no row: a published batch always has files in the features table, whose
         # run= folder names the batch's current run (tables.current_runs).
         "features": write_run(
-            staged.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
+            photos.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
             layout.run_folder(layout.batch_folder(features_uri, args.batch_id), run_id),
             featurized,
             keep_empty=True,
         ),
         "rejects": write_run(
-            staged.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
+            photos.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
             layout.run_folder(layout.batch_folder(rejects_uri, args.batch_id), run_id),
             rejected,
         ),
@@ -707,13 +729,31 @@ def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_
     clock.lap("write")
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, clock.total, None)
     summary["timings"] = clock.laps | {
-        "decode_worker_s": round(worker_seconds.decode.value, 2),
-        "model_worker_s": round(worker_seconds.model.value, 2),
+        "decode_worker_s": round(tally.decode.value, 2),
+        "model_worker_s": round(tally.model.value, 2),
+        "fold_worker_s": round(tally.fold.value, 2),
+        "fold_blocks": tally.fold_blocks.value,
         "cores": spark.sparkContext.defaultParallelism,
     }
     summary["extractor"] = made_by  # how these features were made: a space takes only its own (pca.py)
     summary["staging"] = staging_uri  # deleted once published (not part of the record)
     return summary
+
+
+def outcome_counts(photos) -> dict[str | None, int]:
+    """{reason: photos} of the staged outcomes, the featurized under None: a scan of one column."""
+    return {row["reason"]: row["count"] for row in photos.groupBy("reason").count().collect()}
+
+
+def gathered_moments(staged) -> moments.BatchMoments:
+    """The batch's moments: the merge of its model-pass tasks' moments rows, one at a time (each is
+    26 MB); Parquet reads only that column, and skips the row groups where it is all null."""
+    from pyspark.sql import functions as F
+
+    total = moments.BatchMoments.empty(FEATURE_DIM)
+    for row in staged.where(F.col("moments").isNotNull()).select("moments").toLocalIterator():
+        total = total.merge(moments.BatchMoments.from_bytes(row["moments"]))
+    return total
 
 
 def clean_up(spark, args, features_uri: str, rejects_uri: str, run_id: str, batches: list[str]) -> None:

@@ -1,8 +1,8 @@
 """Mergeable moments of feature vectors: what lets the PCA grow with the day, not with the lake.
 
 A batch's `BatchMoments` (its count, mean and scatter matrix, and per (split, label) the count and
-sum of its vectors) is computed by the features job in the pass that counts its outcomes, and kept
-beside its features (layout.MOMENTS_FILE, named in its commit). Merged (Chan et al.'s pairwise
+sum of its vectors) is folded by the features job in its model pass, where the vectors are born, and
+kept beside its features (layout.MOMENTS_FILE, named in its commit). Merged (Chan et al.'s pairwise
 update), they give the covariance of any set of batches exactly, so the PCA's spectrum and its drift
 checks read a fixed-size state, never the vectors again; the per-class sums give class centroids in
 any basis (the projection is linear). float64 throughout: float32 scatter sums lose the small
@@ -157,6 +157,10 @@ class BatchMoments:
 # per block the update's fixed cost (a d x d add) is ~1 % of its BLAS work (measured: 8-row blocks
 # cost 2.7 ms a row, 2,000-row blocks 0.06 ms).
 FOLD_ROWS = 2048
+# Rows per scatter update where the vectors are born (the features job's model pass, 8 rows an Arrow
+# batch): 5 MB of buffered float64 per worker; measured on one core, 0.07 ms a row (0.06 at 2,048,
+# 0.11 at 256), under 1 % of the model's ~11 ms a row.
+MODEL_PASS_ROWS = 512
 
 
 class Scatter:
@@ -277,16 +281,6 @@ def fold_udf(dim: int):
 FOLD_SCHEMA = "outcomes string, moments binary, bad_path string, largest_batch long, updates long"
 
 
-# Staged bytes per fold task: ~50,000 rows of 1280 floats, ~3 s of BLAS on one core, against ~5 min
-# of model time for those rows. Each more task costs a Spark job and 26 MB to the driver (~0.4 s).
-FOLD_BYTES_PER_TASK = 256 << 20
-
-
-def fold_tasks(staged_bytes: int, cores: int) -> int:
-    """Tasks for folding staged outcomes of this size: one per FOLD_BYTES_PER_TASK, one per core at most."""
-    return max(1, min(cores, -(-staged_bytes // FOLD_BYTES_PER_TASK)))
-
-
 class Folded(NamedTuple):
     """What one pass of fold() found: outcome counts ({reason: n}, featurized under None), the
     BatchMoments of the featurized rows, the first bad path, and how it read them (the largest
@@ -302,8 +296,9 @@ class Folded(NamedTuple):
 def fold(df, dim: int, tasks: int | None = None) -> Folded:
     """One pass over df (path, label, split, features[, reason]) in Arrow batches of FOLD_ROWS,
     whatever the session's batch size (the features job keeps the model's, 8, for its model pass),
-    in `tasks` Spark tasks (default: one per core; fold_tasks), whose moments reach the driver one
-    at a time (toLocalIterator)."""
+    in `tasks` Spark tasks (default: one per core), whose moments reach the driver one at a time
+    (toLocalIterator). The PCA's fold of batches without stored moments; the features job folds its
+    vectors in its model pass instead (features.py)."""
     from pyspark.sql import functions as F
 
     from fruits_jobs.common import session_conf
