@@ -4,7 +4,7 @@ For each (precision, size): the features job (as the local backend launches it, 
 the real Fruits-360 sample with the genuine weights, INT8 calibrated on its Training photos (the
 job's own sample of them); the raw ONNX Runtime loop (bench/raw_loop.py) times the model alone on
 the same photos. Printed: images/s of both, the job's peak memory and its time by part (decode,
-model, fold, write), and from the job's features: 1-NN and nearest-centroid accuracy (Test photos
+model, other, count, write, fold), and from the job's features: 1-NN and nearest-centroid accuracy (Test photos
 against Training) and the variance the first 50 components explain. Then the rule that decides the
 default: INT8 only if its 1-NN is within 0.5 point of FP32's and the job is at least 1.5x faster.
 
@@ -63,7 +63,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print(
         f"\n{'precision':>9} {'size':>5} {'job img/s':>10} {'raw img/s':>10} {'job peak MB':>12} {'1-NN':>6} "
-        f"{'centroid':>9} {'var k=50':>9}   job seconds: decode / model / other / fold / write"
+        f"{'centroid':>9} {'var k=50':>9}   job seconds: decode / model / other / count / write / fold"
     )
     for r in rows:
         parts = " / ".join(f"{v:.1f}" for v in r["time_split_s"].values())

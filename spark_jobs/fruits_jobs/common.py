@@ -47,15 +47,17 @@ def spark_session(app_name: str, conf: dict):
 
 
 @contextmanager
-def session_conf(spark, key: str, value: str):
-    """A Spark SQL setting for the queries run inside the block (read when each query executes),
+def session_conf(spark, settings: dict[str, str]):
+    """Spark SQL settings for the queries run inside the block (read when each query executes),
     restored after it."""
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, value)
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        spark.conf.unset(key) if previous is None else spark.conf.set(key, previous)
+        for key, value in previous.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
 
 
 def ship_package(spark) -> None:

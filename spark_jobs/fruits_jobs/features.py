@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -195,16 +196,16 @@ def make_featurize_fn(
                 features.append(vec)
                 reasons.append(err[0] if err else None)
                 details.append(err[1] if err else None)
-            out = pdf.drop(columns="content").assign(features=features, reason=reasons, detail=details, moments=None)
-            kept = out[out["reason"].isna()]
-            if len(kept):
-                splits = [v if isinstance(v, str) else None for v in kept["split"]]
-                builder.add(np.stack(kept["features"].to_numpy()), splits, kept["label"], kept["path"])
+            kept = [i for i, reason in enumerate(reasons) if reason is None]
+            if kept:
+                columns = [pdf[name].to_numpy() for name in ("split", "label", "path")]
+                splits, labels, paths = ([column[i] for i in kept] for column in columns)
+                builder.add(np.stack([features[i] for i in kept]), splits, labels, paths)
             tally.decode.add(decoded - started)
             tally.model.add(modelled - decoded)
             tally.fold.add(time.perf_counter() - modelled)
             counter.add(len(pdf))
-            yield out
+            yield pdf.drop(columns="content").assign(features=features, reason=reasons, detail=details, moments=None)
         started = time.perf_counter()
         builder.flush()
         tally.fold.add(time.perf_counter() - started)
@@ -442,7 +443,7 @@ def stage_packed_outcomes(
         staged = staged.unionByName(more)
     spark.sparkContext.setJobGroup(progress.JOB_GROUP, "model pass")
     # For the model pass only (the scan is planned when it runs); the job's other reads keep theirs.
-    with reporter, session_conf(spark, "spark.sql.files.maxPartitionBytes", task_bytes):
+    with reporter, session_conf(spark, {"spark.sql.files.maxPartitionBytes": task_bytes}):
         staged.withColumn("batch_id", F.lit(args.batch_id)).write.mode("overwrite").parquet(staging_uri)
     spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     # Listed, but in a shard that is gone or without its row: rejected, so read == the manifest's count.
@@ -701,32 +702,38 @@ def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_
     clock.lap("model_pass")
     staged = spark.read.parquet(staging_uri)
     photos = staged.where(F.col("moments").isNull())
-    by_reason, batch_moments = outcome_counts(photos), gathered_moments(staged)
-    clock.lap("gather")
+    by_reason = outcome_counts(photos)
     featurized = by_reason.pop(None, 0)
-    if batch_moments.moments.n != featurized:  # Spark commits a task's rows and moments together
-        raise RuntimeError(f"batch {args.batch_id}: moments of {batch_moments.moments.n} vectors for {featurized}")
     rejected = sum(by_reason.values())
-    # This run's folders, inside the tables' folders: nobody reads them until the tables' logs name them.
-    outputs = {
-        # Written even with no row: a published batch always has files in the features table, whose
-        # run= folder names the batch's current run (tables.current_runs).
-        "features": write_run(
-            photos.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
-            layout.run_folder(layout.batch_folder(features_uri, args.batch_id), run_id),
-            featurized,
-            keep_empty=True,
-        ),
-        "rejects": write_run(
-            photos.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
-            layout.run_folder(layout.batch_folder(rejects_uri, args.batch_id), run_id),
-            rejected,
-        ),
-    }
-    if featurized:
-        outputs["moments"] = moments_uri = layout.moments_path(batch_runs, args.batch_id, run_id)
-        hadoop_fs.write_bytes_atomically(spark, moments_uri, batch_moments.to_bytes(made_by))
-    clock.lap("write")
+    clock.lap("count")
+    moments_uri = layout.moments_path(batch_runs, args.batch_id, run_id) if featurized else None
+    with ThreadPoolExecutor(1) as pool:
+        # The tasks' moments are merged and saved while the tables' files are written: the fixed
+        # costs of its Spark job (planning, a Python task) and of the file overlap theirs.
+        gathering = pool.submit(save_moments, spark, staged, moments_uri, made_by)
+        # This run's folders, inside the tables' folders: nobody reads them until the tables' logs name them.
+        outputs = {
+            # Written even with no row: a published batch always has files in the features table, whose
+            # run= folder names the batch's current run (tables.current_runs).
+            "features": write_run(
+                photos.where(F.col("reason").isNull()).select("path", "label", "split", "sha256", "features"),
+                layout.run_folder(layout.batch_folder(features_uri, args.batch_id), run_id),
+                featurized,
+                keep_empty=True,
+            ),
+            "rejects": write_run(
+                photos.where(F.col("reason").isNotNull()).select("path", "reason", "detail", "label", "split"),
+                layout.run_folder(layout.batch_folder(rejects_uri, args.batch_id), run_id),
+                rejected,
+            ),
+        }
+        clock.lap("write")
+        folded = gathering.result()
+    clock.lap("moments")  # what the fold adds after the writes
+    if folded != featurized:  # Spark commits a task's rows and moments together
+        raise RuntimeError(f"batch {args.batch_id}: moments of {folded} vectors for {featurized} featurized")
+    if moments_uri:
+        outputs["moments"] = moments_uri
     summary = batch_summary(args, run_id, outputs, featurized, by_reason, ignored, clock.total, None)
     summary["timings"] = clock.laps | {
         "decode_worker_s": round(tally.decode.value, 2),
@@ -740,20 +747,19 @@ def featurize_batch(spark, args, run_id: str, model_bc, made_by: dict, features_
     return summary
 
 
+def save_moments(spark, staged, uri: str | None, made_by: dict) -> int:
+    """Merge the staged moments rows into the batch's moments file at uri (none: no vector to fold);
+    returns the vectors folded."""
+    if uri is None:
+        return 0
+    batch_moments = moments.gather(staged, FEATURE_DIM)
+    hadoop_fs.write_bytes_atomically(spark, uri, batch_moments.to_bytes(made_by))
+    return batch_moments.moments.n
+
+
 def outcome_counts(photos) -> dict[str | None, int]:
     """{reason: photos} of the staged outcomes, the featurized under None: a scan of one column."""
     return {row["reason"]: row["count"] for row in photos.groupBy("reason").count().collect()}
-
-
-def gathered_moments(staged) -> moments.BatchMoments:
-    """The batch's moments: the merge of its model-pass tasks' moments rows, one at a time (each is
-    26 MB); Parquet reads only that column, and skips the row groups where it is all null."""
-    from pyspark.sql import functions as F
-
-    total = moments.BatchMoments.empty(FEATURE_DIM)
-    for row in staged.where(F.col("moments").isNotNull()).select("moments").toLocalIterator():
-        total = total.merge(moments.BatchMoments.from_bytes(row["moments"]))
-    return total
 
 
 def clean_up(spark, args, features_uri: str, rejects_uri: str, run_id: str, batches: list[str]) -> None:

@@ -215,7 +215,7 @@ class MomentsBuilder:
         splits, labels, paths = ([v for b in self.buffered for v in b[i]] for i in (1, 2, 3))
         self.buffered, self.pending = [], 0
         self.updates += 1
-        keys = [(s or "", lab) for s, lab in zip(splits, labels, strict=True)]
+        keys = [(s if isinstance(s, str) else "", lab) for s, lab in zip(splits, labels, strict=True)]
         labelled = [i for i, k in enumerate(keys) if k[1] is not None]
         if labelled:
             found = sorted({keys[i] for i in labelled})
@@ -312,7 +312,7 @@ def fold(df, dim: int, tasks: int | None = None) -> Folded:
     # toLocalIterator runs one Spark job per partition; the next one's runs while this one merges.
     tasks = tasks or df.sparkSession.sparkContext.defaultParallelism
     columns = columns.coalesce(max(1, min(columns.rdd.getNumPartitions(), tasks)))
-    with session_conf(df.sparkSession, "spark.sql.execution.arrow.maxRecordsPerBatch", str(FOLD_ROWS)):
+    with session_conf(df.sparkSession, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(FOLD_ROWS)}):
         for row in columns.mapInPandas(fold_udf(dim), FOLD_SCHEMA).toLocalIterator(prefetchPartitions=True):
             for reason, n in json.loads(row["outcomes"]).items():
                 outcomes[reason or None] = outcomes.get(reason or None, 0) + n
@@ -321,3 +321,29 @@ def fold(df, dim: int, tasks: int | None = None) -> Folded:
             bad = bad or row["bad_path"]
             largest, updates = max(largest, row["largest_batch"]), updates + row["updates"]
     return Folded({reason: n for reason, n in outcomes.items() if n}, total, bad, largest, updates)
+
+
+def merge_udf(dim: int):
+    """mapInPandas function over (moments): one row, their merge."""
+
+    def partition(batches):
+        import pandas as pd
+
+        total = BatchMoments.empty(dim)
+        for pdf in batches:
+            for data in pdf["moments"]:
+                total = total.merge(BatchMoments.from_bytes(data))
+        yield pd.DataFrame({"moments": [total.to_bytes()]})
+
+    return partition
+
+
+def gather(staged, dim: int) -> BatchMoments:
+    """The merged moments of the features job's staged outcomes, whose model-pass tasks each added a
+    moments row (no path): one Spark task reads that column's non-null values (Parquet skips the
+    rest) and merges them in a Python worker, so one 26 MB row reaches the driver, not one a task."""
+    from pyspark.sql import functions as F
+
+    rows = staged.where(F.col("moments").isNotNull()).select("moments").coalesce(1)
+    merged = rows.mapInPandas(merge_udf(dim), "moments binary").collect()
+    return BatchMoments.from_bytes(merged[0]["moments"]) if merged else BatchMoments.empty(dim)
