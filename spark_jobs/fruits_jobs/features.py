@@ -188,19 +188,23 @@ def make_featurize_fn(
             modelled = time.perf_counter()
             outcomes = iter(errors)
             features, reasons, details = [], [], []
-            for has_label in labelled:
+            kept: list[int] = []  # the rows featurized, and their vectors: what the fold adds
+            kept_vectors: list[np.ndarray] = []
+            for row, has_label in enumerate(labelled):
                 err = next(outcomes) if has_label else (no_class, contract.REJECT_REASONS[no_class])
                 vec = None if err else next(vectors)
                 if vec is not None and not np.isfinite(vec).all():
                     err, vec = (contract.reject_reason("non_finite_features"), "model output has NaN/Inf"), None
+                if vec is not None:
+                    kept.append(row)
+                    kept_vectors.append(vec)
                 features.append(vec)
                 reasons.append(err[0] if err else None)
                 details.append(err[1] if err else None)
-            kept = [i for i, reason in enumerate(reasons) if reason is None]
             if kept:
                 columns = [pdf[name].to_numpy() for name in ("split", "label", "path")]
                 splits, labels, paths = ([column[i] for i in kept] for column in columns)
-                builder.add(np.stack([features[i] for i in kept]), splits, labels, paths)
+                builder.add(np.stack(kept_vectors), splits, labels, paths)
             tally.decode.add(decoded - started)
             tally.model.add(modelled - decoded)
             tally.fold.add(time.perf_counter() - modelled)
