@@ -104,6 +104,9 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "vectors/*/*/*/", False, "vector_index.build_missing_pieces"),
     *read("vectors/*/*/*/*", "vector_index.build_missing_pieces"),
     Call("PutObject", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces"),
+    Call("ListObjectsV2", "pca/spaces/*/index/catalog.json", False, "vector_index.read_catalog"),
+    Call("GetObject", "pca/spaces/*/index/catalog.json", False, "vector_index.read_catalog"),
+    Call("DeleteObject", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces (retired pieces)"),
     *read("pca/spaces/*/index/*", "vector_index.search (fruits similar on an s3:// lake)"),
     Call("CreateMultipartUpload", "pca/spaces/*/index/*", False, "vector_index.build_missing_pieces (a large piece)"),
 ]

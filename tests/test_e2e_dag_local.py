@@ -82,7 +82,10 @@ def test_the_batch_is_published_in_the_lake_s_first_space_with_its_plots_model_a
     assert where["pca_vectors"].startswith(f"{lake}/vectors/{summary['pca']['space']}/e2e/")  # in the table
     assert "pca_commit" not in where  # the vectors table's commit publishes the space (its record: metrics)
     assert len(pd.read_parquet(where["pca_vectors"])) == summary["images"]["featurized"]
-    assert list(Path(space, "index", "e2e").glob("*.usearch"))  # publish_summary indexed the new vectors
+    # publish_summary indexed the new vectors: a piece holding the batch, named in the index's catalog
+    catalog = json.loads(Path(space, "index", "catalog.json").read_text())
+    assert [list(piece["members"]) for piece in catalog["pieces"]] == [["e2e"]]
+    assert Path(lake, catalog["pieces"][0]["key"] + ".usearch").is_file()
 
 
 def test_the_run_report_times_each_job_in_the_xcom_and_beside_the_outputs(pipeline_run, summary):

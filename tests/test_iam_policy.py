@@ -87,7 +87,9 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     # ... then indexes the vectors the space's commit names, beside the space
     assert allowed("s3", "ListObjectsV2", {"Bucket": BUCKET, "Prefix": "vectors/s1/b1/r1/"})
     assert allowed("s3", "GetObject", {"Bucket": BUCKET, "Key": "vectors/s1/b1/r1/part-0.parquet"})
-    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/b1/r1.usearch"})
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/pieces/ab12.usearch"})
+    # ... and deletes the pieces a merge of tiers retired (derived data, in the index's own folder)
+    assert allowed("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/pieces/ab12.usearch"})
     assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
     assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
@@ -119,7 +121,7 @@ def test_the_calls_the_pipeline_makes_are_allowed():
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/state.npz"}, TAGS),
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/metrics.json"}, TAGS),
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/runs/r1/metrics.json"}, TAGS),  # the job's
-        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/b1/r1.usearch"}, TAGS),
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/basis.npz"}, TAGS),
         # the layout before issue 20: nothing there to write any more
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/batch_id=1/run=r1/metrics.json"}, TAGS),
         ("emr", "TerminateJobFlows", {"JobFlowIds": ["j-other"]}, {"project": "other"}),  # not our cluster

@@ -88,7 +88,6 @@ def test_a_space_keeps_its_files_under_pca_spaces_and_its_vectors_in_the_table_w
     assert vectors == f"s3://b/vectors/{space}/2026-12-02/{run}"
     assert "=" not in vectors
     assert layout.space_run_folder(layout.PCA, space, run) == f"pca/spaces/{space}/runs/{run}"
-    assert layout.index_piece(layout.PCA, space, "b1", run) == f"pca/spaces/{space}/index/b1/{run}"
     assert layout.commit_path(pca, run) == f"s3://b/pca/_commits/{run}.json"
     assert layout.moments_path("/lake/batch_runs", "b1", "r1") == "/lake/batch_runs/batch_id=b1/r1.moments.npz"
     assert layout.confusion_path(vectors) == f"s3://b/pca/spaces/{space}/confusion/2026-12-02/{run}.json"

@@ -1,6 +1,10 @@
-"""The current space's vector index (fruits.lake.vector_index, issue 20 point 7): one piece per batch
-beside the space, built from the vectors its commit names, searched together; on a folder lake and
-on S3 (moto). The spaces here are written in the contract's format by space_fixtures."""
+"""The current space's vector index (fruits.lake.vector_index, issue 20 point 7, tiered in issue 29):
+pieces beside the space, merged in tiers, built from the vectors its commit names, searched
+together; on a folder lake and on S3 (moto). The spaces here are written in the contract's format by
+space_fixtures."""
+
+import math
+import random
 
 import numpy as np
 import pytest
@@ -47,12 +51,22 @@ def exact_top(vectors: dict[str, np.ndarray], query: np.ndarray, k: int) -> list
 
 
 def row_of(match) -> tuple[str, int]:
-    return match.batch, int(match.path.rsplit("/", 1)[1].removesuffix(".jpg"))
+    return match.batch, int(match.path.rsplit("/", 1)[1].removesuffix(".jpg").rsplit("-", 1)[-1])
 
 
-def index_files(root) -> dict[str, tuple[int, int]]:
-    folder = root / "pca" / "spaces" / SPACE / "index"
+def index_files(root, space: str = SPACE) -> dict[str, tuple[int, int]]:
+    folder = root / "pca" / "spaces" / space / "index"
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*.*")}
+
+
+def one_piece(record: dict) -> str:
+    """The key of the piece holding every batch of the record (a new space's index)."""
+    return vector_index.piece_key(record, vector_index.members_of(record))
+
+
+def piece_files(storage, record: dict) -> list[str]:
+    catalog = vector_index.read_catalog(storage, record)
+    return sorted(p["key"] + suffix for p in catalog["pieces"] for suffix in (".rows.parquet", ".usearch"))
 
 
 @pytest.fixture
@@ -62,7 +76,7 @@ def lake(tmp_path):
 
 def test_search_over_the_pieces_agrees_with_exact_cosine(lake):
     commit, vectors = a_space(lake, {"b1": 2, "b2": 3, "b3": 4})
-    assert len(vectors_index_built := vector_index.build_missing_pieces(lake, commit)) == 3, vectors_index_built
+    assert vector_index.build_missing_pieces(lake, commit) == [one_piece(commit)]  # a new space: one piece
     hits = 0
     for query in clustered(25, seed=7):
         found = vector_index.search(lake, commit, query, 10)
@@ -87,11 +101,11 @@ def test_search_can_keep_to_some_batches(lake):
     vector_index.build_missing_pieces(lake, commit)
     query = clustered(1, seed=8)[0]
     found = vector_index.search(lake, commit, query, 5, batches=["b2"])
-    assert {b for b, _ in map(row_of, found)} == {"b2"}
-    assert len({row_of(m) for m in found} & set(exact_top({"b2": vectors["b2"]}, query, 5))) >= 4  # approximate
+    # b2 shares its piece with b1: its rows alone, scanned exactly
+    assert [row_of(m) for m in found] == exact_top({"b2": vectors["b2"]}, query, 5)
 
 
-def test_a_day_adds_one_piece_and_leaves_the_others_untouched(lake):
+def test_a_day_adds_one_piece_and_merges_pieces_of_one_tier(lake):
     commit, _ = a_space(lake, {"b1": 2, "b2": 3})
     vector_index.build_missing_pieces(lake, commit)
     before = index_files(lake.root)
@@ -100,11 +114,73 @@ def test_a_day_adds_one_piece_and_leaves_the_others_untouched(lake):
 
     built = vector_index.build_missing_pieces(lake, day)
 
-    assert built == [layout.index_piece(layout.PCA, SPACE, "b3", run_id(6))]
+    assert built == [vector_index.piece_key(day, {"b3": run_id(6)})]  # tier 0, beside {b1, b2} (tier 1)
     after = index_files(lake.root)
-    assert {name: after[name] for name in before} == before  # same bytes, never rewritten
-    assert sorted(set(after) - set(before)) == [f"b3/{run_id(6)}.rows.parquet", f"b3/{run_id(6)}.usearch"]
+    assert {name: after[name] for name in before if name != "catalog.json"} == {
+        name: stamp for name, stamp in before.items() if name != "catalog.json"
+    }  # same bytes, never rewritten
     assert vector_index.build_missing_pieces(lake, day) == []  # idempotent
+    day_files = piece_files(lake, day)
+
+    b4 = add_batch(lake, "b4", run_id(7), clustered(300, seed=4))
+    next_day = put_commit(lake, run_id(7), SPACE, {**day["vectors"], "b4": b4}, K)
+    # {b4} meets {b3} in tier 0, and {b3, b4} meets {b1, b2} in tier 1: one piece of four
+    assert vector_index.build_missing_pieces(lake, next_day) == [one_piece(next_day)]
+    pieces = vector_index.read_catalog(lake, next_day)["pieces"]
+    assert [sorted(p["members"]) for p in pieces] == [["b1", "b2", "b3", "b4"]]
+    present = {f"pca/spaces/{SPACE}/index/{name}" for name in index_files(lake.root)}
+    assert set(day_files) <= present  # kept for a search that read the previous catalog
+
+    b5 = add_batch(lake, "b5", run_id(8), clustered(30, seed=5))
+    put_commit(lake, run_id(8), SPACE, {**next_day["vectors"], "b5": b5}, K)
+    vector_index.build_missing_pieces(lake, vector_index.current_space(lake))
+    present = {f"pca/spaces/{SPACE}/index/{name}" for name in index_files(lake.root)}
+    assert not set(day_files) & present  # named by neither of the last two catalogs: deleted
+    assert set(piece_files(lake, next_day)) < present
+
+
+def test_the_merge_rule_keeps_log2_pieces_over_a_year_of_days_republished_and_withdrawn_batches_included():
+    rng = random.Random(29)
+    wanted: dict[str, str] = {}
+    pieces: list[dict[str, str]] = []
+    most_rebuilt = 0
+    for day in range(1, 366):
+        wanted[f"d{day:03d}"] = f"r{day}"
+        if day % 17 == 0:  # a re-published batch: a new vectors run
+            wanted[rng.choice(sorted(wanted))] = f"r{day}x"
+        if day % 41 == 0:  # a withdrawn batch
+            del wanted[rng.choice(sorted(wanted))]
+        planned = vector_index.tiers(pieces, wanted)
+        held = [(b, r) for p in planned for b, r in p.items()]
+        assert sorted(held) == sorted(wanted.items())  # every batch once, with its current run
+        assert len(planned) <= math.floor(math.log2(len(wanted))) + 1
+        assert len({vector_index.tier(len(p)) for p in planned}) == len(planned)  # one piece a tier
+        rebuilt = sum(len(p) for p in planned if p not in pieces)
+        most_rebuilt = max(most_rebuilt, rebuilt)
+        pieces = planned
+    assert most_rebuilt <= 2 ** math.floor(math.log2(len(wanted))) * 2  # the largest piece the tiers allow
+
+
+def test_twenty_days_of_tiers_find_what_one_index_over_the_same_vectors_finds(lake):
+    vectors, folders = {}, {}
+    record = None
+    for day in range(1, 21):
+        batch = f"d{day:02d}"
+        vectors[batch] = clustered(40, seed=100 + day)
+        folders[batch] = add_batch(lake, batch, run_id(day), vectors[batch])
+        if day in (9, 15):  # a re-published batch: new vectors under a new run
+            vectors["d03"] = clustered(40, seed=300 + day)
+            folders["d03"] = add_batch(lake, "d03", run_id(day), vectors["d03"], tag=f"v{day}-")
+        record = put_commit(lake, run_id(day), SPACE, dict(folders), K)
+        put_basis(lake, SPACE, np.eye(1280, K))
+        vector_index.build_missing_pieces(lake, record)
+        assert len(vector_index.read_catalog(lake, record)["pieces"]) <= math.floor(math.log2(day)) + 1
+    hits = 0
+    for query in clustered(20, seed=77):
+        found = vector_index.search(lake, record, query, 10)
+        assert all(m.batch != "d03" or "/v15-" in m.path for m in found)  # never a stale run's row
+        hits += len({row_of(m) for m in found} & set(exact_top(vectors, query, 10)))
+    assert hits / 200 >= 0.95, hits
 
 
 def test_a_piece_of_an_older_run_of_the_batch_is_never_searched(lake):
@@ -140,7 +216,7 @@ def test_resolved_references_name_the_same_pieces(lake):
     """The lead's DAG may hand over a commit resolved against the lake (storage.name + key)."""
     commit, _ = a_space(lake, {"b1": 2})
     resolved = layout.resolve_record(commit, lake.name)
-    assert vector_index.build_missing_pieces(lake, resolved) == list(vector_index.pieces(commit).values())
+    assert vector_index.build_missing_pieces(lake, resolved) == [one_piece(commit)]
     assert vector_index.build_missing_pieces(lake, commit) == []
 
 
@@ -165,7 +241,8 @@ def test_similar_names_the_batch_without_its_piece_and_what_to_run(lake, tmp_pat
     assert err.count("\n") == 1 and "batch b2 has no index piece" in err and "`fruits index`" in err
 
     assert main(["--lake", str(lake.root), "index"]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"built {lake.name}{vector_index.pieces(commit)['b2']}.usearch"]
+    # {b2} (tier 0) meets {b1} (tier 0): one piece of both
+    assert capsys.readouterr().out.splitlines() == [f"built {lake.name}{one_piece(commit)}.usearch"]
 
 
 def test_lake_refuses_an_s3_prefix(capsys):
@@ -201,7 +278,7 @@ def test_an_s3_lake_builds_and_searches_its_pieces_like_a_folder(bucket, lake, c
     commit, vectors = a_space(bucket, {"b1": 2, "b2": 3})
     a_space(lake, {"b1": 2, "b2": 3})
     assert main(["--lake", "s3://fruits-lake", "index"]) == 0
-    assert len(answers(capsys)) == 2
+    assert answers(capsys) == [f"built s3://fruits-lake/{one_piece(commit)}.usearch"]
     vector_index.build_missing_pieces(lake, commit)
 
     for query in clustered(5, seed=9):
@@ -236,19 +313,18 @@ def test_a_new_space_builds_every_piece_anew_in_its_own_folder(lake):
         for b, v in vectors.items()
     }
     refit = put_commit(lake, space, space, folders, K)
-    assert vector_index.build_missing_pieces(lake, refit) == [
-        layout.index_piece(layout.PCA, space, b, space) for b in ("b1", "b2")
-    ]
+    assert vector_index.build_missing_pieces(lake, refit) == [one_piece(refit)]
+    assert one_piece(refit).startswith(f"pca/spaces/{space}/index/pieces/")
     assert index_files(lake.root) == old  # the previous space's index, as it was
     found = vector_index.search(lake, vector_index.current_space(lake), -vectors["b2"][4], 1)
     assert found[0].path == "p/b2/4.jpg" and found[0].label is None
 
 
-def test_a_batch_without_photos_has_an_empty_piece(lake):
+def test_a_batch_without_photos_is_a_member_without_rows(lake):
     commit, vectors = a_space(lake, {"b1": 2})
     empty = add_batch(lake, "b0", run_id(6), np.zeros((0, K), np.float32))
     day = put_commit(lake, run_id(6), SPACE, {**commit["vectors"], "b0": empty}, K)
-    assert len(vector_index.build_missing_pieces(lake, day)) == 2
+    assert vector_index.build_missing_pieces(lake, day) == [one_piece(day)]
     query = vectors["b1"][3]
     found = [row_of(m) for m in vector_index.search(lake, day, query, 4)]
     assert found[0] == ("b1", 3) and len(set(found) & set(exact_top(vectors, query, 4))) >= 3  # approximate
@@ -275,16 +351,17 @@ def test_an_s3_lakes_pieces_are_kept_between_searches_and_only_the_current_ones(
     first = vector_index.search(bucket, commit, query, 5, cache=cache)
     downloads = len(gets)
     assert vector_index.search(bucket, commit, query, 5, cache=cache) == first
-    assert downloads == 4 and len(gets) == downloads  # the second search read the kept pieces
+    # the catalog and the piece's two files, then the catalog only: the second search read the kept piece
+    assert downloads == 3 and len(gets) == downloads + 1
     kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
-    assert kept == sorted(p + s for p in vector_index.pieces(commit).values() for s in (".rows.parquet", ".usearch"))
+    assert kept == piece_files(bucket, commit)
 
     republished = add_batch(bucket, "b2", run_id(9), clustered(300, seed=12))
     current = put_commit(bucket, run_id(9), SPACE, {**commit["vectors"], "b2": republished}, K)
     vector_index.build_missing_pieces(bucket, current)
     vector_index.search(bucket, current, query, 5, cache=cache)
-    kept = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
-    assert kept == sorted(p + s for p in vector_index.pieces(current).values() for s in (".rows.parquet", ".usearch"))
+    again = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert again == piece_files(bucket, current) and not set(again) & set(kept)  # {b1, b2'} only
 
 
 def test_the_airflow_role_may_build_and_search_the_index(aws):
@@ -295,6 +372,6 @@ def test_the_airflow_role_may_build_and_search_the_index(aws):
     storage = S3Storage(BUCKET, "aws_default")
     commit, vectors = a_space(storage, {"b1": 2, "b2": 3})
     del aws[:]  # that was the PCA job's writing (EMR's role), not Airflow's
-    assert len(vector_index.build_missing_pieces(storage, commit)) == 2
+    assert len(vector_index.build_missing_pieces(storage, commit)) == 1
     query = vectors["b2"][0]
     assert row_of(vector_index.search(storage, vector_index.current_space(storage), query, 1)[0]) == ("b2", 0)

@@ -204,13 +204,13 @@ def clean_spaces(spark, pca_uri: str, space: dict, cutoff: str) -> list[str]:
         if run < cutoff and run != space["run"]:
             drop(layout.space_run_folder(pca_uri, current, run))
     # Only where this run added: a run's leftovers are under the batches it was adding, so no listing
-    # per batch of the lake (a batch's older pieces wait for its next re-publish, or its space's end).
+    # per batch of the lake (a batch's older counts wait for its next re-publish, or its space's end).
+    # The index is the Airflow side's: its own switch deletes what its catalog retired (vector_index).
     for batch in space.get("added", []):
-        for kind in (layout.INDEX_DIR, layout.CONFUSION_DIR):
-            for name in hadoop_fs.list_names(spark, f"{space_uri}/{kind}/{batch}"):
-                run = name.split(".", 1)[0]
-                if run < cutoff and layout.vectors_folder(pca_uri, current, batch, run) not in named:
-                    drop(f"{space_uri}/{kind}/{batch}/{name}")
+        for name in hadoop_fs.list_names(spark, f"{space_uri}/{layout.CONFUSION_DIR}/{batch}"):
+            run = name.split(".", 1)[0]
+            if run < cutoff and layout.vectors_folder(pca_uri, current, batch, run) not in named:
+                drop(f"{space_uri}/{layout.CONFUSION_DIR}/{batch}/{name}")
     deleted += clean_older_children(spark, layout.commits_folder(pca_uri), cutoff)
     for name in hadoop_fs.list_names(spark, pca_uri):
         if name.startswith(layout.partition("")):  # pca/batch_id=<id>/: the layout before spaces

@@ -43,7 +43,7 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
                                                        table's newest run names the current one; and
                                                        run_report.json, which publish_summary writes after
                                                        (nothing names it, no job reads it)
-    pca/spaces/<space>/index/<batch id>/<run>.*        each batch's piece of the vector index (fruits similar)
+    pca/spaces/<space>/index/catalog.json, pieces/*    the vector index: pieces merged in tiers (fruits similar)
     logs/emr/                                          EMR LogUri (step stdout/stderr, bootstrap logs)
 
 A path here is a key ("features/") or a URI ("s3://bucket/features", "/lake/features"): the folder
@@ -307,12 +307,6 @@ def vectors_of_file(path: str) -> tuple[str, str, str] | None:
 def run_report_path(metrics_uri: str) -> str:
     """The run report of the PCA run whose metrics.json is metrics_uri: beside it, in a file of its own."""
     return f"{metrics_uri.rsplit('/', 1)[0]}/{RUN_REPORT_FILE}"
-
-
-def index_piece(pca: str, space: str, batch_id: str, vectors_run: str) -> str:
-    """The index piece of a batch's vectors (named by the run that wrote them: a stale piece never
-    matches the vectors a commit names). No suffix: the index library's files add theirs."""
-    return f"{space_folder(pca, space)}/{INDEX_DIR}/{batch_id}/{vectors_run}"
 
 
 def confusion_path(vectors_folder_uri: str) -> str:

@@ -48,6 +48,8 @@ class Storage(Protocol):
 
     def read_bytes(self, key: str) -> bytes: ...
 
+    def delete(self, keys: list[str]) -> None: ...  # these objects gone (absent ones: nothing to do)
+
     # delta-rs's storage options for this store's Delta tables (None: its own defaults suffice)
     def delta_options(self) -> dict[str, str] | None: ...
 
@@ -96,6 +98,13 @@ class S3Storage:
 
     def read_bytes(self, key: str) -> bytes:
         return self.hook.get_conn().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def delete(self, keys: list[str]) -> None:
+        # One DeleteObject a key: IAM authorises each key (a few per call here), and a bulk
+        # DeleteObjects needs a Content-MD5 that some S3-compatible stores reject.
+        client = self.hook.get_conn()
+        for key in keys:
+            client.delete_object(Bucket=self.bucket, Key=key)
 
     def delta_options(self) -> dict[str, str] | None:
         """The connection's credentials and region for delta-rs, which talks to S3 itself (not through
@@ -182,6 +191,10 @@ class LocalStorage:
 
     def read_bytes(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / key).unlink(missing_ok=True)
 
     def delta_options(self) -> dict[str, str] | None:
         return None

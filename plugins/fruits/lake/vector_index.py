@@ -1,21 +1,30 @@
 """The vector index of the current embedding space: what `fruits similar` searches.
 
-One piece per batch, beside the space, at layout.index_piece(pca/, space, batch, vectors run):
+Pieces beside the space, in its index folder, each covering some of its batches (one vectors run
+each), merged in tiers so that a year of daily batches stays a handful of files:
 
-    <piece>.usearch       an HNSW graph (usearch) of the batch's vectors under cosine; key = row number
-    <piece>.rows.parquet  path and label of each row number
+    catalog.json                 the current pieces: their members (batch -> vectors run) and rows
+    pieces/<digest>.usearch      an HNSW graph (usearch) of the members' vectors under cosine; key = row
+    pieces/<digest>.rows.parquet path, label and batch of each row
 
-A day adds the pieces of its batches and never rewrites another; a new space builds all of them
-anew. A piece is named by the run that wrote its vectors, so one built from an older run of a
-re-published batch never matches what the current space's record names: it is never searched. The rows
-file is written first and the graph last: a graph present means a whole piece.
+**The merge rule** (tiers(), pure): a piece's tier is floor(log2(its batches)); a day's new batches
+form one piece; while two pieces share a tier they become one. So a space of n batches has at most
+floor(log2 n) + 1 pieces, and a batch is indexed again about log2 n times in its life; the largest
+piece holds 2^floor(log2 n) batches. A piece holding a batch the space no longer names with that run
+(re-published, or withdrawn) is rebuilt from its still-current members, so a stale row is never
+returned. A new space starts with one piece of all its batches. A piece is named by the digest of
+its members, so building it twice writes the same files.
 
-Memory is one piece's graph (memory-mapped) and one Parquet row group of vectors at a time: never
-the lake's features, never float64 copies.
+**One switch.** New pieces are written first (rows, then graph), then the catalog, which readers
+read first; pieces it no longer names are deleted at the next switch, so a search that read the
+previous catalog still finds its files. Memory is one piece's graph (memory-mapped) and one Parquet
+row group of vectors at a time: never the lake's features, never float64 copies.
 """
 
+import hashlib
 import heapq
 import io
+import json
 import logging
 import os
 import tempfile
@@ -57,6 +66,9 @@ class Match(NamedTuple):
 
 # ---- The current space and its pieces --------------------------------------------------------
 
+CATALOG = "catalog.json"
+PIECES_DIR = "pieces"
+
 
 def current_space(storage: Storage) -> dict:
     """The current space's record (published.current_space); NoSpace when the lake has none."""
@@ -76,28 +88,59 @@ def vectors_run(vectors_ref: str) -> str:
     return vectors_ref.rstrip("/").rsplit("/", 1)[-1]
 
 
-def pieces(space_record: dict) -> dict[str, str]:
-    """batch id -> the key (no suffix) of the piece its current vectors need."""
-    space = space_record["space"]
-    return {
-        batch: layout.index_piece(layout.PCA, space, batch, vectors_run(ref))
-        for batch, ref in sorted(space_record["vectors"].items())
-    }
+def members_of(space_record: dict) -> dict[str, str]:
+    """batch id -> the vectors run the space names for it: what the index must hold, exactly."""
+    return {batch: vectors_run(ref) for batch, ref in sorted(space_record["vectors"].items())}
 
 
-def index_listing(storage: Storage, space_record: dict) -> dict[str, int]:
-    """key -> size of every file in the space's index folder: one listing."""
-    return storage.sizes(f"{layout.space_folder(layout.PCA, space_record['space'])}/{layout.INDEX_DIR}/")
+def index_folder(space_record: dict) -> str:
+    return f"{layout.space_folder(layout.PCA, space_record['space'])}/{layout.INDEX_DIR}"
 
 
-def present_pieces(storage: Storage, space_record: dict) -> set[str]:
-    """The pieces (keys, no suffix) whose graph is in the space's index folder."""
-    return {key[: -len(INDEX_SUFFIX)] for key in index_listing(storage, space_record) if key.endswith(INDEX_SUFFIX)}
+def tier(batches: int) -> int:
+    return max(batches, 1).bit_length() - 1
 
 
-def missing_batches(storage: Storage, space_record: dict) -> list[str]:
-    present = present_pieces(storage, space_record)
-    return [batch for batch, piece in pieces(space_record).items() if piece not in present]
+def tiers(pieces: list[dict[str, str]], wanted: dict[str, str]) -> list[dict[str, str]]:
+    """The merge rule: the pieces (their members, batch -> run) the index should have for `wanted`,
+    given the pieces it has. Pieces holding a batch `wanted` does not name with that run are dropped;
+    their still-wanted members and the new batches make one piece; then, smallest first, two pieces
+    of one tier become one, until every tier has at most one piece."""
+    kept = [p for p in pieces if p and all(wanted.get(b) == r for b, r in p.items())]
+    held = {b for p in kept for b in p}
+    loose = {b: r for b, r in wanted.items() if b not in held}
+    planned = kept + ([loose] if loose else [])
+    while True:
+        planned.sort(key=lambda p: (len(p), sorted(p)))
+        by_tier: dict[int, int] = {}
+        for i, piece in enumerate(planned):
+            other = by_tier.setdefault(tier(len(piece)), i)
+            if other != i:
+                merged = {**planned[other], **piece}
+                planned = [p for j, p in enumerate(planned) if j not in (i, other)] + [merged]
+                break
+        else:
+            return planned
+
+
+def piece_key(space_record: dict, members: dict[str, str]) -> str:
+    """A piece's key (no suffix): named by its members, so the same members are the same files."""
+    digest = hashlib.sha256("\n".join(f"{b}={r}" for b, r in sorted(members.items())).encode()).hexdigest()
+    return f"{index_folder(space_record)}/{PIECES_DIR}/{digest[:20]}"
+
+
+def read_catalog(storage: Storage, space_record: dict) -> dict:
+    """The space's index catalog ({"pieces": []} before its first build)."""
+    key = f"{index_folder(space_record)}/{CATALOG}"
+    if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
+        return {"pieces": []}
+    return json.loads(storage.read_bytes(key))
+
+
+def missing_batches(catalog: dict, space_record: dict) -> list[str]:
+    """The space's batches that no piece of the catalog holds with the run the space names."""
+    held = {(b, r) for piece in catalog["pieces"] for b, r in piece["members"].items()}
+    return [b for b, r in members_of(space_record).items() if (b, r) not in held]
 
 
 # ---- Building --------------------------------------------------------------------------------
@@ -132,45 +175,79 @@ def new_graph(k: int):
     )
 
 
-def build_piece(storage: Storage, vectors_key: str, piece: str, k: int) -> int:
-    """Index one batch's vectors folder as the piece at `piece`; the number of vectors. Reads one
-    record batch at a time; S3 part files are downloaded one at a time into a temp folder."""
+def build_piece(storage: Storage, vectors_keys: dict[str, str], piece: str, k: int) -> dict[str, list[int]]:
+    """Index the vectors folders {batch: key} as the piece at `piece`, batch after batch; each batch's
+    rows ([first row, count]). Reads one record batch at a time; S3 part files are downloaded one at a
+    time into a temp folder."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    graph, paths, labels, count = new_graph(k), [], [], 0
+    columns: dict[str, list] = {"path": [], "label": [], "batch": []}
+    graph, rows, count = new_graph(k), {}, 0
     with tempfile.TemporaryDirectory(prefix="fruits-index-") as scratch:
-        for key in part_keys(storage, vectors_key):
-            local = storage.local_file(key, Path(scratch))
-            for batch in pq.ParquetFile(local).iter_batches(batch_size=READ_ROWS, columns=["path", "label", "pca"]):
-                vectors = as_matrix(batch.column("pca"), k, storage.name + key)
-                graph.add(np.arange(count, count + len(vectors), dtype=np.uint64), vectors)
-                paths.append(batch.column("path"))
-                labels.append(batch.column("label"))
-                count += len(vectors)
-            if local.is_relative_to(scratch):
-                local.unlink()  # one downloaded part at a time on disk
-        rows = pa.table({"path": pa.chunked_array(paths, pa.string()), "label": pa.chunked_array(labels, pa.string())})
+        for batch, vectors_key in sorted(vectors_keys.items()):
+            first = count
+            for key in part_keys(storage, vectors_key):
+                local = storage.local_file(key, Path(scratch))
+                for part in pq.ParquetFile(local).iter_batches(batch_size=READ_ROWS, columns=["path", "label", "pca"]):
+                    vectors = as_matrix(part.column("pca"), k, storage.name + key)
+                    graph.add(np.arange(count, count + len(vectors), dtype=np.uint64), vectors)
+                    columns["path"].append(part.column("path"))
+                    columns["label"].append(part.column("label"))
+                    columns["batch"].append(pa.array([batch] * len(vectors), pa.string()))
+                    count += len(vectors)
+                if local.is_relative_to(scratch):
+                    local.unlink()  # one downloaded part at a time on disk
+            rows[batch] = [first, count - first]
+        table = pa.table({name: pa.chunked_array(chunks, pa.string()) for name, chunks in columns.items()})
         sink = io.BytesIO()
-        pq.write_table(rows, sink)
+        pq.write_table(table, sink)
         storage.put_bytes(sink.getvalue(), piece + ROWS_SUFFIX)
         graph_file = Path(scratch) / ("piece" + INDEX_SUFFIX)
         graph.save(str(graph_file))
         storage.upload_file(graph_file, piece + INDEX_SUFFIX)  # last: the piece is whole
-    return count
+    return rows
 
 
 def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
-    """Build the pieces the record's vectors lack, reading only those batches' vectors; the pieces
-    built (keys, no suffix). Idempotent: a second call finds them and builds nothing."""
-    present = present_pieces(storage, space_record)
-    built = []
-    for batch, piece in pieces(space_record).items():
-        if piece in present:
-            continue
-        count = build_piece(storage, lake_key(storage, space_record["vectors"][batch]), piece, int(space_record["k"]))
-        log.info("indexed batch %s: %d vectors in %s%s%s", batch, count, storage.name, piece, INDEX_SUFFIX)
-        built.append(piece)
+    """Bring the space's index to what tiers() plans for its batches: build the pieces it lacks
+    (reading only their members' vectors), switch the catalog to them in one write, delete what
+    neither this catalog nor the previous one names. The pieces built (keys, no suffix).
+    Idempotent: a second call finds the catalog current and builds nothing."""
+    if not space_record:
+        return []
+    wanted, folder = members_of(space_record), index_folder(space_record)
+    catalog = read_catalog(storage, space_record)
+    have = {piece["key"]: piece for piece in catalog["pieces"]}
+    planned = tiers([piece["members"] for piece in catalog["pieces"]], wanted)
+    pieces: list[dict] = []
+    built: list[str] = []
+    for members in planned:
+        key = piece_key(space_record, members)
+        if key not in have:
+            refs = {batch: lake_key(storage, space_record["vectors"][batch]) for batch in members}
+            rows = build_piece(storage, refs, key, int(space_record["k"]))
+            log.info(
+                "indexed %d batch(es), %d vectors, in %s%s%s",
+                len(members),
+                sum(n for _, n in rows.values()),
+                storage.name,
+                key,
+                INDEX_SUFFIX,
+            )
+            have[key], built = {"key": key, "members": members, "rows": rows}, built + [key]
+        pieces.append(have[key])
+    if not built and len(pieces) == len(catalog["pieces"]):
+        return []
+    keep = {p["key"] for p in pieces} | {p["key"] for p in catalog["pieces"]}  # the previous switch's too
+    new_catalog = {"space": space_record["space"], "pieces": sorted(pieces, key=lambda p: p["key"])}
+    storage.put_bytes(json.dumps(new_catalog, indent=1).encode(), f"{folder}/{CATALOG}")  # the switch
+    stale = [
+        key
+        for key in storage.sizes(folder + "/")
+        if key != f"{folder}/{CATALOG}" and key.removesuffix(INDEX_SUFFIX).removesuffix(ROWS_SUFFIX) not in keep
+    ]
+    storage.delete(stale)
     return built
 
 
@@ -189,16 +266,18 @@ def project(features: np.ndarray, components: np.ndarray) -> np.ndarray:
     return (np.asarray(features, dtype=np.float64) @ components).astype(np.float32)
 
 
-def require_pieces(storage: Storage, space_record: dict, batches: list[str]) -> None:
-    """MissingPiece naming the first batch without its piece, and what to run."""
-    missing = [b for b in missing_batches(storage, space_record) if b in batches]
+def require_pieces(storage: Storage, space_record: dict, batches: list[str]) -> dict:
+    """The catalog, when its pieces hold every batch of `batches` as the space names it; else
+    MissingPiece naming the first batch without its piece, and what to run."""
+    catalog = read_catalog(storage, space_record)
+    missing = [b for b in missing_batches(catalog, space_record) if b in batches]
     if missing:
-        piece = pieces(space_record)[missing[0]]
         more = f" (and {len(missing) - 1} more batches)" if len(missing) > 1 else ""
         raise MissingPiece(
             f"batch {missing[0]}{more} has no index piece in space {space_record['space']} "
-            f"({storage.name}{piece}{INDEX_SUFFIX}): {WHAT_TO_RUN}"
+            f"({storage.name}{index_folder(space_record)}/{CATALOG}): {WHAT_TO_RUN}"
         )
+    return catalog
 
 
 def open_piece(path: Path, where: str):
@@ -218,14 +297,15 @@ def open_piece(path: Path, where: str):
     return graph
 
 
-def fetch(storage: Storage, key: str, scratch: Path, cache: Path | None, size: int | None) -> Path:
+def fetch(storage: Storage, key: str, scratch: Path, cache: Path | None) -> Path:
     """A file on this machine holding the object at key. Without a cache: storage.local_file (a folder
-    lake's own file, or a download into scratch). With one (an S3 lake): the copy kept there when it
-    has the listed size (a piece is never rewritten under its name), else a download, then kept."""
+    lake's own file, or a download into scratch). With one (an S3 lake): the copy kept there (a piece
+    is named by its members and never rewritten, and a kept file is whole: renamed in once
+    downloaded), else a download, then kept."""
     if cache is None:
         return storage.local_file(key, scratch)
     kept = cache / key
-    if kept.is_file() and kept.stat().st_size == size:
+    if kept.is_file():
         return kept
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as partial:
         fetched = storage.local_file(key, Path(partial))
@@ -237,8 +317,8 @@ def fetch(storage: Storage, key: str, scratch: Path, cache: Path | None, size: i
 
 
 def prune_cache(cache: Path, keep: set[str]) -> list[str]:
-    """Forget the cached files the current commit no longer names (an older space, the older run of a
-    re-published batch): the cache holds at most the current index. The keys forgotten."""
+    """Forget the cached files the current catalog no longer names (an older space, merged pieces):
+    the cache holds at most the current index. The keys forgotten."""
     gone = []
     for path in sorted((cache / layout.PCA).rglob("*")):
         key = path.relative_to(cache).as_posix()
@@ -248,22 +328,38 @@ def prune_cache(cache: Path, keep: set[str]) -> list[str]:
     return gone
 
 
-def search_piece(get: Callable[[str, Path], Path], where: str, piece: str, batch: str, query, k: int) -> list[Match]:
-    """The k nearest of one piece, by cosine. get(key, scratch): a file on this machine holding key."""
+def search_piece(
+    get: Callable[[str, Path], Path], where: str, piece: dict, wanted: set[str], query, k: int
+) -> list[Match]:
+    """The k nearest of one piece's rows of the `wanted` batches, by cosine. Every member wanted: the
+    graph's search. Some: an exact scan of their rows (the graph keeps each vector; a batch's rows
+    are one range). get(key, scratch): a file on this machine holding key."""
     import pyarrow.parquet as pq
 
+    key = piece["key"]
     with tempfile.TemporaryDirectory(prefix="fruits-search-") as scratch:
-        graph = open_piece(get(piece + INDEX_SUFFIX, Path(scratch)), where + piece)
-        found = graph.search(query, k) if len(graph) else None
-        if found is None or not len(found.keys):
+        graph = open_piece(get(key + INDEX_SUFFIX, Path(scratch)), where + key)
+        if not len(graph):
             return []
-        keys = np.asarray(found.keys, dtype=np.int64)
-        rows = pq.read_table(get(piece + ROWS_SUFFIX, Path(scratch)), columns=["path", "label"])
+        if set(piece["members"]) <= wanted:
+            found = graph.search(query, k)
+            keys, similarities = np.asarray(found.keys, dtype=np.int64), 1.0 - np.asarray(found.distances)
+        else:
+            ranges = [piece["rows"][b] for b in sorted(wanted & set(piece["members"]))]
+            spans = [np.arange(first, first + n, dtype=np.int64) for first, n in ranges]
+            keys = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+            if not len(keys):
+                return []
+            vectors = np.stack(graph.get(keys.astype(np.uint64), dtype=np.float32)).astype(np.float64)
+            cosine = vectors @ query / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(query), 1e-30)
+            best = np.argsort(-cosine)[:k]
+            keys, similarities = keys[best], cosine[best]
+        rows = pq.read_table(get(key + ROWS_SUFFIX, Path(scratch)), columns=["path", "label", "batch"])
         picked = rows.take(keys).to_pylist()
         del graph  # the memory map closes before its temp folder goes
     return [
-        Match(1.0 - float(distance), row["path"], row["label"], batch)
-        for distance, row in zip(found.distances, picked, strict=True)
+        Match(float(similarity), row["path"], row["label"], row["batch"])
+        for similarity, row in zip(similarities, picked, strict=True)
     ]
 
 
@@ -276,23 +372,22 @@ def search(
     cache: Path | None = None,
 ) -> list[Match]:
     """The k vectors of the space nearest to query_vector (already in the space), best first: the
-    top k of each piece (every batch, or only `batches`), merged. MissingPiece before any search
-    when a batch's piece is not built. cache: a folder keeping downloaded pieces between searches
-    (an S3 lake; None downloads each piece for each search)."""
-    wanted = sorted(space_record["vectors"]) if batches is None else sorted(batches)
-    require_pieces(storage, space_record, wanted)
-    listing = index_listing(storage, space_record)
+    top k of each piece holding a wanted batch (every batch, or only `batches`), merged. MissingPiece
+    before any search when a batch is in no piece. cache: a folder keeping downloaded pieces between
+    searches (an S3 lake; None downloads each piece for each search)."""
+    wanted = set(space_record["vectors"]) if batches is None else set(batches)
+    catalog = require_pieces(storage, space_record, sorted(wanted))
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        current = {p + suffix for p in pieces(space_record).values() for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)}
-        prune_cache(cache, current)
+        prune_cache(cache, {p["key"] + suffix for p in catalog["pieces"] for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)})
 
     def get(key: str, scratch: Path) -> Path:
-        return fetch(storage, key, scratch, cache, listing.get(key))
+        return fetch(storage, key, scratch, cache)
 
     query = np.asarray(query_vector, dtype=np.float32)
     found: list[Match] = []
-    for batch in wanted:
-        found += search_piece(get, storage.name, pieces(space_record)[batch], batch, query, k)
-        found = heapq.nlargest(k, found, key=lambda m: m.similarity)
+    for piece in catalog["pieces"]:
+        if wanted & set(piece["members"]):
+            found += search_piece(get, storage.name, piece, wanted, query, k)
+            found = heapq.nlargest(k, found, key=lambda m: m.similarity)
     return found
