@@ -375,3 +375,21 @@ def test_the_airflow_role_may_build_and_search_the_index(aws):
     assert len(vector_index.build_missing_pieces(storage, commit)) == 1
     query = vectors["b2"][0]
     assert row_of(vector_index.search(storage, vector_index.current_space(storage), query, 1)[0]) == ("b2", 0)
+
+
+def test_pieces_kept_open_serve_later_searches_until_the_catalog_drops_them(lake):
+    commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
+    vector_index.build_missing_pieces(lake, commit)
+    opened: dict = {}
+    query = vectors["b1"][5]
+    first = vector_index.search(lake, commit, query, 5, opened=opened)
+    assert list(opened) == [one_piece(commit)]
+    kept = opened[one_piece(commit)]
+    assert vector_index.search(lake, commit, query, 5, opened=opened) == first
+    assert opened[one_piece(commit)] is kept  # not opened again
+
+    republished = add_batch(lake, "b2", run_id(9), clustered(300, seed=12))
+    current = put_commit(lake, run_id(9), SPACE, {**commit["vectors"], "b2": republished}, K)
+    vector_index.build_missing_pieces(lake, current)
+    vector_index.search(lake, current, query, 5, opened=opened)
+    assert list(opened) == [one_piece(current)]  # the retired piece let go

@@ -328,35 +328,42 @@ def prune_cache(cache: Path, keep: set[str]) -> list[str]:
     return gone
 
 
-def search_piece(
-    get: Callable[[str, Path], Path], where: str, piece: dict, wanted: set[str], query, k: int
-) -> list[Match]:
-    """The k nearest of one piece's rows of the `wanted` batches, by cosine. Every member wanted: the
-    graph's search. Some: an exact scan of their rows (the graph keeps each vector; a batch's rows
-    are one range). get(key, scratch): a file on this machine holding key."""
+class OpenPiece(NamedTuple):
+    graph: object  # usearch Index, memory-mapped
+    rows: object  # pyarrow Table: path, label, batch of each row
+
+
+def open_files(get: Callable[[str, Path], Path], where: str, key: str, scratch: Path) -> tuple[OpenPiece, bool]:
+    """A piece opened from the files get() gives; and whether they outlive scratch (a folder lake's
+    own files, or an S3 lake's kept copies), so the open piece may be kept for later searches."""
     import pyarrow.parquet as pq
 
-    key = piece["key"]
-    with tempfile.TemporaryDirectory(prefix="fruits-search-") as scratch:
-        graph = open_piece(get(key + INDEX_SUFFIX, Path(scratch)), where + key)
-        if not len(graph):
+    graph_file, rows_file = get(key + INDEX_SUFFIX, scratch), get(key + ROWS_SUFFIX, scratch)
+    piece = OpenPiece(open_piece(graph_file, where + key), pq.read_table(rows_file, columns=["path", "label", "batch"]))
+    return piece, not graph_file.is_relative_to(scratch)
+
+
+def search_open(opened: OpenPiece, piece: dict, wanted: set[str], query, k: int) -> list[Match]:
+    """The k nearest of one open piece's rows of the `wanted` batches, by cosine. Every member wanted:
+    the graph's search. Some: an exact scan of their rows (the graph keeps each vector; a batch's rows
+    are one range)."""
+    graph = opened.graph
+    if not len(graph):  # type: ignore[arg-type]
+        return []
+    if set(piece["members"]) <= wanted:
+        found = graph.search(query, k)  # type: ignore[attr-defined]
+        keys, similarities = np.asarray(found.keys, dtype=np.int64), 1.0 - np.asarray(found.distances)
+    else:
+        ranges = [piece["rows"][b] for b in sorted(wanted & set(piece["members"]))]
+        spans = [np.arange(first, first + n, dtype=np.int64) for first, n in ranges]
+        keys = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+        if not len(keys):
             return []
-        if set(piece["members"]) <= wanted:
-            found = graph.search(query, k)
-            keys, similarities = np.asarray(found.keys, dtype=np.int64), 1.0 - np.asarray(found.distances)
-        else:
-            ranges = [piece["rows"][b] for b in sorted(wanted & set(piece["members"]))]
-            spans = [np.arange(first, first + n, dtype=np.int64) for first, n in ranges]
-            keys = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
-            if not len(keys):
-                return []
-            vectors = np.stack(graph.get(keys.astype(np.uint64), dtype=np.float32)).astype(np.float64)
-            cosine = vectors @ query / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(query), 1e-30)
-            best = np.argsort(-cosine)[:k]
-            keys, similarities = keys[best], cosine[best]
-        rows = pq.read_table(get(key + ROWS_SUFFIX, Path(scratch)), columns=["path", "label", "batch"])
-        picked = rows.take(keys).to_pylist()
-        del graph  # the memory map closes before its temp folder goes
+        vectors = np.stack(graph.get(keys.astype(np.uint64), dtype=np.float32)).astype(np.float64)  # type: ignore[attr-defined]
+        cosine = vectors @ query / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(query), 1e-30)
+        best = np.argsort(-cosine)[:k]
+        keys, similarities = keys[best], cosine[best]
+    picked = opened.rows.take(keys).to_pylist()  # type: ignore[attr-defined]
     return [
         Match(float(similarity), row["path"], row["label"], row["batch"])
         for similarity, row in zip(similarities, picked, strict=True)
@@ -370,24 +377,39 @@ def search(
     k: int,
     batches: list[str] | None = None,
     cache: Path | None = None,
+    opened: dict[str, OpenPiece] | None = None,
 ) -> list[Match]:
     """The k vectors of the space nearest to query_vector (already in the space), best first: the
     top k of each piece holding a wanted batch (every batch, or only `batches`), merged. MissingPiece
     before any search when a batch is in no piece. cache: a folder keeping downloaded pieces between
-    searches (an S3 lake; None downloads each piece for each search)."""
+    searches (an S3 lake; None downloads each piece for each search). opened: pieces kept open
+    between searches in one process (a long-lived reader; the CLI opens them once per call), keyed
+    by piece; those the catalog no longer names are dropped."""
     wanted = set(space_record["vectors"]) if batches is None else set(batches)
     catalog = require_pieces(storage, space_record, sorted(wanted))
+    current = {p["key"] for p in catalog["pieces"]}
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        prune_cache(cache, {p["key"] + suffix for p in catalog["pieces"] for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)})
+        prune_cache(cache, {key + suffix for key in current for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)})
+    if opened is not None:
+        for key in set(opened) - current:
+            del opened[key]
 
     def get(key: str, scratch: Path) -> Path:
         return fetch(storage, key, scratch, cache)
 
     query = np.asarray(query_vector, dtype=np.float32)
     found: list[Match] = []
-    for piece in catalog["pieces"]:
-        if wanted & set(piece["members"]):
-            found += search_piece(get, storage.name, piece, wanted, query, k)
+    with tempfile.TemporaryDirectory(prefix="fruits-search-") as scratch:
+        for piece in catalog["pieces"]:
+            if not wanted & set(piece["members"]):
+                continue
+            open_now = (opened or {}).get(piece["key"])
+            if open_now is None:
+                open_now, lasting = open_files(get, storage.name, piece["key"], Path(scratch))
+                if opened is not None and lasting:
+                    opened[piece["key"]] = open_now
+            found += search_open(open_now, piece, wanted, query, k)
             found = heapq.nlargest(k, found, key=lambda m: m.similarity)
+            del open_now  # a piece opened from scratch closes before its folder goes
     return found
