@@ -114,6 +114,7 @@ def main() -> None:
         for day in range(1, args.batches + 1):
             batch, vectors = f"d{day:04d}", synthetic(args.photos, args.dim, seed=day)
             record["vectors"][batch] = put_batch(storage, batch, run_id(day), vectors)
+            record["run"] = run_id(day)  # the PCA run that published the day (a space record names it)
             started = time.perf_counter()
             vector_index.build_missing_pieces(storage, record)
             day_s = time.perf_counter() - started
@@ -122,7 +123,7 @@ def main() -> None:
             if day not in CHECKPOINTS and day != args.batches:
                 continue
             catalog = vector_index.read_catalog(storage, record)
-            times, cold_times, old_times, opened = [], [], [], {}
+            times, cold_times, old_times, opened = [], [], [], vector_index.OpenIndex()
             vector_index.search(storage, record, queries[0], K, opened=opened)  # opens the pieces once
             for query in queries:
                 started = time.perf_counter()

@@ -380,16 +380,20 @@ def test_the_airflow_role_may_build_and_search_the_index(aws):
 def test_pieces_kept_open_serve_later_searches_until_the_catalog_drops_them(lake):
     commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
     vector_index.build_missing_pieces(lake, commit)
-    opened: dict = {}
+    opened = vector_index.OpenIndex()
     query = vectors["b1"][5]
     first = vector_index.search(lake, commit, query, 5, opened=opened)
-    assert list(opened) == [one_piece(commit)]
-    kept = opened[one_piece(commit)]
+    assert list(opened.pieces) == [one_piece(commit)]
+    kept = opened.pieces[one_piece(commit)]
     assert vector_index.search(lake, commit, query, 5, opened=opened) == first
-    assert opened[one_piece(commit)] is kept  # not opened again
+    assert opened.pieces[one_piece(commit)] is kept  # not opened again
+    b3 = add_batch(lake, "b3", run_id(8), clustered(30, seed=13))
+    day = put_commit(lake, run_id(8), SPACE, {**commit["vectors"], "b3": b3}, K)
+    with pytest.raises(vector_index.MissingPiece, match="batch b3 has no index piece"):
+        vector_index.search(lake, day, query, 5, opened=opened)  # a new space run: checked again
 
     republished = add_batch(lake, "b2", run_id(9), clustered(300, seed=12))
     current = put_commit(lake, run_id(9), SPACE, {**commit["vectors"], "b2": republished}, K)
     vector_index.build_missing_pieces(lake, current)
     vector_index.search(lake, current, query, 5, opened=opened)
-    assert list(opened) == [one_piece(current)]  # the retired piece let go
+    assert list(opened.pieces) == [one_piece(current)]  # the catalog changed: read again, the retired piece let go

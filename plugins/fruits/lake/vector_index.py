@@ -21,6 +21,7 @@ previous catalog still finds its files. Memory is one piece's graph (memory-mapp
 row group of vectors at a time: never the lake's features, never float64 copies.
 """
 
+import contextlib
 import hashlib
 import heapq
 import io
@@ -269,8 +270,13 @@ def project(features: np.ndarray, components: np.ndarray) -> np.ndarray:
 def require_pieces(storage: Storage, space_record: dict, batches: list[str]) -> dict:
     """The catalog, when its pieces hold every batch of `batches` as the space names it; else
     MissingPiece naming the first batch without its piece, and what to run."""
-    catalog = read_catalog(storage, space_record)
-    missing = [b for b in missing_batches(catalog, space_record) if b in batches]
+    return check_covered(storage, space_record, read_catalog(storage, space_record), batches)
+
+
+def check_covered(storage: Storage, space_record: dict, catalog: dict, batches: list[str]) -> dict:
+    """catalog, when its pieces hold every batch of `batches` as the space names it (require_pieces)."""
+    wanted = set(batches)
+    missing = [b for b in missing_batches(catalog, space_record) if b in wanted]
     if missing:
         more = f" (and {len(missing) - 1} more batches)" if len(missing) > 1 else ""
         raise MissingPiece(
@@ -339,7 +345,8 @@ def open_files(get: Callable[[str, Path], Path], where: str, key: str, scratch: 
     import pyarrow.parquet as pq
 
     graph_file, rows_file = get(key + INDEX_SUFFIX, scratch), get(key + ROWS_SUFFIX, scratch)
-    piece = OpenPiece(open_piece(graph_file, where + key), pq.read_table(rows_file, columns=["path", "label", "batch"]))
+    rows = pq.read_table(rows_file, columns=["path", "label", "batch"]).combine_chunks()  # one chunk: a quick take
+    piece = OpenPiece(open_piece(graph_file, where + key), rows)
     return piece, not graph_file.is_relative_to(scratch)
 
 
@@ -370,6 +377,33 @@ def search_open(opened: OpenPiece, piece: dict, wanted: set[str], query, k: int)
     ]
 
 
+class OpenIndex:
+    """What a long-lived reader keeps between searches (the CLI makes one per call): the pieces open,
+    the catalog they came from with its fingerprint, and which (space run, batches) it was found to
+    cover. A changed catalog is read again, and the pieces it no longer names are let go."""
+
+    def __init__(self):
+        self.pieces: dict[str, OpenPiece] = {}
+        self.fingerprint: tuple | None = None
+        self.catalog: dict = {"pieces": []}
+        self.covers: set[tuple] = set()
+
+    def current_catalog(self, storage: Storage, space_record: dict, batches: list[str] | None) -> dict:
+        key = f"{index_folder(space_record)}/{CATALOG}"
+        fingerprint = storage.fingerprints(key).get(key)  # a listing: size and MD5 (S3: its ETag)
+        if fingerprint is None or fingerprint[1] is None or fingerprint != self.fingerprint:
+            self.catalog, self.covers = read_catalog(storage, space_record), set()
+            self.fingerprint = fingerprint if fingerprint and fingerprint[1] else None
+        cover = (space_record["space"], space_record.get("run"), tuple(sorted(batches)) if batches else None)
+        if cover not in self.covers or cover[1] is None:
+            wanted = sorted(space_record["vectors"]) if batches is None else sorted(batches)
+            check_covered(storage, space_record, self.catalog, wanted)
+            self.covers.add(cover)
+        for key in set(self.pieces) - {p["key"] for p in self.catalog["pieces"]}:
+            del self.pieces[key]
+        return self.catalog
+
+
 def search(
     storage: Storage,
     space_record: dict,
@@ -377,38 +411,39 @@ def search(
     k: int,
     batches: list[str] | None = None,
     cache: Path | None = None,
-    opened: dict[str, OpenPiece] | None = None,
+    opened: OpenIndex | None = None,
 ) -> list[Match]:
     """The k vectors of the space nearest to query_vector (already in the space), best first: the
     top k of each piece holding a wanted batch (every batch, or only `batches`), merged. MissingPiece
     before any search when a batch is in no piece. cache: a folder keeping downloaded pieces between
-    searches (an S3 lake; None downloads each piece for each search). opened: pieces kept open
-    between searches in one process (a long-lived reader; the CLI opens them once per call), keyed
-    by piece; those the catalog no longer names are dropped."""
+    searches (an S3 lake; None downloads each piece for each search). opened: what a long-lived
+    reader keeps between searches (OpenIndex: open pieces, the catalog while it is unchanged)."""
     wanted = set(space_record["vectors"]) if batches is None else set(batches)
-    catalog = require_pieces(storage, space_record, sorted(wanted))
-    current = {p["key"] for p in catalog["pieces"]}
+    if opened is None:
+        catalog = require_pieces(storage, space_record, sorted(wanted))
+    else:
+        catalog = opened.current_catalog(storage, space_record, batches)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
+        current = {p["key"] for p in catalog["pieces"]}
         prune_cache(cache, {key + suffix for key in current for suffix in (INDEX_SUFFIX, ROWS_SUFFIX)})
-    if opened is not None:
-        for key in set(opened) - current:
-            del opened[key]
 
     def get(key: str, scratch: Path) -> Path:
         return fetch(storage, key, scratch, cache)
 
     query = np.asarray(query_vector, dtype=np.float32)
     found: list[Match] = []
-    with tempfile.TemporaryDirectory(prefix="fruits-search-") as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = None  # made when a piece must be opened: none for a search of pieces kept open
         for piece in catalog["pieces"]:
             if not wanted & set(piece["members"]):
                 continue
-            open_now = (opened or {}).get(piece["key"])
+            open_now = opened.pieces.get(piece["key"]) if opened is not None else None
             if open_now is None:
+                scratch = scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="fruits-search-"))
                 open_now, lasting = open_files(get, storage.name, piece["key"], Path(scratch))
                 if opened is not None and lasting:
-                    opened[piece["key"]] = open_now
+                    opened.pieces[piece["key"]] = open_now
             found += search_open(open_now, piece, wanted, query, k)
             found = heapq.nlargest(k, found, key=lambda m: m.similarity)
             del open_now  # a piece opened from scratch closes before its folder goes
