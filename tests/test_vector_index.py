@@ -301,6 +301,18 @@ def test_a_damaged_piece_is_named_with_what_to_do(lake):
         vector_index.search(lake, commit, clustered(1, seed=1)[0], 3)
 
 
+def test_a_damaged_catalog_is_named_with_what_to_do_and_a_new_build_replaces_it(lake):
+    commit, vectors = a_space(lake, {"b1": 2})
+    vector_index.build_missing_pieces(lake, commit)
+    catalog = f"pca/spaces/{SPACE}/index/catalog.json"
+    lake.put_bytes(b'{"pieces": [{"key": "x"}', catalog)  # cut short
+    with pytest.raises(DamagedLake, match=rf"{catalog} is not an index catalog .* delete it and run `fruits index`"):
+        vector_index.search(lake, commit, vectors["b1"][0], 3)
+    (lake.root / catalog).unlink()
+    assert vector_index.build_missing_pieces(lake, commit) == [one_piece(commit)]
+    assert row_of(vector_index.search(lake, commit, vectors["b1"][0], 1)[0]) == ("b1", 0)
+
+
 def test_a_new_space_builds_every_piece_anew_in_its_own_folder(lake):
     commit, vectors = a_space(lake, {"b1": 2, "b2": 3})
     vector_index.build_missing_pieces(lake, commit)

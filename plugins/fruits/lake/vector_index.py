@@ -135,7 +135,15 @@ def read_catalog(storage: Storage, space_record: dict) -> dict:
     key = f"{index_folder(space_record)}/{CATALOG}"
     if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
         return {"pieces": []}
-    return json.loads(storage.read_bytes(key))
+    try:
+        catalog = json.loads(storage.read_bytes(key))
+        if any(not {"key", "members", "rows"} <= set(piece) for piece in catalog["pieces"]):
+            raise KeyError("a piece without its key, members or rows")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise commits.DamagedLake(
+            f"{storage.name}{key} is not an index catalog ({type(exc).__name__}: {exc}); delete it and {WHAT_TO_RUN}"
+        ) from None
+    return catalog
 
 
 def missing_batches(catalog: dict, space_record: dict) -> list[str]:
