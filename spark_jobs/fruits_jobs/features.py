@@ -282,8 +282,9 @@ def stage_outcomes(
     # coalesce merges the file splits into fewer tasks without moving any bytes (no shuffle).
     files = files.coalesce(task_count(len(listed), spark.sparkContext.defaultParallelism))
     label, split = path_columns(root_uri)
-    # Only `content` goes to Python; path/label/hash stay in the JVM. The length filter is pushed
-    # into the reader, so oversized files are never loaded.
+    # The bytes, path, label, split and hash go to Python (the fold needs the path's columns); the
+    # hash is computed in the JVM. The length filter is pushed into the reader, so oversized files
+    # are never loaded.
     decoded = decoded_outcomes(files.where(F.col("length") <= args.max_file_bytes), label, split, featurize_fn)
 
     def rejected(df, code: str, detail):

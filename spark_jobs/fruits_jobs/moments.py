@@ -293,10 +293,10 @@ class Folded(NamedTuple):
     updates: int
 
 
-def fold(df, dim: int, tasks: int | None = None) -> Folded:
+def fold(df, dim: int) -> Folded:
     """One pass over df (path, label, split, features[, reason]) in Arrow batches of FOLD_ROWS,
     whatever the session's batch size (the features job keeps the model's, 8, for its model pass),
-    in `tasks` Spark tasks (default: one per core), whose moments reach the driver one at a time
+    in at most one Spark task per core, whose moments reach the driver one at a time
     (toLocalIterator). The PCA's fold of batches without stored moments; the features job folds its
     vectors in its model pass instead (features.py)."""
     from pyspark.sql import functions as F
@@ -310,8 +310,8 @@ def fold(df, dim: int, tasks: int | None = None) -> Folded:
     outcomes: dict[str | None, int] = {}
     # Partitions merged (no shuffle): each sends its moments (26 MB) to the driver, where
     # toLocalIterator runs one Spark job per partition; the next one's runs while this one merges.
-    tasks = tasks or df.sparkSession.sparkContext.defaultParallelism
-    columns = columns.coalesce(max(1, min(columns.rdd.getNumPartitions(), tasks)))
+    cores = df.sparkSession.sparkContext.defaultParallelism
+    columns = columns.coalesce(max(1, min(columns.rdd.getNumPartitions(), cores)))
     with session_conf(df.sparkSession, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(FOLD_ROWS)}):
         for row in columns.mapInPandas(fold_udf(dim), FOLD_SCHEMA).toLocalIterator(prefetchPartitions=True):
             for reason, n in json.loads(row["outcomes"]).items():

@@ -98,6 +98,10 @@ def index_folder(space_record: dict) -> str:
     return f"{layout.space_folder(layout.PCA, space_record['space'])}/{layout.INDEX_DIR}"
 
 
+def catalog_key(space_record: dict) -> str:
+    return f"{index_folder(space_record)}/{CATALOG}"
+
+
 def tier(batches: int) -> int:
     return max(batches, 1).bit_length() - 1
 
@@ -132,7 +136,7 @@ def piece_key(space_record: dict, members: dict[str, str]) -> str:
 
 def read_catalog(storage: Storage, space_record: dict) -> dict:
     """The space's index catalog ({"pieces": []} before its first build)."""
-    key = f"{index_folder(space_record)}/{CATALOG}"
+    key = catalog_key(space_record)
     if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
         return {"pieces": []}
     try:
@@ -225,7 +229,7 @@ def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
     Idempotent: a second call finds the catalog current and builds nothing."""
     if not space_record:
         return []
-    wanted, folder = members_of(space_record), index_folder(space_record)
+    wanted, folder, catalog_file = members_of(space_record), index_folder(space_record), catalog_key(space_record)
     catalog = read_catalog(storage, space_record)
     have = {piece["key"]: piece for piece in catalog["pieces"]}
     planned = tiers([piece["members"] for piece in catalog["pieces"]], wanted)
@@ -244,17 +248,18 @@ def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
                 key,
                 INDEX_SUFFIX,
             )
-            have[key], built = {"key": key, "members": members, "rows": rows}, built + [key]
+            have[key] = {"key": key, "members": members, "rows": rows}
+            built.append(key)
         pieces.append(have[key])
     if not built and len(pieces) == len(catalog["pieces"]):
         return []
     keep = {p["key"] for p in pieces} | {p["key"] for p in catalog["pieces"]}  # the previous switch's too
     new_catalog = {"space": space_record["space"], "pieces": sorted(pieces, key=lambda p: p["key"])}
-    storage.put_bytes(json.dumps(new_catalog, indent=1).encode(), f"{folder}/{CATALOG}")  # the switch
+    storage.put_bytes(json.dumps(new_catalog, indent=1).encode(), catalog_file)  # the switch
     stale = [
         key
         for key in storage.sizes(folder + "/")
-        if key != f"{folder}/{CATALOG}" and key.removesuffix(INDEX_SUFFIX).removesuffix(ROWS_SUFFIX) not in keep
+        if key != catalog_file and key.removesuffix(INDEX_SUFFIX).removesuffix(ROWS_SUFFIX) not in keep
     ]
     storage.delete(stale)
     return built
@@ -289,7 +294,7 @@ def check_covered(storage: Storage, space_record: dict, catalog: dict, batches: 
         more = f" (and {len(missing) - 1} more batches)" if len(missing) > 1 else ""
         raise MissingPiece(
             f"batch {missing[0]}{more} has no index piece in space {space_record['space']} "
-            f"({storage.name}{index_folder(space_record)}/{CATALOG}): {WHAT_TO_RUN}"
+            f"({storage.name}{catalog_key(space_record)}): {WHAT_TO_RUN}"
         )
     return catalog
 
@@ -397,7 +402,7 @@ class OpenIndex:
         self.covers: set[tuple] = set()
 
     def current_catalog(self, storage: Storage, space_record: dict, batches: list[str] | None) -> dict:
-        key = f"{index_folder(space_record)}/{CATALOG}"
+        key = catalog_key(space_record)
         fingerprint = storage.fingerprints(key).get(key)  # a listing: size and MD5 (S3: its ETag)
         if fingerprint is None or fingerprint[1] is None or fingerprint != self.fingerprint:
             self.catalog, self.covers = read_catalog(storage, space_record), set()
