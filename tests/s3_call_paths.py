@@ -54,10 +54,18 @@ AIRFLOW: list[Call] = [
     Call("ListObjectsV2", "manifests/batch_id=*.json", False, "ingest.stored_manifest"),
     *read("manifests/batch_id=*.json", "ingest.parse_manifest"),
     Call("PutObject", "manifests/batch_id=*.json", False, "ingest.ingest (the manifest, last)"),
-    # the held-photo index (plugins/fruits/lake/held_index.py): written with the manifest, read by column
-    Call("PutObject", "manifests/batch_id=*.held.parquet", False, "held_index.write"),
-    *read("manifests/batch_id=*.held.parquet", "held_index.read"),
-    Call("ListObjectsV2", "manifests/batch_id=*.held.parquet", False, "held_index.read"),
+    # the held-photo index (plugins/fruits/lake/held_index.py): each batch's file, written before the
+    # manifest; the catalog and its pieces, which ingest reads, merged in tiers (retired pieces deleted)
+    Call("PutObject", "manifests/batch_id=*.held.parquet", False, "held_index.record"),
+    *read("manifests/batch_id=*.held.parquet", "held_index.read_batch_file"),
+    Call("ListObjectsV2", "manifests/batch_id=*.held.parquet", False, "ingest.batch_hashes"),
+    Call("ListObjectsV2", "manifests/held/catalog.json", False, "held_index.read_catalog"),
+    Call("GetObject", "manifests/held/catalog.json", False, "held_index.read_catalog"),
+    Call("PutObject", "manifests/held/catalog.json", False, "held_index.switch"),
+    Call("ListObjectsV2", "manifests/held/pieces/", False, "held_index.switch (retired pieces)"),
+    Call("PutObject", "manifests/held/pieces/*.parquet", False, "held_index.switch"),
+    Call("GetObject", "manifests/held/pieces/*.parquet", False, "held_index.lookup, switch"),
+    Call("DeleteObject", "manifests/held/pieces/*.parquet", False, "held_index.switch (retired pieces)"),
     # a packed batch's shards (plugins/fruits/lake/packing.py): a resumed ingest asks what each holds
     Call("HeadObject", "raw/batch_id=*/shard-*.parquet", True, "ingest (resume: the stored shard's sha256)"),
     Call("ListObjectsV2", "manifests/batch_id=*.lease", False, "leases.current_token"),

@@ -90,6 +90,9 @@ def test_the_calls_the_pipeline_makes_are_allowed():
     assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/pieces/ab12.usearch"})
     # ... and deletes the pieces a merge of tiers retired (derived data, in the index's own folder)
     assert allowed("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "pca/spaces/s1/index/pieces/ab12.usearch"})
+    # ingest merges the held-photo index's pieces in tiers and retires those it merged
+    assert allowed("s3", "PutObject", {"Bucket": BUCKET, "Key": "manifests/held/pieces/ab12.parquet"})
+    assert allowed("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "manifests/held/pieces/ab12.parquet"})
     assert allowed("emr", "CancelSteps", {"ClusterId": "j-1"})
     assert allowed("emr", "RunJobFlow", {"Tags": RUN_TAGS, **ROLES})
     assert allowed("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"]})
@@ -114,6 +117,10 @@ def test_the_calls_the_pipeline_makes_are_allowed():
         ("iam", "CreateServiceLinkedRole", {"AWSServiceName": "elasticmapreduce.amazonaws.com"}, TAGS),
         ("iam", "GetRole", {"RoleName": "AdminRole"}, TAGS),  # reads only the roles the pre-flight checks
         ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "raw/x.jpg"}, TAGS),
+        # a batch's manifest, lease and own held-photo file are never deleted: only the derived pieces
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "manifests/batch_id=1.json"}, TAGS),
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "manifests/batch_id=1.held.parquet"}, TAGS),
+        ("s3", "DeleteObject", {"Bucket": BUCKET, "Key": "manifests/held/catalog.json"}, TAGS),
         # the space is the PCA job's: Airflow never commits, writes vectors or a basis, nor deletes in it
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "pca/_commits/r1.json"}, TAGS),
         ("s3", "PutObject", {"Bucket": BUCKET, "Key": "vectors/s1/b1/r1/part-0.parquet"}, TAGS),

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -397,21 +398,30 @@ def test_an_entry_whose_link_cannot_even_be_read_is_skipped_not_fatal(tmp_path, 
     ]
 
 
-@pytest.mark.parametrize("damaged", ["manifest", "index"])
+@pytest.mark.parametrize("damaged", ["manifest", "batch file", "catalog", "piece"])
 def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path, landing, damaged):
-    """A truncated manifest made ingest fail with a bare JSONDecodeError, twice (retries=1)."""
+    """A truncated manifest made ingest fail with a bare JSONDecodeError, twice (retries=1). The same
+    for each file of the held-photo index: named, with what to do."""
     from airflow.exceptions import AirflowFailException
 
     from fruits import pipeline
     from fruits.config.run import LocalConfig, RunConfig
+    from fruits.lake import held_index
 
     root, _ = landing
     storage = LocalStorage(tmp_path / "lake")
     ingest_module.ingest(root, storage, "b1")
-    if damaged == "manifest":  # of a batch ingested before held-photo indexes: ingest reads it
+    if damaged in ("manifest", "batch file"):  # a lake ingested before the held-photo catalog
+        shutil.rmtree(storage.root / layout.HELD_INDEX)
+    if damaged == "manifest":  # ... and before the batches' held-photo files: ingest reads the manifest
         (storage.root / layout.held_index_key("b1")).unlink()
-    key = storage.root / (layout.manifest_key("b1") if damaged == "manifest" else layout.held_index_key("b1"))
-    key.write_bytes(key.read_bytes()[:40])  # cut short, as a full disk leaves it
+    key = {
+        "manifest": layout.manifest_key("b1"),
+        "batch file": layout.held_index_key("b1"),
+        "catalog": layout.held_catalog_key(),
+        "piece": (held_index.read_catalog(storage) or {"pieces": [{}]})["pieces"][0].get("key", "none"),
+    }[damaged]
+    (storage.root / key).write_bytes((storage.root / key).read_bytes()[:40])  # cut short, as a full disk leaves it
     cfg = RunConfig(
         batch_id="b2",
         landing_dir=str(root),
@@ -423,19 +433,47 @@ def test_a_damaged_manifest_is_named_and_fails_the_task_without_a_retry(tmp_path
         root=f"{storage.root}/",
         local=LocalConfig(lake=str(storage.root), storage="lake", spark_master="local[1]"),
     )
+    rebuild = r"delete manifests/held/ \(catalog and pieces\): the next ingest rebuilds them"
     expected = {
         "manifest": r"manifests/batch_id=b1.json is damaged \(not JSON.*restore it",
-        "index": r"manifests/batch_id=b1.held.parquet is damaged .*delete it: ingest then reads the batch's manifest",
+        "batch file": r"batch_id=b1.held.parquet is damaged .*delete it: ingest then reads the batch's manifest",
+        "catalog": r"manifests/held/catalog.json is not a held-photo catalog .*" + rebuild,
+        "piece": r"manifests/held/pieces/\w+.parquet is damaged .*" + rebuild,
     }[damaged]
     with pytest.raises(AirflowFailException, match=expected):
         pipeline.ingest_batch(cfg.to_dict())
 
 
+def answer_from_manifests(storage, batch_id, among=None):
+    """(held, listed) as ingest found them before any index: every manifest parsed."""
+    published_now = published.published_runs(storage)
+    held, listed = {}, {}
+    for key in sorted(storage.sizes(layout.MANIFESTS)):
+        other = layout.batch_of_manifest(key)
+        if other is None or other == batch_id:
+            continue
+        for sha in ingest_module.manifest_hashes(ingest_module.parse_manifest(storage, key)):
+            if among is not None and sha not in among:
+                continue
+            if other in published_now:
+                held.setdefault(sha, other)
+            else:
+                listed.setdefault(sha, set()).add(other)
+    return held, listed
+
+
+def answer_from_index(storage, batch_id, among=None):
+    from fruits.lake import held_index
+
+    published_now = published.published_runs(storage)
+    catalog = ingest_module.held_catalog(storage, published_now)
+    return ingest_module.other_batches(held_index.lookup(storage, catalog, among), published_now, batch_id)
+
+
 def test_the_held_photo_index_answers_as_the_manifests_do(storage, tmp_path):
     """Published, unpublished and revoked batches of both forms: the same (held, listed) answer from
-    the per-batch sha256 indexes as from parsing every manifest (what ingest did before them)."""
-    from fruits.lake.ingest import other_batches
-
+    the tiered held-photo index as from parsing every manifest (what ingest did before it); and from
+    the catalog a lake ingested before it (no catalog, no per-batch files) gets at its next ingest."""
     for n, (batch, form) in enumerate([("p1", contract.PACKED), ("p2", contract.LOOSE), ("u1", contract.PACKED)]):
         root = tmp_path / f"landing-{batch}"
         make_landing(root, n_good=6, seed=n)
@@ -446,11 +484,14 @@ def test_the_held_photo_index_answers_as_the_manifests_do(storage, tmp_path):
     ingest_module.ingest(tmp_path / "landing-u2", storage, "u2")
     some = set(manifest_hashes_of(storage, "p1")[:3] + manifest_hashes_of(storage, "u2")[:2] + ["00" * 32])
 
-    from_index = [other_batches(storage, "new"), other_batches(storage, "new", some)]
-    assert len(from_index[0][0]) == 12 + 2 and from_index[1][0] and from_index[1][1]  # not vacuous
-    for batch in ("p1", "p2", "u1", "u2"):
-        delete(storage, layout.held_index_key(batch))
-    assert [other_batches(storage, "new"), other_batches(storage, "new", some)] == from_index
+    expected = [answer_from_manifests(storage, "new"), answer_from_manifests(storage, "new", some)]
+    assert len(expected[0][0]) == 12 + 2 and expected[1][0] and expected[1][1]  # not vacuous
+    assert [answer_from_index(storage, "new"), answer_from_index(storage, "new", some)] == expected
+    for key in storage.sizes(layout.MANIFESTS):  # a lake ingested before both indexes
+        if key.startswith(layout.HELD_INDEX) or key.endswith(".held.parquet"):
+            delete(storage, key)
+    assert [answer_from_index(storage, "new"), answer_from_index(storage, "new", some)] == expected
+    assert layout.held_catalog_key() in storage.sizes(layout.MANIFESTS)  # built once, kept
 
 
 def manifest_hashes_of(storage, batch):
@@ -473,3 +514,51 @@ def test_the_progress_line_says_files_megabytes_rate_and_time_left():
         "ingest upload: 3/8 files, 30.0/120.0 MB, 3.0 MB/s, ~30 s left"
     )
     assert rate_line("up", (0, 1), (0, MB), 0.0).endswith("0.0 MB/s, time left unknown yet")
+
+
+class CountingStorage(LocalStorage):
+    """A folder lake that remembers the keys it read."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.read = []
+
+    def read_bytes(self, key):
+        self.read.append(key)
+        return super().read_bytes(key)
+
+
+def test_the_held_photo_index_stays_a_handful_of_files_and_exact_as_batches_pile_up(tmp_path):
+    """Forty daily batches, some ingested again under their id with other photos (their run never
+    published) and some sharing photos: after each, the catalog holds every batch at its current
+    version, in at most floor(log2 n) + 1 pieces that ingest reads whole (plus the catalog), and the
+    lookup answers exactly what the batches list now: no stale batch list hides or doubles a photo."""
+    import math
+    import random
+
+    from fruits.lake import held_index
+
+    storage = CountingStorage(tmp_path / "lake")
+    rng = random.Random(7)
+    lists: dict[str, list[str]] = {}
+    hashes_of = functools.partial(ingest_module.batch_hashes, storage)
+    for day in range(1, 41):
+        batch = f"d{day - 1:03d}" if day % 9 == 0 else f"d{day:03d}"  # every 9th day: yesterday's id again
+        photos = [f"{rng.getrandbits(256):064x}" for _ in range(5)]
+        if lists and day % 4 == 0:
+            photos.append(rng.choice(sorted(lists.values()))[0])  # a photo another batch lists too
+        lists[batch] = photos
+        catalog = ingest_module.held_catalog(storage, {})
+        catalog = held_index.record(storage, catalog, batch, photos, hashes_of)
+        assert held_index.members(catalog) == {b: held_index.version(h) for b, h in lists.items()}
+        assert len(catalog["pieces"]) <= math.floor(math.log2(len(lists))) + 1
+        storage.read.clear()
+        found = held_index.lookup(storage, held_index.read_catalog(storage), None)
+        assert len(storage.read) <= math.floor(math.log2(len(lists))) + 2  # the catalog, then its pieces
+        expected: dict[str, set[str]] = {}
+        for b, listed in lists.items():
+            for sha in listed:
+                expected.setdefault(sha, set()).add(b)
+        assert found == {sha: sorted(bs) for sha, bs in expected.items()}
+    pieces = storage.sizes(layout.HELD_PIECES)
+    assert 1 < len(pieces) <= 2 * (math.floor(math.log2(len(lists))) + 1)  # retired pieces go a switch later

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from space_fixtures import put_basis, put_commit, put_vectors, run_id, vectors_table
 
-from fruits.lake import vector_index
+from fruits.lake import tiers, vector_index
 from fruits.lake.storage import LocalStorage, S3Storage
 from fruits.tools.cli import main
 from fruits_jobs import layout
@@ -150,11 +150,11 @@ def test_the_merge_rule_keeps_log2_pieces_over_a_year_of_days_republished_and_wi
             wanted[rng.choice(sorted(wanted))] = f"r{day}x"
         if day % 41 == 0:  # a withdrawn batch
             del wanted[rng.choice(sorted(wanted))]
-        planned = vector_index.tiers(pieces, wanted)
+        planned = tiers.plan(pieces, wanted)
         held = [(b, r) for p in planned for b, r in p.items()]
         assert sorted(held) == sorted(wanted.items())  # every batch once, with its current run
         assert len(planned) <= math.floor(math.log2(len(wanted))) + 1
-        assert len({vector_index.tier(len(p)) for p in planned}) == len(planned)  # one piece a tier
+        assert len({tiers.tier(len(p)) for p in planned}) == len(planned)  # one piece a tier
         rebuilt = sum(len(p) for p in planned if p not in pieces)
         most_rebuilt = max(most_rebuilt, rebuilt)
         pieces = planned

@@ -13,6 +13,8 @@ keys with it, the jobs build URIs with it (they ship this package), and readers 
     manifests/batch_id=<id>.held.parquet               the sha256 of every photo the batch lists (32 bytes
                                                        each), written just before the manifest: what
                                                        ingest reads to know which photos are held
+    manifests/held/catalog.json, pieces/*.parquet      those files merged in tiers (held_index.py): what
+                                                       ingest reads, a handful of files however many batches
     manifests/batch_id=<id>.lease                      who may publish the batch: the token and generation its
                                                        run's ingest issued (none once revoked), which the
                                                        tables' logs fence (tables.fence_table)
@@ -235,6 +237,19 @@ def shard_index(key: str) -> int | None:
 def held_index_key(batch_id: str) -> str:
     """The batch's held-photo index (sha256 of every photo its manifest lists), beside the manifest."""
     return f"{MANIFESTS}{partition(batch_id)}.held.parquet"
+
+
+HELD_INDEX = f"{MANIFESTS}held/"
+HELD_PIECES = f"{HELD_INDEX}pieces/"
+
+
+def held_catalog_key() -> str:
+    """The held-photo index's catalog: its pieces and their members (batch -> version)."""
+    return f"{HELD_INDEX}catalog.json"
+
+
+def held_piece_key(name: str) -> str:
+    return f"{HELD_PIECES}{name}.parquet"
 
 
 def batch_of_manifest(key: str) -> str | None:

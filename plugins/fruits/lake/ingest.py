@@ -1,17 +1,17 @@
 """Upload the landing folder's new photos as one batch, idempotently and resumably.
 
-"New" means held by no other *published* batch: content sha256 against the manifests of the
-batches whose features were committed, so a photo left in (or copied back into) the landing folder
-is never uploaded twice, and a batch whose run failed holds nothing (each batch's held-photo index,
-held_index.py, answers that without parsing its manifest). A new batch is packed in Parquet shards
-(packing.py): shards planned from sorted paths and fixed sizes, so an interrupted run plans the same
-ones and skips a shard stored with the same sha256 (kept in its S3 metadata, multipart or not). A
-batch ingested before shards keeps one object per photo: an object already present with the same
-key, size and MD5 (S3's ETag) is not sent again. Either way an interrupted run resumes without
-duplicates or losses, and a file changed since is sent again; the manifest is written last, after
-every upload, and never lists fewer files than an earlier run of the batch did. A published batch
-never changes: new photos for it are refused with a message (the DAG gives a date-named run a new
-batch id instead, see pipeline.py).
+"New" means held by no other *published* batch: content sha256 against the manifests of the batches
+whose features were committed, so a photo left in (or copied back into) the landing folder is never
+uploaded twice, and a batch whose run failed holds nothing (the held-photo index, held_index.py,
+answers that in a handful of files however many batches the lake holds). A new batch is packed in
+Parquet shards (packing.py): shards planned from sorted paths and fixed sizes, so an interrupted run
+plans the same ones and skips a shard stored with the same sha256 (kept in its S3 metadata,
+multipart or not). A batch ingested before shards keeps one object per photo: an object already
+present with the same key, size and MD5 (S3's ETag) is not sent again. Either way an interrupted run
+resumes without duplicates or losses, and a file changed since is sent again; the manifest is
+written last, after every upload, and never lists fewer files than an earlier run of the batch did.
+A published batch never changes: new photos for it are refused with a message (the DAG gives a
+date-named run a new batch id instead, see pipeline.py).
 
 Non-image files: ingest does not judge content. It skips only what can never be a photo of the
 dataset or what Spark could never see, each with a reason in the manifest's `skipped` (nothing
@@ -118,49 +118,57 @@ def walk_landing(landing: Path) -> tuple[list[Path], list[dict]]:
     return sorted(files), skipped
 
 
+def held_catalog(storage: Storage, published_now: dict[str, str]) -> dict:
+    """The held-photo index's catalog (held_index.py). A lake without one, or whose catalog lacks a
+    published batch (ingested before it), gets one from a listing of manifests/: once."""
+    catalog = held_index.read_catalog(storage)
+    if catalog is not None and set(published_now) <= set(held_index.members(catalog)):
+        return catalog
+    ingested = sorted({b for b in map(layout.batch_of_manifest, storage.sizes(layout.MANIFESTS)) if b})
+    hashes_of = functools.partial(batch_hashes, storage)
+    wanted = {**(held_index.members(catalog) if catalog else {})}
+    wanted.update({batch: held_index.version(hashes_of(batch)) for batch in ingested})
+    log.info("ingest: the held-photo index is built from the files of %d batch(es), once", len(ingested))
+    return held_index.switch(storage, catalog, wanted, hashes_of)
+
+
+def batch_hashes(storage: Storage, batch_id: str) -> list[str]:
+    """The sha256 of every photo a batch lists: its held-photo file, or its manifest when it has none
+    (ingested before the files existed); DamagedLake naming what to do when it has neither."""
+    key = layout.held_index_key(batch_id)
+    if key in storage.sizes(key):
+        return held_index.read_batch_file(storage, batch_id)
+    if layout.manifest_key(batch_id) not in storage.sizes(layout.manifest_key(batch_id)):
+        raise commits.DamagedLake(
+            f"batch {batch_id} is in {storage.name}{layout.held_catalog_key()} but has neither "
+            f"{layout.held_index_key(batch_id)} nor a manifest; {held_index.WHAT_TO_DO}"
+        )
+    return manifest_hashes(parse_manifest(storage, layout.manifest_key(batch_id)))
+
+
+def manifest_hashes(manifest: dict) -> list[str]:
+    """The sha256 of every photo a manifest lists: the held-photo file's fallback."""
+    return [e["sha256"] for e in manifest["files"]]
+
+
 def other_batches(
-    storage: Storage, batch_id: str, among: set[str] | None = None
+    listing: dict[str, list[str]], published_now: dict[str, str], batch_id: str
 ) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """Over the other batches: (sha256 -> the published batch holding it, sha256 -> the unpublished
-    batches listing it), for the hashes in `among` (None: all). A batch that never published (its
-    run failed or was killed) holds nothing: a new batch can take its photos, and then fences it
-    (leases.revoke). Read from each batch's held-photo index, or its manifest when it has none."""
+    """Over the batches other than batch_id listing a photo (listing: held_index.lookup's sha256 ->
+    batches): (sha256 -> the published batch holding it, sha256 -> the unpublished batches listing
+    it). A batch that never published (its run failed or was killed) holds nothing: a new batch can
+    take its photos, and then fences it (leases.revoke)."""
     held: dict[str, str] = {}
     listed: dict[str, set[str]] = {}
-    keys = storage.sizes(layout.MANIFESTS)
-    wanted = held_index.wanted(among)
-    published_now = published.published_runs(storage)
-    for key in sorted(keys):
-        other = layout.batch_of_manifest(key)
-        if other is None or other == batch_id:
-            continue
-        is_held = other in published_now
-        if layout.held_index_key(other) in keys:
-            hashes = read_held_index(storage, other, wanted)
-        else:  # a batch ingested before the index existed
-            hashes = manifest_hashes(parse_manifest(storage, key), among)
-        for sha in hashes:
-            if is_held:
+    for sha, batches in listing.items():
+        for other in batches:
+            if other == batch_id:
+                continue
+            if other in published_now:
                 held.setdefault(sha, other)
             else:
                 listed.setdefault(sha, set()).add(other)
     return held, listed
-
-
-def read_held_index(storage: Storage, batch_id: str, wanted) -> list[str]:
-    """The batch's held hashes among `wanted`, or DamagedLake naming its index and what to do."""
-    key = layout.held_index_key(batch_id)
-    try:
-        return held_index.hashes(storage.read_bytes(key), wanted)
-    except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise commits.DamagedLake(
-            f"{storage.name}{key} is damaged ({exc}); delete it: ingest then reads the batch's manifest instead"
-        ) from None
-
-
-def manifest_hashes(manifest: dict, among: set[str] | None = None) -> list[str]:
-    """The sha256 of every photo a manifest lists (in `among`, when given): the index's fallback."""
-    return [e["sha256"] for e in manifest["files"] if among is None or e["sha256"] in among]
 
 
 def next_free_batch_id(storage: Storage, base: str) -> str:
@@ -227,7 +235,10 @@ def ingest(
     # in one part: it tells a resumed loose upload is the same file (shards keep their sha256)
     found, skipped = landing_files(landing_dir, ("sha256",) if packed else ("sha256", "md5"))
     present = storage.sizes(prefix) if packed else storage.fingerprints(prefix)
-    held, listed_elsewhere = other_batches(storage, batch_id, {digests[0] for _, digests in found})
+    published_now = published.published_runs(storage)
+    catalog = held_catalog(storage, published_now)
+    listing = held_index.lookup(storage, catalog, {digests[0] for _, digests in found})
+    held, listed_elsewhere = other_batches(listing, published_now, batch_id)
 
     files: list[dict] = []
     md5s: dict[str, str] = {}
@@ -295,8 +306,10 @@ def ingest(
         "files": files,
         "skipped": sorted(skipped + already_held, key=lambda e: e["path"]),
     }
-    # The index first: a manifest (ingest finished) always has its index beside it.
-    storage.put_bytes(held_index.index_bytes([f["sha256"] for f in files]), layout.held_index_key(batch_id))
+    # The held-photo index first: a manifest (ingest finished) is always in it.
+    held_index.record(
+        storage, catalog, batch_id, [f["sha256"] for f in files], functools.partial(batch_hashes, storage)
+    )
     storage.put_bytes(json.dumps(manifest, indent=1).encode(), layout.manifest_key(batch_id))
     report = {
         "batch_id": batch_id,

@@ -7,10 +7,10 @@ each), merged in tiers so that a year of daily batches stays a handful of files:
     pieces/<digest>.usearch      an HNSW graph (usearch) of the members' vectors under cosine; key = row
     pieces/<digest>.rows.parquet path, label and batch of each row
 
-**The merge rule** (tiers(), pure): a piece's tier is floor(log2(its batches)); a day's new batches
-form one piece; while two pieces share a tier they become one. So a space of n batches has at most
-floor(log2 n) + 1 pieces, and a batch is indexed again about log2 n times in its life; the largest
-piece holds 2^floor(log2 n) batches. A piece holding a batch the space no longer names with that run
+**The merge rule** (tiers.plan, shared with the held-photo index): a piece's tier is
+floor(log2(its batches)); a day's new batches form one piece; while two pieces share a tier they
+become one. So a space of n batches has at most floor(log2 n) + 1 pieces; the largest holds
+2^floor(log2 n) batches. A piece holding a batch the space no longer names with that run
 (re-published, or withdrawn) is rebuilt from its still-current members, so a stale row is never
 returned. A new space starts with one piece of all its batches. A piece is named by the digest of
 its members, so building it twice writes the same files.
@@ -22,7 +22,6 @@ row group of vectors at a time: never the lake's features, never float64 copies.
 """
 
 import contextlib
-import hashlib
 import heapq
 import io
 import json
@@ -35,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fruits.lake import published
+from fruits.lake import published, tiers
 from fruits.lake.storage import Storage
 from fruits_jobs import commits, layout
 
@@ -102,36 +101,9 @@ def catalog_key(space_record: dict) -> str:
     return f"{index_folder(space_record)}/{CATALOG}"
 
 
-def tier(batches: int) -> int:
-    return max(batches, 1).bit_length() - 1
-
-
-def tiers(pieces: list[dict[str, str]], wanted: dict[str, str]) -> list[dict[str, str]]:
-    """The merge rule: the pieces (their members, batch -> run) the index should have for `wanted`,
-    given the pieces it has. Pieces holding a batch `wanted` does not name with that run are dropped;
-    their still-wanted members and the new batches make one piece; then, smallest first, two pieces
-    of one tier become one, until every tier has at most one piece."""
-    kept = [p for p in pieces if p and all(wanted.get(b) == r for b, r in p.items())]
-    held = {b for p in kept for b in p}
-    loose = {b: r for b, r in wanted.items() if b not in held}
-    planned = kept + ([loose] if loose else [])
-    while True:
-        planned.sort(key=lambda p: (len(p), sorted(p)))
-        by_tier: dict[int, int] = {}
-        for i, piece in enumerate(planned):
-            other = by_tier.setdefault(tier(len(piece)), i)
-            if other != i:
-                merged = {**planned[other], **piece}
-                planned = [p for j, p in enumerate(planned) if j not in (i, other)] + [merged]
-                break
-        else:
-            return planned
-
-
 def piece_key(space_record: dict, members: dict[str, str]) -> str:
     """A piece's key (no suffix): named by its members, so the same members are the same files."""
-    digest = hashlib.sha256("\n".join(f"{b}={r}" for b, r in sorted(members.items())).encode()).hexdigest()
-    return f"{index_folder(space_record)}/{PIECES_DIR}/{digest[:20]}"
+    return f"{index_folder(space_record)}/{PIECES_DIR}/{tiers.digest(members)}"
 
 
 def read_catalog(storage: Storage, space_record: dict) -> dict:
@@ -223,7 +195,7 @@ def build_piece(storage: Storage, vectors_keys: dict[str, str], piece: str, k: i
 
 
 def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
-    """Bring the space's index to what tiers() plans for its batches: build the pieces it lacks
+    """Bring the space's index to what tiers.plan plans for its batches: build the pieces it lacks
     (reading only their members' vectors), switch the catalog to them in one write, delete what
     neither this catalog nor the previous one names. The pieces built (keys, no suffix).
     Idempotent: a second call finds the catalog current and builds nothing."""
@@ -232,7 +204,7 @@ def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
     wanted, folder, catalog_file = members_of(space_record), index_folder(space_record), catalog_key(space_record)
     catalog = read_catalog(storage, space_record)
     have = {piece["key"]: piece for piece in catalog["pieces"]}
-    planned = tiers([piece["members"] for piece in catalog["pieces"]], wanted)
+    planned = tiers.plan([piece["members"] for piece in catalog["pieces"]], wanted)
     pieces: list[dict] = []
     built: list[str] = []
     for members in planned:
