@@ -11,7 +11,8 @@
 #   make bench-memory  bench-pca, plus the features job's peak memory at 10,000 vs 50,000 images
 #   make bench-index   fruits similar's vector index: usearch vs faiss-cpu on 200,000 vectors of k=100
 #   make bench-growth  the PCA step day by day on a growing synthetic lake (DAYS=10 PHOTOS=20000): grows with the day
-#   make bench-batches 1,000 daily batches: fruits similar's search p50/p95 and files at 10, 100, 1,000 (tiered index)
+#   make bench-batches 1,000 daily batches: search p50/p95, files, ingest's held-photo read, requests a day
+#   make check-days    the whole DAG twelve days running on held-out photos: files a day and a query read
 #   make bench-ingest  20,000 photos to moto's S3 server at +25 ms a request: one object each vs shards
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -35,7 +36,7 @@ AIRFLOW_QUIET := ignore:Could not import graphviz:UserWarning,ignore:'HTTP_422_U
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False PYTHONWARNINGS="$(AIRFLOW_QUIET)" \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test test-fast lint format ui bench bench-sizes bench-precision bench-pca bench-memory bench-index bench-growth bench-ingest bench-batches lock wheelhouse clean
+.PHONY: install run test test-fast lint format ui bench bench-sizes bench-precision bench-pca bench-memory bench-index bench-growth bench-ingest bench-batches check-days lock wheelhouse clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -119,6 +120,9 @@ bench-growth: install
 # A server in the loop (moto's, on this machine): never part of make test.
 bench-batches: install
 	$(BIN)/python bench/batches.py --batches 1000
+
+check-days: install
+	$(BIN)/python bench/days.py --days 12
 
 bench-ingest: install
 	$(BIN)/python bench/bench_ingest.py --photos 20000 --latency-ms 25 --features-photos 1000

@@ -90,8 +90,39 @@ def run(capsys, *argv):
 
 def test_batches_lists_each_published_batch_with_its_counts(lake, capsys):
     header, row = run(capsys, lake, "batches")
-    assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance", "health"]
-    assert row.split() == ["b1", "4", "3", "1", "2", "0.900", "ok"]  # in the space: its k and variance
+    assert header.split() == ["batch", "read", "featurized", "rejected", "k", "variance"]
+    assert row.split() == ["b1", "4", "3", "1", "2", "0.900"]  # in the space: its k and variance
+    header, row = run(capsys, lake, "batches", "--check")
+    assert header.split()[-1] == "health" and row.split() == ["b1", "4", "3", "1", "2", "0.900", "ok"]
+
+
+class ListingStorage(LocalStorage):
+    """A folder lake that remembers what it was asked to list and read."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.listed, self.read = [], []
+
+    def sizes(self, prefix):
+        self.listed.append(prefix)
+        return super().sizes(prefix)
+
+    def read_text(self, key):
+        self.read.append(key)
+        return super().read_text(key)
+
+
+def test_batches_reads_the_tables_logs_and_the_space_not_a_listing_or_record_per_batch(lake):
+    """`fruits batches` listed every batch's folders and read each batch's record (and the space once
+    a batch) for its counts: work that grew with the lake. Now the tables' logs (their files'
+    statistics) and the space's record, once; the same counts."""
+    from fruits.tools.cli import batches_table
+
+    storage = ListingStorage(lake)
+    assert batches_table(storage)[1].split() == ["b1", "4", "3", "1", "2", "0.900"]
+    space_record = [key for key in storage.read if key.endswith("metrics.json")]
+    assert len(space_record) == 1 and storage.read == space_record  # no batch's record
+    assert storage.listed == space_record  # a listing of the space record's own key, nothing else
 
 
 def test_rejects_shows_the_path_in_the_landing_folder_with_reason_and_detail(lake, capsys):
@@ -210,7 +241,7 @@ def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_record_is
     assert main(["--lake", str(copy), "check"]) == 1
     out = capsys.readouterr().out
     assert f"b1: DAMAGED: features: {run_folder} is missing" in out and "re-run the batch" in out
-    assert run(capsys, copy, "batches")[1].endswith("DAMAGED (fruits check)")
+    assert run(capsys, copy, "batches", "--check")[1].endswith("DAMAGED (fruits check)")
     (record,) = (copy / "batch_runs" / "batch_id=b1").glob("*.json")
     record.write_text(record.read_text()[:30])  # truncated
     assert main(["--lake", str(copy), "rejects", "b1"]) == 1  # its rejects file, cut short above: one line
@@ -219,7 +250,7 @@ def test_a_batch_whose_outputs_vanished_is_shown_damaged_and_a_damaged_record_is
     assert main(["--lake", str(copy), "check"]) == 1
     out = capsys.readouterr().out
     assert f"b1: DAMAGED: {record} is damaged" in out and "re-run batch b1" in out and "Traceback" not in out
-    assert run(capsys, copy, "batches")[1].endswith("DAMAGED (fruits check)")
+    assert run(capsys, copy, "batches", "--check")[1].endswith("DAMAGED (fruits check)")
 
 
 def test_photo_gives_back_a_stored_photo_byte_for_byte_from_either_form(tmp_path, capsysbinary):

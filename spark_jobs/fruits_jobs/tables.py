@@ -402,6 +402,31 @@ def current_files(table_uri: str, options: dict[str, str] | None = None) -> dict
     return {batch: sorted(uris) for batch, uris in found.items()}
 
 
+def batch_rows(table_uri: str, options: dict[str, str] | None = None) -> dict[str, tuple[str, int | None]]:
+    """{batch id: (its current run, its rows)} from the table's log alone: the run= folder of its files
+    and their statistics (numRecords, which every commit of ours records: file_stats), so no data
+    file is listed or read. Rows None when a file has no statistics. Empty when there is no table."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        actions = pa.table(open_table(table_uri, options).get_add_actions(flatten=True))
+    except TableNotFoundError:
+        return {}
+    found: dict[str, list[tuple[str, int | None]]] = {}
+    counted = "num_records" in actions.column_names
+    for entry in actions.to_pylist():
+        rows = entry["num_records"] if counted else None
+        found.setdefault(entry[f"partition.{layout.PARTITION_COLUMN}"], []).append((unquote(entry["path"]), rows))
+    base = table_uri.rstrip("/")
+    return {
+        batch: (
+            run_of_files(table_uri, batch, [f"{base}/{path}" for path, _ in files]),
+            None if any(n is None for _, n in files) else sum(n for _, n in files),  # type: ignore[misc]
+        )
+        for batch, files in found.items()
+    }
+
+
 def current_runs(table_uri: str, options: dict[str, str] | None = None) -> dict[str, str]:
     """{batch id: its current run}, from the run= folder of its current files (a publish replaces a
     batch's files whole, with one run's): for the features table, the one rule for "published"."""

@@ -2,7 +2,7 @@
 lake, without pandas, and demo photos. The local lake by default, `--lake DIR` for another, or
 `--lake s3://bucket` (boto3's default credentials: environment, profile, instance role).
 
-    fruits batches                  every batch: photos read, featurized, rejected; PCA k
+    fruits batches [--check]        every batch: photos read, featurized, rejected; PCA k (--check: health)
     fruits rejects BATCH            a batch's rejected files: path in the landing folder, reason, detail
     fruits similar PHOTO [--k 5]    the stored photos nearest to PHOTO (cosine in the current space)
     fruits index                    build the current space's missing index pieces (the DAG does it too)
@@ -27,7 +27,7 @@ from fruits.lake import migrate, vector_index
 from fruits.lake.folder import default_lake
 from fruits.lake.health import batch_problems, known_batches, table_problems
 from fruits.lake.ingest import NotStored, stored_photo
-from fruits.lake.published import current_space, in_space, latest_processed_batch, published_record, published_runs
+from fruits.lake.published import current_space, latest_processed_batch, published_record, published_runs
 from fruits.lake.storage import LocalStorage, S3Storage, Storage
 from fruits.lake.summary import format_locations, read_summary, readable
 from fruits.tools import demo_images, sql
@@ -37,25 +37,33 @@ from fruits_jobs.contract import NAMED_WEIGHTS, ONNX_SUFFIX, weights_suffix
 from fruits_jobs.images import RejectedImage
 
 
-def batches_table(storage: Storage) -> list[str]:
-    """Published batches, oldest first (by their current run's id), from the features table's log."""
-    rows = [f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}  health"]
+def batches_table(storage: Storage, check: bool = False) -> list[str]:
+    """Published batches, oldest first (by their current run's id), read from the tables' logs alone
+    (the features and rejects tables' file statistics, the space once): no folder listing, no record
+    per batch. check: add the health column (batch_problems: each batch's record and folders)."""
+    options = storage.delta_options()
+    featured = tables.batch_rows(storage.name + layout.FEATURES, options)
+    rejected = tables.batch_rows(storage.name + layout.REJECTS, options)
     space = current_space(storage)
-    runs = published_runs(storage)
-    for batch in sorted(runs, key=lambda batch: runs[batch]):
-        try:
-            features = published_record(storage, batch, runs) or {}
-        except DamagedLake:
-            features = {}
-        pca = space if space is not None and in_space(space, features) else {}
+    runs = {batch: run for batch, (run, _) in featured.items()}
+    rows = [
+        f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}" + ("  health" * check)
+    ]
+    for batch in sorted(featured, key=lambda batch: runs[batch]):
+        counts = [featured[batch][1], rejected.get(batch, (None, 0))[1]]
+        read = "-" if None in counts else sum(counts)  # type: ignore[arg-type]
+        pca = space if space is not None and space["features_runs"].get(batch) == runs[batch] else {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"
-        health = "DAMAGED (fruits check)" if batch_problems(storage, batch, runs) else "ok"
+        health = ("  DAMAGED (fruits check)" if batch_problems(storage, batch, runs) else "  ok") if check else ""
         rows.append(
-            f"{batch:<24} {features.get('read', '-'):>7} {features.get('featurized', '-'):>10} "
-            f"{features.get('rejected', '-'):>8} "
-            f"{pca.get('k', '-'):>5} {variance:>8}  {health}"
+            f"{batch:<24} {read:>7} {_dash(counts[0]):>10} {_dash(counts[1]):>8} "
+            f"{pca.get('k', '-'):>5} {variance:>8}{health}"
         )
     return rows
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
 
 
 def landing_path(path: str, batch: str) -> str:
@@ -246,7 +254,10 @@ def main(argv=None) -> int:
         "--lake", default=str(default_lake()), help="the lake: a folder (default: the local lake) or s3://bucket"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("batches", help="every published batch with its counts")
+    batches = sub.add_parser("batches", help="every published batch with its counts (from the tables' logs)")
+    batches.add_argument(
+        "--check", action="store_true", help="add each batch's health (reads its record, lists its folders)"
+    )
     rejects = sub.add_parser("rejects", help="a batch's rejected files")
     rejects.add_argument("batch")
     similar = sub.add_parser("similar", help="the stored photos nearest to a photo")
@@ -324,7 +335,7 @@ def answer(args, storage: Storage) -> int:
         print("\n".join(lines))
         return 0 if healthy else 1
     elif args.command == "batches":
-        lines = batches_table(storage)
+        lines = batches_table(storage, args.check)
     elif args.command == "rejects":
         lines = rejects_rows(storage, args.batch)
     elif args.command == "index":
