@@ -43,7 +43,21 @@ def airflow_db():
     from airflow.utils import db
 
     db.initdb()
+    one_execution_api_for_the_session()
     return HOME
+
+
+def one_execution_api_for_the_session() -> None:
+    """Airflow 3.1's dag.test() builds a new in-process Execution API for every task it runs
+    (InProcessTestSupervisor._api_client calls supervisor.in_process_api_server): a FastAPI app whose
+    versioned routes (cadwyn) take ~0.4 s to generate, and an event-loop thread never stopped. The
+    tests share one: the same app on the same database, as a long-lived API server would be."""
+    import functools
+
+    from airflow.sdk.execution_time import supervisor
+
+    if not hasattr(supervisor.in_process_api_server, "cache_info"):
+        supervisor.in_process_api_server = functools.cache(supervisor.in_process_api_server)
 
 
 @pytest.fixture(scope="session")
