@@ -82,7 +82,27 @@ def runnable_dag(airflow_db):
     dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).dags["fruits_pipeline"]
     for task in dag.tasks:
         task.retries = 0
+    each_run_from_the_dags_own_params(dag)
     return dag
+
+
+def each_run_from_the_dags_own_params(dag) -> None:
+    """Airflow 3.1's Param.resolve keeps a run's conf value in the Param object, which the DAG and its
+    tasks share (sdk/definitions/param.py: process_params, ParamsDict.__setitem__), so in one process
+    (dag.test) a run's conf became the next run's default: a change_extractor=true leaked into later
+    runs. A worker parses the DAG anew; here each dag.test() starts from deep copies of the params."""
+    import copy
+
+    dag_params, task_params = copy.deepcopy(dag.params), {t.task_id: copy.deepcopy(t.params) for t in dag.tasks}
+    test = dag.test
+
+    def fresh_test(*args, **kwargs):
+        dag.params = copy.deepcopy(dag_params)
+        for task in dag.tasks:
+            task.params = copy.deepcopy(task_params[task.task_id])
+        return test(*args, **kwargs)
+
+    dag.test = fresh_test
 
 
 def make_landing(root: Path, n_good: int = 10, bad: bool = True, seed: int = 0) -> dict:

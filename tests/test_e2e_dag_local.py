@@ -250,3 +250,17 @@ def test_a_new_extractor_is_refused_then_switches_every_batch_and_the_space_at_o
     read = sum(published.read_record(storage, batch, run)["read"] for batch, run in runs.items())
     assert result["run_report"]["images"]["extract_features"] == read  # what the switch featurized
     assert old_space["space"] != new_space["space"]
+
+
+def test_a_run_s_params_never_become_the_next_run_s_defaults(runnable_dag, tmp_path, capfd, monkeypatch):
+    """In one process (dag.test) Airflow 3.1 kept a run's conf in the DAG's Param objects: after a run
+    with change_extractor=true, the next run without it was refused for change_extractor. Each run
+    here starts from the DAG's own params (airflow_fixtures.each_run_from_the_dags_own_params)."""
+    monkeypatch.setenv("FRUITS_LOCAL_LAKE", str(tmp_path / "lake"))
+    make_landing(tmp_path / "landing", n_good=2, bad=False)
+    conf = {**CONF, "landing_dir": str(tmp_path / "landing")}
+    runnable_dag.test(run_conf={**conf, "change_extractor": True})  # refused: no space to change
+    capfd.readouterr()
+    runnable_dag.test(run_conf={**conf, "precision": "int8"})  # refused for its own reason, checked after
+    out = "".join(capfd.readouterr())
+    assert "invalid param 'precision'" in out and "invalid param 'change_extractor'" not in out

@@ -124,8 +124,20 @@ def test_a_day_adds_one_piece_and_merges_pieces_of_one_tier(lake):
 
     b4 = add_batch(lake, "b4", run_id(7), clustered(300, seed=4))
     next_day = put_commit(lake, run_id(7), SPACE, {**day["vectors"], "b4": b4}, K)
+    query = clustered(1, seed=9)[0]
+    expected = [
+        (m.path, round(m.similarity, 5)) for m in vector_index.search(lake, day, query, 5, batches=["b1", "b3"])
+    ]
+    # A merge reads the pieces it merges (their graphs keep each vector), not its members' folders:
+    # its requests do not grow with the batches it holds. Their folders away, the merge still builds.
+    away = lake.root.parent / "away"
+    away.mkdir()
+    for batch in ("b1", "b2", "b3"):
+        (lake.root / day["vectors"][batch]).rename(away / batch)
     # {b4} meets {b3} in tier 0, and {b3, b4} meets {b1, b2} in tier 1: one piece of four
     assert vector_index.build_missing_pieces(lake, next_day) == [one_piece(next_day)]
+    found = vector_index.search(lake, next_day, query, 5, batches=["b1", "b3"])  # each batch's rows, exactly
+    assert [(m.path, round(m.similarity, 5)) for m in found] == expected
     pieces = vector_index.read_catalog(lake, next_day)["pieces"]
     assert [sorted(p["members"]) for p in pieces] == [["b1", "b2", "b3", "b4"]]
     present = {f"pca/spaces/{SPACE}/index/{name}" for name in index_files(lake.root)}

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -160,16 +161,37 @@ def new_graph(k: int):
     )
 
 
-def build_piece(storage: Storage, vectors_keys: dict[str, str], piece: str, k: int) -> dict[str, list[int]]:
-    """Index the vectors folders {batch: key} as the piece at `piece`, batch after batch; each batch's
-    rows ([first row, count]). Reads one record batch at a time; S3 part files are downloaded one at a
-    time into a temp folder."""
+def build_piece(
+    storage: Storage, vectors_keys: dict[str, str], piece: str, k: int, whole: list[dict] | None = None
+) -> dict[str, list[int]]:
+    """Index as the piece at `piece`: first the pieces in `whole` (catalog entries a merge takes as
+    they are: their vectors from their graphs, which keep each one exactly, and their rows), then the
+    vectors folders {batch: key}, batch after batch; each batch's rows ([first row, count]). Reads one
+    record batch at a time; S3 files are downloaded one at a time into a temp folder. A merge so reads
+    two pieces, not its members' folders: its requests do not grow with the batches it holds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns: dict[str, list] = {"path": [], "label": [], "batch": []}
     graph, rows, count = new_graph(k), {}, 0
     with tempfile.TemporaryDirectory(prefix="fruits-index-") as scratch:
+        for old in whole or []:
+            graph_file = storage.local_file(old["key"] + INDEX_SUFFIX, Path(scratch))
+            rows_file = storage.local_file(old["key"] + ROWS_SUFFIX, Path(scratch))
+            source = open_piece(graph_file, storage.name + old["key"])
+            table = pq.read_table(rows_file, columns=["path", "label", "batch"])
+            for start in range(0, len(table), READ_ROWS):
+                keys = np.arange(start, min(start + READ_ROWS, len(table)), dtype=np.uint64)
+                vectors = np.asarray(source.get(keys, dtype=np.float32), dtype=np.float32).reshape(len(keys), k)
+                graph.add(keys + np.uint64(count), vectors)
+            for name in columns:
+                columns[name].extend(table.column(name).chunks)
+            rows.update({b: [first + count, n] for b, (first, n) in old["rows"].items()})
+            count += len(table)
+            del source
+            for local in (graph_file, rows_file):
+                if local.is_relative_to(scratch):
+                    local.unlink()
         for batch, vectors_key in sorted(vectors_keys.items()):
             first = count
             for key in part_keys(storage, vectors_key):
@@ -210,8 +232,12 @@ def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
     for members in planned:
         key = piece_key(space_record, members)
         if key not in have:
-            refs = {batch: lake_key(storage, space_record["vectors"][batch]) for batch in members}
-            rows = build_piece(storage, refs, key, int(space_record["k"]))
+            whole = [
+                catalog["pieces"][i] for i in tiers.composed_of(members, [p["members"] for p in catalog["pieces"]])
+            ]
+            taken = {b for piece in whole for b in piece["members"]}
+            refs = {b: lake_key(storage, space_record["vectors"][b]) for b in members if b not in taken}
+            rows = build_piece(storage, refs, key, int(space_record["k"]), whole)
             log.info(
                 "indexed %d batch(es), %d vectors, in %s%s%s",
                 len(members),
@@ -335,14 +361,14 @@ def open_files(get: Callable[[str, Path], Path], where: str, key: str, scratch: 
     return piece, not graph_file.is_relative_to(scratch)
 
 
-def search_open(opened: OpenPiece, piece: dict, wanted: set[str], query, k: int) -> list[Match]:
-    """The k nearest of one open piece's rows of the `wanted` batches, by cosine. Every member wanted:
-    the graph's search. Some: an exact scan of their rows (the graph keeps each vector; a batch's rows
-    are one range)."""
+def search_open(opened: OpenPiece, piece: dict, wanted: set[str] | None, query, k: int) -> list[Match]:
+    """The k nearest of one open piece's rows of the `wanted` batches (None: all), by cosine. Every
+    member wanted: the graph's search. Some: an exact scan of their rows (the graph keeps each vector;
+    a batch's rows are one range)."""
     graph = opened.graph
     if not len(graph):  # type: ignore[arg-type]
         return []
-    if set(piece["members"]) <= wanted:
+    if wanted is None or set(piece["members"]) <= wanted:
         found = graph.search(query, k)  # type: ignore[attr-defined]
         keys, similarities = np.asarray(found.keys, dtype=np.int64), 1.0 - np.asarray(found.distances)
     else:
@@ -365,20 +391,25 @@ def search_open(opened: OpenPiece, piece: dict, wanted: set[str], query, k: int)
 class OpenIndex:
     """What a long-lived reader keeps between searches (the CLI makes one per call): the pieces open,
     the catalog they came from with its fingerprint, and which (space run, batches) it was found to
-    cover. A changed catalog is read again, and the pieces it no longer names are let go."""
+    cover. A changed catalog is read again, and the pieces it no longer names are let go. refresh_s:
+    how long a catalog is trusted before its fingerprint is asked again (0: at every search; on S3 the
+    ask is a listing, a round trip: a server may take a second or more, as search engines refresh)."""
 
-    def __init__(self):
+    def __init__(self, refresh_s: float = 0.0):
         self.pieces: dict[str, OpenPiece] = {}
         self.fingerprint: tuple | None = None
         self.catalog: dict = {"pieces": []}
         self.covers: set[tuple] = set()
+        self.refresh_s, self.checked_at = refresh_s, float("-inf")
 
     def current_catalog(self, storage: Storage, space_record: dict, batches: list[str] | None) -> dict:
         key = catalog_key(space_record)
-        fingerprint = storage.fingerprints(key).get(key)  # a listing: size and MD5 (S3: its ETag)
-        if fingerprint is None or fingerprint[1] is None or fingerprint != self.fingerprint:
-            self.catalog, self.covers = read_catalog(storage, space_record), set()
-            self.fingerprint = fingerprint if fingerprint and fingerprint[1] else None
+        if self.fingerprint is None or time.monotonic() - self.checked_at >= self.refresh_s:
+            fingerprint = storage.fingerprints(key).get(key)  # a listing: size and MD5 (S3: its ETag)
+            if fingerprint is None or fingerprint[1] is None or fingerprint != self.fingerprint:
+                self.catalog, self.covers = read_catalog(storage, space_record), set()
+                self.fingerprint = fingerprint if fingerprint and fingerprint[1] else None
+            self.checked_at = time.monotonic()
         cover = (space_record["space"], space_record.get("run"), tuple(sorted(batches)) if batches else None)
         if cover not in self.covers or cover[1] is None:
             wanted = sorted(space_record["vectors"]) if batches is None else sorted(batches)
@@ -403,9 +434,9 @@ def search(
     before any search when a batch is in no piece. cache: a folder keeping downloaded pieces between
     searches (an S3 lake; None downloads each piece for each search). opened: what a long-lived
     reader keeps between searches (OpenIndex: open pieces, the catalog while it is unchanged)."""
-    wanted = set(space_record["vectors"]) if batches is None else set(batches)
+    wanted = None if batches is None else set(batches)  # None: every batch (no set work per search)
     if opened is None:
-        catalog = require_pieces(storage, space_record, sorted(wanted))
+        catalog = require_pieces(storage, space_record, sorted(space_record["vectors"] if wanted is None else wanted))
     else:
         catalog = opened.current_catalog(storage, space_record, batches)
     if cache is not None:
@@ -421,7 +452,7 @@ def search(
     with contextlib.ExitStack() as stack:
         scratch = None  # made when a piece must be opened: none for a search of pieces kept open
         for piece in catalog["pieces"]:
-            if not wanted & set(piece["members"]):
+            if wanted is not None and not wanted & piece["members"].keys():
                 continue
             open_now = opened.pieces.get(piece["key"]) if opened is not None else None
             if open_now is None:
