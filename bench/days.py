@@ -6,7 +6,8 @@ Runs `airflow dags test fruits_pipeline <date>` once a day for `--days` days on 
 (local backend, a temp lake, SQLite), each day's landing folder a few Fruits-360 photos of classes
 no earlier day had, plus one photo of yesterday's (already held: ingest must skip it). After each
 day it reads what the next day would read: the held-photo catalog and its pieces (ingest) and the
-vector index's catalog and pieces (`fruits similar`), and checks, after the twelfth day, at most
+vector index's catalog and pieces (`fruits similar`; the space is kept after the first day,
+pca_refit=never, so its index grows in tiers), and checks, after the twelfth day, at most
 ceil(log2 12) + 1 = 5 files each; then `fruits similar` on a photo of the last day finds it first.
 A check, not a test: about a minute a day on 2 cores (issue 29's "twelve daily runs").
 """
@@ -43,8 +44,8 @@ def landing_for(day: int, classes: list[Path], photos: int, out: Path, yesterday
     return placed
 
 
-def run_day(env: dict, landing: Path, logical: date, weights: str) -> None:
-    conf = json.dumps({"backend": "local", "landing_dir": str(landing), "weights": weights})
+def run_day(env: dict, landing: Path, logical: date, weights: str, refit: str) -> None:
+    conf = json.dumps({"backend": "local", "landing_dir": str(landing), "weights": weights, "pca_refit": refit})
     cmd = [str(REPO / ".venv/bin/airflow"), "dags", "test", "fruits_pipeline", logical.isoformat(), "-c", conf]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0 or " ERROR " in done.stdout + done.stderr:
@@ -96,7 +97,10 @@ def main() -> None:
         for day in range(1, args.days + 1):
             landing = Path(tmp) / f"landing-{day:02d}"
             placed = landing_for(day, classes, args.photos, landing, yesterday)
-            run_day(env, landing, first + timedelta(days=day - 1), str(weights if weights.is_file() else "random"))
+            refit = "auto" if day == 1 else "never"  # the space is kept: its index grows in tiers
+            run_day(
+                env, landing, first + timedelta(days=day - 1), str(weights if weights.is_file() else "random"), refit
+            )
             held, index = files_read(storage)
             print(f"{day:>4} {len(published.published_runs(storage)):>8} {held:>11} {index:>12}", flush=True)
             yesterday = placed[0]

@@ -276,3 +276,34 @@ def test_photo_gives_back_a_stored_photo_byte_for_byte_from_either_form(tmp_path
     assert main(["--lake", str(lake), "photo", "b1", "Training/Red Apple/.DS_Store"]) == 1
     refused = capsysbinary.readouterr()
     assert refused.out == b"" and b"ingest skipped it: OS metadata file" in refused.err
+
+
+def test_batches_counts_the_published_run_when_a_later_run_committed_only_its_rejects(lake, capsys, tmp_path):
+    """The features job commits the rejects table, then the features table: killed between the two,
+    the rejects table holds a later run's rows the features table never published. Its count must not
+    mix into the published run's: the record of the run the features table names says."""
+    import io
+    import shutil
+
+    from fruits_jobs import commits, layout, tables
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    storage = LocalStorage(copy)
+    later = commits.new_run_id()
+    folder = layout.run_folder(layout.batch_folder(layout.REJECTS, "b1"), later)
+    schema = tables.REJECTS_SCHEMA.remove(tables.REJECTS_SCHEMA.get_field_index(layout.PARTITION_COLUMN))
+    sink = io.BytesIO()
+    pq.write_table(schema.empty_table(), sink)
+    storage.put_bytes(sink.getvalue(), f"{folder}/part-00000.snappy.parquet")
+    tables.publish(
+        storage.name + layout.REJECTS,
+        tables.REJECTS_SCHEMA,
+        [layout.PARTITION_COLUMN],
+        {("b1",): [(f"{storage.name}{folder}/part-00000.snappy.parquet", len(sink.getvalue()), 7)]},
+        lambda partition: partition.get(layout.PARTITION_COLUMN) == "b1",
+        {"run": later},
+        None,
+        None,
+    )
+    assert run(capsys, copy, "batches")[1].split()[:4] == ["b1", "4", "3", "1"]  # not 3 + 7
