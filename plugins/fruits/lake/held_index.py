@@ -92,18 +92,9 @@ def read_batch_file(storage: Storage, batch_id: str, among=None) -> list[str]:
 
 def read_catalog(storage: Storage) -> dict | None:
     """The catalog ({"pieces": [{"key", "members"}]}), or None when the lake has none."""
-    key = layout.held_catalog_key()
-    if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
-        return None
-    try:
-        catalog = json.loads(storage.read_bytes(key))
-        if any(not {"key", "members"} <= set(piece) for piece in catalog["pieces"]):
-            raise KeyError("a piece without its key or members")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise commits.DamagedLake(
-            f"{storage.name}{key} is not a held-photo catalog ({type(exc).__name__}: {exc}); {WHAT_TO_DO}"
-        ) from None
-    return catalog
+    return tiers.read_catalog(
+        storage, layout.held_catalog_key(), {"key", "members"}, "a held-photo catalog", WHAT_TO_DO
+    )
 
 
 def members(catalog: dict) -> dict[str, str]:

@@ -11,6 +11,10 @@ building is each index's own.
 """
 
 import hashlib
+import json
+
+from fruits.lake.storage import Storage
+from fruits_jobs import commits
 
 
 def tier(members: int) -> int:
@@ -47,3 +51,17 @@ def composed_of(members: dict[str, str], have: list[dict[str, str]]) -> list[int
     """The indexes in `have` of the pieces a planned piece can be built from as they are: those whose
     members all lie in it with the same versions (plan() only ever merges whole kept pieces)."""
     return [i for i, piece in enumerate(have) if piece and all(members.get(b) == v for b, v in piece.items())]
+
+
+def read_catalog(storage: Storage, key: str, fields: set[str], kind: str, fix: str) -> dict | None:
+    """A catalog ({"pieces": [...]}, each piece with `fields`), or None when there is none; DamagedLake
+    naming it and `fix` when it cannot be read."""
+    if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
+        return None
+    try:
+        catalog = json.loads(storage.read_bytes(key))
+        if any(not fields <= set(piece) for piece in catalog["pieces"]):
+            raise KeyError(f"a piece without its {', '.join(sorted(fields))}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise commits.DamagedLake(f"{storage.name}{key} is not {kind} ({type(exc).__name__}: {exc}); {fix}") from None
+    return catalog

@@ -109,18 +109,14 @@ def piece_key(space_record: dict, members: dict[str, str]) -> str:
 
 def read_catalog(storage: Storage, space_record: dict) -> dict:
     """The space's index catalog ({"pieces": []} before its first build)."""
-    key = catalog_key(space_record)
-    if key not in storage.sizes(key):  # a listing, not a GET that may answer 403 for a missing key
-        return {"pieces": []}
-    try:
-        catalog = json.loads(storage.read_bytes(key))
-        if any(not {"key", "members", "rows"} <= set(piece) for piece in catalog["pieces"]):
-            raise KeyError("a piece without its key, members or rows")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise commits.DamagedLake(
-            f"{storage.name}{key} is not an index catalog ({type(exc).__name__}: {exc}); delete it and {WHAT_TO_RUN}"
-        ) from None
-    return catalog
+    catalog = tiers.read_catalog(
+        storage,
+        catalog_key(space_record),
+        {"key", "members", "rows"},
+        "an index catalog",
+        f"delete it and {WHAT_TO_RUN}",
+    )
+    return catalog or {"pieces": []}
 
 
 def missing_batches(catalog: dict, space_record: dict) -> list[str]:
