@@ -304,3 +304,34 @@ def test_the_preflight_may_read_the_service_linked_roles_and_the_vpc():
         assert not allowed("iam", "CreateServiceLinkedRole", {"AWSServiceName": role.service})
     assert allowed("ec2", "DescribeVpcs", {"Filters": [{"Name": "is-default", "Values": ["true"]}]})
     assert allowed("ec2", "DescribeSubnets", {"SubnetIds": ["subnet-1"]})
+
+
+def test_airflow_may_run_jobs_on_this_account_s_serverless_applications_and_pass_them_only_the_job_role():
+    """Backend emr_serverless (issue 30): StartJobRun names the application, Get/CancelJobRun its job run
+    (Service Authorization Reference, EMR Serverless: applications/<id>, .../jobruns/<id>); the job
+    runtime role is passed to EMR Serverless only, and no other role is."""
+    stack = Stack(BUCKET, account=ACCOUNT, region=REGION)
+    app = f"arn:aws:emr-serverless:{REGION}:{ACCOUNT}:/applications/00fakeapp"
+    for action in ("GetApplication", "StartApplication", "StartJobRun"):
+        assert is_allowed(POLICY, f"emr-serverless:{action}", app, {})
+    for action in ("GetJobRun", "CancelJobRun", "GetDashboardForJobRun"):
+        assert is_allowed(POLICY, f"emr-serverless:{action}", f"{app}/jobruns/00fakerun", {})
+    assert not is_allowed(POLICY, "emr-serverless:DeleteApplication", app, {})  # the stack owns it
+    assert not is_allowed(POLICY, "emr-serverless:StartJobRun", app.replace(ACCOUNT, "999999999999"), {})
+    job_role = stack.resolve({"Fn::GetAtt": ["ServerlessJobRole", "Arn"]})
+    to_serverless = {"iam:PassedToService": "emr-serverless.amazonaws.com"}
+    assert is_allowed(POLICY, "iam:PassRole", job_role, to_serverless)
+    assert not is_allowed(POLICY, "iam:PassRole", job_role, {"iam:PassedToService": "ec2.amazonaws.com"})
+    instance_role = stack.resolve({"Fn::GetAtt": ["EmrInstanceRole", "Arn"]})
+    assert not is_allowed(POLICY, "iam:PassRole", instance_role, to_serverless)
+
+
+def test_the_serverless_job_role_has_the_cluster_nodes_lake_access_and_trusts_this_account_s_runs_only():
+    stack = Stack(BUCKET, account=ACCOUNT, region=REGION)
+    resources = stack.resources
+    assert {"Ref": "ServerlessJobRole"} in resources["EmrInstancePolicy"]["Properties"]["Roles"]  # one policy
+    trust = stack.documents()["ServerlessJobRole.AssumeRolePolicyDocument"]["Statement"]
+    assert [st["Principal"] for st in trust] == [{"Service": "emr-serverless.amazonaws.com"}]
+    assert [st["Condition"] for st in trust] == [{"StringEquals": {"aws:SourceAccount": ACCOUNT}}]
+    logs = stack.documents()["ServerlessJobRole.WriteTheJobsLogs"]
+    assert [st["Resource"] for st in logs["Statement"]] == [f"arn:aws:s3:::{BUCKET}/logs/emr-serverless/*"]
