@@ -6,8 +6,8 @@ A piece's tier is floor(log2(its members)); the new members form one piece; whil
 tier they become one, smallest first. A member is rebuilt about log2 n times in its life, and the
 largest piece holds 2^floor(log2 n) members. A piece holding a member whose version is no longer
 wanted (re-published, re-ingested, withdrawn) is dropped: its still-wanted members are rebuilt with
-the new ones, so a stale entry is never read. Pure functions: what to build is decided here, the
-building is each index's own.
+the new ones, so a stale entry is never read. What to build is decided here (pure functions), the
+building is each index's own; read_catalog reads either index's catalog.
 """
 
 import hashlib
