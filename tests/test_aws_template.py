@@ -121,6 +121,25 @@ def test_the_service_role_uses_the_v2_managed_policy_and_may_pass_our_instance_r
     assert profile["InstanceProfileName"] == stack.resolve(RESOURCES["EmrInstanceRole"]["Properties"])["RoleName"]
 
 
+def test_the_serverless_image_repository_lets_only_emr_serverless_pull_and_only_for_this_account():
+    """Issue 30: EMR Serverless pulls a custom image as its service principal (User Guide, "Customizing
+    an EMR Serverless image"): the repository policy allows that pull, nothing else, for this account's
+    applications of the stack's region; tags never move; the application exists only with an image."""
+    stack = Stack("b", account="123456789012", region="eu-west-1")
+    repo = RESOURCES["ServerlessImageRepository"]["Properties"]
+    assert repo["ImageTagMutability"] == "IMMUTABLE" and repo["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    (st,) = stack.resolve(repo["RepositoryPolicyText"])["Statement"]
+    assert st["Effect"] == "Allow" and st["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert sorted(st["Action"]) == ["ecr:BatchGetImage", "ecr:DescribeImages", "ecr:GetDownloadUrlForLayer"]
+    assert st["Condition"] == {
+        "ArnLike": {"aws:SourceArn": "arn:aws:emr-serverless:eu-west-1:123456789012:/applications/*"}
+    }
+    app = RESOURCES["ServerlessApplication"]
+    assert app["Condition"] == "HasServerlessImage" and app["Properties"]["Architecture"] == "X86_64"
+    assert app["Properties"]["ReleaseLabel"] == settings.DEFAULTS["release_label"]  # the EMR backend's release
+    assert app["Properties"]["AutoStopConfiguration"]["Enabled"] is True
+
+
 def test_outputs_are_the_settings_the_dag_needs_and_match_their_defaults():
     outputs = TEMPLATE_DICT["Outputs"]
     variables = {o["Description"]: name for name, o in outputs.items() if o["Description"].startswith("fruits_")}
