@@ -385,45 +385,42 @@ def create_table(
     )
 
 
-def current_files(table_uri: str, options: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """{batch id: the URIs of its Parquet files in the table's current version}, in table_uri's own
-    scheme (s3a:// stays s3a://): what Spark reads, since local Spark has no Delta reader. Empty when
-    the table does not exist yet."""
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        delta = open_table(table_uri, options)
-    except TableNotFoundError:
-        return {}
-    base, found = table_uri.rstrip("/"), dict[str, list[str]]()
-    for entry in pa.table(delta.get_add_actions(flatten=True)).to_pylist():
-        batch = entry.get(f"partition.{layout.PARTITION_COLUMN}")
-        found.setdefault(batch, []).append(f"{base}/{unquote(entry['path'])}")
-    return {batch: sorted(uris) for batch, uris in found.items()}
-
-
-def batch_rows(table_uri: str, options: dict[str, str] | None = None) -> dict[str, tuple[str, int | None]]:
-    """{batch id: (its current run, its rows)} from the table's log alone: the run= folder of its files
-    and their statistics (numRecords, which every commit of ours records: file_stats), so no data
-    file is listed or read. Rows None when a file has no statistics. Empty when there is no table."""
+def current_entries(table_uri: str, options: dict[str, str] | None = None) -> dict[str, list[tuple[str, int | None]]]:
+    """{batch id: (URI, rows) of each Parquet file in the table's current version}, from its log alone:
+    the URI in table_uri's own scheme (s3a:// stays s3a://), the rows from the file's statistics
+    (numRecords, which every commit of ours records: file_stats; None without them). Empty when the
+    table does not exist yet."""
     from deltalake.exceptions import TableNotFoundError
 
     try:
         actions = pa.table(open_table(table_uri, options).get_add_actions(flatten=True))
     except TableNotFoundError:
         return {}
-    found: dict[str, list[tuple[str, int | None]]] = {}
+    base, found = table_uri.rstrip("/"), dict[str, list[tuple[str, int | None]]]()
     counted = "num_records" in actions.column_names
     for entry in actions.to_pylist():
-        rows = entry["num_records"] if counted else None
-        found.setdefault(entry[f"partition.{layout.PARTITION_COLUMN}"], []).append((unquote(entry["path"]), rows))
-    base = table_uri.rstrip("/")
+        batch = entry.get(f"partition.{layout.PARTITION_COLUMN}")
+        found.setdefault(batch, []).append(
+            (f"{base}/{unquote(entry['path'])}", entry["num_records"] if counted else None)
+        )
+    return found
+
+
+def current_files(table_uri: str, options: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """{batch id: the URIs of its Parquet files in the table's current version}: what Spark reads,
+    since local Spark has no Delta reader."""
+    return {batch: sorted(uri for uri, _ in files) for batch, files in current_entries(table_uri, options).items()}
+
+
+def batch_rows(table_uri: str, options: dict[str, str] | None = None) -> dict[str, tuple[str, int | None]]:
+    """{batch id: (its current run, its rows)} from the table's log alone, so no data file is listed
+    or read. Rows None when a file has no statistics."""
     return {
         batch: (
-            run_of_files(table_uri, batch, [f"{base}/{path}" for path, _ in files]),
+            run_of_files(table_uri, batch, [uri for uri, _ in files]),
             None if any(n is None for _, n in files) else sum(n for _, n in files),  # type: ignore[misc]
         )
-        for batch, files in found.items()
+        for batch, files in current_entries(table_uri, options).items()
     }
 
 

@@ -76,11 +76,11 @@ def hashes(data: bytes, among) -> list[str]:
     return [value.hex() for value in column.to_pylist()]
 
 
-def read_batch_file(storage: Storage, batch_id: str, among=None) -> list[str]:
-    """A batch's held hashes (among `among` when given), or DamagedLake naming its file and what to do."""
+def read_batch_file(storage: Storage, batch_id: str) -> list[str]:
+    """A batch's held hashes, or DamagedLake naming its file and what to do."""
     key = layout.held_index_key(batch_id)
     try:
-        return hashes(storage.read_bytes(key), among)
+        return hashes(storage.read_bytes(key), None)
     except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise commits.DamagedLake(
             f"{storage.name}{key} is damaged ({exc}); delete it: ingest then reads the batch's manifest instead"
@@ -153,9 +153,7 @@ def switch(storage: Storage, catalog: dict | None, wanted_members: dict[str, str
     for planned in tiers.plan([piece["members"] for piece in previous["pieces"]], wanted_members):
         key = layout.held_piece_key(tiers.digest(planned))
         if key not in have:
-            whole = [
-                previous["pieces"][i] for i in tiers.composed_of(planned, [p["members"] for p in previous["pieces"]])
-            ]
+            whole = tiers.composed_of(planned, previous["pieces"])
             sink = io.BytesIO()
             pq.write_table(
                 piece_rows(storage, planned, whole, hashes_of), sink, compression="none", row_group_size=READ_ROWS

@@ -126,7 +126,7 @@ def held_catalog(storage: Storage, published_now: dict[str, str]) -> dict:
         return catalog
     ingested = sorted({b for b in map(layout.batch_of_manifest, storage.sizes(layout.MANIFESTS)) if b})
     hashes_of = functools.partial(batch_hashes, storage)
-    wanted = {**(held_index.members(catalog) if catalog else {})}
+    wanted = held_index.members(catalog) if catalog else {}
     wanted.update({batch: held_index.version(hashes_of(batch)) for batch in ingested})
     log.info("ingest: the held-photo index is built from the files of %d batch(es), once", len(ingested))
     return held_index.switch(storage, catalog, wanted, hashes_of)

@@ -47,10 +47,10 @@ def digest(members: dict[str, str]) -> str:
     return hashlib.sha256("\n".join(f"{b}={v}" for b, v in sorted(members.items())).encode()).hexdigest()[:20]
 
 
-def composed_of(members: dict[str, str], have: list[dict[str, str]]) -> list[int]:
-    """The indexes in `have` of the pieces a planned piece can be built from as they are: those whose
-    members all lie in it with the same versions (plan() only ever merges whole kept pieces)."""
-    return [i for i, piece in enumerate(have) if piece and all(members.get(b) == v for b, v in piece.items())]
+def composed_of(members: dict[str, str], have: list[dict]) -> list[dict]:
+    """The catalog entries of `have` a planned piece can be built from as they are: those whose members
+    all lie in it with the same versions (plan() only ever merges whole kept pieces)."""
+    return [p for p in have if p["members"] and all(members.get(b) == v for b, v in p["members"].items())]
 
 
 def read_catalog(storage: Storage, key: str, fields: set[str], kind: str, fix: str) -> dict | None:

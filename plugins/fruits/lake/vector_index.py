@@ -228,9 +228,7 @@ def build_missing_pieces(storage: Storage, space_record: dict) -> list[str]:
     for members in planned:
         key = piece_key(space_record, members)
         if key not in have:
-            whole = [
-                catalog["pieces"][i] for i in tiers.composed_of(members, [p["members"] for p in catalog["pieces"]])
-            ]
+            whole = tiers.composed_of(members, catalog["pieces"])
             taken = {b for piece in whole for b in piece["members"]}
             refs = {b: lake_key(storage, space_record["vectors"][b]) for b in members if b not in taken}
             rows = build_piece(storage, refs, key, int(space_record["k"]), whole)

@@ -50,9 +50,10 @@ def batches_table(storage: Storage, check: bool = False) -> list[str]:
         f"{'batch':<24} {'read':>7} {'featurized':>10} {'rejected':>8} {'k':>5} {'variance':>8}" + ("  health" * check)
     ]
     for batch in sorted(featured, key=lambda batch: runs[batch]):
-        counts = [featured[batch][1], rejected.get(batch, (runs[batch], 0))[1]]
-        if rejected.get(batch, (runs[batch],))[0] != runs[batch]:  # a later run's rejects, its features never
-            counts[1] = recorded_rejects(storage, batch, runs)  # committed: the published run's record says
+        rejects_run, rejects = rejected.get(batch, (runs[batch], 0))
+        if rejects_run != runs[batch]:  # a later run's rejects, its features never committed:
+            rejects = recorded_rejects(storage, batch, runs)  # the published run's record says
+        counts = [featured[batch][1], rejects]
         read = "-" if None in counts else sum(counts)  # type: ignore[arg-type]
         pca = space if space is not None and space["features_runs"].get(batch) == runs[batch] else {}
         variance = f"{pca['total_explained_variance']:.3f}" if pca else "-"

@@ -7,9 +7,10 @@ entryPointArguments, and sparkSubmitParameters, one string of spark-submit optio
 properties": spark.emr-serverless.driverEnv.* and spark.executorEnv.* set the processes' environment).
 """
 
+import dataclasses
 import re
 
-from fruits.backends.jobs import SparkJob
+from fruits.backends.jobs import SparkJob, submit_args
 
 # The workers' image keeps the jobs' Python and their lock in a venv (docker/emr-serverless/Dockerfile):
 # the image's own python3 is 3.9.
@@ -36,14 +37,15 @@ _BLANK = re.compile(r"\s")
 
 
 def submit_parameters(job: SparkJob) -> str:
-    """sparkSubmitParameters: the job's --py-files and every --conf (the worker shape, then the job's
-    own), one string split on whitespace by the service; a value holding whitespace is refused."""
+    """sparkSubmitParameters: spark-submit's options for the job (jobs.submit_args: its --py-files and
+    every --conf, the worker shape's then its own), one string the service splits on whitespace; a
+    value holding whitespace is refused."""
     conf = {**WORKER_CONF, **job.conf}
     blank = sorted(key for key, value in conf.items() if _BLANK.search(f"{key}{value}"))
     if blank or any(_BLANK.search(uri) for uri in job.py_files):
         raise ValueError(f"job {job.name}: sparkSubmitParameters cannot hold whitespace ({blank or job.py_files})")
-    py_files = ["--py-files", ",".join(job.py_files)] if job.py_files else []
-    return " ".join([*py_files, *(f"--conf {key}={value}" for key, value in sorted(conf.items()))])
+    options = submit_args(dataclasses.replace(job, conf=conf))[: -(len(job.args) + 1)]  # not the entry point
+    return " ".join(options)
 
 
 def job_driver(job: SparkJob) -> dict:
