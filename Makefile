@@ -14,6 +14,7 @@
 #   make bench-batches 1,000 daily batches: search p50/p95, files, ingest's held-photo read, requests a day
 #   make check-days    the whole DAG twelve days running on held-out photos: files a day and a query read
 #   make bench-ingest  20,000 photos to moto's S3 server at +25 ms a request: one object each vs shards
+#   make serverless-image  the EMR Serverless workers' image, built and pushed to the stack's ECR repository
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -36,7 +37,7 @@ AIRFLOW_QUIET := ignore:Could not import graphviz:UserWarning,ignore:'HTTP_422_U
 AIRFLOW := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__LOAD_EXAMPLES=False PYTHONWARNINGS="$(AIRFLOW_QUIET)" \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins $(BIN)/airflow
 
-.PHONY: install run test test-fast lint format ui bench bench-sizes bench-precision bench-pca bench-memory bench-index bench-growth bench-ingest bench-batches check-days lock wheelhouse clean
+.PHONY: install run test test-fast lint format ui bench bench-sizes bench-precision bench-pca bench-memory bench-index bench-growth bench-ingest bench-batches check-days lock wheelhouse serverless-image clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need Python 3.11 as '$(PYTHON)' (EMR parity; see README)"; exit 1; }
@@ -164,6 +165,15 @@ wheelhouse: install
 	$(BIN)/python -m pip download --quiet --only-binary=:all: --platform manylinux2014_x86_64 \
 		--platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp \
 		-r spark_jobs/requirements.lock -d $(WHEELHOUSE)
+
+# The EMR Serverless workers' image (backend emr_serverless; README, "Going to AWS"): built for
+# linux/amd64 from the pinned base, tagged by the digest of its Dockerfile and the jobs' lock, pushed to
+# the stack's ECR repository (its output ServerlessImageRepositoryUri).
+SERVERLESS_REPOSITORY ?=
+SERVERLESS_BASE_TAG ?=
+serverless-image: install
+	docker/emr-serverless/build-and-push.sh "$(SERVERLESS_REPOSITORY)" "$(SERVERLESS_BASE_TAG)" \
+		"$$($(BIN)/python -m fruits.backends.emr_serverless.image)"
 
 clean:
 	rm -rf data/lake data/landing airflow_home artifacts

@@ -7,6 +7,8 @@ parameter or pseudo parameter, Sub, GetAtt <Role>.Arn / <Bucket>.Arn, Ref of a r
 intrinsic outside that scope raises KeyError rather than resolving to something wrong.
 """
 
+import copy
+import functools
 import re
 from pathlib import Path
 
@@ -36,7 +38,13 @@ _Loader.add_multi_constructor("!", _short_form)
 
 
 def load(path: Path = TEMPLATE) -> dict:
-    return yaml.load(Path(path).read_text(), Loader=_Loader)
+    """The template as data: a copy of one parse per file content (the policy tests read it hundreds of times)."""
+    return copy.deepcopy(_parse(Path(path).read_text()))
+
+
+@functools.cache
+def _parse(text: str) -> dict:
+    return yaml.load(text, Loader=_Loader)
 
 
 class Stack:

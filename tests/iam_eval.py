@@ -94,6 +94,21 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags, regio
         ctx = {f"aws:ResourceTag/{k}": v for k, v in cluster_tags(cluster).items()}
         ctx.update({f"aws:RequestTag/{t['Key']}": t["Value"] for t in params.get("Tags", [])})
         return [(action, f"arn:aws:elasticmapreduce:{region}:{account}:cluster/{cluster}", ctx)]
+    if service == "emr-serverless":
+        # Service Authorization Reference, EMR Serverless: StartJobRun and ListJobRuns act on the
+        # application, Get/CancelJobRun on its job run; StartJobRun implies iam:PassRole on the job's
+        # role (its iam:PassedToService is emr-serverless.amazonaws.com), with no call for it.
+        app = f"arn:aws:emr-serverless:{region}:{account}:/applications/{params['applicationId']}"
+        if "jobRunId" in params:
+            return [(f"emr-serverless:{operation}", f"{app}/jobruns/{params['jobRunId']}", {})]
+        passed = (
+            [("iam:PassRole", params["executionRoleArn"], {"iam:PassedToService": "emr-serverless.amazonaws.com"})]
+            if operation == "StartJobRun"
+            else []
+        )
+        return [(f"emr-serverless:{operation}", app, {}), *passed]
+    if service == "service-quotas":  # the IAM prefix is servicequotas (Service Authorization Reference)
+        return [(f"servicequotas:{operation}", "*", {})]
     return [(f"{service}:{operation}", "*", {})]
 
 

@@ -88,11 +88,15 @@ AIRFLOW: list[Call] = [
     Call("PutObject", "code/*/*", False, "stage_code"),
     Call("ListObjectsV2", "models/*.weights.h5", False, "EmrBackend.stage (a local weights file)"),
     Call("PutObject", "models/*.weights.h5", False, "EmrBackend.stage"),
+    Call("ListObjectsV2", "models/*.onnx", False, "on_s3.stage_weights (an .onnx model file)"),
+    Call("PutObject", "models/*.onnx", False, "on_s3.stage_weights"),
     Call("ListObjectsV2", "wheels/*/", False, "EmrBackend.stage (the wheelhouse)"),
     Call("PutObject", "wheels/*/*", False, "EmrBackend.stage"),
     # the sensors (plugins/fruits/backends/emr/operators.py): both may ask before the file exists
     Call("GetObject", "batch_runs/_progress/batch_id=*.json", True, "StepSensor.log_progress"),
     Call("GetObject", "logs/emr/*/steps/*/stderr.gz", True, "StepSensor._stderr_tail"),
+    # ... and emr_serverless' (backends/emr_serverless/operators.py): the driver's log under the job's logUri
+    Call("GetObject", "logs/emr-serverless/applications/*/jobs/*/SPARK_DRIVER/stderr.gz", True, "JobRunSensor"),
     # published batches (plugins/fruits/lake/published.py, summary.py): the features table's log names
     # each batch's run, whose record is then read
     *delta_read("features", "published.published_runs (delta-rs)"),
@@ -250,6 +254,16 @@ EMR_INSTANCE: list[Call] = [
     *s3a_read("pca/spaces/*/runs/*/metrics.json", PCA_JOB),
     *s3a_read("pca/spaces/*/confusion/*/*.json", PCA_JOB),
     *s3a_tree("pca/batch_id=*", PCA_JOB),  # the layout before spaces, deleted by the first space's run
+]
+
+# ---- What the EMR Serverless job runtime role does: the same jobs through S3A, with EmrInstancePolicy (one
+# policy for both roles), but no bootstrap or wheelhouse (the image holds the jobs' Python): EMR
+# Serverless reads the entry point and --py-files with the job's role (User Guide, "Job runtime roles"),
+# and writes the job's logs under the logUri of builders.configuration_overrides.
+SERVERLESS_JOB: list[Call] = [
+    *read("code/*/*", "EMR Serverless (the entry point and --py-files)"),
+    Call("PutObject", "logs/emr-serverless/applications/*", False, "EMR Serverless' log upload"),
+    *[c for c in EMR_INSTANCE if c.by in (FEATURES_JOB, PCA_JOB)],
 ]
 
 # Each `*` of a pattern, made concrete to ask a policy about one key.

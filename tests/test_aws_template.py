@@ -150,6 +150,8 @@ def test_outputs_are_the_settings_the_dag_needs_and_match_their_defaults():
         "fruits_project_tag",
         "fruits_subnet_id",
         "fruits_security_group_ids",
+        "fruits_serverless_application_id",
+        "fruits_serverless_job_role_arn",
     }
     assert set(variables) <= {s.variable for s in settings.SETTINGS if not s.env_only}
     assert "AirflowPolicyArn" in outputs
@@ -158,6 +160,8 @@ def test_outputs_are_the_settings_the_dag_needs_and_match_their_defaults():
     assert stack.resolve(outputs["FruitsEmrServiceRole"]["Value"]) == settings.DEFAULTS["emr_service_role"]
     assert stack.resolve(outputs["FruitsEmrInstanceProfile"]["Value"]) == settings.DEFAULTS["emr_instance_profile"]
     assert stack.resolve(outputs["FruitsProjectTag"]["Value"]) == settings.DEFAULTS["project_tag"]
+    # The application exists once its image does (ServerlessImageTag): so does its output.
+    assert outputs["FruitsServerlessApplicationId"]["Condition"] == "HasServerlessImage"
 
 
 def test_the_lake_s_delta_tables_are_registered_once_for_athena_with_a_read_only_policy():

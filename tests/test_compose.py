@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 AIRFLOW_DOCKERFILE = REPO / "docker" / "airflow" / "Dockerfile"
 SPARK_DOCKERFILE = REPO / "docker" / "spark" / "Dockerfile"
-DOCKERFILES = (AIRFLOW_DOCKERFILE, SPARK_DOCKERFILE)
+SERVERLESS_DOCKERFILE = REPO / "docker" / "emr-serverless" / "Dockerfile"  # not compose's: EMR Serverless' workers
+COMPOSE_DOCKERFILES = (AIRFLOW_DOCKERFILE, SPARK_DOCKERFILE)
+DOCKERFILES = (*COMPOSE_DOCKERFILES, SERVERLESS_DOCKERFILE)
 ENV_EXAMPLE = REPO / "docker" / ".env.example"
 FETCH_JARS = REPO / "docker" / "fetch-s3a-jars.sh"
 SPARK_DEFAULTS = REPO / "docker" / "spark" / "spark-defaults.conf"
@@ -268,7 +270,7 @@ def test_every_image_is_pinned(services):
         repo, _, tag = image.rpartition(":")
         assert repo and "/" not in tag and tag not in ("latest", ""), f"{name}: {image}"
         assert re.search(r"\d", tag), f"{name}: tag {tag!r} is not a version"
-    for dockerfile in DOCKERFILES:
+    for dockerfile in COMPOSE_DOCKERFILES:  # the serverless base's tag is pinned at build: test_emr_serverless_image
         for ref in _from_lines(dockerfile):
             name, _, tag = ref.split("@")[0].rpartition(":")
             assert name and tag and tag != "latest" and re.search(r"\d", tag), f"{dockerfile}: FROM {ref}"
@@ -331,7 +333,7 @@ def test_s3a_jars_match_spark_hadoop_build():
     client = sorted(jars.glob("hadoop-client-api-*.jar"))
     assert client, f"no hadoop-client-api jar in {jars}"
     assert client[0].name == f"hadoop-client-api-{hadoop_aws}.jar"
-    for dockerfile in DOCKERFILES:
+    for dockerfile in COMPOSE_DOCKERFILES:  # EMR Serverless' base has EMR's own S3 connector
         assert "fetch-s3a-jars.sh" in dockerfile.read_text(), dockerfile
     assert ".sha1" in text  # integrity check of each download
 
@@ -386,7 +388,8 @@ def test_hadolint(dockerfile):
 
 
 def test_shell_scripts_parse():
-    for script in (FETCH_JARS, REPO / ".ci" / "install_browser.sh"):
+    push = SERVERLESS_DOCKERFILE.with_name("build-and-push.sh")
+    for script in (FETCH_JARS, REPO / ".ci" / "install_browser.sh", push):
         if script.exists():
             proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
             assert proc.returncode == 0, f"{script}: {proc.stderr}"

@@ -14,6 +14,8 @@ EDGES = {
         "any_new_photos",
         "emr.preflight",
         "emr.add_steps",
+        "emr_serverless.preflight",
+        "emr_serverless.end_runs",
         "run_locally",
         "publish_summary",
     },
@@ -21,7 +23,7 @@ EDGES = {
     # publish_summary (a run without photos summarizes the space, not a batch)
     "ingest_new_photos": {"any_new_photos", "plan_jobs", "publish_summary"},
     "any_new_photos": {"stage_code"},
-    "stage_code": {"plan_jobs", "emr.preflight"},
+    "stage_code": {"plan_jobs", "emr.preflight", "emr_serverless.preflight"},
     "plan_jobs": {
         "choose_backend",
         "emr.terminate_cluster",
@@ -30,8 +32,13 @@ EDGES = {
         "run_locally",
         "emr.watch_extract_features",
         "emr.watch_reduce_dimensions",
+        "emr_serverless.preflight",
+        "emr_serverless.start_extract_features",
+        "emr_serverless.start_reduce_dimensions",
+        "emr_serverless.watch_extract_features",
+        "emr_serverless.watch_reduce_dimensions",
     },
-    "choose_backend": {"emr.preflight", "run_locally"},
+    "choose_backend": {"emr.preflight", "emr_serverless.preflight", "run_locally"},
     "emr.preflight": {"emr.create_cluster"},
     "emr.create_cluster": {
         "emr.add_steps",
@@ -43,6 +50,13 @@ EDGES = {
     "emr.watch_extract_features": {"emr.watch_reduce_dimensions"},
     "emr.watch_reduce_dimensions": {"emr.terminate_cluster", "publish_summary"},
     "emr.terminate_cluster": {"publish_summary"},
+    # emr_serverless: per job a start and its sensor, one after the other; the teardown after them all
+    "emr_serverless.preflight": {"emr_serverless.start_extract_features"},
+    "emr_serverless.start_extract_features": {"emr_serverless.watch_extract_features", "emr_serverless.end_runs"},
+    "emr_serverless.watch_extract_features": {"emr_serverless.start_reduce_dimensions"},
+    "emr_serverless.start_reduce_dimensions": {"emr_serverless.watch_reduce_dimensions", "emr_serverless.end_runs"},
+    "emr_serverless.watch_reduce_dimensions": {"emr_serverless.end_runs", "publish_summary"},
+    "emr_serverless.end_runs": {"publish_summary"},
     "run_locally": {"publish_summary"},
     "publish_summary": set(),
 }
@@ -77,6 +91,33 @@ def test_cluster_is_torn_down_whatever_happens_after_it_exists(pipeline_dag):
         ["emr.watch_extract_features"], include_upstream=False, include_downstream=False
     )
     assert {"emr.create_cluster", "emr.add_steps", "emr.terminate_cluster"} <= set(cleared.task_ids)
+
+
+def test_job_runs_are_ended_whatever_happens_after_they_start(pipeline_dag):
+    starts = [pipeline_dag.get_task(f"emr_serverless.start_{job.name}") for job in jobs.JOBS]
+    end = pipeline_dag.get_task("emr_serverless.end_runs")
+    assert all(start.is_setup for start in starts) and end.is_teardown
+    assert end.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS
+    cleared = pipeline_dag.partial_subset(
+        ["emr_serverless.watch_extract_features"], include_upstream=False, include_downstream=False
+    )
+    assert {"emr_serverless.start_extract_features", "emr_serverless.end_runs"} <= set(cleared.task_ids)
+
+
+def test_serverless_operators_wait_longer_than_their_jobs(pipeline_dag):
+    """The service's executionTimeoutMinutes ends a job that runs too long, never the sensor, which
+    would leave it running; the start operator does not wait for the job (its default waiter, 25 x 60 s,
+    would cancel a longer one)."""
+    from fruits.backends.emr_serverless.builders import START_WAIT_S
+
+    for job in jobs.JOBS:
+        start = pipeline_dag.get_task(f"emr_serverless.start_{job.name}")
+        assert start.wait_for_completion is False
+        assert start.waiter_delay * start.waiter_max_attempts >= 15 * 60  # a stopped application's start
+        sensor = pipeline_dag.get_task(f"emr_serverless.watch_{job.name}")
+        assert sensor.timeout == job.timeout_s + START_WAIT_S and START_WAIT_S >= 15 * 60
+        assert sensor.mode == "reschedule" and sensor.poke_interval >= 60 and sensor.retries == 0
+        assert sensor.aws_conn_id == start.aws_conn_id == "aws_default"
 
 
 def test_operators_are_configured_for_emr(pipeline_dag):

@@ -36,6 +36,15 @@ S = TaskInstanceState
 LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
 RUN = "20260101T000000000Z-0000abcd"
 STEP_TIMES = (240, 4, 2)  # seconds: boot and bootstrap, features, PCA
+SERVERLESS_TASKS = [
+    "emr_serverless.preflight",
+    *(
+        f"emr_serverless.{kind}_{job}"
+        for job in ("extract_features", "reduce_dimensions")
+        for kind in ("start", "watch")
+    ),
+    "emr_serverless.end_runs",
+]
 EMR_ACTIONS = {
     "ListClusters",
     "RunJobFlow",
@@ -238,6 +247,7 @@ def test_completed_steps_publish_the_summary_and_end_the_cluster(airflow_db, run
         "emr.watch_extract_features": S.SUCCESS,
         "emr.watch_reduce_dimensions": S.SUCCESS,
         "emr.terminate_cluster": S.SUCCESS,
+        **{task: S.SKIPPED for task in SERVERLESS_TASKS},
         "run_locally": S.SKIPPED,
         "publish_summary": S.SUCCESS,
     }
@@ -429,7 +439,7 @@ def test_no_new_photos_but_a_batch_missing_from_the_space_runs_the_pca_step_alon
     (tmp_path / "empty").mkdir()
     dr, states = run(runnable_dag, tmp_path / "empty", "b-none")
     assert dr.state == DagRunState.SUCCESS, states
-    assert {t for t, s in states.items() if s != S.SUCCESS} == {"run_locally"}
+    assert {t for t, s in states.items() if s != S.SUCCESS} == {"run_locally", *SERVERLESS_TASKS}
     (cluster,) = clusters()
     assert cluster["Status"]["State"] == "TERMINATED"
     steps = boto3.client("emr", region_name=REGION).list_steps(ClusterId=cluster["Id"])["Steps"]
@@ -618,7 +628,7 @@ def test_a_stderr_not_yet_copied_is_named_by_its_s3_path(aws, monkeypatch):
     )
     sensor.stderr_wait_s = 0
     assert sensor._stderr_tail(f"s3n://{BUCKET}/logs/emr/") == (
-        f"the step's stderr is not in S3 yet; EMR copies it within minutes to "
+        f"the step's stderr is not in S3 yet; it is copied there within minutes: "
         f"s3://{BUCKET}/logs/emr/{cluster}/steps/s-1/stderr.gz"
     )
 

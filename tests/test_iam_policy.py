@@ -2,12 +2,14 @@
 and the evaluator the `aws` fixture uses (every moto-driven test checks each AWS call it made against
 the Airflow policy)."""
 
+import functools
+
 import pytest
 
 from airflow_fixtures import ACCOUNT, BUCKET, REGION, template_policy
 from cfn_template import Stack
 from iam_eval import iam_requests, is_allowed, s3_missing_key_error
-from s3_call_paths import AIRFLOW, EMR_INSTANCE, example_key
+from s3_call_paths import AIRFLOW, EMR_INSTANCE, SERVERLESS_JOB, example_key
 
 POLICY = template_policy("AirflowPolicy")
 TAGS = {"project": "fruits", "for-use-with-amazon-emr-managed-policies": "true"}
@@ -245,9 +247,29 @@ def _calls(role: str, calls) -> list:
     return [pytest.param(role, c, id=f"{role}-{c.operation}-{c.key}") for c in calls]
 
 
-@pytest.mark.parametrize("role,call", _calls("AirflowPolicy", AIRFLOW) + _calls("EmrInstancePolicy", EMR_INSTANCE))
+@functools.cache  # one template read per role, not per call
+def role_policy(role: str) -> dict:
+    """A managed policy, or a role's whole identity policy: its managed policies' and inline ones'
+    statements together (the roles of the template attach theirs through the policy's Roles)."""
+    stack = Stack(BUCKET, account=ACCOUNT, region=REGION)
+    if stack.resources[role]["Type"] == "AWS::IAM::ManagedPolicy":
+        return template_policy(role)
+    documents = [
+        stack.policy(name)
+        for name, resource in stack.resources.items()
+        if resource["Type"] == "AWS::IAM::ManagedPolicy" and {"Ref": role} in resource["Properties"].get("Roles", [])
+    ] + [doc for name, doc in stack.documents().items() if name.startswith(f"{role}.") and "Assume" not in name]
+    return {"Version": "2012-10-17", "Statement": [st for doc in documents for st in doc["Statement"]]}
+
+
+@pytest.mark.parametrize(
+    "role,call",
+    _calls("AirflowPolicy", AIRFLOW)
+    + _calls("EmrInstancePolicy", EMR_INSTANCE)
+    + _calls("ServerlessJobRole", SERVERLESS_JOB),
+)
 def test_every_s3_call_path_is_allowed_and_a_missing_key_is_a_404(role, call):
-    policy = template_policy(role)
+    policy = role_policy(role)
     params = {"Bucket": BUCKET}
     if call.operation == "ListObjectsV2":
         params["Prefix"] = example_key(call.key)
@@ -324,6 +346,15 @@ def test_airflow_may_run_jobs_on_this_account_s_serverless_applications_and_pass
     assert not is_allowed(POLICY, "iam:PassRole", job_role, {"iam:PassedToService": "ec2.amazonaws.com"})
     instance_role = stack.resolve({"Fn::GetAtt": ["EmrInstanceRole", "Arn"]})
     assert not is_allowed(POLICY, "iam:PassRole", instance_role, to_serverless)
+    # the calls as the DAG makes them (iam_eval: StartJobRun implies the PassRole), and the pre-flight's
+    start = {"applicationId": "00fakeapp", "executionRoleArn": job_role, "jobDriver": {}, "clientToken": "t"}
+    assert allowed("emr-serverless", "StartJobRun", start)
+    assert not allowed("emr-serverless", "StartJobRun", {**start, "executionRoleArn": instance_role})
+    assert allowed("emr-serverless", "ListJobRuns", {"applicationId": "00fakeapp", "states": ["RUNNING"]})
+    assert allowed("emr-serverless", "CancelJobRun", {"applicationId": "00fakeapp", "jobRunId": "00fakerun"})
+    assert allowed("iam", "GetRole", {"RoleName": job_role.rsplit("/", 1)[-1]})
+    assert allowed("service-quotas", "GetServiceQuota", {"ServiceCode": "emr-serverless", "QuotaCode": "L-D05C8A75"})
+    assert not allowed("service-quotas", "RequestServiceQuotaIncrease", {"ServiceCode": "emr-serverless"})
 
 
 def test_the_serverless_job_role_has_the_cluster_nodes_lake_access_and_trusts_this_account_s_runs_only():

@@ -34,7 +34,7 @@ def test_params_form(pipeline_dag):
         "core_count",
         "task_spot_count",
     ]
-    assert p.get_param("backend").schema["enum"] == ["emr", "local"]
+    assert p.get_param("backend").schema["enum"] == ["emr", "emr_serverless", "local"]
     assert p["backend"] == "local"  # the embedded default: no cloud needed
     assert p["batch_id"] is None and p["pca_k"] is None and p["pca_variance"] == 0.95
     assert p["pca_refit"] == "auto" and p.get_param("pca_refit").schema["enum"] == ["auto", "always", "never"]

@@ -104,6 +104,27 @@ def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
     assert cfg.weights == f"s3://b/models/{hashlib.sha256(b'onnx bytes').hexdigest()}.onnx"
 
 
+def test_emr_serverless_needs_the_stack_s_application_and_role_and_stages_a_local_weights_file(tmp_path):
+    """backend=emr_serverless (issue 30): the two stack outputs as settings, each named when missing; the
+    image this checkout expects; a weights file of this machine staged by content, as for emr."""
+    from fruits.backends.emr_serverless.image import image_tag
+
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n and the rest")
+    conf = _conf(landing_dir=str(tmp_path), backend="emr_serverless", weights=str(weights))
+    outputs = {"serverless_application_id": "00app", "serverless_job_role_arn": "arn:aws:iam::1:role/r"}
+    for missing in outputs:
+        with pytest.raises(InvalidParam, match=f"fruits_{missing}"):
+            config.resolve(conf, _settings(tmp_path, bucket="b", **{**outputs, missing: None}), "2025-01-02")
+    with pytest.raises(InvalidParam, match="emr_serverless needs a bucket"):
+        config.resolve(conf, _settings(tmp_path, **outputs), "2025-01-02")
+    cfg = config.resolve(conf, _settings(tmp_path, bucket="b", **outputs), "2025-01-02")
+    assert cfg.emr_serverless == config.ServerlessConfig("00app", "arn:aws:iam::1:role/r", image_tag(), str(weights))
+    assert cfg.weights == f"s3://b/models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
+    assert (cfg.emr, cfg.local, cfg.root) == (None, None, "s3://b/")
+    assert config.RunConfig.from_dict(cfg.to_dict()) == cfg  # as XCom carries it
+
+
 @pytest.mark.parametrize(
     "itype",
     [

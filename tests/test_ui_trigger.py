@@ -125,6 +125,7 @@ def test_trigger_from_the_ui_and_read_the_summary(stack, browser, tmp_path):
     # batch-id rule in words.
     assert ui.form_invalid == [], ui.form_invalid
     assert "EMR cluster (backend emr only)" in ui.form_text, ui.form_text
+    assert ui.select_options["backend"] == ["emr", "emr_serverless", "local"], ui.select_options
     assert "letters, digits" in ui.form_text
 
     # The run the UI created carries the form's values.

@@ -114,10 +114,15 @@ class AirflowUI:
             el.get_attribute("name") or el.get_attribute("id")
             for el in dialog.find_elements(By.CSS_SELECTOR, "[aria-invalid=true], [data-invalid]")
         ]
+        self.select_options: dict[str, list[str]] = {}  # each select's choices, as the form lists them
         for name, value in select_params.items():
             trigger = self.d.find_element(By.ID, f"select:element_{name}:trigger")
             self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", trigger)
             trigger.click()
+            self.b.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"), message=f"{name}'s options")
+            self.select_options[name] = [
+                el.text.strip() for el in self.d.find_elements(By.CSS_SELECTOR, "[role=option]") if el.is_displayed()
+            ]
             self._click_text("[role=option]", value)
             self.b.wait(
                 lambda d, name=name, value=value: (

@@ -1,5 +1,5 @@
 """Where the Spark jobs run: the Backend interface (base.py), the job specs they share (jobs.py), and
-one subpackage per backend (emr/, local/), registered below by the `backend` param's value."""
+one subpackage per backend (emr/, emr_serverless/, local/), registered below by the `backend` param's value."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 # form need the names only). A new backend is one more row here and its own subpackage.
 BACKENDS = {
     "emr": "fruits.backends.emr.backend:EmrBackend",
+    "emr_serverless": "fruits.backends.emr_serverless.backend:EmrServerlessBackend",
     "local": "fruits.backends.local.backend:LocalBackend",
 }
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.xcom_arg import XComArg
 
     from fruits.backends.jobs import SparkJob
-    from fruits.config.run import EmrConfig, LocalConfig, RunConfig
+    from fruits.config.run import EmrConfig, LocalConfig, RunConfig, ServerlessConfig
     from fruits.lake.storage import Storage
 
 
@@ -46,7 +46,7 @@ class Backend(ABC):
     @abstractmethod
     def section(
         self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str, weights: str
-    ) -> tuple[EmrConfig | LocalConfig, str]:
+    ) -> tuple[EmrConfig | ServerlessConfig | LocalConfig, str]:
         """This backend's config section, and the weights again (it may stage a file elsewhere)."""
 
     # ---- run: called by the task bodies (pipeline.py) and the DAG ----

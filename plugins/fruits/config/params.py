@@ -72,8 +72,9 @@ def build_params() -> dict:
             type="string",
             enum=list(BACKENDS),
             title="Backend",
-            description="emr: transient EMR cluster. local: the same spark-submit steps on this "
-            "machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE).",
+            description="emr: a transient EMR cluster. emr_serverless: job runs of the stack's EMR Serverless "
+            "application, no cluster to boot (README, 'Choosing a backend'). local: the same spark-submit "
+            "steps on this machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE).",
         ),
         # exclusiveMinimum, not minimum: the form marks an empty number field below its minimum as invalid.
         "pca_k": Param(

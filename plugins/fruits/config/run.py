@@ -2,8 +2,8 @@
 (config/settings.py: the one table of settings, their defaults and meanings).
 
 Nested as it is read: what every run has (`RunConfig`), and the section of the backend that runs it
-(`EmrConfig` or `LocalConfig`; the other is None). The backend itself decides what is its own: where
-the bucket is, the default weights, and its section (fruits/backends/).
+(`EmrConfig`, `ServerlessConfig` or `LocalConfig`; the others are None). The backend itself decides
+what is its own: where the bucket is, the default weights, and its section (fruits/backends/).
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ class EmrConfig:
 
 
 @dataclass(frozen=True)
+class ServerlessConfig:
+    """backend=emr_serverless: the account's application and job role (settings), and the workers' image
+    this checkout expects the application to run (emr_serverless/image.py)."""
+
+    application_id: str
+    job_role_arn: str
+    image_tag: str
+    weights_file: str | None = None  # a file on this machine that stage_code uploads to `weights`
+
+
+@dataclass(frozen=True)
 class LocalConfig:
     """backend=local: where the bucket is on this machine, and which Spark runs the jobs."""
 
@@ -68,6 +79,7 @@ class RunConfig:
     precision: str = "fp32"  # the model's: fp32 | int8 (params.py)
     change_extractor: bool = False  # re-featurize every published batch, then a new space (params.py)
     emr: EmrConfig | None = None
+    emr_serverless: ServerlessConfig | None = None
     local: LocalConfig | None = None
 
     @property
@@ -88,7 +100,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        sections = {"emr": EmrConfig, "local": LocalConfig}
+        sections = {"emr": EmrConfig, "emr_serverless": ServerlessConfig, "local": LocalConfig}
         return cls(**{k: sections[k](**v) if k in sections and v is not None else v for k, v in data.items()})
 
 
@@ -97,6 +109,13 @@ def emr_of(cfg: RunConfig) -> EmrConfig:
     if cfg.emr is None:
         raise ValueError(f"run of batch {cfg.batch_id} on backend {cfg.backend!r} has no EMR section")
     return cfg.emr
+
+
+def serverless_of(cfg: RunConfig) -> ServerlessConfig:
+    """The EMR Serverless section of a run on EMR Serverless (another run has none: asking is a bug)."""
+    if cfg.emr_serverless is None:
+        raise ValueError(f"run of batch {cfg.batch_id} on backend {cfg.backend!r} has no EMR Serverless section")
+    return cfg.emr_serverless
 
 
 def from_xcom(body: Callable) -> Callable:

@@ -42,7 +42,7 @@ class Setting(NamedTuple):
 
 
 SETTINGS = (
-    Setting("bucket", "fruits-local", "S3 bucket of the lake; required for backend=emr"),
+    Setting("bucket", "fruits-local", "S3 bucket of the lake; required for backend=emr and emr_serverless"),
     Setting("landing_dir", str(REPO / "data" / "landing"), "default of the landing_dir param"),
     Setting("weights", None, "default of the weights param (see params.py)"),
     Setting("emr_service_role", "fruits-emr-service-role", "EMR service role (name)"),
@@ -69,6 +69,16 @@ SETTINGS = (
         "value of the clusters' `project` tag: the Airflow policy operates only clusters with it",
     ),
     Setting("idle_timeout_s", "3600", "AutoTerminationPolicy: the safety net if Airflow is gone"),
+    Setting(
+        "serverless_application_id",
+        None,
+        "backend=emr_serverless: the EMR Serverless application's id (stack output)",
+    ),
+    Setting(
+        "serverless_job_role_arn",
+        None,
+        "backend=emr_serverless: ARN of the jobs' runtime role (stack output)",
+    ),
     Setting(
         "table_retention_hours",
         "168",

@@ -14,47 +14,29 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from fruits.backends.base import Backend, BackendTasks
+from fruits.backends import on_s3
+from fruits.backends.base import BackendTasks
 from fruits.backends.emr import builders, clusters, report
 from fruits.backends.jobs import JOBS, SparkJob
 from fruits.config.params import InvalidParam, check_x86_64
 from fruits.config.run import EmrConfig, RunConfig, emr_of
 from fruits.config.settings import DEFAULTS
 from fruits.lake.storage import Storage, upload_missing
-from fruits_jobs import contract, layout
+from fruits_jobs import layout
 from fruits_jobs.bundle import LOCK, spark_jobs_dir
 from fruits_jobs.digests import file_digests
 
 log = logging.getLogger(__name__)
 
 
-class EmrBackend(Backend):
+class EmrBackend(on_s3.S3Backend):
     name = "emr"
-
-    def bucket_and_root(self, settings: Mapping[str, Any]) -> tuple[str, str]:
-        bucket = settings["bucket"]
-        if bucket == DEFAULTS["bucket"]:
-            raise InvalidParam("backend", "emr needs a bucket: set Variable fruits_bucket or env FRUITS_BUCKET")
-        return bucket, layout.s3_uri(bucket)
-
-    def default_weights(self, bucket: str) -> str:
-        return layout.s3_uri(bucket, layout.MODELS + layout.DEFAULT_WEIGHTS_FILE)  # clusters need no internet
 
     def section(
         self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str, weights: str
     ) -> tuple[EmrConfig, str]:
         check_x86_64("fruits_primary_instance_type", settings["primary_instance_type"])
-        weights_file = None
-        if not weights.startswith(("s3://", *contract.NAMED_WEIGHTS)):
-            # A cluster cannot read this machine's disk: stage_code uploads the file, by content, and
-            # the job reads it there (no cluster boots to find the weights missing).
-            weights_file, weights = (
-                weights,
-                layout.s3_uri(
-                    bucket,
-                    layout.staged_weights_key(file_digests(weights, "sha256")[0], contract.weights_suffix(weights)),
-                ),
-            )
+        weights_file, weights = on_s3.weights_in_bucket(bucket, weights)
         return EmrConfig(
             instance_type=params["instance_type"],
             core_count=params["core_count"],
@@ -78,10 +60,7 @@ class EmrBackend(Backend):
         if emr.wheelhouse:
             upload_missing(storage, wheels_prefix(), {w.name: w for w in Path(emr.wheelhouse).glob("*.whl")})
             log.info("wheelhouse %s staged at %s%s", emr.wheelhouse, storage.name, wheels_prefix())
-        if emr.weights_file:
-            key = cfg.weights[len(cfg.uri()) :]
-            if key not in storage.sizes(key):
-                storage.upload_file(Path(emr.weights_file), key)
+        if on_s3.stage_weights(storage, emr.weights_file, cfg.weights, cfg.uri()):
             log.info("weights %s staged at %s", emr.weights_file, cfg.weights)
 
     def weights_to_stage(self, cfg: RunConfig) -> str | None:
@@ -92,9 +71,7 @@ class EmrBackend(Backend):
         return {
             "job_flow": builders.job_flow_overrides(cfg, version, run_id, wheels),
             "steps": builders.spark_steps(jobs, cfg.batch_id),
-            "progress": {JOBS[0].name: cfg.uri(layout.progress_key(cfg.batch_id))},
-            # The lease the first job's commit publishes the batch under (lake/leases.py).
-            "lease": cfg.uri(layout.lease_key(cfg.batch_id)),
+            **on_s3.watch_uris(JOBS[0].name, cfg.batch_id, cfg.uri),
         }
 
     def add_tasks(self, cfg, version, plan) -> BackendTasks:

@@ -2,43 +2,17 @@
 step sensor that explains a failure in the task's log and stops what it watches when killed, and
 the teardown that fences a batch whose publishing step the run gave up on (lake/leases.py)."""
 
-import gzip
-import json
-import time
-
 from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.backends.emr.aws import S3_DENIED, S3_NOT_FOUND, aws_error_code
 from fruits.backends.emr.builders import RUN_TAG_KEYS
 from fruits.backends.emr.clusters import live_cluster_of_run
-from fruits.backends.jobs import is_cause
-from fruits.lake import leases
-from fruits.lake.storage import S3Storage
-from fruits_jobs import layout
-from fruits_jobs.progress import format_line
+from fruits.backends.watching import WatchesAJob, revoke_lease
 
 LIVE_STEP_STATES = ["PENDING", "RUNNING"]
-STDERR_LINES = 50
-# EMR copies a step's logs to LogUri every few minutes (EMR Management Guide, "View log files
-# archived to Amazon S3"): wait a little for stderr.gz, then say where it will be.
-STDERR_WAIT_S = 300
-STDERR_POLL_S = 20
-
-
-def revoke_lease(lease_uri: str, aws_conn_id: str | None, reason: str) -> None:
-    """The batch's lease without a token: the step's commit, whenever it lands, publishes nothing
-    (nor does its Delta commit: leases.revoke fences the tables too)."""
-    bucket, key = S3Hook.parse_s3_url(lease_uri)
-    leases.revoke(S3Storage(bucket, aws_conn_id), layout.batch_of_lease(key), reason)
-
-
-def tail(data: bytes, lines: int = STDERR_LINES) -> str:
-    return "\n".join(gzip.decompress(data).decode("utf-8", "replace").splitlines()[-lines:])
 
 
 class CreateClusterOnce(EmrCreateJobFlowOperator):
@@ -56,7 +30,7 @@ class CreateClusterOnce(EmrCreateJobFlowOperator):
         return super().execute(context)
 
 
-class StepSensor(EmrStepSensor):
+class StepSensor(WatchesAJob, EmrStepSensor):
     """EmrStepSensor that, when its step fails, logs why (the step's FailureDetails, the last lines
     of its stderr from the cluster's LogUri, or the cluster's own StateChangeReason when it ended
     with errors: a bootstrap or provisioning failure, not the step's); and that, when its task is
@@ -64,7 +38,6 @@ class StepSensor(EmrStepSensor):
     cluster: the killed one, and the ones queued after it, which would otherwise start on the
     missing output. The teardown still terminates the cluster."""
 
-    stderr_wait_s = STDERR_WAIT_S
     template_fields = (*EmrStepSensor.template_fields, "progress_uris", "lease_uri")
 
     def __init__(self, *, job_name: str, progress_uris=None, lease_uri=None, **kwargs):
@@ -73,52 +46,8 @@ class StepSensor(EmrStepSensor):
         self.progress_uris = progress_uris  # {job: s3 URI of the progress its job writes}
         self.lease_uri = lease_uri  # the lease its job's commit publishes under (the publishing job only)
 
-    def execute(self, context):
-        if not self.step_id:  # the run did not plan this job (a run without photos: the PCA alone)
-            self.log.info("%s: not part of this run", self.job_name)
-            return None
-        return super().execute(context)
-
-    def poke(self, context):
-        try:
-            done = super().poke(context)
-        except AirflowException as exc:  # its message has the step's FailureDetails: add what it lacks
-            self.fail_with_cause(exc, self.explain_failure(with_details=False))
-        if not done:
-            self.log_progress()
-        return done
-
-    def log_progress(self) -> None:
-        """The job's own progress (images done, rate, time left), when it writes one. Only for the log:
-        a progress file that is missing (the step is starting), unreadable or half-written never fails
-        the sensor, which pokes again."""
-        uri = (self.progress_uris or {}).get(self.job_name)
-        if not uri:
-            return
-        bucket, key = S3Hook.parse_s3_url(uri)
-        try:
-            body = S3Hook(aws_conn_id=self.aws_conn_id).conn.get_object(Bucket=bucket, Key=key)["Body"].read()
-            line = format_line(json.loads(body))
-        except ClientError as exc:
-            code = aws_error_code(exc)
-            if code in S3_NOT_FOUND:
-                self.log.info(
-                    "%s: no progress yet (the step is starting, or has not reached its model pass)", self.job_name
-                )
-            elif code in S3_DENIED:  # S3's answer for a missing key to a caller who may not list the bucket
-                self.log.warning(
-                    "%s: no progress to show: %s answers %s (missing, or not readable by this role: the stack's "
-                    "AirflowPolicy grants s3:ListBucket on the bucket and s3:GetObject on it)",
-                    self.job_name,
-                    uri,
-                    code,
-                )
-            else:
-                self.log.warning("%s: no progress to show: %s cannot be read (%s)", self.job_name, uri, code)
-        except (BotoCoreError, ValueError, KeyError, TypeError) as exc:  # no answer; half-written; not a progress
-            self.log.warning("%s: no progress to show: %s is unreadable (%r)", self.job_name, uri, exc)
-        else:
-            self.log.info("%s: %s", self.job_name, line)
+    def watched(self) -> str | None:
+        return self.step_id
 
     def execute_complete(self, context, event=None):  # deferrable mode: the trigger saw the failure
         try:
@@ -126,15 +55,7 @@ class StepSensor(EmrStepSensor):
         except AirflowException as exc:  # the trigger's event has no FailureDetails: say them too
             self.fail_with_cause(exc, self.explain_failure(with_details=True))
 
-    def fail_with_cause(self, exc: AirflowException, explanation: str):
-        """Log why, and fail with the line of the step's stderr that says it (the task's failure message)."""
-        self.log.error("%s", explanation)
-        cause = next((line for line in reversed(explanation.splitlines()) if is_cause(line)), None)
-        if cause:
-            raise AirflowException(f"{exc}; {cause}") from exc
-        raise exc
-
-    def explain_failure(self, with_details: bool) -> str:
+    def explain_failure(self, with_details: bool = False) -> str:  # a poke's exception has the FailureDetails
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn
         cluster = emr.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
         status = cluster["Status"]
@@ -160,16 +81,7 @@ class StepSensor(EmrStepSensor):
     def _stderr_tail(self, log_uri: str) -> str:
         bucket, prefix = S3Hook.parse_s3_url(log_uri)  # EMR reports LogUri as s3n://
         key = f"{prefix.rstrip('/')}/{self.job_flow_id}/steps/{self.step_id}/stderr.gz"
-        s3 = S3Hook(aws_conn_id=self.aws_conn_id).conn
-        deadline = time.monotonic() + self.stderr_wait_s
-        while True:
-            try:
-                data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                return f"last {STDERR_LINES} lines of s3://{bucket}/{key}:\n{tail(data)}"
-            except ClientError as exc:
-                if aws_error_code(exc) not in S3_NOT_FOUND or time.monotonic() >= deadline:
-                    return f"the step's stderr is not in S3 yet; EMR copies it within minutes to s3://{bucket}/{key}"
-            time.sleep(STDERR_POLL_S)
+        return self.stderr_tail(bucket, key, "the step's")
 
     def on_kill(self) -> None:
         emr = EmrHook(aws_conn_id=self.aws_conn_id).conn

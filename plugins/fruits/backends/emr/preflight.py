@@ -7,7 +7,7 @@ The API calls are read-only and in the Airflow policy of infra/aws/fruits.yaml.
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.exceptions import ClientError
@@ -28,11 +28,21 @@ class Clients(NamedTuple):
     region: str
 
 
+class S3Clients(Protocol):
+    """What the bucket, weights and code checks need (emr_serverless' pre-flight runs them too)."""
+
+    @property
+    def s3(self) -> Any: ...
+
+    @property
+    def region(self) -> str: ...
+
+
 class PreflightFailed(RuntimeError):
     """One or more settings would make the cluster fail; the message lists them all."""
 
 
-def check_bucket(cfg: RunConfig, c: Clients) -> list[str]:
+def check_bucket(cfg: RunConfig, c: S3Clients) -> list[str]:
     # GetBucketLocation: one call says both "exists" and "where" (HeadBucket says only the first).
     try:
         location = c.s3.get_bucket_location(Bucket=cfg.bucket)["LocationConstraint"] or "us-east-1"
@@ -49,13 +59,13 @@ def check_bucket(cfg: RunConfig, c: Clients) -> list[str]:
     return []
 
 
-def _listed(c: Clients, bucket: str, key: str) -> bool:
+def _listed(c: S3Clients, bucket: str, key: str) -> bool:
     # A listing, not HeadObject: the Airflow policy may list models/ and code/ but not read them.
     found = c.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
     return bool(found) and found[0]["Key"] == key
 
 
-def check_weights(cfg: RunConfig, c: Clients) -> list[str]:
+def check_weights(cfg: RunConfig, c: S3Clients) -> list[str]:
     if not cfg.weights.startswith("s3://"):
         return []
     bucket, key = S3Hook.parse_s3_url(cfg.weights)
@@ -228,7 +238,7 @@ def check_instance_types(cfg: RunConfig, c: Clients) -> list[str]:
     return [f"{name}: {itype} is not offered in {c.region}" for name, itype in wanted.items() if itype not in offered]
 
 
-def check_code(cfg: RunConfig, c: Clients, version: str) -> list[str]:
+def check_code(cfg: RunConfig, c: S3Clients, version: str) -> list[str]:
     prefix = layout.code_prefix(version)
     staged = {o["Key"] for o in c.s3.list_objects_v2(Bucket=cfg.bucket, Prefix=prefix).get("Contents", [])}
     missing = [name for name in SHIPPED if prefix + name not in staged]  # one listing for the bundle

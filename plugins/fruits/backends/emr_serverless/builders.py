@@ -8,6 +8,8 @@ properties": spark.emr-serverless.driverEnv.* and spark.executorEnv.* set the pr
 """
 
 import dataclasses
+import hashlib
+import math
 import re
 
 from fruits.backends.jobs import SparkJob, submit_args
@@ -88,3 +90,31 @@ def quota_problem(jobs: list[SparkJob], quota_vcpus: float) -> str | None:
         f"quota is {quota_vcpus:g}: ask for more (Service Quotas, 'Max concurrent vCPUs') or lower "
         "spark.dynamicAllocation.maxExecutors"
     )
+
+
+# The sensors wait the job's own timeout plus this: the application's start (a few minutes with a
+# custom image) and the wait for workers, so the service's executionTimeoutMinutes ends a job that
+# runs too long, not the sensor (a sensor that gave up would leave the job running).
+START_WAIT_S = 30 * 60
+POKE_INTERVAL_S = 60
+
+
+def job_run_name(job_name: str, batch_id: str, run_id: str) -> str:
+    """The job run's name: the job, the batch, and a digest of the DAG run (a retry of the start task
+    finds the live job run of its DAG run by this name; StartJobRun's name: 1 to 256 characters)."""
+    return f"{job_name} {batch_id} {hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
+
+
+def job_run(job: SparkJob, bucket: str, batch_id: str, run_id: str) -> dict:
+    """What StartJobRun needs for one job besides the application and the role."""
+    return {
+        "name": job_run_name(job.name, batch_id, run_id),
+        "job_driver": job_driver(job),
+        "configuration_overrides": configuration_overrides(bucket),
+        # the service cancels a run that outlives it (the job's own timeout, as on EMR)
+        "config": {"executionTimeoutMinutes": math.ceil(job.timeout_s / 60)},
+    }
+
+
+def sensor_timeout_s(job_timeout_s: int) -> int:
+    return job_timeout_s + START_WAIT_S
