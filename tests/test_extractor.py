@@ -5,11 +5,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_run_config import _settings
+from test_run_config import _settings, resolve
 
 from fruits import pipeline
 from fruits.backends import jobs
-from fruits.config import run as config
 from fruits.config.params import InvalidParam
 from fruits.lake.extractor import weights_sha256
 from fruits.lake.storage import S3Storage
@@ -58,7 +57,7 @@ def space_of(path, precision="fp32") -> dict:
 
 
 def resolved(tmp_path, **conf):
-    return config.resolve(form_conf(landing_dir=str(tmp_path), **conf), _settings(tmp_path), "2026-12-07")
+    return resolve(form_conf(landing_dir=str(tmp_path), **conf), _settings(tmp_path), "2026-12-07")
 
 
 def test_the_first_task_refuses_a_run_the_current_space_could_not_take_naming_the_param(tmp_path):
@@ -94,12 +93,10 @@ def test_without_a_recorded_extractor_nothing_is_compared_and_the_weights_are_no
 def test_the_precision_setting_is_the_param_s_default_and_checked_as_it_is(tmp_path):
     assert resolved(tmp_path, weights="random").precision == "fp32"
     settings = _settings(tmp_path, precision="int8")
-    cfg = config.resolve(form_conf(landing_dir=str(tmp_path), weights="random"), settings, "2026-12-07")
+    cfg = resolve(form_conf(landing_dir=str(tmp_path), weights="random"), settings, "2026-12-07")
     assert cfg.precision == "int8"
     with pytest.raises(ValueError, match="setting precision='fp16'.*FRUITS_PRECISION"):
-        config.resolve(
-            form_conf(landing_dir=str(tmp_path), weights="random"), _settings(tmp_path, precision="fp16"), "x"
-        )
+        resolve(form_conf(landing_dir=str(tmp_path), weights="random"), _settings(tmp_path, precision="fp16"), "x")
 
 
 def test_a_weights_object_in_the_lake_s_bucket_is_named_by_its_bytes(aws):

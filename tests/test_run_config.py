@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from fruits.backends import backend_named
 from fruits.config import params
 from fruits.config import run as config
 from fruits.config import settings as settings_module
 from fruits.config.params import InvalidParam
 
 from test_params import form_conf as _conf
+
+
+def resolve(conf, settings, run_date):
+    """config.resolve with this deployment's backends, as the first task calls it."""
+    return config.resolve(conf, settings, run_date, backend_named)
 
 
 def _settings(tmp_path, **overrides):
@@ -41,14 +47,14 @@ def _settings(tmp_path, **overrides):
 )
 def test_first_task_names_the_bad_param(tmp_path, name, value):
     with pytest.raises(InvalidParam, match=f"'{name}'"):
-        config.resolve(_conf(**{"landing_dir": str(tmp_path), name: value}), _settings(tmp_path), "2025-01-02")
+        resolve(_conf(**{"landing_dir": str(tmp_path), name: value}), _settings(tmp_path), "2025-01-02")
 
 
 def test_emr_needs_a_bucket_and_weights_it_can_reach(tmp_path):
     with pytest.raises(InvalidParam, match="fruits_bucket"):
-        config.resolve(_conf(landing_dir=str(tmp_path), backend="emr"), _settings(tmp_path), "2025-01-02")
+        resolve(_conf(landing_dir=str(tmp_path), backend="emr"), _settings(tmp_path), "2025-01-02")
     with pytest.raises(InvalidParam, match="'weights'.*file not found"):
-        config.resolve(
+        resolve(
             _conf(landing_dir=str(tmp_path), backend="emr", weights=str(tmp_path / "w.weights.h5")),
             _settings(tmp_path, bucket="b"),
             "2025-01-02",
@@ -61,7 +67,7 @@ def test_a_weights_file_that_is_not_keras_weights_fails_the_first_task(tmp_path,
     bogus = tmp_path / "w.weights.h5"
     bogus.write_bytes(b"<html>a download page</html>")
     with pytest.raises(InvalidParam, match="'weights'.*not an HDF5 file"):
-        config.resolve(
+        resolve(
             _conf(landing_dir=str(tmp_path), backend=backend, weights=str(bogus)),
             _settings(tmp_path, bucket="b"),
             "2025-01-02",
@@ -75,9 +81,9 @@ def test_a_local_run_defaults_to_the_shared_weights_like_make_run(tmp_path, monk
     genuine = tmp_path / "shared" / "models" / DEFAULT_WEIGHTS_FILE
     genuine.write_bytes(b"\x89HDF\r\n\x1a\n")
     monkeypatch.setenv("FRUITS_SHARED_DIR", str(tmp_path / "shared"))
-    assert config.resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == str(genuine)
+    assert resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == str(genuine)
     monkeypatch.setenv("FRUITS_SHARED_DIR", str(tmp_path / "none"))
-    assert config.resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == "imagenet"
+    assert resolve(_conf(landing_dir=str(tmp_path)), _settings(tmp_path), "2025-01-02").weights == "imagenet"
 
 
 def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
@@ -85,18 +91,18 @@ def test_a_local_weights_file_is_staged_by_content_for_emr(tmp_path):
     (stage_code uploads it), and the job reads it there."""
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\n and the rest")
-    cfg = config.resolve(
+    cfg = resolve(
         _conf(landing_dir=str(tmp_path), backend="emr", weights=str(weights)),
         _settings(tmp_path, bucket="b"),
         "2025-01-02",
     )
     assert cfg.weights == f"s3://b/models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
     assert cfg.emr.weights_file == str(weights)
-    local = config.resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
+    local = resolve(_conf(landing_dir=str(tmp_path), weights=str(weights)), _settings(tmp_path), "2025-01-02")
     assert (local.weights, local.emr) == (str(weights), None)  # a local run reads it where it is
     exported = tmp_path / "mobilenet.onnx"  # an ONNX export the job made keeps its kind when staged
     exported.write_bytes(b"onnx bytes")
-    cfg = config.resolve(
+    cfg = resolve(
         _conf(landing_dir=str(tmp_path), backend="emr", weights=str(exported)),
         _settings(tmp_path, bucket="b"),
         "2025-01-02",
@@ -115,10 +121,10 @@ def test_emr_serverless_needs_the_stack_s_application_and_role_and_stages_a_loca
     outputs = {"serverless_application_id": "00app", "serverless_job_role_arn": "arn:aws:iam::1:role/r"}
     for missing in outputs:
         with pytest.raises(InvalidParam, match=f"fruits_{missing}"):
-            config.resolve(conf, _settings(tmp_path, bucket="b", **{**outputs, missing: None}), "2025-01-02")
+            resolve(conf, _settings(tmp_path, bucket="b", **{**outputs, missing: None}), "2025-01-02")
     with pytest.raises(InvalidParam, match="emr_serverless needs a bucket"):
-        config.resolve(conf, _settings(tmp_path, **outputs), "2025-01-02")
-    cfg = config.resolve(conf, _settings(tmp_path, bucket="b", **outputs), "2025-01-02")
+        resolve(conf, _settings(tmp_path, **outputs), "2025-01-02")
+    cfg = resolve(conf, _settings(tmp_path, bucket="b", **outputs), "2025-01-02")
     assert cfg.emr_serverless == config.ServerlessConfig("00app", "arn:aws:iam::1:role/r", image_tag(), str(weights))
     assert cfg.weights == f"s3://b/models/{hashlib.sha256(weights.read_bytes()).hexdigest()}.weights.h5"
     assert (cfg.emr, cfg.local, cfg.root) == (None, None, "s3://b/")
@@ -145,7 +151,7 @@ def test_graviton_types_are_refused_with_an_x86_suggestion(tmp_path, itype):
     with pytest.raises(InvalidParam, match=r"'instance_type'.*Graviton.*x86_64.*m5\.2xlarge"):
         params.validate(_conf(instance_type=itype))
     with pytest.raises(InvalidParam, match=r"'fruits_primary_instance_type'.*Graviton.*x86_64"):
-        config.resolve(
+        resolve(
             _conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
             _settings(tmp_path, bucket="b", primary_instance_type=itype),
             "2025-01-02",
@@ -155,14 +161,14 @@ def test_graviton_types_are_refused_with_an_x86_suggestion(tmp_path, itype):
 def test_defaults_resolve_from_settings_and_run_date(tmp_path):
     from fruits.config.settings import shared_weights
 
-    cfg = config.resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
+    cfg = resolve(_conf(), _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"), "2025-01-02")
     assert (cfg.batch_id, cfg.backend, cfg.weights, cfg.landing_dir) == (
         "2025-01-02",
         "local",
         shared_weights() or "imagenet",
         str(tmp_path),
     )
-    emr = config.resolve(
+    emr = resolve(
         _conf(backend="emr", batch_id="b1", pca_k=7),
         _settings(tmp_path, landing_dir=str(tmp_path), bucket="fruits-prod"),
         "2025-01-02",
@@ -178,11 +184,11 @@ def test_a_run_looks_up_only_the_settings_it_needs(tmp_path):
     landing and weights given) must look up none, an EMR run only the EMR ones."""
     looked_up = []
     settings = config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name])
-    config.resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
+    resolve(_conf(landing_dir=str(tmp_path), weights="random"), settings, "2025-01-02")
     expected = {"local_storage", "local_lake", "spark_master", "table_retention_hours", "precision"}
     assert set(looked_up) == expected <= settings_module.ENV_ONLY
     looked_up.clear()
-    emr = config.resolve(
+    emr = resolve(
         _conf(landing_dir=str(tmp_path), backend="emr", weights="s3://b/w.weights.h5"),
         config.LazySettings(lambda name: looked_up.append(name) or _settings(tmp_path, bucket="b")[name]),
         "2025-01-02",
@@ -197,7 +203,7 @@ def test_a_landing_folder_that_overlaps_the_lake_or_is_a_root_is_refused(tmp_pat
     (lake / "raw").mkdir(parents=True)
     landing = {"root": Path("/"), "inside the lake": lake / "raw", "holding the lake": tmp_path}[where]
     with pytest.raises(InvalidParam, match="'landing_dir'.*(filesystem root|overlap)"):
-        config.resolve(_conf(landing_dir=str(landing)), _settings(tmp_path, local_lake=str(lake)), "2025-01-02")
+        resolve(_conf(landing_dir=str(landing)), _settings(tmp_path, local_lake=str(lake)), "2025-01-02")
 
 
 def test_a_rerun_needs_no_landing_folder(tmp_path):
@@ -205,10 +211,10 @@ def test_a_rerun_needs_no_landing_folder(tmp_path):
     validate_params with "not a folder" (it did); a new batch still needs one."""
     gone = tmp_path / "data" / "landing"
     settings = _settings(tmp_path, landing_dir=str(gone))
-    cfg = config.resolve(_conf(batch_id="t-1", rerun=True, weights="random"), settings, "2025-01-02")
+    cfg = resolve(_conf(batch_id="t-1", rerun=True, weights="random"), settings, "2025-01-02")
     assert cfg.rerun and cfg.batch_id == "t-1"
     with pytest.raises(InvalidParam, match="'landing_dir'.*not a folder"):
-        config.resolve(_conf(batch_id="t-1", weights="random"), settings, "2025-01-02")
+        resolve(_conf(batch_id="t-1", weights="random"), settings, "2025-01-02")
 
 
 @pytest.mark.parametrize("value", ["5", "-1", "nan", "a week", ""])

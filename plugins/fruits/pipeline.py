@@ -33,7 +33,7 @@ def run_date(context) -> str:
 
 
 def validate_params(context) -> dict:
-    cfg = config.resolve(context["params"], config.read_settings(), run_date(context))
+    cfg = config.resolve(context["params"], config.read_settings(), run_date(context), backend_named)
     migrate.check_layout(storage_for(cfg))  # a lake from before the tables: `fruits migrate` first
     if not context["params"].get("batch_id"):  # named by the date: never reopen a published batch
         cfg = dataclasses.replace(cfg, batch_id=ingest.next_free_batch_id(storage_for(cfg), cfg.batch_id))

@@ -140,4 +140,15 @@ def weights_suffix(name: str):
 
 FEATURES_ENTRYPOINT = "extract_features.py"
 PCA_ENTRYPOINT = "reduce_dimensions.py"
+# The longest each job may run (its sensor's and the service's timeout), sized for a real batch (tens of
+# thousands of photos on a few m5.2xlarge nodes) with a wide margin; the tables' retention is no shorter
+# (a running job's files are in no table's log until it commits: tables.vacuum).
+JOB_TIMEOUT_S = {FEATURES_ENTRYPOINT: 6 * 3600, PCA_ENTRYPOINT: 2 * 3600}
+
+
+def longest_job_hours() -> float:
+    """The longest job's timeout, in hours: the least the tables' retention may be."""
+    return max(JOB_TIMEOUT_S.values()) / 3600
+
+
 PY_FILES_ZIP = "fruits_jobs.zip"

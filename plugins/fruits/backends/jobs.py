@@ -115,18 +115,14 @@ class JobDef:
     args: Callable[[RunConfig], list[str]]
 
 
-# In order: each job reads what the one before it wrote. Timeouts are sized for a real batch (tens of
-# thousands of photos on a few m5.2xlarge nodes) with a wide margin.
+# In order: each job reads what the one before it wrote.
 FEATURES_JOB, PCA_JOB = "extract_features", "reduce_dimensions"
 JOBS = (
-    JobDef(FEATURES_JOB, contract.FEATURES_ENTRYPOINT, 6 * 3600, features_args),
-    JobDef(PCA_JOB, contract.PCA_ENTRYPOINT, 2 * 3600, pca_args),
+    JobDef(
+        FEATURES_JOB, contract.FEATURES_ENTRYPOINT, contract.JOB_TIMEOUT_S[contract.FEATURES_ENTRYPOINT], features_args
+    ),
+    JobDef(PCA_JOB, contract.PCA_ENTRYPOINT, contract.JOB_TIMEOUT_S[contract.PCA_ENTRYPOINT], pca_args),
 )
-
-
-def longest_job_hours() -> float:
-    """The longest job's timeout, in hours: the least the tables' retention may be."""
-    return max(d.timeout_s for d in JOBS) / 3600
 
 
 def plan_jobs(cfg: RunConfig, code_version: str, with_photos: bool = True) -> list[SparkJob]:

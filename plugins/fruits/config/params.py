@@ -16,8 +16,8 @@ from typing import Any
 from airflow.exceptions import ParamValidationError
 from airflow.sdk import Param
 
-from fruits.backends import BACKENDS
 from fruits.config.settings import setting_from_env
+from fruits.registry import BACKENDS
 from fruits_jobs import contract, extractors, layout
 
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")  # checked with fullmatch: no trailing newline

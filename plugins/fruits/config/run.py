@@ -12,9 +12,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from fruits.backends import backend_named
 from fruits.config.params import InvalidParam, check_weights, validate
 from fruits.config.settings import AWS_CONN_ID, DEFAULTS, ENV_ONLY, setting_from_env
 from fruits_jobs import contract, extractors
@@ -168,11 +167,31 @@ def read_settings() -> LazySettings:
     return LazySettings(read_setting)
 
 
-def resolve(conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str) -> RunConfig:
+class BackendSection(Protocol):
+    """What resolve asks of the run's backend (fruits.backends.base.Backend): config stands below the
+    backends, so the caller hands them in (fruits.backends.backend_named)."""
+
+    name: str
+
+    def bucket_and_root(self, settings: Mapping[str, Any]) -> tuple[str, str]: ...
+
+    def default_weights(self, bucket: str) -> str: ...
+
+    def weights_for_jobs(self, weights: str, root: str) -> str: ...
+
+    def section(
+        self, params: Mapping[str, Any], settings: Mapping[str, Any], bucket: str, weights: str
+    ) -> tuple[EmrConfig | ServerlessConfig | LocalConfig, str]: ...
+
+
+def resolve(
+    conf: Mapping[str, Any], settings: Mapping[str, Any], run_date: str, backend_of: Callable[[str], BackendSection]
+) -> RunConfig:
     """Pure: params + settings + the run's date -> RunConfig, or InvalidParam naming the param.
-    Reads only the settings this run needs (settings may be lazy: see LazySettings)."""
+    Reads only the settings this run needs (settings may be lazy: see LazySettings); backend_of: the
+    backend of a name (fruits.backends.backend_named)."""
     p = validate(conf)
-    backend = backend_named(p["backend"])
+    backend = backend_of(p["backend"])
     bucket, root = backend.bucket_and_root(settings)
     landing = Path(p.get("landing_dir") or settings["landing_dir"]).expanduser().resolve()
     if not p["rerun"]:  # a re-run reads the batch's stored photos, never the landing folder
@@ -212,16 +231,14 @@ def retention_hours(value: Any) -> float:
     """The tables' retention (setting table_retention_hours): a number of hours no shorter than the
     longest job's timeout, since a running job's files are not in a table's log until it commits and
     a shorter vacuum would delete them (tables.vacuum)."""
-    from fruits.backends.jobs import longest_job_hours
-
     try:
         hours = float(value)
     except (TypeError, ValueError):
         hours = -1.0
-    if not hours >= longest_job_hours():  # also refuses NaN
+    if not hours >= contract.longest_job_hours():  # also refuses NaN
         raise ValueError(
             f"setting table_retention_hours={value!r}: expected a number of hours of at least "
-            f"{longest_job_hours():g} (the longest job's timeout); set FRUITS_TABLE_RETENTION_HOURS"
+            f"{contract.longest_job_hours():g} (the longest job's timeout); set FRUITS_TABLE_RETENTION_HOURS"
         )
     return hours
 
