@@ -159,14 +159,14 @@ lock: install
 	cp build/lock/requirements-dev.lock build/lock/requirements.lock .
 
 # Wheels of that closure for clusters in a subnet without internet: set the setting `wheelhouse`
-# (FRUITS_WHEELHOUSE) to this folder and stage_code uploads it (README, "Going to AWS").
+# (FRUITS_WHEELHOUSE) to this folder and stage_code uploads it (docs/aws.md).
 WHEELHOUSE ?= build/wheelhouse
 wheelhouse: install
 	$(BIN)/python -m pip download --quiet --only-binary=:all: --platform manylinux2014_x86_64 \
 		--platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp \
 		-r spark_jobs/requirements.lock -d $(WHEELHOUSE)
 
-# The EMR Serverless workers' image (backend emr_serverless; README, "Going to AWS"): built for
+# The EMR Serverless workers' image (backend emr_serverless; docs/aws.md): built for
 # linux/amd64 from the pinned base, tagged by the digest of its Dockerfile and the jobs' lock, pushed to
 # the stack's ECR repository (its output ServerlessImageRepositoryUri).
 SERVERLESS_REPOSITORY ?=

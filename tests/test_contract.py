@@ -16,7 +16,8 @@ from fruits_jobs.common import UsageError, check_batch_id
 
 from airflow_fixtures import REPO
 
-README = (REPO / "README.md").read_text()
+PIPELINE_DOC = (REPO / "docs" / "pipeline.md").read_text()  # the settings table (moved from the README)
+JOBS_DOC = (REPO / "docs" / "spark-jobs.md").read_text()  # the reject reasons
 
 
 @pytest.mark.parametrize("module", ["contract.py", "layout.py"])
@@ -96,13 +97,13 @@ def test_ingest_never_uploads_a_name_the_job_would_count_as_hidden():
 
 
 def test_the_readme_lists_every_reject_reason_with_its_meaning():
-    section = README[README.index("<!-- reject-reasons -->") : README.index("<!-- /reject-reasons -->")]
+    section = JOBS_DOC[JOBS_DOC.index("<!-- reject-reasons -->") : JOBS_DOC.index("<!-- /reject-reasons -->")]
     listed = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", section, re.M))
     assert listed == contract.REJECT_REASONS
 
 
-def test_the_readme_settings_table_is_the_settings_module():
-    section = README[README.index("<!-- settings -->") : README.index("<!-- /settings -->")]
+def test_the_docs_settings_table_is_the_settings_module():
+    section = PIPELINE_DOC[PIPELINE_DOC.index("<!-- settings -->") : PIPELINE_DOC.index("<!-- /settings -->")]
     assert settings.describe() in section
 
 

@@ -1,4 +1,4 @@
-"""The README's "Going to AWS" commands, read as a new user runs them on an empty account (issue 21):
+"""The "Going to AWS" commands (docs/aws.md), read as a new user runs them on an empty account (issue 21):
 one region, the service-linked roles and tags the pre-flight asks for, the weights in the bucket, a
 landing folder, the emr backend for every run, and the DAG unpaused before it can run at all."""
 
@@ -11,8 +11,7 @@ from fruits_jobs.layout import DEFAULT_WEIGHTS_FILE, MODELS
 
 from cfn_template import REPO
 
-README = (REPO / "README.md").read_text()
-SECTION = README[README.index("## Going to AWS") : README.index("\n## ", README.index("## Going to AWS") + 1)]
+SECTION = (REPO / "docs" / "aws.md").read_text()  # moved from the README (issue 31)
 (COMMANDS,) = re.findall(r"```bash\n(.*?)```", SECTION, flags=re.S)[:1]
 LINES = [line.split("#", 1)[0].strip() for line in COMMANDS.splitlines()]  # the commands, comments dropped
 

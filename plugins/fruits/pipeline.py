@@ -58,7 +58,7 @@ def check_calibration(cfg: RunConfig) -> None:
         raise InvalidParam(
             "precision",
             f"int8 calibrates on Training photos in {cfg.uri(layout.CALIBRATION)}, which holds none: copy a few "
-            "hundred Training photos of your classes there (README, 'Precision'), or use fp32",
+            "hundred Training photos of your classes there (docs/performance.md, 'Precision'), or use fp32",
         )
 
 

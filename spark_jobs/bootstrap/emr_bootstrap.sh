@@ -1,7 +1,7 @@
 #!/bin/bash
 # EMR bootstrap action: runs on every node, before YARN and Spark start.
 #
-# Parity rule (README, "Where the jobs run"): the jobs' Python workers run Python 3.11 with the
+# Parity rule (docs/spark-jobs.md, "Where the jobs run"): the jobs' Python workers run Python 3.11 with the
 # very versions the tests ran, locally and on EMR 7.x (Spark 3.5). EMR's default python3 is 3.9 and
 # its TensorFlow application is a different build, so we install our own pinned closure
 # (requirements.lock, made by `make lock`) for python3.11 and point PYSPARK_PYTHON at it (the job

@@ -53,14 +53,14 @@ def parse_record(text: str, where: str, required: Iterable[str], fix: str) -> di
 def parse_commit(text: str, where: str, dataset: str) -> dict:
     fix = (
         "move it out of its _commits/ folder (the previous commit, if any, becomes current) "
-        "or re-run the batch (README, 'Repair')"
+        "or re-run the batch (docs/operations.md, 'Repair')"
     )
     return parse_record(text, where, REQUIRED_KEYS.get(dataset, ()), fix)
 
 
 def parse_batch_record(text: str | None, where: str, batch_id: str, run_id: str) -> dict:
     """A batch's run record (text None: the file is missing), or DamagedLake naming it and the fix."""
-    fix = f"re-run batch {batch_id} (README, 'Repair')"
+    fix = f"re-run batch {batch_id} (docs/operations.md, 'Repair')"
     if text is None:
         raise DamagedLake(f"{where} is missing (the features table names run {run_id} of batch {batch_id}); {fix}")
     return parse_record(text, where, REQUIRED_KEYS[layout.FEATURES], fix)

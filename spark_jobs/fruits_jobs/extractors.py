@@ -89,5 +89,5 @@ def refusal(space: dict | None, planned: dict) -> tuple[str, str] | None:
         f"this run would featurize with {describe(planned)}, but the current space {space['space']} holds "
         f"features of {describe(current)} ({'; '.join(change)}): its batches could never join it. Pass the "
         "space's weights and precision, or set change_extractor to re-featurize every published batch and "
-        "fit a new space (README, 'Changing the extractor')"
+        "fit a new space (docs/spark-jobs.md, 'Changing the extractor')"
     )

@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="LAKE",
         help="also every batch the features table publishes, featurized again from its stored photos "
         "(LAKE's raw/ and manifests/), all published with this run's batch in one commit of each table: "
-        "how the extractor changes (README, 'Changing the extractor'); --images and --batch-id optional",
+        "how the extractor changes (docs/spark-jobs.md, 'Changing the extractor'); --images and --batch-id optional",
     )
     add_retention_argument(p)
     args = p.parse_args(argv)

@@ -7,7 +7,7 @@ The driver loads the weights into Keras and exports model + weights + the [-1, 1
 preprocess_input as one ONNX graph (tf2onnx), checked against Keras on a probe batch; its bytes
 are what gets broadcast. Each Python worker opens one ONNX Runtime session and keeps it across
 tasks: no TensorFlow in the workers, and about twice the images per core of TensorFlow on CPU
-(README, Benchmark). `--engine tensorflow` keeps the previous path: the same model frozen into one
+(docs/performance.md). `--engine tensorflow` keeps the previous path: the same model frozen into one
 TensorFlow graph (weights as constants), run by TensorFlow in the workers.
 """
 
@@ -137,7 +137,7 @@ def load_model(source: str, image_size: int, fetch: Callable[[str, str], None] |
 
 
 ENGINES = ("onnxruntime", "tensorflow")
-# Images per model call, measured per engine on this project's CPUs (README, Benchmark): ONNX Runtime
+# Images per model call, measured per engine on this project's CPUs (docs/performance.md): ONNX Runtime
 # is fastest per image on small batches (8: +28 % over 32 on one thread, cache-resident
 # activations); TensorFlow's frozen graph on 32 (as fast as 64, ~0.45 GB less per worker).
 DEFAULT_BATCH_SIZE = {"onnxruntime": 8, "tensorflow": 32}
@@ -302,7 +302,7 @@ def featurize(infer, images: np.ndarray, batch_size: int) -> np.ndarray:
 # ---- INT8 (--precision int8): ONNX Runtime's static quantization of the FP32 export ---------------
 # QDQ format, per-channel INT8 weights, UINT8 activations, MinMax calibration: the best 1-NN of the
 # variants measured on the shared sample (percentile, entropy, symmetric INT8 activations, first/last
-# or depthwise convolutions left in FP32: README, "Precision").
+# or depthwise convolutions left in FP32: docs/performance.md, "Precision").
 CALIBRATION_PHOTOS = 300
 MIN_INT8_COSINE = 0.90  # mean cosine to FP32 on the calibration photos (measured 0.955 at 224 px)
 

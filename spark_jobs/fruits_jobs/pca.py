@@ -126,7 +126,7 @@ def space_extractor(
             f"{space['space']} with {extractors.describe(current)} ({change}): it does not join the space, "
             "which stays as it was. Re-run the batch with the space's settings (rerun=true), or change the "
             "extractor on purpose: change_extractor=true re-featurizes every published batch, then fits a "
-            "new space (README, 'Changing the extractor')"
+            "new space (docs/spark-jobs.md, 'Changing the extractor')"
         )
     if kept:
         lagging = sorted(kept)

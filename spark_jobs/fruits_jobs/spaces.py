@@ -14,7 +14,7 @@ only when a run asks for it or when the data has drifted, on two signals compute
 - basis gap: how much less of the variance of ALL photos so far the basis keeps than the best
   k-dimensional basis for them would (1 - kept / best), from the running moments: slow drift.
 
-Thresholds, measured on MobileNetV2 features of the Fruits-360 sample (README, "Spaces"): held-out
+Thresholds, measured on MobileNetV2 features of the Fruits-360 sample (docs/spark-jobs.md, "Spaces"): held-out
 photos of known classes lose 0.89-0.97x what the halves predict, a day of many unseen classes
 1.18-1.34x; one unseen class among known ones stays at ~1.0x, so labels decide there. Adding held-out
 photos of known classes moves the basis gap by 0.012-0.019 on a lake of ~1,000 photos, less on larger.

@@ -49,7 +49,7 @@ SCHEMAS = {layout.FEATURES: FEATURES_SCHEMA, layout.REJECTS: REJECTS_SCHEMA}
 BATCH_TABLES = (layout.REJECTS, layout.FEATURES)
 # The vectors table holds the current space's vectors (a new space replaces them all in one commit),
 # partitioned by space and batch: the space is a column every reader gets, and Glue registers the
-# table once (README, "Reading the lake"). batch_id is also in the files, as the PCA job writes them.
+# table once (docs/lake.md, "Reading the lake"). batch_id is also in the files, as the PCA job writes them.
 SPACE_COLUMN = "space"
 VECTORS_SCHEMA = pa.schema(
     [

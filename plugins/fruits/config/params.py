@@ -73,7 +73,7 @@ def build_params() -> dict:
             enum=list(BACKENDS),
             title="Backend",
             description="emr: a transient EMR cluster. emr_serverless: job runs of the stack's EMR Serverless "
-            "application, no cluster to boot (README, 'Choosing a backend'). local: the same spark-submit "
+            "application, no cluster to boot (docs/aws.md, 'Choosing a backend'). local: the same spark-submit "
             "steps on this machine, with the bucket mapped to the local lake (FRUITS_LOCAL_LAKE).",
         ),
         # exclusiveMinimum, not minimum: the form marks an empty number field below its minimum as invalid.
@@ -100,9 +100,9 @@ def build_params() -> dict:
             enum=["auto", "always", "never"],
             title="PCA refit",
             description="auto: a new embedding space when the new photos have drifted from the current one "
-            "(README, 'Spaces'); always: a new space now, every batch re-projected; never: keep the current "
-            "space (a different pca_k or pca_variance is then refused). pca_k and pca_variance apply when a "
-            "space is fitted; a value that differs from the current space's fits a new one.",
+            "(docs/spark-jobs.md, 'Spaces'); always: a new space now, every batch re-projected; never: keep "
+            "the current space (a different pca_k or pca_variance is then refused). pca_k and pca_variance "
+            "apply when a space is fitted; a value that differs from the current space's fits a new one.",
         ),
         "weights": Param(
             None,
@@ -122,8 +122,9 @@ def build_params() -> dict:
             enum=[None, *extractors.PRECISIONS],
             title="Model precision",
             description="fp32, or int8: the model quantized once per weights (calibrated on Training photos), "
-            "faster on CPUs, slightly different features (README, 'Precision'). Empty: env FRUITS_PRECISION, "
-            "else fp32. A value other than the current space's is refused unless change_extractor is set.",
+            "faster on CPUs, slightly different features (docs/performance.md, 'Precision'). Empty: env "
+            "FRUITS_PRECISION, else fp32. A value other than the current space's is refused unless "
+            "change_extractor is set.",
         ),
         "change_extractor": Param(
             False,
@@ -131,7 +132,7 @@ def build_params() -> dict:
             title="Change the extractor",
             description="Featurize with weights or a precision other than the current space's on purpose: "
             "every published batch is featurized again from its stored photos, then a new space is fitted, "
-            "and both switch at once (README, 'Changing the extractor'). Off: such a run is refused before "
+            "and both switch at once (docs/spark-jobs.md, 'Changing the extractor'). Off: such a run is refused before "
             "anything runs.",
         ),
         "rerun": Param(

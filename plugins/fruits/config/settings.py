@@ -89,7 +89,7 @@ SETTINGS = (
     Setting(
         "precision",
         "fp32",
-        "default of the precision param: fp32 or int8 (the model quantized; README, 'Precision')",
+        "default of the precision param: fp32 or int8 (the model quantized; docs/performance.md, 'Precision')",
         env_only=True,
     ),
     Setting(
@@ -129,7 +129,7 @@ def setting_from_env(name: str) -> str | None:
 
 
 def describe() -> str:
-    """The table as text, for the README (a test keeps the README's copy equal to this)."""
+    """The table as text, for docs/pipeline.md (a test keeps the copy there equal to this)."""
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         where = f"env `{s.env}`" if s.env_only else f"`{s.variable}` / `{s.env}`"

@@ -1,7 +1,7 @@
 """Is what the lake publishes still there? For each batch, its run record can be read and the
 folders it names hold files; each Delta table's log reads, and the files it names exist. `fruits
 check` (all batches) and `fruits batches` (a column) say so. A damaged batch is mended by a re-run
-(the `rerun` param: README, "Repair")."""
+(the `rerun` param: docs/operations.md, "Repair")."""
 
 from pathlib import Path
 from urllib.parse import unquote
@@ -52,9 +52,11 @@ def batch_problems(storage: Storage, batch_id: str, runs: dict[str, str] | None 
         if not uri:
             continue
         if not holds_files(storage, uri):
-            problems.append(f"{name}: {uri} is missing (its record names it): re-run the batch (README, 'Repair')")
+            problems.append(
+                f"{name}: {uri} is missing (its record names it): re-run the batch (docs/operations.md, 'Repair')"
+            )
         elif bad := unreadable_part(storage, uri):
-            problems.append(f"{name}: {uri} is unreadable ({bad}): re-run the batch (README, 'Repair')")
+            problems.append(f"{name}: {uri} is unreadable ({bad}): re-run the batch (docs/operations.md, 'Repair')")
     return problems
 
 
@@ -68,7 +70,7 @@ def known_batches(storage: Storage, runs: dict[str, str] | None = None) -> list[
 def table_problems(storage: Storage, name: str, folder: str) -> list[str]:
     """What is wrong with a Delta table of the lake (nothing: an empty list; no table yet: nothing).
     A log entry that cannot be read blocks every reader and writer, and no commit mends it: the
-    message names it and the README's manual repair. A data file the current version names that is
+    message names it and the manual repair of docs/operations.md. A data file the current version names that is
     gone is mended by re-running its batch (its partition is then replaced)."""
     log = folder + "_delta_log/"
     entries = storage.sizes(log)
@@ -80,12 +82,12 @@ def table_problems(storage: Storage, name: str, folder: str) -> list[str]:
         newest = max(entries)
         return [
             f"table {name}: its Delta log {storage.name}{log} cannot be read ({str(exc).splitlines()[0]}); "
-            f"newest entry {storage.name}{newest}: README, 'Repairing a Delta log'"
+            f"newest entry {storage.name}{newest}: docs/operations.md, 'Repairing a Delta log'"
         ]
     present = set(storage.sizes(folder))
     return [
         f"table {name}: {storage.name}{folder}{unquote(entry['path'])} is missing (its current version names "
-        f"it): re-run batch {entry.get('partition.' + layout.PARTITION_COLUMN)} (README, 'Repair')"
+        f"it): re-run batch {entry.get('partition.' + layout.PARTITION_COLUMN)} (docs/operations.md, 'Repair')"
         for entry in current
         if folder + unquote(entry["path"]) not in present
     ]

@@ -1,4 +1,4 @@
-"""A lake written before the Delta tables, converted once: `fruits migrate` (README, "Migrating a lake
+"""A lake written before the Delta tables, converted once: `fruits migrate` (docs/operations.md, "Migrating a lake
 from before the tables"). Until then the DAG refuses it (check_layout): its readers would see no
 batch published, and ingest would take again photos that published batches hold.
 
@@ -38,7 +38,7 @@ def check_layout(storage: Storage) -> None:
     if old_commits(storage):
         raise OldLayout(
             f"{storage.name} was written before the Delta tables: run `fruits migrate --lake {storage.name}` once "
-            "(README, 'Migrating a lake from before the tables'), then this run again"
+            "(docs/operations.md, 'Migrating a lake from before the tables'), then this run again"
         )
     write_marker(storage, [])
 

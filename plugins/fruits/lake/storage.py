@@ -155,7 +155,7 @@ class LocalStorage:
         dest = self.root / key
         if dest.with_name(f".{dest.name}.crc").exists():
             # Hadoop's local filesystem wrote it: a new content would fail the checksum beside it the next
-            # time a job reads it. Files the Airflow side writes are its alone (README, publishing).
+            # time a job reads it. Files the Airflow side writes are its alone (docs/lake.md, 'Publishing').
             raise RuntimeError(
                 f"{dest} was written by Spark (Hadoop keeps .{dest.name}.crc beside it): the Airflow side "
                 "never replaces a job's file; write to a file of its own instead"

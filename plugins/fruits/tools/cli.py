@@ -103,7 +103,9 @@ def table_rows(storage: Storage, folder: str, batch: str, columns: list[str]) ->
         table = delta.to_pyarrow_table(partitions=[(layout.PARTITION_COLUMN, "=", batch)], columns=columns)
     except (OSError, ValueError) as exc:  # a data file gone or cut short (pyarrow's ArrowInvalid is a ValueError)
         first = str(exc).splitlines()[0]
-        raise DamagedLake(f"table {folder.rstrip('/')}: {first}; re-run batch {batch} (README, 'Repair')") from None
+        raise DamagedLake(
+            f"table {folder.rstrip('/')}: {first}; re-run batch {batch} (docs/operations.md, 'Repair')"
+        ) from None
     return table.to_pylist()
 
 
@@ -278,7 +280,9 @@ def main(argv=None) -> int:
     where = sub.add_parser("where", help="where a batch's outputs are")
     where.add_argument("--batch-id", help="default: the batch whose PCA committed last")
     sub.add_parser("check", help="every batch's record and the tables' logs readable, the files they name present")
-    sub.add_parser("migrate", help="convert a lake written before the Delta tables (once; README, 'Migrating')")
+    sub.add_parser(
+        "migrate", help="convert a lake written before the Delta tables (once; docs/operations.md, 'Migrating')"
+    )
     stored = sub.add_parser("photo", help="one stored photo's bytes on stdout (redirect them to a file)")
     stored.add_argument("batch")
     stored.add_argument("path", help="the photo's path in the landing folder, e.g. Training/Banana/1_100.jpg")

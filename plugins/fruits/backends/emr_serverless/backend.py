@@ -32,7 +32,7 @@ class EmrServerlessBackend(on_s3.S3Backend):
                 raise InvalidParam(
                     "backend",
                     f"emr_serverless needs the setting {name}: set Variable fruits_{name} (or env "
-                    f"FRUITS_{name.upper()}) to the stack output fruits_{name} (README, 'Going to AWS')",
+                    f"FRUITS_{name.upper()}) to the stack output fruits_{name} (docs/aws.md)",
                 )
             values[name] = settings[name]
         try:
