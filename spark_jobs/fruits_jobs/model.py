@@ -300,9 +300,12 @@ def featurize(infer, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 # ---- INT8 (--precision int8): ONNX Runtime's static quantization of the FP32 export ---------------
-# QDQ format, per-channel INT8 weights, UINT8 activations, MinMax calibration: the best 1-NN of the
+# QDQ format, per-channel weights, UINT8 activations, MinMax calibration: the best 1-NN of the
 # variants measured on the shared sample (percentile, entropy, symmetric INT8 activations, first/last
-# or depthwise convolutions left in FP32: docs/performance.md, "Precision").
+# or depthwise convolutions left in FP32: docs/performance.md, "Precision"). UINT8 weights (U8U8), not
+# INT8: ONNX Runtime's U8S8 kernels saturate on x86 CPUs without VNNI (its "Quantize ONNX models" guide,
+# U8U8 has no saturation), so one U8S8 graph gave other features there (AMD EPYC, AVX2 only: mean
+# cosine to FP32 0.845, 0.820 with reduce_range); an extractor must give the same features anywhere.
 CALIBRATION_PHOTOS = 300
 MIN_INT8_COSINE = 0.90  # mean cosine to FP32 on the calibration photos (measured 0.955 at 224 px)
 
@@ -328,7 +331,7 @@ def calibration_sample(files: list[tuple[str, int]], root: str, count: int = CAL
 
 def int8_export_name(fp32_export: str, calibration: str) -> str:
     """The export part of an INT8 extractor: the FP32 export's, the quantizer's and the calibration set's."""
-    return f"{fp32_export}+int8-qdq-perchannel-minmax_calib-{calibration}_ort-{package_version('onnxruntime')}"
+    return f"{fp32_export}+int8-qdq-u8u8-perchannel-minmax_calib-{calibration}_ort-{package_version('onnxruntime')}"
 
 
 def calibration_of(export: str) -> str | None:
@@ -339,7 +342,7 @@ def calibration_of(export: str) -> str | None:
 
 def int8_cache_name(weights_sha256: str, image_size: int, calibration: str) -> str:
     return onnx_cache_name(weights_sha256, image_size).replace(
-        ".onnx", f"_int8-{calibration}_ort-{package_version('onnxruntime')}.onnx"
+        ".onnx", f"_int8-{calibration}_u8u8_ort-{package_version('onnxruntime')}.onnx"
     )
 
 
@@ -374,7 +377,7 @@ def quantize_int8(fp32: EngineModel, calibration: np.ndarray) -> EngineModel:
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
         return fp32._replace(graph=quantized.read_bytes())
