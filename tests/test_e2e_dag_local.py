@@ -168,12 +168,13 @@ def test_no_new_photos_and_a_refit_asked_run_the_pca_alone(runnable_dag, pipelin
 
 def test_day_after_day_each_run_adds_its_photos_to_the_space_it_keeps(runnable_dag, pipeline_run, tmp_path):
     """Issue 26: the second daily run on a local lake crashed in the PCA (ChecksumException on the
-    space's metrics.json, which publish_summary had rewritten). Two more days of new photos of the
-    classes the space knows, the space kept (pca_refit=never: no drift refit can hide the bug)."""
+    space's metrics.json, which publish_summary had rewritten). A second day of new photos of the
+    classes the space knows, the space kept (pca_refit=never: no drift refit can hide the bug). Twelve
+    days running are `make check-days`' (bench/days.py), out of the suite (issue 31)."""
     lake = pipeline_run[1]
     storage = LocalStorage(lake)
     space = published.current_space(storage)
-    for day in (2, 3):
+    for day in (2,):
         landing = tmp_path / f"day-{day}"
         make_landing(landing, n_good=6, bad=False, seed=day)
         with pytest.MonkeyPatch.context() as env:

@@ -518,7 +518,7 @@ def test_the_export_is_kept_by_content_and_reused_and_an_onnx_file_can_be_the_we
     assert not [p for p in cache.iterdir() if p.name.endswith(".onnx") and p != kept]  # no temporary left
     assert kept.name == mobilenet.onnx_cache_name(file_digests(weights_file, "sha256")[0], 96)
     err = capfd.readouterr().err
-    assert "exported to ONNX" in err
+    assert "exported to ONNX" in err or "made earlier by this process" in err  # (or by an earlier test)
     # progress while the model pass runs: on stderr (the task log) and beside the features (the EMR sensor)
     assert "Spark UI: " in err and "progress: 2/2 images (100.0 %)" in err
     assert json.loads((tmp_path / "o1" / "batch_runs" / "_progress" / "batch_id=b1.json").read_text())["done"] == 2

@@ -548,6 +548,11 @@ def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
     return model, made_by
 
 
+# One ONNX export per weights (their sha256, or a named source: random is seeded) and image size per
+# process: a driver that runs several jobs (the tests, a notebook) exports once; spark-submit runs one.
+_EXPORTS: dict[tuple[str, int], mobilenet.EngineModel] = {}
+
+
 def fp32_model(spark, args, source: str, sha256: str | None, given_onnx: bool) -> mobilenet.EngineModel:
     """An .onnx file as it is; a weights file's ONNX export from --model-cache when one was made with
     the same weights, size and exporter (no TensorFlow on this side then); else loaded in Keras and
@@ -564,10 +569,15 @@ def fp32_model(spark, args, source: str, sha256: str | None, given_onnx: bool) -
         if hadoop_fs.exists(spark, cached):
             print(f"model: the ONNX export of {args.weights} from {cached}", file=sys.stderr)
             return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached)
-    keras_model = mobilenet.load_model(source, args.image_size)
-    exported = mobilenet.export_onnx(keras_model)
-    cosine = mobilenet.check_export(keras_model, exported)
-    print(f"model: exported to ONNX, cosine to Keras on the probe batch {cosine:.7f}", file=sys.stderr)
+    key = (sha256 or source, args.image_size)
+    exported = _EXPORTS.get(key)
+    if exported is not None:
+        print(f"model: the ONNX export of {args.weights} made earlier by this process", file=sys.stderr)
+    else:
+        keras_model = mobilenet.load_model(source, args.image_size)
+        exported = _EXPORTS[key] = mobilenet.export_onnx(keras_model)
+        cosine = mobilenet.check_export(keras_model, exported)
+        print(f"model: exported to ONNX, cosine to Keras on the probe batch {cosine:.7f}", file=sys.stderr)
     if cached:
         hadoop_fs.write_bytes_atomically(spark, cached, exported.graph)
     return exported
