@@ -37,6 +37,7 @@ EDGES = {
         "emr_serverless.start_reduce_dimensions",
         "emr_serverless.watch_extract_features",
         "emr_serverless.watch_reduce_dimensions",
+        "emr_serverless.end_runs",  # the lease it revokes, as emr.terminate_cluster's
     },
     "choose_backend": {"emr.preflight", "emr_serverless.preflight", "run_locally"},
     "emr.preflight": {"emr.create_cluster"},

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fruits.backends.base import Backend
+from fruits.backends.jobs import JOBS
 from fruits.config.params import InvalidParam
+from fruits.config.run import RunConfig
 from fruits.config.settings import DEFAULTS
 from fruits.lake.storage import Storage
 from fruits_jobs import contract, layout
@@ -46,12 +48,12 @@ def stage_weights(storage: Storage, weights_file: str | None, weights: str, root
     return True
 
 
-def watch_uris(jobs_first: str, batch_id: str, uri) -> dict:
+def watch_uris(cfg: RunConfig) -> dict:
     """What the sensors read in the bucket (plan_jobs' XCom): the progress the first job writes, and the
     lease its commit publishes the batch under (lake/leases.py), which a run that gives up revokes."""
     return {
-        "progress": {jobs_first: uri(layout.progress_key(batch_id))},
-        "lease": uri(layout.lease_key(batch_id)),
+        "progress": {JOBS[0].name: cfg.uri(layout.progress_key(cfg.batch_id))},
+        "lease": cfg.uri(layout.lease_key(cfg.batch_id)),
     }
 
 

@@ -71,7 +71,7 @@ class EmrBackend(on_s3.S3Backend):
         return {
             "job_flow": builders.job_flow_overrides(cfg, version, run_id, wheels),
             "steps": builders.spark_steps(jobs, cfg.batch_id),
-            **on_s3.watch_uris(JOBS[0].name, cfg.batch_id, cfg.uri),
+            **on_s3.watch_uris(cfg),
         }
 
     def add_tasks(self, cfg, version, plan) -> BackendTasks:

@@ -66,7 +66,7 @@ class EmrServerlessBackend(on_s3.S3Backend):
             "job_role_arn": section.job_role_arn,
             "bucket": cfg.bucket,
             **{f"job_run_{job.name}": planned.get(job.name) for job in JOBS},  # None: not part of this run
-            **on_s3.watch_uris(JOBS[0].name, cfg.batch_id, cfg.uri),
+            **on_s3.watch_uris(cfg),
         }
 
     def add_tasks(self, cfg, version, plan) -> BackendTasks:

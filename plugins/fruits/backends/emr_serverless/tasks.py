@@ -17,10 +17,10 @@ from fruits.backends.emr_serverless.operators import LIVE, JobRunSensor, StartJo
 from fruits.backends.jobs import JOBS, SparkJob
 from fruits.backends.watching import revoke_lease
 from fruits.config.run import RunConfig, from_xcom, serverless_of
-from fruits_jobs import layout
 
 log = logging.getLogger(__name__)
 GROUP = "emr_serverless"
+WATCHER = f"watch_{JOBS[0].name}"  # the sensor of the job that publishes the batch
 
 
 def preflight_clients(aws_conn_id: str) -> checks.Clients:
@@ -49,22 +49,19 @@ def run_preflight(cfg: RunConfig, version: str, job_dicts: list) -> None:
 
 
 @from_xcom
-def end_job_runs(cfg: RunConfig, job_run_ids: dict, watcher_state: str | None) -> dict:
-    """Cancel the run's job runs that still run, and revoke the batch's lease when the sensor of the job
-    that publishes it did not succeed (failed, killed, or its worker died without running on_kill);
-    returns the job runs, for the run report."""
+def end_job_runs(cfg: RunConfig, lease_uri: str, job_run_ids: dict, watcher_state: str | None) -> dict:
+    """Cancel the run's job runs that still run, and revoke the batch's lease (plan_jobs' `lease`) when
+    the sensor of the job that publishes it did not succeed (failed, killed, or its worker died without
+    running on_kill); returns the job runs, for the run report."""
     application_id = serverless_of(cfg).application_id
     if watcher_state != "success":
-        revoke_lease(cfg.uri(layout.lease_key(cfg.batch_id)), cfg.aws_conn_id, f"{WATCHER} ended {watcher_state}")
-        log.warning("%s ended %s: revoked the batch's lease, this run publishes nothing", WATCHER, watcher_state)
+        revoke_lease(lease_uri, cfg.aws_conn_id, f"{WATCHER} ended {watcher_state}")
+        log.warning("%s ended %s: revoked %s, this run publishes nothing", WATCHER, watcher_state, lease_uri)
     client = EmrServerlessHook(aws_conn_id=cfg.aws_conn_id).conn
     for job, job_run_id in job_run_ids.items():
         if job_run_id and cancel_if_live(client, application_id, job_run_id) in LIVE:
             log.warning("%s: cancelled job run %s, which was still running", job, job_run_id)
     return {"application_id": application_id, "job_runs": job_run_ids}
-
-
-WATCHER = f"watch_{JOBS[0].name}"  # the sensor of the job that publishes the batch
 
 
 @task(retries=0)  # a setting to change will not change by itself
@@ -73,12 +70,12 @@ def preflight(cfg: dict, version: str, jobs: list) -> None:
 
 
 @task
-def end_runs(cfg: dict, **context) -> dict:
+def end_runs(cfg: dict, lease_uri: str, **context) -> dict:
     ti, run_id = context["ti"], context["run_id"]
     starts = {job.name: f"{GROUP}.start_{job.name}" for job in JOBS}
     ids = {job: ti.xcom_pull(task_ids=task_id) for job, task_id in starts.items()}
     states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[f"{GROUP}.{WATCHER}"], run_ids=[run_id])
-    return end_job_runs(cfg, ids, states.get(run_id, {}).get(f"{GROUP}.{WATCHER}"))
+    return end_job_runs(cfg, lease_uri, ids, states.get(run_id, {}).get(f"{GROUP}.{WATCHER}"))
 
 
 def serverless_tasks(cfg, version, plan) -> BackendTasks:
@@ -114,7 +111,7 @@ def serverless_tasks(cfg, version, plan) -> BackendTasks:
             watchers.append(watch)
         # Setups: the job runs. Clearing a sensor clears its start too, so it runs a fresh job run, and the
         # teardown ends what still runs.
-        ended = end_runs(cfg).as_teardown(setups=starts)
+        ended = end_runs(cfg, plan["lease"]).as_teardown(setups=starts)
         chain(checked, *[task for pair in zip(starts, watchers, strict=True) for task in pair], ended)
     # publish_summary comes after the teardown: the run report reads the job runs it returns.
     return BackendTasks(
