@@ -76,11 +76,15 @@ run: install
 	set -x; $(AIRFLOW) dags test fruits_pipeline -c "{\"backend\": \"local\", \"landing_dir\": \"$(abspath $(LANDING))\", \"weights\": \"$$W\"}"
 	@echo; $(BIN)/fruits where
 
+# Both cores (pytest-xdist), a whole test module per worker so that its fixtures (a DAG run, a lake)
+# are built once; the slowest tests are listed at the end (the suite's budget: 20 min on 2 cores).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: install
-	$(BIN)/pytest -q
+	$(PYTEST) --durations=15
 
 test-fast: install
-	$(BIN)/pytest -q -m "not spark and not ui and not model and not dag"
+	$(PYTEST) -m "not spark and not ui and not model and not dag"
 
 lint: install
 	$(BIN)/ruff check .

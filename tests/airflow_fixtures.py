@@ -16,7 +16,18 @@ from iam_eval import S3_ACTIONS, iam_requests, is_allowed, s3_missing_key_error
 from s3_call_paths import AIRFLOW
 
 REPO = Path(__file__).resolve().parents[1]
-HOME = Path(os.environ.get("FRUITS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="fruits-airflow-home-"))
+
+
+def airflow_home() -> Path:
+    """The session's home: a subprocess of the session inherits it; a pytest-xdist worker (which
+    inherits the controller's) takes one of its own, since SQLite takes one writer at a time."""
+    inherited, worker = os.environ.get("FRUITS_TEST_AIRFLOW_HOME"), os.environ.get("PYTEST_XDIST_WORKER")
+    if inherited and (not worker or inherited.endswith(f"-{worker}")):
+        return Path(inherited)
+    return Path(tempfile.mkdtemp(prefix="fruits-airflow-home-", suffix=f"-{worker}" if worker else ""))
+
+
+HOME = airflow_home()
 
 if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(HOME):
     raise RuntimeError("airflow was imported before tests/airflow_fixtures.py could isolate it")

@@ -128,10 +128,10 @@ def test_an_int8_extractor_names_its_calibration_set_so_fruits_similar_finds_the
 
     export = model.int8_export_name("onnx_tf2onnx-1_opset-17", "0123456789ab")
     assert model.calibration_of(export) == "0123456789ab" and model.calibration_of("onnx_tf2onnx-1") is None
-    name = model.int8_cache_name("ab" * 32, 224, "0123456789ab")
-    assert (
-        name.startswith(model.onnx_cache_name("ab" * 32, 224).removesuffix(".onnx")) and "_int8-0123456789ab_" in name
-    )
+    weights = "sha256:" + "ab" * 32
+    name = model.int8_cache_name(weights, 224, "0123456789ab")
+    assert name.startswith(model.onnx_cache_name(weights, 224).removesuffix(".onnx")) and "_int8-0123456789ab_" in name
+    assert name.startswith(f"mobilenet_v2_{'ab' * 32}_224px_")  # a file's: by its digest alone, as before
 
 
 def test_the_calibration_set_is_training_photos_spread_over_the_paths_and_named_by_them():

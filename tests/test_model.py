@@ -183,6 +183,6 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow"
 
 
 def test_the_cache_name_holds_the_weights_size_and_exporter():
-    name = mobilenet.onnx_cache_name("ab" * 32, 192)
+    name = mobilenet.onnx_cache_name("sha256:" + "ab" * 32, 192)
     assert name.startswith(f"mobilenet_v2_{'ab' * 32}_192px_tf2onnx-") and name.endswith(".onnx")
     assert f"opset-{mobilenet.ONNX_OPSET}_tf-2.19" in name and "_keras-3." in name

@@ -534,11 +534,12 @@ def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
     if given_onnx and args.engine != "onnxruntime":
         raise UsageError(f"--weights {args.weights} is an ONNX model: it runs with --engine onnxruntime only")
     export = mobilenet.export_name(args.engine, given_onnx)
-    model = fp32_model(spark, args, source, sha256, given_onnx)
+    weights = extractors.weights_name(args.weights, args.image_size, sha256)
+    model = fp32_model(spark, args, source, weights, given_onnx)
     if args.precision == "int8":
-        model, export = int8_model(spark, args, model, sha256, export)
+        model, export = int8_model(spark, args, model, weights, export)
     made_by = extractors.extractor(
-        extractors.weights_name(args.weights, args.image_size, sha256),
+        weights,
         args.image_size,
         args.engine,
         args.precision,
@@ -548,28 +549,29 @@ def driver_model(spark, args) -> tuple[mobilenet.EngineModel, dict]:
     return model, made_by
 
 
-# One ONNX export per weights (their sha256, or a named source: random is seeded) and image size per
-# process: a driver that runs several jobs (the tests, a notebook) exports once; spark-submit runs one.
+# One ONNX export per weights (extractors.weights_name: a file's sha256, or a named source: random is
+# seeded) and image size per process: a driver that runs several jobs (the tests, a notebook) exports
+# once; spark-submit runs one (--model-cache keeps it for the next).
 _EXPORTS: dict[tuple[str, int], mobilenet.EngineModel] = {}
 
 
-def fp32_model(spark, args, source: str, sha256: str | None, given_onnx: bool) -> mobilenet.EngineModel:
-    """An .onnx file as it is; a weights file's ONNX export from --model-cache when one was made with
-    the same weights, size and exporter (no TensorFlow on this side then); else loaded in Keras and
-    exported (ONNX: checked against Keras on a probe batch, then kept in --model-cache) or frozen
-    (tensorflow)."""
+def fp32_model(spark, args, source: str, weights: str, given_onnx: bool) -> mobilenet.EngineModel:
+    """An .onnx file as it is; the weights' ONNX export from --model-cache when one was made with the
+    same weights (weights: their extractor name), size and exporter (no TensorFlow on this side then);
+    else loaded in Keras and exported (ONNX: checked against Keras on a probe batch, then kept in
+    --model-cache) or frozen (tensorflow)."""
     if given_onnx:
         with open(source, "rb") as f:
             return mobilenet.onnx_model(f.read(), args.image_size, args.weights)
     if args.engine == "tensorflow":
         return mobilenet.freeze_model(mobilenet.load_model(source, args.image_size))
     cached = None
-    if args.model_cache and sha256:
-        cached = f"{args.model_cache.rstrip('/')}/{mobilenet.onnx_cache_name(sha256, args.image_size)}"
+    if args.model_cache:
+        cached = f"{args.model_cache.rstrip('/')}/{mobilenet.onnx_cache_name(weights, args.image_size)}"
         if hadoop_fs.exists(spark, cached):
             print(f"model: the ONNX export of {args.weights} from {cached}", file=sys.stderr)
             return mobilenet.onnx_model(hadoop_fs.read_bytes(spark, cached), args.image_size, cached)
-    key = (sha256 or source, args.image_size)
+    key = (weights, args.image_size)
     exported = _EXPORTS.get(key)
     if exported is not None:
         print(f"model: the ONNX export of {args.weights} made earlier by this process", file=sys.stderr)
@@ -584,7 +586,7 @@ def fp32_model(spark, args, source: str, sha256: str | None, given_onnx: bool) -
 
 
 def int8_model(
-    spark, args, fp32: mobilenet.EngineModel, sha256: str | None, fp32_export: str
+    spark, args, fp32: mobilenet.EngineModel, weights: str, fp32_export: str
 ) -> tuple[mobilenet.EngineModel, str]:
     """--precision int8: the FP32 graph quantized, calibrated on --calibration's Training photos and
     checked against FP32 on them; made once per weights, image size and calibration set, kept in
@@ -599,8 +601,8 @@ def int8_model(
         raise UsageError(f"--calibration {args.calibration}: no photo there; copy a few hundred Training photos in")
     export = mobilenet.int8_export_name(fp32_export, calibration)
     cached = None
-    if args.model_cache and sha256:
-        name = mobilenet.int8_cache_name(sha256, args.image_size, calibration)
+    if args.model_cache:
+        name = mobilenet.int8_cache_name(weights, args.image_size, calibration)
         cached = f"{args.model_cache.rstrip('/')}/{name}"
         if hadoop_fs.exists(spark, cached):
             print(f"model: the INT8 graph from {cached}", file=sys.stderr)

@@ -4,6 +4,8 @@ Through Hadoop's FileSystem in the driver JVM, so the jobs need no boto3 and use
 credentials and S3 client (EMRFS on EMR) as Spark itself.
 """
 
+import os
+import tempfile
 import uuid
 
 from fruits_jobs import layout
@@ -74,11 +76,13 @@ def read_text(spark, uri: str) -> str:
 
 
 def read_bytes(spark, uri: str) -> bytes:
-    stream = _fs(spark, uri).open(_path(spark, uri))
-    try:
-        return bytes(_jvm(spark).org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
+    """The file's bytes, through a local copy the JVM writes: py4j would carry them as base64 text (a
+    26 MB PCA state took 2.7 s that way on a warm JVM, up to 12 s on a cold one; its copy 0.07 s)."""
+    with tempfile.TemporaryDirectory(prefix="fruits-read-") as folder:
+        local = os.path.join(folder, "copy")
+        copy_to_local(spark, uri, local)
+        with open(local, "rb") as f:
+            return f.read()
 
 
 def write_bytes_atomically(spark, uri: str, data: bytes) -> None:

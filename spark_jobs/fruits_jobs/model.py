@@ -96,10 +96,13 @@ def export_name(engine: str, given_onnx: bool) -> str:
     return "onnx-given" if given_onnx else f"onnx_{exporter_versions()}"
 
 
-def onnx_cache_name(weights_sha256: str, image_size: int) -> str:
-    """The exported graph's file name in the lake's models/: by content (weights, input size) and by
-    what exported it, so a later run with the same of each reuses it and any change exports anew."""
-    return f"mobilenet_v2_{weights_sha256}_{image_size}px_{exporter_versions()}.onnx"
+def onnx_cache_name(weights: str, image_size: int) -> str:
+    """The exported graph's file name in the lake's models/: by content (the extractor's weights part,
+    extractors.weights_name: a file's sha256, or a named source such as random's seed; the input size)
+    and by what exported it, so a later run with the same of each reuses it and any change exports anew."""
+    kind, _, name = weights.partition(":")
+    part = name if kind == "sha256" else f"{kind}-{name}"  # a file's: its digest alone, as ever
+    return f"mobilenet_v2_{part}_{image_size}px_{exporter_versions()}.onnx"
 
 
 def load_model(source: str, image_size: int, fetch: Callable[[str, str], None] | None = None):
@@ -340,8 +343,8 @@ def calibration_of(export: str) -> str | None:
     return found.group(1) if found else None
 
 
-def int8_cache_name(weights_sha256: str, image_size: int, calibration: str) -> str:
-    return onnx_cache_name(weights_sha256, image_size).replace(
+def int8_cache_name(weights: str, image_size: int, calibration: str) -> str:
+    return onnx_cache_name(weights, image_size).replace(
         ".onnx", f"_int8-{calibration}_u8u8_ort-{package_version('onnxruntime')}.onnx"
     )
 

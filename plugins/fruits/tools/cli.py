@@ -117,6 +117,7 @@ def photo_features(
     of INT8 features (extractor), the INT8 graph the job kept."""
     from fruits_jobs import model as mobilenet
     from fruits_jobs.digests import file_digests
+    from fruits_jobs.extractors import weights_name
     from fruits_jobs.images import decode_image
 
     image = decode_image(photo.read_bytes(), image_size)[None]
@@ -126,15 +127,13 @@ def photo_features(
             mobilenet.worker_infer_fn(("cli", extractor["id"]), lambda: int8, cores=1), image, 1
         )[0]
     exported: mobilenet.EngineModel | None = None
-    if weights not in NAMED_WEIGHTS and Path(weights).is_file():
+    if weights in NAMED_WEIGHTS or Path(weights).is_file():
         if weights_suffix(weights) == ONNX_SUFFIX:
             exported = mobilenet.onnx_model(Path(weights).read_bytes(), image_size, weights)
         else:
-            kept = (
-                Path(storage.name)
-                / layout.MODELS
-                / mobilenet.onnx_cache_name(file_digests(weights, "sha256")[0], image_size)
-            )
+            sha256 = None if weights in NAMED_WEIGHTS else file_digests(weights, "sha256")[0]
+            name = mobilenet.onnx_cache_name(weights_name(weights, image_size, sha256), image_size)
+            kept = Path(storage.name) / layout.MODELS / name
             if kept.is_file():
                 exported = mobilenet.onnx_model(kept.read_bytes(), image_size, str(kept))
     if exported is None:
@@ -147,7 +146,7 @@ def kept_int8_graph(storage: Storage, extractor: dict, image_size: int):
     from fruits_jobs import model as mobilenet
 
     calibration = mobilenet.calibration_of(extractor["export"]) or ""
-    name = mobilenet.int8_cache_name(extractor["weights"].removeprefix("sha256:"), image_size, calibration)
+    name = mobilenet.int8_cache_name(extractor["weights"], image_size, calibration)
     kept = Path(storage.name) / layout.MODELS / name
     if not kept.is_file():
         raise SystemExit(f"fruits similar: the space's INT8 graph {kept} is not in the lake's models/")
