@@ -4,9 +4,14 @@
 tests that need it skip with a reason when it is absent, the rest still run.
 """
 
+import fcntl
+import json
 import logging
 import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,11 +33,23 @@ WEIGHTS_FILE = SHARED / "models" / DEFAULT_WEIGHTS_FILE
 NEEDS = {"spark": "spark", "sample_features": "spark", "weights_file": "model", "runnable_dag": "dag"}
 
 
+# make test hands whole modules to its two workers (pytest-xdist --dist loadfile) in collection order,
+# each to the first worker free: the costly kinds first, so that no long module starts last and runs alone.
+COSTLIEST_FIRST = ("ui", "dag", "spark", "model")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         for fixture, marker in NEEDS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+    rank: dict[str, int] = {}
+    for item in items:
+        kinds = [i for i, kind in enumerate(COSTLIEST_FIRST) if item.get_closest_marker(kind)]
+        rank[item.module.__name__] = min(
+            rank.get(item.module.__name__, len(COSTLIEST_FIRST)), *kinds, len(COSTLIEST_FIRST)
+        )
+    items.sort(key=lambda item: rank[item.module.__name__])  # stable: each module's tests stay in order
 
 
 # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after pytest
@@ -93,28 +110,58 @@ def make_jpeg(path: Path, color=(200, 30, 40), size=(100, 100)) -> Path:
     return path
 
 
+@contextmanager
+def made_once(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder the whole test run shares, and whether it is made already: under pytest-xdist, its
+    workers' (the first to need it makes it while the others wait on a lock); else the session's.
+    The maker writes its files, then leaves; a folder a dead maker left half-made is made again."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    done = folder / ".made"
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, done.is_file()
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def sample_features(spark, sample_dir, weights_file, tmp_path_factory):
-    """The real Fruits-360 sample through the real job with the genuine weights, once."""
+    """The real Fruits-360 sample through the real job with the genuine weights, once for the whole
+    test run (readers only: the tests write their own outputs elsewhere)."""
     from fruits_jobs import commits, features
 
-    out = tmp_path_factory.mktemp("sample")
-    summary = features.run(
-        spark,
-        features.parse_args(
-            [
-                "--images",
-                str(sample_dir),
-                "--features",
-                str(out / "features"),
-                "--rejects",
-                str(out / "rejects"),
-                "--batch-id",
-                "sample",
-                "--weights",
-                str(weights_file),
-            ]
-        ),
-    )
+    with made_once(tmp_path_factory, "sample") as (out, made):
+        if not made:
+            argv = ["--images", str(sample_dir), "--features", str(out / "features"), "--rejects", str(out / "rejects")]
+            argv += ["--batch-id", "sample", "--weights", str(weights_file)]
+            summary = features.run(spark, features.parse_args(argv))
+            (out / "summary.json").write_text(json.dumps(summary))
+    summary = json.loads((out / "summary.json").read_text())  # as the job prints it: JSON
     rows = commits.read_current(spark, str(out / "features"), ["sample"]).collect()
     return summary, rows, out
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory) -> Path:
+    """random weights' ONNX export at the jobs' default image size, named as the features job keeps it
+    in a lake's models/, made once for the test run: a test's fresh lake starts with it (seed_models),
+    so its first local run skips TensorFlow, as a lake's second run does (test_extract_features tests
+    the making and the keeping)."""
+    from fruits_jobs import extractors
+    from fruits_jobs import model as mobilenet
+
+    size = extractors.DEFAULT_IMAGE_SIZE
+    name = mobilenet.onnx_cache_name(extractors.weights_name("random", size), size)
+    with made_once(tmp_path_factory, "models") as (folder, made):
+        if not made:
+            (folder / name).write_bytes(mobilenet.export_onnx(mobilenet.load_model("random", size)).graph)
+    return folder / name
+
+
+def seed_models(lake: Path, export: Path) -> None:
+    """A fresh lake with an export its jobs would make and keep (see random_export)."""
+    (lake / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copy(export, lake / "models" / export.name)

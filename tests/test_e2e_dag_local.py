@@ -19,6 +19,7 @@ from fruits.lake.storage import LocalStorage
 from fruits.tools import cli
 
 from airflow_fixtures import make_landing, xcom
+from conftest import seed_models
 
 pytestmark = pytest.mark.spark
 
@@ -40,9 +41,10 @@ CONF = {"backend": "local", "weights": "random", "batch_id": "e2e", "pca_k": 3}
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(runnable_dag, tmp_path_factory):
+def pipeline_run(runnable_dag, tmp_path_factory, random_export):
     """One whole run of the DAG on a fresh lake: (dag run, lake folder, landing folder, what was landed)."""
     root = tmp_path_factory.mktemp("e2e")
+    seed_models(root / "lake", random_export)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FRUITS_LOCAL_LAKE", str(root / "lake"))
         expected = make_landing(root / "landing")

@@ -21,6 +21,7 @@ from fruits.lake.storage import LocalStorage
 from fruits_jobs import commits, layout, tables
 
 from airflow_fixtures import make_landing
+from conftest import seed_models
 
 pytestmark = [pytest.mark.spark, pytest.mark.dag]
 PHOTOS = 30
@@ -39,9 +40,10 @@ def job_processes(root: psutil.Process) -> list[psutil.Process]:
 
 
 def test_a_run_killed_with_sigkill_never_publishes_and_leaves_nothing_running(
-    airflow_db, runnable_dag, spark, tmp_path, monkeypatch
+    airflow_db, runnable_dag, spark, tmp_path, monkeypatch, random_export
 ):
     lake, landing = tmp_path / "lake", tmp_path / "landing"
+    seed_models(lake, random_export)
     assert make_landing(landing, n_good=PHOTOS, bad=False)["uploaded"] == PHOTOS
     monkeypatch.setenv("FRUITS_LOCAL_LAKE", str(lake))
     conf = {"backend": "local", "landing_dir": str(landing), "weights": "random", "pca_k": 2}

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import pytest
 
+from conftest import seed_models
 from ui.browser import missing_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,11 +60,12 @@ def artifacts():
 
 
 @pytest.fixture
-def stack(tmp_path, artifacts):
+def stack(tmp_path, artifacts, random_export):
     from fruits.tools.local_airflow import AirflowStack
 
     # Not `airflow standalone`: it misses a dead component (fail_fast checks each) and its stop may hang.
     lake = tmp_path / "lake"
+    seed_models(lake, random_export)
     stack = AirflowStack(
         tmp_path / "airflow_home",
         artifacts / "airflow",
