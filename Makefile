@@ -77,9 +77,10 @@ run: install
 	@echo; $(BIN)/fruits where
 
 # Both cores (pytest-xdist), a whole test module per worker so that its fixtures (a DAG run, a lake)
-# are built once; the slowest tests are listed at the end (the suite's budget: 20 min on 2 cores).
+# are built once, handed out in collection order (conftest.py puts the costly modules first; xdist's
+# default would order them by their count of tests); the slowest tests are listed at the end.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install
 	$(PYTEST) --durations=15
 

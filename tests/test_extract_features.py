@@ -370,7 +370,7 @@ def spark_submit_cmd(*args):
     return [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", *map(str, args)]
 
 
-def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path):
+def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path, random_export):
     make_jpeg(tmp_path / "in" / "Fig" / "1.jpg")
     common = [
         "--images",
@@ -384,7 +384,12 @@ def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path
     ]
     ok = subprocess.run(
         spark_submit_cmd(
-            REPO / "spark_jobs" / "extract_features.py", *common, "--weights", "random", "--image-size", "64"
+            REPO / "spark_jobs" / "extract_features.py",
+            *common,
+            "--weights",
+            "random",
+            "--model-cache",
+            random_export.parent,
         ),
         capture_output=True,
         text=True,
@@ -405,7 +410,7 @@ def test_cli_contract_prints_json_last_and_exits_cleanly_on_bad_weights(tmp_path
     assert bad.returncode == 3 and "error: weights file not found" in bad.stdout + bad.stderr
 
 
-def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
+def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path, random_export):
     """Publish happens only after the one model pass is staged; kill the job during that pass."""
     src = tmp_path / "in"
     for i in range(2):
@@ -430,6 +435,8 @@ def test_a_killed_run_leaves_the_published_partition_intact(spark, tmp_path):
             "random",
             "--batch-size",
             "4",
+            "--model-cache",  # its export made already: the kill lands in the model pass all the same
+            random_export.parent,
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
